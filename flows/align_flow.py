@@ -1,0 +1,160 @@
+"""AlignFlow: NAILS, Steck's calibrated re-ranking and their combination on a prediction dump.
+
+    python flows/align_flow.py run                                    # embedded synthetic data
+    python flows/align_flow.py --config config configs/quick.yaml run
+    python flows/align_flow.py run --predictions test_scores.parquet --articles articles.parquet
+    python flows/align_flow.py resume --origin-run-id <RUN_ID>
+
+start (load or synthesise, validate) → foreach target → foreach method → evaluate (λ grid)
+→ join_methods → join_targets → report (card, exports) → end
+"""
+
+from pathlib import Path
+
+from metaflow import Config, FlowSpec, Parameter, card, current, step
+from metaflow.cards import Image, Markdown, Table
+
+from steps.align.config import AlignConfig
+from steps.align.data import input_refs, prepare_dump
+from steps.align.evaluate import RESULT_COLUMNS, evaluate_method, target_layout, target_mix
+from steps.align.pipeline import (
+    build_report,
+    concat,
+    data_summary,
+    export_run,
+    model_distribution_dict,
+    resolve_inputs,
+    results_markdown,
+    sort_results,
+)
+from steps.align.targets import resolve_target
+from steps.faults import maybe_fail
+from steps.storage import run_dir
+
+# Artifacts of the start step that the joins carry forward.
+CARRIED = ["inputs", "prepared", "input_files", "data_summary", "target", "model_distribution", "target_names"]
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "nails_paper.yaml")
+
+
+class AlignFlow(FlowSpec):
+    """Align a recommender's predictions toward target category distributions and measure the cost."""
+
+    config = Config("config", default=DEFAULT_CONFIG, parser="steps.align.config.parse_align_config")
+    predictions = Parameter(
+        "predictions", default="", help="Prediction dump (parquet, NAILS layout); empty = synthetic data from the config"
+    )
+    articles = Parameter("articles", default="", help="EB-NeRD articles.parquet matching --predictions")
+    artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables, figures and submissions are exported")
+    storage_root = Parameter("storage-root", default="", help="Folder for large intermediate files (default .recalign)")
+
+    @step
+    def start(self):
+        """Load (or synthesise) the dump, validate every row, resolve the targets."""
+        cfg = AlignConfig.from_dict(self.config.to_dict())
+        data_dir = run_dir(current.flow_name, current.run_id, "data", root=self.storage_root or None)
+        self.inputs = resolve_inputs(self.predictions, self.articles, cfg.synthetic, data_dir)
+        self.prepared = prepare_dump(
+            self.inputs.predictions, self.inputs.articles, data_dir / "prepared",
+            cfg.exclude_categories, cfg.missing_category, cfg.batch_impressions,
+        )
+        self.input_files = input_refs(self.prepared)
+        self.data_summary = data_summary(self.prepared)
+        for note in self.prepared.notes:
+            print("NOTE:", note)
+        targets = [resolve_target(spec, self.prepared.candidate_categories) for spec in cfg.targets]
+        self.target = {t.name: t.as_dict() for t in targets}
+        self.model_distribution = model_distribution_dict(self.prepared)
+        self.targets = targets
+        self.target_names = [t.name for t in targets]
+        self.next(self.per_target, foreach="target_names")
+
+    @step
+    def per_target(self):
+        """Lay the target over the dump's categories; fan out over methods."""
+        cfg = AlignConfig.from_dict(self.config.to_dict())
+        target = next(t for t in self.targets if t.name == self.input)
+        self.layout = target_layout(self.prepared, target, cfg.unknown_category_weight)
+        self.methods = list(cfg.methods)
+        self.next(self.evaluate, foreach="methods")
+
+    @step
+    def evaluate(self):
+        """One method toward one target over the λ grid: BA metrics, accuracy, submissions."""
+        cfg = AlignConfig.from_dict(self.config.to_dict())
+        method = self.input
+        maybe_fail("evaluate", f"{self.layout.target.name}/{method}")
+        out_dir = run_dir(current.flow_name, current.run_id, "submissions", root=self.storage_root or None)
+        outcome = evaluate_method(self.prepared, self.layout, method, cfg, out_dir)
+        self.part_results = outcome.results
+        self.part_mix = outcome.category_mix
+        self.part_hist = outcome.user_kl_hist
+        self.part_submissions = outcome.submissions
+        self.next(self.join_methods)
+
+    @step
+    def join_methods(self, inputs):
+        """Collect the methods of one target."""
+        self.merge_artifacts(inputs, include=CARRIED)
+        self.part_results = concat([i.part_results for i in inputs])
+        self.part_mix = concat([target_mix(inputs[0].layout)] + [i.part_mix for i in inputs])
+        self.part_hist = concat([i.part_hist for i in inputs])
+        self.part_submissions = [s for i in inputs for s in i.part_submissions]
+        self.next(self.join_targets)
+
+    @step
+    def join_targets(self, inputs):
+        """Collect every target; keep the start step's artifacts."""
+        self.merge_artifacts(inputs, include=CARRIED)
+        self.results = sort_results(concat([i.part_results for i in inputs]), self.target_names)
+        self.category_mix = concat([i.part_mix for i in inputs])
+        self.user_kl_hist = concat([i.part_hist for i in inputs])
+        self.submissions = [s for i in inputs for s in i.part_submissions]
+        self.next(self.report)
+
+    @card(type="blank", id="report")
+    @step
+    def report(self):
+        """Best-λ comparison, figures, card, and the export to artifacts/AlignFlow/<run_id>/."""
+        cfg = AlignConfig.from_dict(self.config.to_dict())
+        rep = build_report(self.results, self.category_mix, self.user_kl_hist, cfg)
+        self.best_lambda = rep.best_lambda
+        self.comparison = rep.comparison
+        export_dir = Path(self.artifacts_dir) / current.flow_name / current.run_id
+        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
+                   "target": self.target, "model_distribution": self.model_distribution}
+        tables = {"results": self.results, "comparison": self.comparison, "category_mix": self.category_mix,
+                  "best_lambda": self.best_lambda}
+        card_figures = {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()}
+        self.export_dir = str(export_run(export_dir, tables, rep, self.submissions, summary))
+
+        c = current.card["report"]
+        c.append(Markdown(f"# AlignFlow `{current.run_id}` — {cfg.name}"))
+        c.append(Markdown(
+            f"Data: {self.data_summary['beyond_accuracy_rows']:,} beyond-accuracy rows × "
+            f"{self.data_summary['candidates']} candidates, {self.data_summary['impressions']:,} impressions "
+            f"({self.data_summary['labelled_impressions']:,} labelled){' — synthetic' if self.inputs.synthetic else ''}. "
+            f"Top-N = {cfg.top_n}, α = {cfg.alpha:g}, repeats = {cfg.repeats}. Exported to `{self.export_dir}`."
+        ))
+        for note in self.data_summary["notes"]:
+            c.append(Markdown(f"**Note:** {note}"))
+        cols = [col for col in RESULT_COLUMNS if not col.endswith("_sd") and col != "n_repeats"]
+        c.append(Markdown("## Results"))
+        c.append(Table(results_markdown(self.results, cols), headers=cols))
+        c.append(Markdown("## Best λ per method"))
+        c.append(Table(results_markdown(self.best_lambda), headers=self.best_lambda.columns))
+        for title, name in (("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
+                            ("User-level KL density", "user_kl_density.png"), ("Accuracy against KL@N", "accuracy_vs_kl.png")):
+            c.append(Markdown(f"## {title}"))
+            c.append(card_figures[name])
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Print where the results are."""
+        print(self.results.select(["distribution", "method", "selection", "lambda", "kl_at_n", "user_kl_mean",
+                                   "coverage_at_n", "auc", "ndcg_at_10"]))
+        print(f"Exported to {self.export_dir}")
+
+
+if __name__ == "__main__":
+    AlignFlow()

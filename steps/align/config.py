@@ -1,0 +1,240 @@
+"""The alignment experiment's configuration: parsed from YAML, validated with clear messages."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+from steps.align.synthetic import SyntheticDumpSpec
+from steps.align.targets import BUILTIN_TARGETS
+from steps.errors import ConfigError
+
+METHODS = ("nails", "steck", "nails_steck")
+SELECTIONS = ("det", "stoch")
+BEST_LAMBDA_KEYS = ("nails_det", "nails_stoch", "steck", "nails_steck")
+AUTO = "auto"
+
+
+def _number(key: str, value: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ConfigError(f"{key}: {value!r} is out of range ({'>' if lo_open else '>='} {lo} required)")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: {value!r} is out of range (<= {hi} required)")
+    return float(value)
+
+
+def _integer(key: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"{key}: expected an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _target_name(spec: Any, i: int) -> str:
+    if isinstance(spec, str):
+        if spec not in BUILTIN_TARGETS:
+            raise ConfigError(
+                f"targets[{i}]: unknown target {spec!r}; use {' or '.join(BUILTIN_TARGETS)}, or a mapping "
+                "{name: ..., distribution: {CATEGORY: probability, ...}}"
+            )
+        return spec
+    if not isinstance(spec, Mapping) or set(spec) != {"name", "distribution"}:
+        raise ConfigError(f"targets[{i}]: expected Editorial, Uniform or {{name, distribution}}, got {spec!r}")
+    name = spec["name"]
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"targets[{i}].name: expected a name of letters, digits, '-' or '_', got {name!r}")
+    dist = spec["distribution"]
+    if not isinstance(dist, Mapping) or not dist:
+        raise ConfigError(f"targets[{i}] ({name}).distribution: expected a non-empty mapping category -> probability")
+    for cat, p in dist.items():
+        _number(f"targets[{i}] ({name}).distribution.{cat}", p, lo=0.0)
+    return name
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Validated settings of one alignment experiment (see ``configs/nails_paper.yaml``)."""
+
+    name: str = "align"
+    seed: int = 123
+    targets: tuple = ("Editorial", "Uniform")
+    methods: tuple[str, ...] = METHODS
+    selections: tuple[str, ...] = SELECTIONS
+    lambdas: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
+    top_n: int = 10
+    alpha: float = 1e-4
+    repeats: int = 1
+    steck_smoothing_select: float = 0.5
+    steck_smoothing_rerank: float = 1e-4
+    exclude_categories: tuple[str, ...] = ("auto",)
+    unknown_category_weight: float = 1e-6
+    missing_category: str = "error"
+    best_lambda: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    nails_steck_nails_lambda: Mapping[str, float] = field(default_factory=dict)
+    nails_steck_nails_lambda_default: float = 0.7
+    submissions: bool = True
+    ba_chunk_rows: int = 20_000
+    batch_impressions: int = 100_000
+    synthetic: SyntheticDumpSpec = field(default_factory=SyntheticDumpSpec)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> "AlignConfig":
+        raw = dict(raw or {})
+        allowed = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown}; allowed keys: {sorted(allowed)}")
+        d: dict[str, Any] = {}
+        if "name" in raw:
+            if not isinstance(raw["name"], str) or not raw["name"]:
+                raise ConfigError(f"name: expected a non-empty string, got {raw['name']!r}")
+            d["name"] = raw["name"]
+        if "seed" in raw:
+            d["seed"] = _integer("seed", raw["seed"], 0)
+        if "targets" in raw:
+            t = raw["targets"]
+            if not isinstance(t, list) or not t:
+                raise ConfigError(f"targets: expected a non-empty list, got {t!r}")
+            names = [_target_name(s, i) for i, s in enumerate(t)]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"targets: names must be unique, got {names}")
+            d["targets"] = tuple(dict(s) if isinstance(s, Mapping) else s for s in t)
+        for key, choices in (("methods", METHODS), ("selections", SELECTIONS)):
+            if key in raw:
+                v = raw[key]
+                if not isinstance(v, list) or not v:
+                    raise ConfigError(f"{key}: expected a non-empty list from {list(choices)}, got {v!r}")
+                for x in v:
+                    if x not in choices:
+                        raise ConfigError(f"{key}: unknown value {x!r}; choose from {list(choices)}")
+                if len(set(v)) != len(v):
+                    raise ConfigError(f"{key}: repeated values in {v}")
+                d[key] = tuple(v)
+        if "lambdas" in raw:
+            v = raw["lambdas"]
+            if not isinstance(v, list) or not v:
+                raise ConfigError(f"lambdas: expected a non-empty list of numbers in [0, 1], got {v!r}")
+            lams = tuple(_number(f"lambdas[{i}]", x, 0.0, 1.0) for i, x in enumerate(v))
+            if len(set(lams)) != len(lams):
+                raise ConfigError(f"lambdas: repeated values in {list(lams)}")
+            d["lambdas"] = lams
+        if "top_n" in raw:
+            d["top_n"] = _integer("top_n", raw["top_n"], 1)
+        if "alpha" in raw:
+            d["alpha"] = _number("alpha", raw["alpha"], 0.0, 1.0, lo_open=True)
+        if "repeats" in raw:
+            d["repeats"] = _integer("repeats", raw["repeats"], 1)
+        for key in ("steck_smoothing_select", "steck_smoothing_rerank"):
+            if key in raw:
+                d[key] = _number(key, raw[key], 0.0, 1.0, lo_open=True)
+        if "exclude_categories" in raw:
+            v = raw["exclude_categories"]
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"exclude_categories: expected a list of category names, got {v!r}")
+            d["exclude_categories"] = tuple(v)
+        if "unknown_category_weight" in raw:
+            d["unknown_category_weight"] = _number("unknown_category_weight", raw["unknown_category_weight"], 0.0)
+        if "missing_category" in raw:
+            if raw["missing_category"] not in ("error", "exclude"):
+                raise ConfigError(f"missing_category: expected 'error' or 'exclude', got {raw['missing_category']!r}")
+            d["missing_category"] = raw["missing_category"]
+        if "submissions" in raw:
+            if not isinstance(raw["submissions"], bool):
+                raise ConfigError(f"submissions: expected true or false, got {raw['submissions']!r}")
+            d["submissions"] = raw["submissions"]
+        for key in ("ba_chunk_rows", "batch_impressions"):
+            if key in raw:
+                d[key] = _integer(key, raw[key], 1)
+        if "nails_steck_nails_lambda_default" in raw:
+            d["nails_steck_nails_lambda_default"] = _number(
+                "nails_steck_nails_lambda_default", raw["nails_steck_nails_lambda_default"], 0.0, 1.0
+            )
+        if "synthetic" in raw:
+            d["synthetic"] = SyntheticDumpSpec.from_dict(raw["synthetic"])
+        cfg = cls(**d)
+        target_names = cfg.target_names
+        if "best_lambda" in raw:
+            bl = raw["best_lambda"]
+            if not isinstance(bl, Mapping):
+                raise ConfigError(f"best_lambda: expected a mapping target -> {{method: lambda}}, got {bl!r}")
+            out = {}
+            for tname, per in bl.items():
+                if tname not in target_names:
+                    raise ConfigError(f"best_lambda: {tname!r} is not one of the targets {target_names}")
+                if not isinstance(per, Mapping):
+                    raise ConfigError(f"best_lambda.{tname}: expected a mapping, got {per!r}")
+                out[tname] = {}
+                for key, lam in per.items():
+                    if key not in BEST_LAMBDA_KEYS:
+                        raise ConfigError(f"best_lambda.{tname}: unknown key {key!r}; use {list(BEST_LAMBDA_KEYS)}")
+                    if lam != AUTO:
+                        lam = _number(f"best_lambda.{tname}.{key}", lam, 0.0, 1.0)
+                        if lam not in cfg.lambdas:
+                            raise ConfigError(
+                                f"best_lambda.{tname}.{key}: {lam} is not in the lambda grid {list(cfg.lambdas)}"
+                            )
+                    out[tname][key] = lam
+            object.__setattr__(cfg, "best_lambda", out)
+        if "nails_steck_nails_lambda" in raw:
+            v = raw["nails_steck_nails_lambda"]
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"nails_steck_nails_lambda: expected a mapping target -> lambda, got {v!r}")
+            out = {}
+            for tname, lam in v.items():
+                if tname not in target_names:
+                    raise ConfigError(f"nails_steck_nails_lambda: {tname!r} is not one of the targets {target_names}")
+                out[tname] = _number(f"nails_steck_nails_lambda.{tname}", lam, 0.0, 1.0)
+            object.__setattr__(cfg, "nails_steck_nails_lambda", out)
+        return cfg
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def target_names(self) -> list[str]:
+        return [t if isinstance(t, str) else t["name"] for t in self.targets]
+
+    def target_spec(self, name: str):
+        for t in self.targets:
+            if (t if isinstance(t, str) else t["name"]) == name:
+                return t
+        raise ConfigError(f"no target named {name!r}; targets are {self.target_names}")
+
+    def cells(self, method: str) -> list[tuple[str, float]]:
+        """(selection, λ) cells evaluated for ``method``."""
+        selections = self.selections if method == "nails" else ("det",)
+        return [(s, lam) for s in selections for lam in self.lambdas]
+
+    def nails_lambda_for(self, target: str) -> float:
+        """NAILS λ of the composed ``nails_steck`` method for ``target``."""
+        return float(self.nails_steck_nails_lambda.get(target, self.nails_steck_nails_lambda_default))
+
+    def best_lambda_for(self, target: str, key: str):
+        return self.best_lambda.get(target, {}).get(key, AUTO)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["synthetic"] = self.synthetic.as_dict()
+        for k, v in list(d.items()):
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+
+def parse_align_config(text: str) -> dict[str, Any]:
+    """Metaflow ``Config`` parser: YAML text -> validated, complete settings dict."""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config is not valid YAML: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
+    return AlignConfig.from_dict(raw).as_dict()
+
+
+def load_align_config(path: str) -> AlignConfig:
+    with open(path, encoding="utf-8") as f:
+        return AlignConfig.from_dict(yaml.safe_load(f) or {})

@@ -1,0 +1,545 @@
+"""Reading and validating prediction dumps in the NAILS / EB-NeRD test-scores layout.
+
+A dump is one parquet file, one row per impression:
+
+* ``impression_id`` (u32) — ``0`` marks the beyond-accuracy (BA) block, whose rows all rank the
+  same shared candidate list; ``> 0`` an ordinary impression;
+* ``article_ids_inview`` (list[i32]) and ``scores`` (list[f32], raw logits, same length);
+* optionally ``article_ids_clicked`` (list[i32]) — the labels.
+
+:func:`prepare_dump` reads it once, in batches, checks every row, and writes a compact columnar
+copy (memory-mapped arrays) that the alignment tasks stream through:
+
+* the BA block as a dense (rows × candidates) matrix of softmax probabilities, after removing
+  excluded categories from the candidate list;
+* the labelled block as flat arrays (offsets, category index, logits, click flags).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from steps import ragged
+from steps.align.categories import to_codes
+from steps.errors import ConfigError, InputError
+from steps.storage import ArrayAppender, FileRef, file_ref, load_array, save_array
+
+IMPRESSION_ID = "impression_id"
+INVIEW = "article_ids_inview"
+SCORES = "scores"
+CLICKED = "article_ids_clicked"
+ARTICLE_ID = "article_id"
+CATEGORY_STR = "category_str"
+
+#: Internal name for articles that have no category (see ``missing_category``).
+MISSING_CATEGORY = "<missing>"
+MISSING_POLICIES = ("error", "exclude")
+
+
+# --------------------------------------------------------------------------- schema checks
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _describe(t: pa.DataType) -> str:
+    return str(t).replace("large_list", "list")
+
+
+def check_prediction_schema(path: str | os.PathLike) -> pa.Schema:
+    """Open the dump's schema and check columns and dtypes; returns the schema."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: prediction file not found")
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:  # pyarrow raises several types for a non-parquet file
+        raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
+    names = set(schema.names)
+    for col in (IMPRESSION_ID, INVIEW, SCORES):
+        if col not in names:
+            raise InputError(f"{path}: missing column {col!r} (found: {', '.join(schema.names)})")
+    if not pa.types.is_integer(schema.field(IMPRESSION_ID).type):
+        raise InputError(
+            f"{path}: column {IMPRESSION_ID!r} has dtype {_describe(schema.field(IMPRESSION_ID).type)}, expected an integer (u32)"
+        )
+    for col, want, check in (
+        (INVIEW, "list[i32]", pa.types.is_integer),
+        (SCORES, "list[f32]", pa.types.is_floating),
+        (CLICKED, "list[i32]", pa.types.is_integer),
+    ):
+        if col not in names:
+            continue
+        t = schema.field(col).type
+        if not (_is_list(t) and check(t.value_type)):
+            raise InputError(f"{path}: column {col!r} has dtype {_describe(t)}, expected {want}")
+    return schema
+
+
+def load_articles(path: str | os.PathLike) -> pl.DataFrame:
+    """``article_id`` (i32) and ``category`` (paper code, or the raw name; null if missing)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: articles file not found")
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
+    for col in (ARTICLE_ID, CATEGORY_STR):
+        if col not in schema.names:
+            raise InputError(f"{path}: missing column {col!r} (found: {', '.join(schema.names)})")
+    if not pa.types.is_integer(schema.field(ARTICLE_ID).type):
+        raise InputError(f"{path}: column {ARTICLE_ID!r} has dtype {schema.field(ARTICLE_ID).type}, expected i32")
+    t = schema.field(CATEGORY_STR).type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)):
+        raise InputError(f"{path}: column {CATEGORY_STR!r} has dtype {t}, expected str")
+    df = pl.read_parquet(path, columns=[ARTICLE_ID, CATEGORY_STR])
+    if df[ARTICLE_ID].null_count():
+        row = int(df[ARTICLE_ID].is_null().arg_max())
+        raise InputError(f"{path}: column {ARTICLE_ID!r} is null in row {row}")
+    dup = df[ARTICLE_ID].is_duplicated()
+    if dup.any():
+        row = int(dup.arg_max())
+        raise InputError(f"{path}: column {ARTICLE_ID!r} repeats article_id {df[ARTICLE_ID][row]} (row {row})")
+    return df.select(
+        pl.col(ARTICLE_ID).cast(pl.Int64),
+        to_codes(pl.col(CATEGORY_STR).cast(pl.String).str.strip_chars()).replace("", None).alias("category"),
+    )
+
+
+# --------------------------------------------------------------------------- prepared dump
+@dataclass(frozen=True)
+class PreparedDump:
+    """A validated dump, stored as memory-mappable arrays (see module docstring)."""
+
+    predictions_path: str
+    articles_path: str
+    categories: tuple[str, ...]
+    excluded_categories: tuple[str, ...]
+    n_rows: int
+    # beyond-accuracy block
+    n_ba_rows: int
+    ba_candidate_ids: np.ndarray  # (K,) article ids after exclusion
+    ba_category_index: np.ndarray  # (K,) index into ``categories``
+    n_ba_candidates_excluded: int
+    ba_probs: FileRef | None  # (n_ba_rows, K) float32 softmax probabilities
+    # labelled / ordinary impressions
+    n_impressions: int
+    n_labelled: int
+    impression_ids: FileRef  # (n,) uint32
+    offsets: FileRef  # (n + 1,) int64
+    category_index: FileRef  # (nnz,) int16
+    logits: FileRef  # (nnz,) float32
+    clicked: FileRef  # (nnz,) bool
+    # distributions over ``categories``
+    model_distribution: np.ndarray  # p(E): mean summed probability per category
+    candidate_frequency: np.ndarray  # category counts of the BA candidate list (or fallback)
+    distribution_source: str  # "beyond-accuracy block" or "labelled impressions"
+    n_missing_category_articles: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def has_ba(self) -> bool:
+        return self.n_ba_rows > 0
+
+    @property
+    def candidate_categories(self) -> list[str]:
+        """Category of each BA candidate (or, without a BA block, the categories seen)."""
+        if self.has_ba:
+            return [self.categories[i] for i in self.ba_category_index]
+        return [c for c, n in zip(self.categories, self.candidate_frequency) for _ in range(int(n))]
+
+
+@dataclass
+class _Accumulators:
+    ba_ids: list[np.ndarray] = field(default_factory=list)
+    ba_scores: list[np.ndarray] = field(default_factory=list)
+    ba_reference: np.ndarray | None = None
+    ba_first_row: int = -1
+
+
+def _list_column(batch: pa.RecordBatch, name: str, path: Path, row0: int) -> tuple[np.ndarray, pa.Array]:
+    """(offsets rebased to 0, flat values array) of a list column; errors on null lists/values."""
+    arr = batch.column(name)
+    if arr.null_count:
+        row = row0 + int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{path}: column {name!r} is null in row {row}")
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    offsets = offsets - offsets[0]
+    values = arr.flatten()
+    if values.null_count:
+        flat = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        row = row0 + int(np.searchsorted(offsets, flat, side="right") - 1)
+        raise InputError(f"{path}: column {name!r} holds a null value in row {row}")
+    return offsets, values
+
+
+def _article_category_lookup(articles: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    cats = sorted(articles["category"].drop_nulls().unique().to_list())
+    df = articles.sort(ARTICLE_ID).with_columns(
+        pl.col("category").replace_strict(cats, list(range(len(cats))), default=-1, return_dtype=pl.Int64).alias("idx")
+    )
+    return df[ARTICLE_ID].to_numpy(), df["idx"].to_numpy(), cats
+
+
+def _lookup(ids_sorted: np.ndarray, cat_idx: np.ndarray, article_ids: np.ndarray) -> np.ndarray:
+    """Category index of each article id; -1 for ids not in the articles file or without category."""
+    pos = np.searchsorted(ids_sorted, article_ids)
+    pos_c = np.minimum(pos, len(ids_sorted) - 1) if len(ids_sorted) else pos
+    found = (pos < len(ids_sorted)) & (ids_sorted[pos_c] == article_ids) if len(ids_sorted) else np.zeros(len(article_ids), bool)
+    return np.where(found, cat_idx[pos_c] if len(ids_sorted) else -1, -1)
+
+
+def prepare_dump(
+    predictions_path: str | os.PathLike,
+    articles_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    exclude_categories: Sequence[str] = ("auto",),
+    missing_category: str = "error",
+    batch_rows: int = 100_000,
+) -> PreparedDump:
+    """Validate the dump row by row and write its compact copy to ``out_dir``.
+
+    Raises :class:`InputError` naming the file, column, row, impression and value for: a missing
+    column, a wrong dtype, in-view/scores length mismatch, a NaN or infinite score, an empty in-view
+    list, a clicked article that is not in view, a labelled impression without a non-clicked article,
+    BA rows whose candidate lists differ, and articles without a category (unless
+    ``missing_category="exclude"``, which removes them from the BA candidate list and treats them as
+    outside every target elsewhere).
+    """
+    predictions_path, articles_path = Path(predictions_path), Path(articles_path)
+    if missing_category not in MISSING_POLICIES:
+        raise ConfigError(f"missing_category must be one of {MISSING_POLICIES}, got {missing_category!r}")
+    if batch_rows < 1:
+        raise ConfigError(f"batch_rows must be positive, got {batch_rows}")
+    schema = check_prediction_schema(predictions_path)
+    has_clicks = CLICKED in schema.names
+    articles = load_articles(articles_path)
+    ids_sorted, art_cat, categories = _article_category_lookup(articles)
+    missing_index = len(categories)
+    categories_all = [*categories, MISSING_CATEGORY]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    columns = [IMPRESSION_ID, INVIEW, SCORES] + ([CLICKED] if has_clicks else [])
+    writers = {
+        "impression_ids": ArrayAppender(out_dir / "impression_ids", np.uint32),
+        "offsets": ArrayAppender(out_dir / "offsets", np.int64),
+        "category_index": ArrayAppender(out_dir / "category_index", np.int16),
+        "logits": ArrayAppender(out_dir / "logits", np.float32),
+        "clicked": ArrayAppender(out_dir / "clicked", np.bool_),
+    }
+    writers["offsets"].append(np.zeros(1, np.int64))
+    acc = _Accumulators()
+    nnz_written = 0
+    n_impressions = n_labelled = 0
+    missing_articles: dict[int, int] = {}  # article id -> first row seen
+    fallback_mass = np.zeros(len(categories_all))
+    fallback_freq = np.zeros(len(categories_all))
+    row0 = 0
+    try:
+        pf = pq.ParquetFile(predictions_path)
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            n = batch.num_rows
+            imp_arr = batch.column(IMPRESSION_ID)
+            if imp_arr.null_count:
+                row = row0 + int(np.flatnonzero(imp_arr.is_null().to_numpy(zero_copy_only=False))[0])
+                raise InputError(f"{predictions_path}: column {IMPRESSION_ID!r} is null in row {row}")
+            imp = imp_arr.to_numpy().astype(np.int64)
+            if (imp < 0).any() or (imp > np.iinfo(np.uint32).max).any():
+                row = int(np.flatnonzero((imp < 0) | (imp > np.iinfo(np.uint32).max))[0])
+                raise InputError(
+                    f"{predictions_path}: column {IMPRESSION_ID!r} has value {imp[row]} in row {row0 + row}, outside u32"
+                )
+            off, inview_vals = _list_column(batch, INVIEW, predictions_path, row0)
+            off_s, score_vals = _list_column(batch, SCORES, predictions_path, row0)
+            lens = np.diff(off)
+            lens_s = np.diff(off_s)
+            if (lens != lens_s).any():
+                r = int(np.flatnonzero(lens != lens_s)[0])
+                raise InputError(
+                    f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): {INVIEW!r} has {lens[r]} "
+                    f"articles but {SCORES!r} has {lens_s[r]} values"
+                )
+            if (lens == 0).any():
+                r = int(np.flatnonzero(lens == 0)[0])
+                raise InputError(f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): empty {INVIEW!r} list")
+            aids = inview_vals.to_numpy().astype(np.int64)
+            scores = score_vals.to_numpy().astype(np.float64)
+            bad = ~np.isfinite(scores)
+            if bad.any():
+                flat = int(np.flatnonzero(bad)[0])
+                r = int(np.searchsorted(off, flat, side="right") - 1)
+                raise InputError(
+                    f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): column {SCORES!r} holds "
+                    f"{scores[flat]} at position {flat - off[r]} (article {aids[flat]})"
+                )
+            cat = _lookup(ids_sorted, art_cat, aids)
+            if (cat < 0).any():
+                miss = np.flatnonzero(cat < 0)
+                rows_of = np.searchsorted(off, miss, side="right") - 1
+                for a, r in zip(aids[miss], rows_of):
+                    missing_articles.setdefault(int(a), row0 + int(r))
+                cat = np.where(cat < 0, missing_index, cat)
+
+            # clicks
+            clicked = np.zeros(len(aids), dtype=bool)
+            n_click = np.zeros(n, dtype=np.int64)
+            if has_clicks:
+                off_c, click_vals = _list_column(batch, CLICKED, predictions_path, row0)
+                click_ids = click_vals.to_numpy().astype(np.int64)
+                click_rows = ragged.row_ids(off_c)
+                n_click = np.diff(off_c)
+                view_rows = ragged.row_ids(off)
+                view_key = (view_rows << 32) | (aids & 0xFFFFFFFF)
+                click_key = np.unique((click_rows << 32) | (click_ids & 0xFFFFFFFF))
+                clicked = _member(view_key, click_key)
+                found = np.bincount(view_rows, weights=clicked, minlength=n)
+                wanted = np.bincount(click_key >> 32, minlength=n)
+                if (found != wanted).any():
+                    r = int(np.flatnonzero(found != wanted)[0])
+                    in_row = click_key[(click_key >> 32) == r] & 0xFFFFFFFF
+                    absent = in_row[~np.isin(in_row, aids[off[r] : off[r + 1]])]
+                    raise InputError(
+                        f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): clicked article "
+                        f"{int(absent[0])} is not in {INVIEW!r}"
+                    )
+                pos_per_row = np.bincount(view_rows, weights=clicked, minlength=n).astype(np.int64)
+                no_neg = (pos_per_row > 0) & (pos_per_row == lens) & (imp > 0)
+                if no_neg.any():
+                    r = int(np.flatnonzero(no_neg)[0])
+                    raise InputError(
+                        f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): every in-view article "
+                        "is clicked, so the impression has no negative and AUC is undefined"
+                    )
+                n_click = pos_per_row
+
+            # beyond-accuracy rows
+            is_ba = imp == 0
+            if is_ba.any():
+                _collect_ba(acc, off, aids, scores, np.flatnonzero(is_ba), row0, predictions_path)
+
+            # ordinary impressions
+            keep = np.flatnonzero(~is_ba)
+            if len(keep):
+                idx, valid = ragged.padded_index(off, keep, int(lens[keep].max()))
+                flat = idx[valid]
+                sub_off = np.concatenate([[0], np.cumsum(lens[keep])])
+                writers["impression_ids"].append(imp[keep].astype(np.uint32))
+                writers["offsets"].append(sub_off[1:] + nnz_written)
+                writers["category_index"].append(cat[flat].astype(np.int16))
+                writers["logits"].append(scores[flat].astype(np.float32))
+                writers["clicked"].append(clicked[flat])
+                nnz_written += len(flat)
+                n_impressions += len(keep)
+                n_labelled += int((n_click[keep] > 0).sum())
+                # fallback distributions, used only when the dump has no BA block
+                probs = ragged.segment_softmax(sub_off, scores[flat])
+                fallback_mass += np.bincount(cat[flat], weights=probs, minlength=len(categories_all))
+                fallback_freq += np.bincount(cat[flat], minlength=len(categories_all))
+            row0 += n
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    refs = {k: w.close() for k, w in writers.items()}
+
+    if missing_articles and missing_category == "error":
+        first_id, first_row = next(iter(missing_articles.items()))
+        raise InputError(
+            f"{articles_path}: {len(missing_articles)} article(s) referenced by {predictions_path} have no category "
+            f"(e.g. article_id {first_id}, first seen in row {first_row}); add them to {articles_path} or set "
+            "missing_category: exclude"
+        )
+
+    excluded = sorted({*exclude_categories, MISSING_CATEGORY})
+    excluded_idx = np.array([i for i, c in enumerate(categories_all) if c in excluded], dtype=np.int64)
+    notes: list[str] = []
+    if acc.ba_reference is not None:
+        ba_ids = acc.ba_reference
+        ba_cat = _lookup(ids_sorted, art_cat, ba_ids)
+        ba_cat = np.where(ba_cat < 0, missing_index, ba_cat)
+        keep_cols = ~np.isin(ba_cat, excluded_idx)
+        if not keep_cols.any():
+            raise InputError(
+                f"{predictions_path}: every beyond-accuracy candidate is in an excluded category ({', '.join(excluded)})"
+            )
+        logits = np.concatenate(acc.ba_scores, axis=0)[:, keep_cols]
+        probs = _softmax_rows(logits)
+        del logits
+        n_ba = probs.shape[0]
+        model = np.bincount(ba_cat[keep_cols], weights=probs.sum(axis=0) / n_ba, minlength=len(categories_all))
+        freq = np.bincount(ba_cat[keep_cols], minlength=len(categories_all)).astype(np.float64)
+        ba_ref = save_array(out_dir / "ba_probs.npy", probs.astype(np.float32))
+        del probs
+        source = "beyond-accuracy block"
+        ba_ids_kept, ba_cat_kept = ba_ids[keep_cols], ba_cat[keep_cols]
+        n_excl = int((~keep_cols).sum())
+    else:
+        n_ba, ba_ref, n_excl = 0, None, 0
+        ba_ids_kept = np.zeros(0, np.int64)
+        ba_cat_kept = np.zeros(0, np.int64)
+        if n_impressions == 0:
+            raise InputError(f"{predictions_path}: the file has no rows")
+        freq = fallback_freq.copy()
+        freq[excluded_idx] = 0
+        if freq.sum() == 0:
+            raise InputError(f"{predictions_path}: every in-view article is in an excluded category")
+        model = fallback_mass / n_impressions
+        source = "labelled impressions"
+        notes.append(
+            f"{predictions_path} has no beyond-accuracy rows (impression_id == 0): beyond-accuracy metrics "
+            "are skipped, and the Editorial/Uniform targets and p(E) are estimated from the in-view lists "
+            "of the ordinary impressions instead"
+        )
+    if missing_articles:
+        notes.append(
+            f"{len(missing_articles)} article(s) without a category were excluded from the candidate list "
+            "and treated as outside every target (missing_category: exclude)"
+        )
+    return PreparedDump(
+        predictions_path=str(predictions_path.absolute()),
+        articles_path=str(articles_path.absolute()),
+        categories=tuple(categories_all),
+        excluded_categories=tuple(excluded),
+        n_rows=row0,
+        n_ba_rows=n_ba,
+        ba_candidate_ids=ba_ids_kept,
+        ba_category_index=ba_cat_kept,
+        n_ba_candidates_excluded=n_excl,
+        ba_probs=ba_ref,
+        n_impressions=n_impressions,
+        n_labelled=n_labelled,
+        impression_ids=refs["impression_ids"],
+        offsets=refs["offsets"],
+        category_index=refs["category_index"],
+        logits=refs["logits"],
+        clicked=refs["clicked"],
+        model_distribution=model,
+        candidate_frequency=freq,
+        distribution_source=source,
+        n_missing_category_articles=len(missing_articles),
+        notes=tuple(notes),
+    )
+
+
+def _member(values: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_unique)`` for a small sorted set, by binary search."""
+    if len(sorted_unique) == 0:
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_unique, values), len(sorted_unique) - 1)
+    return sorted_unique[pos] == values
+
+
+def _softmax_rows(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=1, keepdims=True)
+    return x
+
+
+def _collect_ba(acc: _Accumulators, off, aids, scores, rows, row0, path) -> None:
+    """Gather BA rows as dense (rows × K) arrays, checking they share one candidate list."""
+    lens = np.diff(off)[rows]
+    if acc.ba_reference is None:
+        r = rows[0]
+        acc.ba_reference = aids[off[r] : off[r + 1]].copy()
+        acc.ba_first_row = row0 + int(r)
+        if len(np.unique(acc.ba_reference)) != len(acc.ba_reference):
+            raise InputError(f"{path}: row {acc.ba_first_row} (beyond-accuracy block) lists an article twice")
+    ref = acc.ba_reference
+    k = len(ref)
+    if (lens != k).any():
+        r = int(rows[np.flatnonzero(lens != k)[0]])
+        raise InputError(
+            f"{path}: row {row0 + r} (impression_id 0) has {np.diff(off)[r]} candidates but the beyond-accuracy "
+            f"block's candidate list (row {acc.ba_first_row}) has {k}; every impression_id 0 row must rank the same list"
+        )
+    idx = off[rows][:, None] + np.arange(k)[None, :]
+    ids2 = aids[idx]
+    sc2 = scores[idx]
+    same = (ids2 == ref[None, :]).all(axis=1)
+    if not same.all():
+        # Same set in another order is accepted and re-ordered; anything else is an error.
+        sorter_ref = np.argsort(ref)
+        bad_rows = np.flatnonzero(~same)
+        sorter = np.argsort(ids2[bad_rows], axis=1)
+        sorted_ids = np.take_along_axis(ids2[bad_rows], sorter, axis=1)
+        mismatch = (sorted_ids != ref[sorter_ref][None, :]).any(axis=1)
+        if mismatch.any():
+            r = int(rows[bad_rows[np.flatnonzero(mismatch)[0]]])
+            raise InputError(
+                f"{path}: row {row0 + r} (impression_id 0) ranks a different candidate list than row "
+                f"{acc.ba_first_row}; every impression_id 0 row must rank the same list"
+            )
+        # column of ref[j] in each bad row: sorter[:, rank of ref[j] among sorted ref]
+        rank_of_ref = np.empty(k, dtype=np.int64)
+        rank_of_ref[sorter_ref] = np.arange(k)
+        cols = sorter[:, rank_of_ref]
+        sc2[bad_rows] = np.take_along_axis(sc2[bad_rows], cols, axis=1)
+    acc.ba_scores.append(sc2)
+
+
+# --------------------------------------------------------------------------- streaming
+@dataclass(frozen=True)
+class ImpressionBatch:
+    """A slice of the ordinary impressions, as flat arrays with local ``offsets``."""
+
+    start: int  # index of the first impression of the batch
+    impression_ids: np.ndarray
+    offsets: np.ndarray
+    category_index: np.ndarray
+    logits: np.ndarray
+    clicked: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.impression_ids)
+
+    @property
+    def labelled_rows(self) -> np.ndarray:
+        """Rows with at least one click."""
+        pos = ragged.segment_sum(self.offsets, self.clicked.astype(np.int64)) if len(self.clicked) else np.zeros(0)
+        return np.flatnonzero(pos > 0)
+
+
+def iter_impressions(prepared: PreparedDump, batch_rows: int) -> Iterator[ImpressionBatch]:
+    """Stream the ordinary impressions in batches of ``batch_rows`` (memory-mapped, flat memory)."""
+    ids = load_array(prepared.impression_ids)
+    offsets = load_array(prepared.offsets)
+    cats = load_array(prepared.category_index)
+    logits = load_array(prepared.logits)
+    clicked = load_array(prepared.clicked)
+    for start in range(0, len(ids), batch_rows):
+        stop = min(start + batch_rows, len(ids))
+        o = np.asarray(offsets[start : stop + 1], dtype=np.int64)
+        lo, hi = int(o[0]), int(o[-1])
+        yield ImpressionBatch(
+            start=start,
+            impression_ids=np.asarray(ids[start:stop]),
+            offsets=o - lo,
+            category_index=np.asarray(cats[lo:hi], dtype=np.int64),
+            logits=np.asarray(logits[lo:hi]),
+            clicked=np.asarray(clicked[lo:hi]),
+        )
+
+
+def iter_ba_chunks(prepared: PreparedDump, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream the BA probability matrix in row chunks ``(chunk_index, probs float64)``."""
+    if prepared.ba_probs is None:
+        return
+    probs = load_array(prepared.ba_probs)
+    for i, start in enumerate(range(0, probs.shape[0], chunk_rows)):
+        yield i, np.asarray(probs[start : start + chunk_rows], dtype=np.float64)
+
+
+def input_refs(prepared: PreparedDump) -> dict[str, FileRef]:
+    """Checksummed references to the user's input files (recorded for provenance)."""
+    return {"predictions": file_ref(prepared.predictions_path), "articles": file_ref(prepared.articles_path)}

@@ -1,0 +1,385 @@
+"""Evaluate one alignment method toward one target over the λ grid.
+
+For every (selection, λ) cell of a method:
+
+* on the beyond-accuracy (BA) block — every row ranks the shared candidate list — the top-N of
+  each row is selected, and ``kl_at_n`` (KL between the target and the aggregate top-N category
+  mix), ``kl_all`` (KL of the summed adjusted probabilities; NAILS only), ``user_kl_mean`` /
+  ``user_kl_std`` (per-row KL of each top-N list) and ``coverage_at_n`` are computed;
+* on the ordinary impressions every in-view list is re-ranked with the same method and the
+  per-impression ``auc``, ``mrr``, ``ndcg_at_5`` and ``ndcg_at_10`` of the clicked articles are
+  averaged; an EB-NeRD submission file is written.
+
+Both parts stream: BA rows in chunks, impressions in batches, so memory does not grow with the
+size of the dump. Stochastic selection is repeated ``repeats`` times (independent seeded
+streams); the table reports the mean over repeats and, in ``*_sd`` columns, the standard
+deviation across repeats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from steps import ragged
+from steps.align.config import AlignConfig
+from steps.align.data import PreparedDump, iter_ba_chunks, iter_impressions
+from steps.align.nails import nails_factors, nails_ratio, nails_reweight
+from steps.align.selection import sampling_keys, stochastic_top_n, top_n_indices
+from steps.align.steck import queue_relevance, queues_padded, queues_shared, steck_greedy
+from steps.align.submission import SubmissionWriter
+from steps.align.targets import Target, check_model_mass
+from steps.errors import InputError
+from steps.metrics import coverage_at_n, ragged_ranks, ranking_metrics_from_positions, smoothed_kl
+from steps.seeding import rng_for
+from steps.storage import FileRef
+
+BA_METRICS = ("kl_at_n", "kl_all", "user_kl_mean", "user_kl_std", "coverage_at_n")
+ACCURACY_METRICS = ("auc", "mrr", "ndcg_at_5", "ndcg_at_10")
+RESULT_COLUMNS = (
+    "distribution",
+    "method",
+    "selection",
+    "lambda",
+    *BA_METRICS,
+    *ACCURACY_METRICS,
+    "n_repeats",
+    *(f"{m}_sd" for m in BA_METRICS if m != "user_kl_std"),
+    *(f"{m}_sd" for m in ACCURACY_METRICS),
+)
+RESULT_SCHEMA = {
+    "distribution": pl.String,
+    "method": pl.String,
+    "selection": pl.String,
+    "lambda": pl.Float64,
+    **{c: pl.Float64 for c in RESULT_COLUMNS[4:] if c != "n_repeats"},
+    "n_repeats": pl.Int64,
+}
+MIX_SCHEMA = {
+    "distribution": pl.String,
+    "method": pl.String,
+    "selection": pl.String,
+    "lambda": pl.Float64,
+    "basis": pl.String,  # "top_n": aggregate top-N mix; "all": summed adjusted probabilities
+    "category": pl.String,
+    "share": pl.Float64,
+}
+HIST_BINS = 200
+#: Steck's greedy pass over padded buckets keeps (rows × categories × depth) arrays; cap the cells.
+STECK_MAX_CELLS = 8_000_000
+
+
+# --------------------------------------------------------------------------- small helpers
+class RunningStats:
+    """Mean and population variance over streamed chunks (Chan et al.'s parallel update)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: np.ndarray) -> None:
+        if len(x) == 0:
+            return
+        n_b, mean_b = len(x), float(np.mean(x))
+        m2_b = float(np.sum((x - mean_b) ** 2))
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        self.n = n
+
+    @property
+    def std(self) -> float:
+        return float(np.sqrt(self.m2 / self.n)) if self.n else float("nan")
+
+
+@dataclass
+class _SelectionStats:
+    """Accumulated top-N statistics of one (cell, repeat) over BA chunks."""
+
+    n_slots: int
+    n_candidates: int
+    edges: np.ndarray
+    counts: np.ndarray = None
+    covered: np.ndarray = None
+    user_kl: RunningStats = field(default_factory=RunningStats)
+    hist: np.ndarray = None
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros(self.n_slots)
+        self.covered = np.zeros(self.n_candidates, dtype=bool)
+        self.hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
+
+    def add(self, top: np.ndarray, slot: np.ndarray, p_star: np.ndarray, alpha: float) -> None:
+        u, n = top.shape
+        slots = slot[top]
+        per_row = np.bincount((np.arange(u)[:, None] * self.n_slots + slots).ravel(), minlength=u * self.n_slots)
+        per_row = per_row.reshape(u, self.n_slots).astype(np.float64)
+        kl = smoothed_kl(p_star, per_row / n, alpha)
+        self.counts += per_row.sum(axis=0)
+        self.covered[top.ravel()] = True
+        self.user_kl.update(kl)
+        self.hist += np.histogram(kl, self.edges)[0]
+
+
+@dataclass
+class _AccuracyStats:
+    sums: dict[str, float] = field(default_factory=lambda: {m: 0.0 for m in ACCURACY_METRICS})
+    n: int = 0
+
+    def add(self, per_row: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        for m in ACCURACY_METRICS:
+            self.sums[m] += float(np.sum(per_row[m][rows]))
+        self.n += len(rows)
+
+    def means(self) -> dict[str, float | None]:
+        return {m: (self.sums[m] / self.n if self.n else None) for m in ACCURACY_METRICS}
+
+
+def _mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), (float(np.std(vals)) if len(vals) > 1 else None)
+
+
+@dataclass(frozen=True)
+class TargetLayout:
+    """How a target lays over the dump's categories.
+
+    Slots ``0..C-1`` are the target's categories; slot ``C`` ("other") holds every category
+    outside the target (excluded or unknown ones in ordinary impressions).
+    """
+
+    target: Target
+    slot_of_category: np.ndarray  # (G,) global category -> slot
+    p_star: np.ndarray  # (C,)
+    p_model: np.ndarray  # (C,) model distribution on the target's categories
+    ratio: np.ndarray  # (C + 1,) p*/p, and the unknown-category weight for "other"
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.p_star)
+
+    def p_star_with_other(self, other_weight: float) -> np.ndarray:
+        p = np.append(self.p_star, other_weight)
+        return p / p.sum()
+
+
+def target_layout(prepared: PreparedDump, target: Target, unknown_category_weight: float) -> TargetLayout:
+    index = {c: i for i, c in enumerate(target.categories)}
+    slot = np.array([index.get(c, len(target.categories)) for c in prepared.categories], dtype=np.int64)
+    p_model = np.bincount(slot, weights=prepared.model_distribution, minlength=len(target.categories) + 1)[:-1]
+    check_model_mass(p_model, target.probs, target.categories)
+    ratio = np.append(nails_ratio(target.probs, p_model), unknown_category_weight)
+    return TargetLayout(target, slot, np.asarray(target.probs, dtype=np.float64), p_model, ratio)
+
+
+# --------------------------------------------------------------------------- rankings of ragged lists
+def steck_positions(
+    offsets: np.ndarray,
+    relevance: np.ndarray,
+    slot: np.ndarray,
+    p_star: np.ndarray,
+    lams: tuple[float, ...],
+    smoothing: float,
+) -> dict[float, np.ndarray]:
+    """0-based rank of every element when Steck's greedy re-ranks each whole in-view list, for
+    every λ in ``lams`` (the per-category queues are built once per bucket and shared)."""
+    out = {lam: np.empty(len(relevance), dtype=np.int64) for lam in lams}
+    n_slots = len(p_star)
+    for rows, width in ragged.iter_buckets(offsets, max_cells=STECK_MAX_CELLS // max(n_slots, 1)):
+        idx, valid = ragged.padded_index(offsets, rows, width)
+        rel = ragged.gather_padded(relevance, idx, valid, 0.0)
+        cat = ragged.gather_padded(slot, idx, valid, 0)
+        queues: dict[bool, tuple] = {}
+        b = np.broadcast_to(np.arange(len(rows))[:, None], (len(rows), width))
+        step = np.broadcast_to(np.arange(width)[None, :], (len(rows), width))
+        for lam in lams:
+            full = lam >= 1.0
+            if full not in queues:
+                queues[full] = queues_padded(queue_relevance(rel, lam), cat, valid, n_slots)
+            chosen = steck_greedy(*queues[full], p_star, lam, width, smoothing)
+            ok = chosen >= 0
+            col_rank = np.zeros_like(chosen)
+            col_rank[b[ok], chosen[ok]] = step[ok]
+            out[lam][idx[valid]] = col_rank[valid]
+    return out
+
+
+# --------------------------------------------------------------------------- the evaluation
+@dataclass
+class MethodOutcome:
+    results: pl.DataFrame
+    category_mix: pl.DataFrame
+    user_kl_hist: pl.DataFrame
+    submissions: list[dict]
+
+
+def evaluate_method(
+    prepared: PreparedDump,
+    layout: TargetLayout,
+    method: str,
+    cfg: AlignConfig,
+    out_dir: str | Path,
+) -> MethodOutcome:
+    """Run ``method`` toward ``layout.target`` over ``cfg``'s λ grid; see the module docstring."""
+    if method not in ("nails", "steck", "nails_steck"):
+        raise ValueError(f"unknown method {method!r}")
+    target = layout.target
+    cells = cfg.cells(method)
+    n_rep = {cell: (cfg.repeats if cell[0] == "stoch" else 1) for cell in cells}
+    edges = np.linspace(0.0, np.log(1.0 / cfg.alpha) * (1 + 1e-9), HIST_BINS + 1)
+    out_dir = Path(out_dir)
+
+    # ---------------------------------------------------------------- beyond-accuracy block
+    ba_stats: dict[tuple, list[_SelectionStats]] = {}
+    mass: dict[float, np.ndarray] = {}
+    n_ba = prepared.n_ba_rows
+    if prepared.has_ba:
+        k = len(prepared.ba_category_index)
+        if cfg.top_n > k:
+            raise InputError(
+                f"top_n = {cfg.top_n} is larger than the beyond-accuracy candidate list ({k} articles after "
+                f"excluding {', '.join(prepared.excluded_categories)})"
+            )
+        cand_slot = layout.slot_of_category[prepared.ba_category_index]
+        if (cand_slot >= layout.n_slots).any():
+            raise InputError(f"target {target.name!r} does not cover every candidate category")
+        ba_stats = {c: [_SelectionStats(layout.n_slots, k, edges) for _ in range(n_rep[c])] for c in cells}
+        mass = {lam: np.zeros(layout.n_slots) for lam in cfg.lambdas}
+        ratio = layout.ratio[: layout.n_slots]
+        for chunk, probs in iter_ba_chunks(prepared, cfg.ba_chunk_rows):
+            if method == "nails":
+                for lam in cfg.lambdas:
+                    adj = nails_reweight(probs, cand_slot, nails_factors(ratio, lam))
+                    mass[lam] += np.bincount(cand_slot, weights=adj.sum(axis=0), minlength=layout.n_slots)
+                    for sel in cfg.selections:
+                        for r, stats in enumerate(ba_stats[(sel, lam)]):
+                            if sel == "det":
+                                top = top_n_indices(adj, cfg.top_n)
+                            else:
+                                rng = rng_for(cfg.seed, target.name, method, sel, lam, r, "ba", chunk)
+                                top = stochastic_top_n(adj, cfg.top_n, rng)
+                            stats.add(top, cand_slot, layout.p_star, cfg.alpha)
+            else:
+                base = probs
+                if method == "nails_steck":
+                    base = nails_reweight(probs, cand_slot, nails_factors(ratio, cfg.nails_lambda_for(target.name)))
+                queues: dict[bool, tuple] = {}
+                for lam in cfg.lambdas:
+                    full = lam >= 1.0
+                    if full not in queues:
+                        queues[full] = queues_shared(queue_relevance(base, lam), cand_slot, layout.n_slots, cfg.top_n)
+                    top = steck_greedy(*queues[full], layout.p_star, lam, cfg.top_n, cfg.steck_smoothing_select)
+                    ba_stats[("det", lam)][0].add(top, cand_slot, layout.p_star, cfg.alpha)
+
+    # ---------------------------------------------------------------- ordinary impressions
+    acc_stats = {c: [_AccuracyStats() for _ in range(n_rep[c])] for c in cells}
+    writers: dict[tuple, SubmissionWriter] = {}
+    if prepared.n_impressions and cfg.submissions:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for sel, lam in cells:
+            writers[(sel, lam)] = SubmissionWriter(out_dir / submission_name(target.name, method, sel, lam))
+    p_star_other = layout.p_star_with_other(cfg.unknown_category_weight)
+    try:
+        for batch_i, batch in enumerate(iter_impressions(prepared, cfg.batch_impressions)):
+            off = batch.offsets
+            probs = ragged.segment_softmax(off, batch.logits)
+            slot = layout.slot_of_category[batch.category_index]
+            labelled = batch.labelled_rows
+            base = probs
+            if method == "nails_steck":
+                base = probs * nails_factors(layout.ratio, cfg.nails_lambda_for(target.name))[slot]
+            steck = None
+            if method != "nails":
+                steck = steck_positions(off, base, slot, p_star_other, cfg.lambdas, cfg.steck_smoothing_rerank)
+            for sel, lam in cells:
+                for r, stats in enumerate(acc_stats[(sel, lam)]):
+                    avg_positions = None  # rankings without ties
+                    if method == "nails":
+                        adj = probs * nails_factors(layout.ratio, lam)[slot]
+                        if sel == "det":
+                            positions, avg_positions = ragged_ranks(off, adj)
+                        else:
+                            rng = rng_for(cfg.seed, target.name, method, sel, lam, r, "impressions", batch_i)
+                            positions, _ = ragged_ranks(off, sampling_keys(adj, rng))
+                    else:
+                        positions = steck[lam]
+                    if len(labelled):
+                        per_row = ranking_metrics_from_positions(off, positions, batch.clicked, avg_positions)
+                        stats.add(per_row, labelled)
+                    if r == 0 and (sel, lam) in writers:
+                        writers[(sel, lam)].write(batch.impression_ids, off, positions + 1)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    submissions = [
+        {"distribution": target.name, "method": method, "selection": sel, "lambda": lam, "file": w.close()}
+        for (sel, lam), w in writers.items()
+    ]
+
+    # ---------------------------------------------------------------- tables
+    rows, mixes, hists = [], [], []
+    for sel, lam in cells:
+        row: dict = {"distribution": target.name, "method": method, "selection": sel, "lambda": lam, "n_repeats": n_rep[(sel, lam)]}
+        if prepared.has_ba:
+            reps = ba_stats[(sel, lam)]
+            kl_n = [smoothed_kl(layout.p_star, s.counts / s.counts.sum(), cfg.alpha) for s in reps]
+            cov = [coverage_at_n(np.flatnonzero(s.covered), len(s.covered)) for s in reps]
+            ukl = [s.user_kl.mean for s in reps]
+            ustd = [s.user_kl.std for s in reps]
+            for name, vals in (("kl_at_n", kl_n), ("coverage_at_n", cov), ("user_kl_mean", ukl)):
+                row[name], row[f"{name}_sd"] = _mean_sd(vals)
+            row["user_kl_std"] = _mean_sd(ustd)[0]
+            mix = np.mean([s.counts / s.counts.sum() for s in reps], axis=0)
+            mixes += _mix_rows(target, method, sel, lam, "top_n", mix)
+            hist = np.sum([s.hist for s in reps], axis=0)
+            hists += [
+                {"distribution": target.name, "method": method, "selection": sel, "lambda": lam,
+                 "bin_left": float(edges[i]), "bin_right": float(edges[i + 1]), "count": int(hist[i])}
+                for i in np.flatnonzero(hist)
+            ]
+            if method == "nails":
+                all_mix = mass[lam] / n_ba
+                row["kl_all"] = smoothed_kl(layout.p_star, all_mix, cfg.alpha)
+                if sel == cfg.selections[0]:
+                    mixes += _mix_rows(target, method, "all", lam, "all", all_mix)
+        for name in ACCURACY_METRICS:
+            row[name], row[f"{name}_sd"] = _mean_sd([s.means()[name] for s in acc_stats[(sel, lam)]])
+        rows.append(row)
+    results = pl.DataFrame([{c: row.get(c) for c in RESULT_COLUMNS} for row in rows], schema=RESULT_SCHEMA)
+    return MethodOutcome(
+        results=results,
+        category_mix=pl.DataFrame(mixes, schema=MIX_SCHEMA),
+        user_kl_hist=pl.DataFrame(
+            hists,
+            schema={"distribution": pl.String, "method": pl.String, "selection": pl.String, "lambda": pl.Float64,
+                    "bin_left": pl.Float64, "bin_right": pl.Float64, "count": pl.Int64},
+        ),
+        submissions=submissions,
+    )
+
+
+def _mix_rows(target: Target, method: str, sel: str, lam: float, basis: str, mix: np.ndarray) -> list[dict]:
+    return [
+        {"distribution": target.name, "method": method, "selection": sel, "lambda": lam, "basis": basis,
+         "category": c, "share": float(s)}
+        for c, s in zip(target.categories, mix)
+    ]
+
+
+def submission_name(distribution: str, method: str, selection: str, lam: float) -> str:
+    return f"{distribution}_{method}_{selection}_lambda{lam:g}.zip"
+
+
+def target_mix(layout: TargetLayout) -> pl.DataFrame:
+    """The target and the model's own distribution p(E), as category-mix rows."""
+    t = layout.target
+    rows = _mix_rows(t, "target", "-", float("nan"), "target", layout.p_star) + _mix_rows(
+        t, "model", "-", float("nan"), "all", layout.p_model / layout.p_model.sum()
+    )
+    return pl.DataFrame(rows, schema=MIX_SCHEMA)

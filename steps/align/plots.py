@@ -1,0 +1,131 @@
+"""Figures of the alignment experiment (matplotlib, headless): each returns a Figure."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+METHOD_LABEL = {
+    ("nails", "det"): "NAILS (det)",
+    ("nails", "stoch"): "NAILS (stoch)",
+    ("steck", "det"): "Steck",
+    ("nails_steck", "det"): "NAILS + Steck",
+}
+COLORS = {("nails", "det"): "C0", ("nails", "stoch"): "C1", ("steck", "det"): "C2", ("nails_steck", "det"): "C3"}
+
+
+def _label(method: str, selection: str) -> str:
+    return METHOD_LABEL.get((method, selection), f"{method} ({selection})")
+
+
+def kl_vs_lambda(results: pl.DataFrame) -> plt.Figure:
+    """KL@N (and KL@|C| for NAILS) against λ, one panel per target distribution."""
+    dists = results["distribution"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(dists), figsize=(5.5 * len(dists), 4), squeeze=False)
+    for ax, dist in zip(axes[0], dists):
+        sub = results.filter(pl.col("distribution") == dist)
+        for (method, sel), grp in sub.group_by(["method", "selection"], maintain_order=True):
+            grp = grp.sort("lambda")
+            if grp["kl_at_n"].null_count() < grp.height:
+                ax.plot(grp["lambda"], grp["kl_at_n"], "o-", color=COLORS.get((method, sel)), label=f"{_label(method, sel)} KL@N")
+            if method == "nails" and sel == "det" and grp["kl_all"].null_count() < grp.height:
+                ax.plot(grp["lambda"], grp["kl_all"], "k--", label="NAILS KL@|C| (all scores)")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xlabel("λ")
+        ax.set_ylabel("KL(p* ‖ category mix)")
+        ax.set_title(dist)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def category_mix_bars(comparison: pl.DataFrame) -> plt.Figure:
+    """The paper's bar chart: category mix of the target, the baseline and each method at its best λ."""
+    dists = comparison["distribution"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(len(dists), 1, figsize=(11, 3.8 * len(dists)), squeeze=False)
+    for ax, dist in zip(axes[:, 0], dists):
+        sub = comparison.filter((pl.col("distribution") == dist) & ~pl.col("row").is_in(["kl", "coverage"]))
+        cats = sorted(sub["row"].unique().to_list())
+        cols = sub["column"].unique(maintain_order=True).to_list()
+        width = 0.8 / max(len(cols), 1)
+        x = np.arange(len(cats))
+        for i, col in enumerate(cols):
+            m = dict(sub.filter(pl.col("column") == col).select("row", "value").iter_rows())
+            kl = comparison.filter((pl.col("distribution") == dist) & (pl.col("column") == col) & (pl.col("row") == "kl"))["value"]
+            lbl = col if col == "target" or kl.is_empty() or kl[0] is None else f"{col} (KL={kl[0]:.3f})"
+            ax.bar(x + (i - (len(cols) - 1) / 2) * width, [m.get(c, 0.0) for c in cats], width, label=lbl)
+        ax.set_xticks(x, cats)
+        ax.set_ylabel("share of top-N")
+        ax.set_title(f"Category mix — {dist}")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncols=2)
+    fig.tight_layout()
+    return fig
+
+
+def user_kl_density(hist: pl.DataFrame) -> plt.Figure:
+    """Density of the per-row KL of each top-N list, one panel per (distribution, method), a line per λ."""
+    if hist.is_empty():
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no beyond-accuracy block: user-level KL not computed", ha="center")
+        ax.axis("off")
+        return fig
+    keys = hist.select("distribution", "method", "selection").unique(maintain_order=True).rows()
+    n = len(keys)
+    ncols = min(4, n)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, (dist, method, sel) in zip(axes.ravel(), keys):
+        sub = hist.filter((pl.col("distribution") == dist) & (pl.col("method") == method) & (pl.col("selection") == sel))
+        for lam, grp in sorted(sub.group_by("lambda"), key=lambda g: g[0][0]):
+            grp = grp.sort("bin_left")
+            width = (grp["bin_right"] - grp["bin_left"]).to_numpy()
+            dens = grp["count"].to_numpy() / grp["count"].sum() / width
+            ax.plot((grp["bin_left"] + grp["bin_right"]).to_numpy() / 2, dens, label=f"λ={lam[0]:g}", lw=1)
+        ax.set_title(f"{dist}: {_label(method, sel)}", fontsize=9)
+        ax.set_xlabel("user-level KL@N")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=6)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_kl(results: pl.DataFrame, accuracy: str = "ndcg_at_10") -> plt.Figure:
+    """Trade-off: one point per method × λ (x: KL@N on the BA block, y: accuracy on impressions)."""
+    dists = results["distribution"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(dists), figsize=(5.5 * len(dists), 4), squeeze=False)
+    for ax, dist in zip(axes[0], dists):
+        sub = results.filter(pl.col("distribution") == dist)
+        for (method, sel), grp in sub.group_by(["method", "selection"], maintain_order=True):
+            grp = grp.sort("lambda").drop_nulls([accuracy])
+            if grp.is_empty():
+                continue
+            x = grp["kl_at_n"].fill_null(np.nan).to_numpy()
+            if np.isnan(x).all():
+                x = grp["lambda"].to_numpy()
+                ax.set_xlabel("λ (no beyond-accuracy block)")
+            else:
+                ax.set_xlabel("KL@N (beyond-accuracy block)")
+            ax.plot(x, grp[accuracy], "o-", color=COLORS.get((method, sel)), label=_label(method, sel), ms=4)
+            for xi, yi, lam in zip(x, grp[accuracy], grp["lambda"]):
+                ax.annotate(f"{lam:g}", (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_ylabel(accuracy)
+        ax.set_title(dist)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: plt.Figure, path) -> None:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,103 @@
+"""The combination comparison: each method at its best λ, side by side (the paper's final table)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from steps.align.config import AUTO, AlignConfig
+
+#: (column in the comparison, method, selection, key in ``best_lambda``)
+COMPARED = (
+    ("nails_stoch", "nails", "stoch", "nails_stoch"),
+    ("nails_det", "nails", "det", "nails_det"),
+    ("steck", "steck", "det", "steck"),
+    ("nails_steck", "nails_steck", "det", "nails_steck"),
+)
+
+
+def choose_best_lambda(results: pl.DataFrame, distribution: str, method: str, selection: str, configured) -> float | None:
+    """The configured best λ, or with ``auto`` the grid λ with the lowest ``kl_at_n`` (NAILS) or
+    ``user_kl_mean`` (Steck methods); ties go to the smaller λ. None if the cell was not run."""
+    cells = results.filter(
+        (pl.col("distribution") == distribution) & (pl.col("method") == method) & (pl.col("selection") == selection)
+    ).sort("lambda")
+    if cells.is_empty():
+        return None
+    if configured != AUTO:
+        return float(configured)
+    metric = "kl_at_n" if method == "nails" else "user_kl_mean"
+    if cells[metric].null_count() == cells.height:
+        metric = "ndcg_at_10"  # without a BA block, fall back to accuracy
+        return float(cells.sort([metric, "lambda"], descending=[True, False])["lambda"][0])
+    return float(cells.sort([metric, "lambda"], nulls_last=True)["lambda"][0])
+
+
+def best_lambdas(results: pl.DataFrame, cfg: AlignConfig) -> pl.DataFrame:
+    """One row per (distribution, compared method): the λ used in the comparison and why."""
+    rows = []
+    for dist in results["distribution"].unique(maintain_order=True).to_list():
+        for column, method, selection, key in COMPARED:
+            configured = cfg.best_lambda_for(dist, key)
+            lam = choose_best_lambda(results, dist, method, selection, configured)
+            if lam is not None:
+                rows.append({"distribution": dist, "compared": column, "method": method, "selection": selection,
+                             "lambda": lam, "chosen_by": "config" if configured != AUTO else "auto"})
+    return pl.DataFrame(rows, schema={"distribution": pl.String, "compared": pl.String, "method": pl.String,
+                                      "selection": pl.String, "lambda": pl.Float64, "chosen_by": pl.String})
+
+
+def comparison_table(results: pl.DataFrame, category_mix: pl.DataFrame, best: pl.DataFrame) -> pl.DataFrame:
+    """Long table ``distribution, column, category, share`` plus rows ``kl`` and ``coverage``.
+
+    Columns: ``target``, ``baseline`` (top-N at λ = 0, deterministic), ``nails_all`` (summed NAILS
+    probabilities at the largest λ of the grid), and every compared method at its best λ.
+    """
+    rows = []
+    for dist in results["distribution"].unique(maintain_order=True).to_list():
+        mix = category_mix.filter(pl.col("distribution") == dist)
+        res = results.filter(pl.col("distribution") == dist)
+        columns: list[tuple[str, pl.DataFrame, float | None, float | None]] = []
+        target = mix.filter(pl.col("basis") == "target")
+        columns.append(("target", target, 0.0, None))
+        base = res.filter((pl.col("lambda") == 0.0) & (pl.col("selection") == "det")).head(1)
+        if base.height:
+            b = base.row(0, named=True)
+            columns.append(("baseline", mix.filter((pl.col("method") == b["method"]) & (pl.col("selection") == "det")
+                                                  & (pl.col("lambda") == 0.0) & (pl.col("basis") == "top_n")),
+                            b["kl_at_n"], b["coverage_at_n"]))
+        nails = res.filter(pl.col("method") == "nails")
+        if nails.height:
+            lam_max = float(nails["lambda"].max())
+            kl_all = nails.filter(pl.col("lambda") == lam_max)["kl_all"][0]
+            columns.append((f"nails_all_{lam_max:g}", mix.filter((pl.col("basis") == "all") & (pl.col("method") == "nails")
+                                                               & (pl.col("lambda") == lam_max)), kl_all, 1.0))
+        for b in best.filter(pl.col("distribution") == dist).iter_rows(named=True):
+            cell = res.filter((pl.col("method") == b["method"]) & (pl.col("selection") == b["selection"])
+                              & (pl.col("lambda") == b["lambda"]))
+            m = mix.filter((pl.col("method") == b["method"]) & (pl.col("selection") == b["selection"])
+                           & (pl.col("lambda") == b["lambda"]) & (pl.col("basis") == "top_n"))
+            if cell.height:
+                c = cell.row(0, named=True)
+                columns.append((f"{b['compared']}_{b['lambda']:g}", m, c["kl_at_n"], c["coverage_at_n"]))
+        for name, m, kl, cov in columns:
+            rows += [{"distribution": dist, "column": name, "row": r["category"], "value": r["share"]} for r in m.iter_rows(named=True)]
+            rows.append({"distribution": dist, "column": name, "row": "kl", "value": kl})
+            rows.append({"distribution": dist, "column": name, "row": "coverage", "value": cov})
+    return pl.DataFrame(rows, schema={"distribution": pl.String, "column": pl.String, "row": pl.String, "value": pl.Float64})
+
+
+def comparison_wide(comparison: pl.DataFrame, distribution: str) -> pl.DataFrame:
+    """The comparison of one distribution as the paper prints it: categories (+kl, coverage) × columns."""
+    sub = comparison.filter(pl.col("distribution") == distribution)
+    if sub.is_empty():
+        return sub
+    order = sub["column"].unique(maintain_order=True).to_list()
+    wide = sub.pivot(on="column", index="row", values="value", aggregate_function="first")
+    return wide.select(["row", *[c for c in order if c in wide.columns]])
+
+
+def format_float(x) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "–"
+    return f"{x:.4f}" if isinstance(x, float) else str(x)

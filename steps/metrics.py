@@ -1,0 +1,150 @@
+"""recalign's one metric library: every flow computes each metric with these functions.
+
+Distribution metrics (alignment):
+  * :func:`smoothed_kl` — KL(p* ‖ q̃) with q̃ = (1−α)·q + α·p*, natural log.
+  * :func:`coverage_at_n` — distinct selected candidates / candidates.
+
+Ranking metrics per impression (ebnerd-benchmark definitions, averaged over impressions):
+  * AUC — ROC AUC of the scores within the impression (ties count ½, as scikit-learn does).
+  * MRR — mean over clicked articles of 1/rank.
+  * nDCG@k — gains 2^rel − 1, discounts log2(rank + 1), normalised by the ideal ranking.
+Ranks come from sorting by score, highest first; equal scores keep their in-view order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from steps import ragged
+
+DEFAULT_KL_ALPHA = 1e-4
+
+
+# --------------------------------------------------------------------------- distributions
+def smoothed_kl(p_star: np.ndarray, q: np.ndarray, alpha: float = DEFAULT_KL_ALPHA) -> np.ndarray | float:
+    """KL(p* ‖ (1−α)·q + α·p*) over the last axis (natural log); terms with p* = 0 count 0.
+
+    ``q`` may be one distribution (1-D) or one per row (2-D). Both are used as given: pass
+    normalised distributions.
+    """
+    p = np.asarray(p_star, dtype=np.float64)
+    qq = np.asarray(q, dtype=np.float64)
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+    q_tilde = (1.0 - alpha) * qq + alpha * p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / q_tilde), 0.0)
+    out = terms.sum(axis=-1)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def normalise(counts: np.ndarray, axis: int = -1) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, counts / np.where(total > 0, total, 1.0), 0.0)
+
+
+def coverage_at_n(selected: np.ndarray, n_candidates: int) -> float:
+    """Distinct selected candidate indices (any shape, negatives ignored) / ``n_candidates``."""
+    sel = np.asarray(selected).ravel()
+    sel = sel[sel >= 0]
+    if n_candidates <= 0:
+        raise ValueError(f"n_candidates must be positive, got {n_candidates}")
+    return float(np.unique(sel).size / n_candidates)
+
+
+# --------------------------------------------------------------------------- rankings
+def positions_from_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0-based rank position of every cell of ``keys`` (B, W), highest key first, and the average
+    position of its tie group (equal keys: column order decides ``positions``; ``avg_positions``
+    gives every member of a tie group the group's mean position).
+
+    Use ``-inf`` for padding: it ranks last and never ties a finite key.
+    """
+    b, w = keys.shape
+    order = np.argsort(-keys, axis=1, kind="stable")
+    col = np.broadcast_to(np.arange(w)[None, :], (b, w))
+    positions = np.empty_like(order)
+    np.put_along_axis(positions, order, col, axis=1)
+    sorted_keys = np.take_along_axis(keys, order, axis=1)
+    new_group = np.ones((b, w), dtype=bool)
+    new_group[:, 1:] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
+    if new_group.all():
+        return positions, positions.astype(np.float64)
+    group_end = np.ones((b, w), dtype=bool)
+    group_end[:, :-1] = new_group[:, 1:]
+    first = np.maximum.accumulate(np.where(new_group, col, 0), axis=1)
+    last = np.minimum.accumulate(np.where(group_end, col, w)[:, ::-1], axis=1)[:, ::-1]
+    avg_positions = np.empty((b, w), dtype=np.float64)
+    np.put_along_axis(avg_positions, order, (first + last) / 2.0, axis=1)
+    return positions, avg_positions
+
+
+def ragged_ranks(offsets: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat 0-based positions (and tie-averaged positions) of every element within its row,
+    highest key first; equal keys keep their in-view order in ``positions``."""
+    positions = np.empty(len(keys), dtype=np.int64)
+    avg_positions = np.empty(len(keys), dtype=np.float64)
+    k = np.asarray(keys, dtype=np.float64)
+    for rows, width in ragged.iter_buckets(offsets):
+        idx, valid = ragged.padded_index(offsets, rows, width)
+        pos, avg = positions_from_keys(ragged.gather_padded(k, idx, valid, -np.inf))
+        positions[idx[valid]] = pos[valid]
+        avg_positions[idx[valid]] = avg[valid]
+    return positions, avg_positions
+
+
+def _ideal_dcg_table(max_k: int) -> np.ndarray:
+    # ideal[n] = sum_{i < n} 1/log2(i + 2)
+    return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(max_k) + 2.0))])
+
+
+def ranking_metrics_from_positions(
+    offsets: np.ndarray,
+    positions: np.ndarray,
+    labels: np.ndarray,
+    avg_positions: np.ndarray | None = None,
+    ks: tuple[int, ...] = (5, 10),
+) -> dict[str, np.ndarray]:
+    """Per-impression AUC, MRR and nDCG@k from each element's rank in its row.
+
+    ``positions``: 0-based rank (0 = shown first); ``avg_positions``: the tie-averaged rank used
+    by AUC (defaults to ``positions``, i.e. a ranking without ties). Rows without a positive or
+    without a negative get NaN AUC (and NaN MRR/nDCG without a positive).
+    """
+    lab = np.asarray(labels, dtype=np.float64)
+    avg = positions if avg_positions is None else avg_positions
+    n_valid = ragged.lengths(offsets).astype(np.float64)
+    n_pos = ragged.segment_sum(offsets, lab)
+    n_neg = n_valid - n_pos
+    asc_rank = np.repeat(n_valid, ragged.lengths(offsets)) - avg
+    rank_sum = ragged.segment_sum(offsets, lab * asc_rank)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {
+            "auc": (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg),
+            "mrr": ragged.segment_sum(offsets, lab / (positions + 1.0)) / n_pos,
+        }
+        ideal = _ideal_dcg_table(max(ks))
+        discount = lab / np.log2(positions + 2.0)
+        n_pos_int = n_pos.astype(np.int64)
+        for k in ks:
+            dcg = ragged.segment_sum(offsets, np.where(positions < k, discount, 0.0))
+            out[f"ndcg_at_{k}"] = dcg / ideal[np.minimum(n_pos_int, k)]
+    return out
+
+
+def ranking_metrics(
+    offsets: np.ndarray, keys: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (5, 10)
+) -> dict[str, np.ndarray]:
+    """Per-impression AUC, MRR, nDCG@k for a ragged batch scored by ``keys`` (higher = better).
+
+    AUC counts tied scores ½ (as scikit-learn's ``roc_auc_score``); MRR and nDCG rank tied scores
+    in in-view order. Keys must be finite.
+    """
+    positions, avg = ragged_ranks(offsets, keys)
+    return ranking_metrics_from_positions(offsets, positions, labels, avg, ks)
+
+
+def mean_ranking_metrics(per_row: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: float(np.mean(v)) if len(v) else float("nan") for name, v in per_row.items()}

@@ -1,0 +1,17 @@
+"""Shared test set-up. Metaflow refuses the user name "root": set one before anything imports it."""
+
+import os
+
+os.environ.setdefault("METAFLOW_USER", "recalign-tests")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from tests.flowrun import FlowRunner  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def flow_runner(tmp_path_factory) -> FlowRunner:
+    """Runs flows through Metaflow's Runner in a private working directory (datastore, exports)."""
+    return FlowRunner(tmp_path_factory.mktemp("flows"))

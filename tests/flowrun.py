@@ -1,0 +1,70 @@
+"""Run a flow end to end through Metaflow's ``Runner`` (and resume it) from a test."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWS = ROOT / "flows"
+CONFIGS = ROOT / "configs"
+
+
+@dataclass
+class FlowRun:
+    status: str
+    run_id: str
+    run: object  # metaflow.Run
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful"
+
+
+class FlowRunner:
+    """Each test gets the same private cwd (so Metaflow's local datastore and exports stay out of
+    the repository); every call passes its own environment."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = Path(cwd)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECALIGN_FAIL")}
+        env["METAFLOW_USER"] = os.environ.get("METAFLOW_USER", "recalign-tests")
+        env["RECALIGN_STORAGE_ROOT"] = str(self.cwd / ".recalign")
+        env.update(extra)
+        return env
+
+    def run(self, flow: str, config: str | Path | None = None, env: dict | None = None, **params) -> FlowRun:
+        from metaflow import Runner
+
+        kwargs = {"config": [("config", str(config))]} if config else {}
+        with Runner(str(FLOWS / flow), show_output=False, pylint=False, env=env or self.env(), cwd=str(self.cwd), **kwargs) as runner:
+            result = runner.run(max_workers=2, **params)
+            return FlowRun(result.status, result.run.id, result.run, result.stdout, result.stderr)
+
+    def resume(self, flow: str, origin_run_id: str, env: dict | None = None) -> FlowRun:
+        """Resume a failed run; its parameters and configs are frozen to the origin run."""
+        from metaflow import Runner
+
+        with Runner(str(FLOWS / flow), show_output=False, pylint=False, env=env or self.env(), cwd=str(self.cwd)) as runner:
+            result = runner.resume(origin_run_id=origin_run_id, max_workers=2)
+            return FlowRun(result.status, result.run.id, result.run, result.stdout, result.stderr)
+
+
+def card_data(task, card_id: str) -> str:
+    """The JSON payload of a card (Metaflow embeds it base64-encoded in the HTML)."""
+    import base64
+    import re
+
+    from metaflow.cards import get_cards
+
+    html = get_cards(task, id=card_id)[0].get()
+    match = re.search(r'window\.__MF_DATA__\["[^"]+"\] = "([^"]+)"', html)
+    assert match, "card has no embedded data"
+    import json
+
+    return json.dumps(json.loads(base64.b64decode(match.group(1))), ensure_ascii=False)
