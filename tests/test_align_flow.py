@@ -65,3 +65,15 @@ def test_failed_fanout_task_then_resume_matches_uninterrupted_run(quick_run, flo
     assert resumed.ok, resumed.stderr[-3000:]
     assert_frame_equal(resumed.run.data.results, quick_run.run.data.results)
     assert_frame_equal(resumed.run.data.category_mix, quick_run.run.data.category_mix)
+
+
+def test_bad_input_fails_in_start_and_exports_nothing(flow_runner, tmp_path):
+    from tests.test_align_data import GOOD, write_articles, write_dump
+
+    bad = GOOD[:2] + [(21, [1, 2], [0.3, float("nan")], [1])]
+    dump = write_dump(tmp_path / "predictions.parquet", bad)
+    articles = write_articles(tmp_path / "articles.parquet")
+    run = flow_runner.run("align_flow.py", QUICK, predictions=str(dump), articles=str(articles))
+    assert run.status == "failed"
+    assert "row 2 (impression_id 21): column 'scores' holds nan at position 1" in run.stderr + run.stdout
+    assert not (flow_runner.cwd / "artifacts" / "AlignFlow" / run.run_id).exists()

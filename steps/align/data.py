@@ -49,8 +49,16 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
+_SHORT = {"int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64", "uint8": "u8", "uint16": "u16",
+          "uint32": "u32", "uint64": "u64", "float": "f32", "double": "f64", "halffloat": "f16", "string": "str",
+          "large_string": "str", "bool": "bool"}
+
+
 def _describe(t: pa.DataType) -> str:
-    return str(t).replace("large_list", "list")
+    """A dtype the way Polars prints it: ``list[f32]``, ``u32``, ``str``."""
+    if _is_list(t):
+        return f"list[{_describe(t.value_type)}]"
+    return _SHORT.get(str(t), str(t))
 
 
 def check_prediction_schema(path: str | os.PathLike) -> pa.Schema:
@@ -96,15 +104,15 @@ def load_articles(path: str | os.PathLike) -> pl.DataFrame:
         if col not in schema.names:
             raise InputError(f"{path}: missing column {col!r} (found: {', '.join(schema.names)})")
     if not pa.types.is_integer(schema.field(ARTICLE_ID).type):
-        raise InputError(f"{path}: column {ARTICLE_ID!r} has dtype {schema.field(ARTICLE_ID).type}, expected i32")
+        raise InputError(f"{path}: column {ARTICLE_ID!r} has dtype {_describe(schema.field(ARTICLE_ID).type)}, expected i32")
     t = schema.field(CATEGORY_STR).type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)):
-        raise InputError(f"{path}: column {CATEGORY_STR!r} has dtype {t}, expected str")
+        raise InputError(f"{path}: column {CATEGORY_STR!r} has dtype {_describe(t)}, expected str")
     df = pl.read_parquet(path, columns=[ARTICLE_ID, CATEGORY_STR])
     if df[ARTICLE_ID].null_count():
         row = int(df[ARTICLE_ID].is_null().arg_max())
         raise InputError(f"{path}: column {ARTICLE_ID!r} is null in row {row}")
-    dup = df[ARTICLE_ID].is_duplicated()
+    dup = ~df[ARTICLE_ID].is_first_distinct()
     if dup.any():
         row = int(dup.arg_max())
         raise InputError(f"{path}: column {ARTICLE_ID!r} repeats article_id {df[ARTICLE_ID][row]} (row {row})")
@@ -345,19 +353,18 @@ def prepare_dump(
                 fallback_mass += np.bincount(cat[flat], weights=probs, minlength=len(categories_all))
                 fallback_freq += np.bincount(cat[flat], minlength=len(categories_all))
             row0 += n
+        if missing_articles and missing_category == "error":
+            first_id, first_row = next(iter(missing_articles.items()))
+            raise InputError(
+                f"{articles_path}: {len(missing_articles)} article(s) referenced by {predictions_path} have no "
+                f"category (e.g. article_id {first_id}, first seen in row {first_row}); add them to "
+                f"{articles_path} or set missing_category: exclude"
+            )
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
     refs = {k: w.close() for k, w in writers.items()}
-
-    if missing_articles and missing_category == "error":
-        first_id, first_row = next(iter(missing_articles.items()))
-        raise InputError(
-            f"{articles_path}: {len(missing_articles)} article(s) referenced by {predictions_path} have no category "
-            f"(e.g. article_id {first_id}, first seen in row {first_row}); add them to {articles_path} or set "
-            "missing_category: exclude"
-        )
 
     excluded = sorted({*exclude_categories, MISSING_CATEGORY})
     excluded_idx = np.array([i for i, c in enumerate(categories_all) if c in excluded], dtype=np.int64)

@@ -94,7 +94,9 @@ def comparison_wide(comparison: pl.DataFrame, distribution: str) -> pl.DataFrame
         return sub
     order = sub["column"].unique(maintain_order=True).to_list()
     wide = sub.pivot(on="column", index="row", values="value", aggregate_function="first")
-    return wide.select(["row", *[c for c in order if c in wide.columns]])
+    rows = sorted(r for r in wide["row"].to_list() if r not in ("kl", "coverage")) + ["kl", "coverage"]
+    wide = wide.with_columns(pl.col("row").replace_strict(rows, list(range(len(rows))), return_dtype=pl.Int64).alias("_o"))
+    return wide.sort("_o").select(["row", *[c for c in order if c in wide.columns]])
 
 
 def format_float(x) -> str:
