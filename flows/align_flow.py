@@ -14,6 +14,7 @@ from pathlib import Path
 from metaflow import Config, FlowSpec, Parameter, card, current, step
 from metaflow.cards import Image, Markdown, Table
 
+from configs import config_path
 from steps.align.config import AlignConfig
 from steps.align.data import input_refs, prepare_dump
 from steps.align.evaluate import RESULT_COLUMNS, evaluate_method, target_layout, target_mix
@@ -33,7 +34,7 @@ from steps.storage import run_dir
 
 # Artifacts of the start step that the joins carry forward.
 CARRIED = ["inputs", "prepared", "input_files", "data_summary", "target", "model_distribution", "target_names"]
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "nails_paper.yaml")
+DEFAULT_CONFIG = config_path("nails_paper.yaml")
 
 
 class AlignFlow(FlowSpec):
@@ -55,7 +56,7 @@ class AlignFlow(FlowSpec):
         self.inputs = resolve_inputs(self.predictions, self.articles, cfg.synthetic, data_dir)
         self.prepared = prepare_dump(
             self.inputs.predictions, self.inputs.articles, data_dir / "prepared",
-            cfg.exclude_categories, cfg.missing_category, cfg.batch_impressions,
+            cfg.exclude_categories, cfg.missing_category,
         )
         self.input_files = input_refs(self.prepared)
         self.data_summary = data_summary(self.prepared)

@@ -105,6 +105,25 @@ def load_array(ref: FileRef, mmap: bool = True, verify: bool = False) -> np.ndar
     return np.load(ref.path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
+def read_slice(ref: FileRef, start: int, stop: int) -> np.ndarray:
+    """Elements ``start:stop`` (first axis) of an array file, read into fresh memory.
+
+    Unlike slicing a memory map, the pages read are not kept mapped, so streaming through a
+    large file keeps the resident set flat.
+    """
+    if not Path(ref.path).exists():
+        raise InputError(f"{ref.path}: file is missing (it was written by an earlier step)")
+    if ref.path.endswith(".bin"):
+        dtype = np.dtype(ref.dtype)
+        stop = min(stop, ref.shape[0])
+        count = max(stop - start, 0)
+        if count == 0:
+            return np.zeros(0, dtype=dtype)
+        return np.fromfile(ref.path, dtype=dtype, count=count, offset=start * dtype.itemsize)
+    arr = np.load(ref.path, mmap_mode="r", allow_pickle=False)
+    return np.array(arr[start:stop])
+
+
 class ArrayAppender:
     """Write a 1-D array to disk piece by piece (raw ``.bin``), without holding it in memory.
 

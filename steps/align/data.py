@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from steps import ragged
 from steps.align.categories import to_codes
 from steps.errors import ConfigError, InputError
-from steps.storage import ArrayAppender, FileRef, file_ref, load_array, save_array
+from steps.storage import ArrayAppender, FileRef, file_ref, read_slice, save_array
 
 IMPRESSION_ID = "impression_id"
 INVIEW = "article_ids_inview"
@@ -211,7 +211,7 @@ def prepare_dump(
     out_dir: str | os.PathLike,
     exclude_categories: Sequence[str] = ("auto",),
     missing_category: str = "error",
-    batch_rows: int = 100_000,
+    batch_rows: int = 25_000,
 ) -> PreparedDump:
     """Validate the dump row by row and write its compact copy to ``out_dir``.
 
@@ -253,7 +253,9 @@ def prepare_dump(
     fallback_freq = np.zeros(len(categories_all))
     row0 = 0
     try:
-        pf = pq.ParquetFile(predictions_path)
+        # pre_buffer=False: with pre-buffering, pyarrow keeps every row group's buffers alive and the
+        # memory grows with the file (seen: +4 MB per 1,000 rows); without it, it stays flat.
+        pf = pq.ParquetFile(predictions_path, pre_buffer=False)
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
             n = batch.num_rows
             imp_arr = batch.column(IMPRESSION_ID)
@@ -378,13 +380,19 @@ def prepare_dump(
             raise InputError(
                 f"{predictions_path}: every beyond-accuracy candidate is in an excluded category ({', '.join(excluded)})"
             )
-        logits = np.concatenate(acc.ba_scores, axis=0)[:, keep_cols]
-        probs = _softmax_rows(logits)
-        del logits
-        n_ba = probs.shape[0]
-        model = np.bincount(ba_cat[keep_cols], weights=probs.sum(axis=0) / n_ba, minlength=len(categories_all))
+        n_ba = sum(len(b) for b in acc.ba_scores)
+        probs = np.empty((n_ba, int(keep_cols.sum())), dtype=np.float32)
+        column_mass = np.zeros(probs.shape[1])
+        start = 0
+        for block in acc.ba_scores:  # softmax in float64, block by block; stored as float32
+            p = _softmax_rows(block[:, keep_cols].astype(np.float64))
+            column_mass += p.sum(axis=0)
+            probs[start : start + len(p)] = p
+            start += len(p)
+        acc.ba_scores.clear()
+        model = np.bincount(ba_cat[keep_cols], weights=column_mass / n_ba, minlength=len(categories_all))
         freq = np.bincount(ba_cat[keep_cols], minlength=len(categories_all)).astype(np.float64)
-        ba_ref = save_array(out_dir / "ba_probs.npy", probs.astype(np.float32))
+        ba_ref = save_array(out_dir / "ba_probs.npy", probs)
         del probs
         source = "beyond-accuracy block"
         ba_ids_kept, ba_cat_kept = ba_ids[keep_cols], ba_cat[keep_cols]
@@ -491,7 +499,7 @@ def _collect_ba(acc: _Accumulators, off, aids, scores, rows, row0, path) -> None
         rank_of_ref[sorter_ref] = np.arange(k)
         cols = sorter[:, rank_of_ref]
         sc2[bad_rows] = np.take_along_axis(sc2[bad_rows], cols, axis=1)
-    acc.ba_scores.append(sc2)
+    acc.ba_scores.append(sc2.astype(np.float32))
 
 
 # --------------------------------------------------------------------------- streaming
@@ -518,23 +526,19 @@ class ImpressionBatch:
 
 
 def iter_impressions(prepared: PreparedDump, batch_rows: int) -> Iterator[ImpressionBatch]:
-    """Stream the ordinary impressions in batches of ``batch_rows`` (memory-mapped, flat memory)."""
-    ids = load_array(prepared.impression_ids)
-    offsets = load_array(prepared.offsets)
-    cats = load_array(prepared.category_index)
-    logits = load_array(prepared.logits)
-    clicked = load_array(prepared.clicked)
-    for start in range(0, len(ids), batch_rows):
-        stop = min(start + batch_rows, len(ids))
-        o = np.asarray(offsets[start : stop + 1], dtype=np.int64)
+    """Stream the ordinary impressions in batches of ``batch_rows`` (memory stays flat)."""
+    n = prepared.impression_ids.shape[0]
+    for start in range(0, n, batch_rows):
+        stop = min(start + batch_rows, n)
+        o = read_slice(prepared.offsets, start, stop + 1).astype(np.int64)
         lo, hi = int(o[0]), int(o[-1])
         yield ImpressionBatch(
             start=start,
-            impression_ids=np.asarray(ids[start:stop]),
+            impression_ids=read_slice(prepared.impression_ids, start, stop),
             offsets=o - lo,
-            category_index=np.asarray(cats[lo:hi], dtype=np.int64),
-            logits=np.asarray(logits[lo:hi]),
-            clicked=np.asarray(clicked[lo:hi]),
+            category_index=read_slice(prepared.category_index, lo, hi).astype(np.int64),
+            logits=read_slice(prepared.logits, lo, hi),
+            clicked=read_slice(prepared.clicked, lo, hi),
         )
 
 
@@ -542,9 +546,8 @@ def iter_ba_chunks(prepared: PreparedDump, chunk_rows: int) -> Iterator[tuple[in
     """Stream the BA probability matrix in row chunks ``(chunk_index, probs float64)``."""
     if prepared.ba_probs is None:
         return
-    probs = load_array(prepared.ba_probs)
-    for i, start in enumerate(range(0, probs.shape[0], chunk_rows)):
-        yield i, np.asarray(probs[start : start + chunk_rows], dtype=np.float64)
+    for i, start in enumerate(range(0, prepared.n_ba_rows, chunk_rows)):
+        yield i, read_slice(prepared.ba_probs, start, start + chunk_rows).astype(np.float64)
 
 
 def input_refs(prepared: PreparedDump) -> dict[str, FileRef]:

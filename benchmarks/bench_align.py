@@ -1,0 +1,125 @@
+"""Benchmark of the alignment pipeline (issue #2 targets).
+
+    .venv/bin/python benchmarks/bench_align.py steck            # Steck over the BA block, 7 lambdas
+    .venv/bin/python benchmarks/bench_align.py grid             # the full paper grid through AlignFlow
+    .venv/bin/python benchmarks/bench_align.py memory --impressions 13500000   # RSS vs size
+
+Sizes default to the issue's: 200,000 beyond-accuracy rows x 250 candidates and 1,000,000
+labelled impressions. Synthetic dumps are cached under benchmarks/.data/ (git-ignored).
+Peak RSS is the largest resident set of any single process (the flow's tasks are processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from steps.align.config import AlignConfig, load_align_config  # noqa: E402
+from steps.align.data import prepare_dump  # noqa: E402
+from steps.align.evaluate import evaluate_method, target_layout  # noqa: E402
+from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump  # noqa: E402
+from steps.align.targets import resolve_target  # noqa: E402
+
+DATA = ROOT / "benchmarks" / ".data"
+
+
+def peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def dump_for(ba_rows: int, impressions: int, inview_max: int = 50) -> dict:
+    spec = SyntheticDumpSpec(n_articles=5000, n_candidates=250, n_ba_rows=ba_rows, n_impressions=impressions,
+                             inview_max=inview_max, chunk_rows=100_000, seed=2026)
+    folder = DATA / f"dump_{ba_rows}_{impressions}_{inview_max}"
+    if not (folder / "predictions.parquet").exists():
+        t = time.perf_counter()
+        write_synthetic_dump(folder, spec)
+        print(f"wrote synthetic dump {folder.name} in {time.perf_counter() - t:.1f} s", flush=True)
+    return {"predictions": str(folder / "predictions.parquet"), "articles": str(folder / "articles.parquet")}
+
+
+def bench_steck(args) -> dict:
+    """Steck top-N selection over every BA row for the whole lambda grid, one process."""
+    paths = dump_for(args.ba_rows, 0)
+    t = time.perf_counter()
+    prepared = prepare_dump(paths["predictions"], paths["articles"], DATA / "prepared_ba")
+    t_prepare = time.perf_counter() - t
+    cfg = load_align_config(ROOT / "configs" / "nails_paper.yaml")
+    out = {"ba_rows": args.ba_rows, "prepare_s": round(t_prepare, 2)}
+    for target in ("Editorial", "Uniform"):
+        layout = target_layout(prepared, resolve_target(target, prepared.candidate_categories), cfg.unknown_category_weight)
+        t = time.perf_counter()
+        evaluate_method(prepared, layout, "steck", cfg, DATA / "steck_out")
+        out[f"steck_{target}_7_lambdas_s"] = round(time.perf_counter() - t, 2)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out
+
+
+def bench_grid(args) -> dict:
+    """The full paper grid through AlignFlow (2 targets x 4 methods/selections x 7 lambdas)."""
+    paths = dump_for(args.ba_rows, args.impressions)
+    env = {**os.environ, "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench"),
+           "RECALIGN_STORAGE_ROOT": str(DATA / "storage")}
+    cmd = [sys.executable, str(ROOT / "flows" / "align_flow.py"), "--no-pylint", "--config", "config",
+           str(ROOT / "configs" / "nails_paper.yaml"), "run", "--max-workers", str(args.workers),
+           "--predictions", paths["predictions"], "--articles", paths["articles"],
+           "--artifacts-dir", str(DATA / "artifacts")]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=DATA, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        print(proc.stdout[-4000:], proc.stderr[-4000:])
+        raise SystemExit("AlignFlow failed")
+    steps = {}
+    for line in proc.stdout.splitlines() + proc.stderr.splitlines():
+        if "Task is starting" in line or "Task finished successfully" in line:
+            stamp, rest = line[:23], line[24:]
+            step = rest.split("/")[1]
+            steps.setdefault(step, []).append(stamp)
+    return {"ba_rows": args.ba_rows, "impressions": args.impressions, "workers": args.workers,
+            "wall_s": round(wall, 1), "peak_task_rss_mb": round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1)}
+
+
+def bench_memory(args) -> dict:
+    """Prepare + one NAILS cell over all labelled impressions: peak RSS must not grow with size."""
+    paths = dump_for(0 if args.no_ba else args.ba_rows, args.impressions, inview_max=args.inview_max)
+    folder = DATA / f"prepared_mem_{args.impressions}"
+    t = time.perf_counter()
+    prepared = prepare_dump(paths["predictions"], paths["articles"], folder)
+    t_prepare = time.perf_counter() - t
+    rss_prepare = peak_rss_mb()
+    cfg = AlignConfig.from_dict({"lambdas": [0.5], "selections": ["det"], "submissions": True})
+    layout = target_layout(prepared, resolve_target("Editorial", prepared.candidate_categories), cfg.unknown_category_weight)
+    t = time.perf_counter()
+    evaluate_method(prepared, layout, "nails", cfg, folder / "out")
+    return {"impressions": args.impressions, "in_view_elements": int(prepared.logits.shape[0]),
+            "prepare_s": round(t_prepare, 1), "peak_rss_after_prepare_mb": round(rss_prepare, 1),
+            "nails_det_one_lambda_s": round(time.perf_counter() - t, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["steck", "grid", "memory"])
+    ap.add_argument("--ba-rows", type=int, default=200_000)
+    ap.add_argument("--impressions", type=int, default=1_000_000)
+    ap.add_argument("--inview-max", type=int, default=50)
+    ap.add_argument("--no-ba", action="store_true")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    DATA.mkdir(parents=True, exist_ok=True)
+    result = {"steck": bench_steck, "grid": bench_grid, "memory": bench_memory}[args.what](args)
+    result["cpu_count"] = os.cpu_count()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
