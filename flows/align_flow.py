@@ -9,12 +9,11 @@ start (load or synthesise, validate) → foreach target → foreach method → e
 → join_methods → join_targets → report (card, exports) → end
 """
 
-from pathlib import Path
-
 from metaflow import Config, FlowSpec, Parameter, card, current, step
 from metaflow.cards import Image, Markdown, Table
 
 from configs import config_path
+from recalign.flowtools import catch_cells, failed_cells, resources_from, retry_from_config, timeout_from_config
 from steps.align.config import AlignConfig
 from steps.align.data import input_refs, prepare_dump
 from steps.align.evaluate import RESULT_COLUMNS, evaluate_method, target_layout, target_mix
@@ -30,10 +29,10 @@ from steps.align.pipeline import (
 )
 from steps.align.targets import resolve_target
 from steps.faults import maybe_fail
-from steps.storage import run_dir
+from steps.storage import RunStorage, map_refs
 
 # Artifacts of the start step that the joins carry forward.
-CARRIED = ["inputs", "prepared", "input_files", "data_summary", "target", "model_distribution", "target_names"]
+CARRIED = ["storage", "inputs", "prepared", "input_files", "data_summary", "target", "model_distribution", "target_names"]
 DEFAULT_CONFIG = config_path("nails_paper.yaml")
 
 
@@ -48,18 +47,23 @@ class AlignFlow(FlowSpec):
     artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables, figures and submissions are exported")
     storage_root = Parameter("storage-root", default="", help="Folder for large intermediate files (default .recalign)")
 
+    @resources_from("start")
+    @retry_from_config()
+    @timeout_from_config()
     @step
     def start(self):
         """Load (or synthesise) the dump, validate every row, resolve the targets."""
         cfg = AlignConfig.from_dict(self.config.to_dict())
-        data_dir = run_dir(current.flow_name, current.run_id, "data", root=self.storage_root or None)
+        self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
+        data_dir = self.storage.dir("data")
         self.inputs = resolve_inputs(self.predictions, self.articles, cfg.synthetic, data_dir)
-        self.prepared = prepare_dump(
+        prepared = prepare_dump(
             self.inputs.predictions, self.inputs.articles, data_dir / "prepared",
             cfg.exclude_categories, cfg.missing_category,
         )
-        self.input_files = input_refs(self.prepared)
-        self.data_summary = data_summary(self.prepared)
+        self.prepared = map_refs(prepared, self.storage.publish)
+        self.input_files = input_refs(prepared)
+        self.data_summary = data_summary(prepared)
         for note in self.prepared.notes:
             print("NOTE:", note)
         targets = [resolve_target(spec, self.prepared.candidate_categories) for spec in cfg.targets]
@@ -69,6 +73,7 @@ class AlignFlow(FlowSpec):
         self.target_names = [t.name for t in targets]
         self.next(self.per_target, foreach="target_names")
 
+    @resources_from("join")
     @step
     def per_target(self):
         """Lay the target over the dump's categories; fan out over methods."""
@@ -78,30 +83,37 @@ class AlignFlow(FlowSpec):
         self.methods = list(cfg.methods)
         self.next(self.evaluate, foreach="methods")
 
+    @catch_cells
+    @resources_from("evaluate")
+    @retry_from_config()
+    @timeout_from_config()
     @step
     def evaluate(self):
         """One method toward one target over the λ grid: BA metrics, accuracy, submissions."""
         cfg = AlignConfig.from_dict(self.config.to_dict())
         method = self.input
         maybe_fail("evaluate", f"{self.layout.target.name}/{method}")
-        out_dir = run_dir(current.flow_name, current.run_id, "submissions", root=self.storage_root or None)
-        outcome = evaluate_method(self.prepared, self.layout, method, cfg, out_dir)
+        outcome = evaluate_method(self.prepared, self.layout, method, cfg, self.storage.dir("submissions"))
         self.part_results = outcome.results
         self.part_mix = outcome.category_mix
         self.part_hist = outcome.user_kl_hist
-        self.part_submissions = outcome.submissions
+        self.part_submissions = [{**s, "file": self.storage.publish(s["file"])} for s in outcome.submissions]
         self.next(self.join_methods)
 
+    @resources_from("join")
     @step
     def join_methods(self, inputs):
         """Collect the methods of one target."""
         self.merge_artifacts(inputs, include=CARRIED)
-        self.part_results = concat([i.part_results for i in inputs])
-        self.part_mix = concat([target_mix(inputs[0].layout)] + [i.part_mix for i in inputs])
-        self.part_hist = concat([i.part_hist for i in inputs])
-        self.part_submissions = [s for i in inputs for s in i.part_submissions]
+        self.part_failed = failed_cells(inputs, lambda i: f"{i.layout.target.name}/{i.input}")
+        done = [i for i in inputs if hasattr(i, "part_results")]
+        self.part_results = concat([i.part_results for i in done])
+        self.part_mix = concat([target_mix(inputs[0].layout)] + [i.part_mix for i in done])
+        self.part_hist = concat([i.part_hist for i in done])
+        self.part_submissions = [s for i in done for s in i.part_submissions]
         self.next(self.join_targets)
 
+    @resources_from("join")
     @step
     def join_targets(self, inputs):
         """Collect every target; keep the start step's artifacts."""
@@ -110,9 +122,11 @@ class AlignFlow(FlowSpec):
         self.category_mix = concat([i.part_mix for i in inputs])
         self.user_kl_hist = concat([i.part_hist for i in inputs])
         self.submissions = [s for i in inputs for s in i.part_submissions]
+        self.failed_cells = [f for i in inputs for f in i.part_failed]
         self.next(self.report)
 
     @card(type="blank", id="report")
+    @resources_from("report")
     @step
     def report(self):
         """Best-λ comparison, figures, card, and the export to artifacts/AlignFlow/<run_id>/."""
@@ -120,13 +134,14 @@ class AlignFlow(FlowSpec):
         rep = build_report(self.results, self.category_mix, self.user_kl_hist, cfg)
         self.best_lambda = rep.best_lambda
         self.comparison = rep.comparison
-        export_dir = Path(self.artifacts_dir) / current.flow_name / current.run_id
+        export_dir = f"{self.artifacts_dir.rstrip('/')}/{current.flow_name}/{current.run_id}"
         summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
+                   "failed_cells": self.failed_cells,
                    "target": self.target, "model_distribution": self.model_distribution}
         tables = {"results": self.results, "comparison": self.comparison, "category_mix": self.category_mix,
                   "best_lambda": self.best_lambda}
         card_figures = {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()}
-        self.export_dir = str(export_run(export_dir, tables, rep, self.submissions, summary))
+        self.export_dir = export_run(export_dir, tables, rep, self.submissions, summary, self.storage.dir("report"))
 
         c = current.card["report"]
         c.append(Markdown(f"# AlignFlow `{current.run_id}` — {cfg.name}"))
@@ -138,6 +153,8 @@ class AlignFlow(FlowSpec):
         ))
         for note in self.data_summary["notes"]:
             c.append(Markdown(f"**Note:** {note}"))
+        if self.failed_cells:
+            c.append(Markdown("**Failed cells (the grid is partial):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))
         cols = [col for col in RESULT_COLUMNS if not col.endswith("_sd") and col != "n_repeats"]
         c.append(Markdown("## Results"))
         c.append(Table(results_markdown(self.results, cols), headers=cols))
@@ -149,6 +166,7 @@ class AlignFlow(FlowSpec):
             c.append(card_figures[name])
         self.next(self.end)
 
+    @resources_from("join")
     @step
     def end(self):
         """Print where the results are."""

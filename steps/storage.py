@@ -1,9 +1,17 @@
 """One small storage helper for large intermediate tables and for exports.
 
 Large arrays and tables (prediction dumps, probability matrices) are written as ``.npy`` /
-parquet files in a run folder; flows keep only a :class:`FileRef` (path, checksum, shape) as a
-Metaflow artifact. Exports to ``artifacts/`` are atomic: a crashed step leaves no half-written
-folder that looks complete.
+parquet files; flows keep only a :class:`FileRef` (path, checksum, shape) as a Metaflow artifact.
+Exports to ``artifacts/`` are atomic: a crashed step leaves no half-written folder that looks
+complete.
+
+Where the files live is the *storage root*: a local folder (``.recalign`` by default) or an
+``s3://bucket/prefix`` URI — by default the flow's own S3 datastore root when Metaflow runs with
+``METAFLOW_DEFAULT_DATASTORE=s3`` (Kubernetes, Argo Workflows, AWS Batch). Steps always write into
+a local folder (:meth:`RunStorage.dir`) and call :meth:`RunStorage.publish` on what they wrote;
+readers call :func:`localize`. With a local root both are no-ops; with an S3 root ``publish``
+uploads and returns a reference by URI, and ``localize`` downloads once per process (checksum
+verified), so no task ever depends on another task's local disk.
 """
 
 from __future__ import annotations
@@ -12,8 +20,9 @@ import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -56,16 +65,123 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def storage_root(root: str | os.PathLike | None = None) -> Path:
-    """The folder under which runs write their large files (``$RECALIGN_STORAGE_ROOT`` or ``.recalign``)."""
-    return Path(root or os.environ.get(STORAGE_ROOT_ENV) or DEFAULT_STORAGE_ROOT).absolute()
+def is_remote(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def storage_root(root: str | os.PathLike | None = None) -> str:
+    """Where runs keep their large files: ``root``, ``$RECALIGN_STORAGE_ROOT``, the Metaflow S3
+    datastore root (``$METAFLOW_DATASTORE_SYSROOT_S3/recalign`` when the datastore is S3), or
+    ``./.recalign``."""
+    if root:
+        return str(root) if is_remote(root) else str(Path(root).absolute())
+    env = os.environ.get(STORAGE_ROOT_ENV)
+    if env:
+        return env if is_remote(env) else str(Path(env).absolute())
+    if os.environ.get("METAFLOW_DEFAULT_DATASTORE") == "s3" and os.environ.get("METAFLOW_DATASTORE_SYSROOT_S3"):
+        return os.environ["METAFLOW_DATASTORE_SYSROOT_S3"].rstrip("/") + "/recalign"
+    return str(Path(DEFAULT_STORAGE_ROOT).absolute())
+
+
+def _s3_filesystem():
+    import pyarrow.fs as pafs
+
+    endpoint = os.environ.get("METAFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    return pafs.S3FileSystem(endpoint_override=endpoint, region=region) if endpoint else pafs.S3FileSystem(region=region)
+
+
+def _s3_key(uri: str) -> str:
+    return str(uri)[len("s3://") :]
+
+
+def upload(local: str | os.PathLike, uri: str) -> None:
+    """Copy a local file or folder to ``s3://...``."""
+    import pyarrow.fs as pafs
+
+    pafs.copy_files(str(local), _s3_key(uri), destination_filesystem=_s3_filesystem())
+
+
+def download(uri: str, local: str | os.PathLike) -> None:
+    import pyarrow.fs as pafs
+
+    Path(local).parent.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(_s3_key(uri), str(local), source_filesystem=_s3_filesystem())
+
+
+def _cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"recalign-cache-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class RunStorage:
+    """The storage of one flow run: ``<root>/<flow>/<run_id>/...`` (picklable: keep it as an artifact)."""
+
+    root: str
+    flow: str
+    run_id: str
+
+    @classmethod
+    def for_run(cls, flow: str, run_id: str, root: str | os.PathLike | None = None) -> "RunStorage":
+        return cls(storage_root(root), flow, str(run_id))
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.root)
+
+    def dir(self, *parts: str) -> Path:
+        """A local folder to write into (the final place for a local root; a staging area otherwise)."""
+        base = Path(tempfile.gettempdir()) / "recalign-stage" if self.remote else Path(self.root)
+        d = base.joinpath(self.flow, self.run_id, *parts)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), self.flow, self.run_id, *parts])
+
+    def publish(self, ref: FileRef) -> FileRef:
+        """Make a file written under :meth:`dir` visible to every task: upload it for a remote root."""
+        if not self.remote or is_remote(ref.path):
+            return ref
+        base = Path(tempfile.gettempdir()) / "recalign-stage" / self.flow / self.run_id
+        rel = Path(ref.path).absolute().relative_to(base)
+        uri = self.uri(*rel.parts)
+        upload(ref.path, uri)
+        return replace(ref, path=uri)
+
+
+def localize(ref: FileRef) -> FileRef:
+    """A reference to a local copy of the file (downloaded once per process, checksum verified)."""
+    if not is_remote(ref.path):
+        return ref
+    local = _cache_dir() / _s3_key(ref.path)
+    if not local.exists():
+        download(ref.path, local)
+        if sha256_file(local) != ref.sha256:
+            local.unlink()
+            raise InputError(f"{ref.path}: checksum mismatch after download")
+    return replace(ref, path=str(local))
+
+
+def localize_input(path: str) -> str:
+    """A user's input file given as a local path or an ``s3://`` URI, as a local path."""
+    if not is_remote(path):
+        return path
+    local = _cache_dir() / "inputs" / _s3_key(path)
+    if not local.exists():
+        download(path, local)
+    return str(local)
+
+
+def map_refs(obj, fn):
+    """Apply ``fn`` to every :class:`FileRef` field of a dataclass (one level deep)."""
+    changes = {f.name: fn(getattr(obj, f.name)) for f in fields(obj) if isinstance(getattr(obj, f.name), FileRef)}
+    return replace(obj, **changes)
 
 
 def run_dir(flow_name: str, run_id: str, *parts: str, root: str | os.PathLike | None = None) -> Path:
-    """``<root>/<flow>/<run_id>/<parts...>``, created if needed."""
-    d = storage_root(root).joinpath(flow_name, str(run_id), *parts)
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """Local folder ``<root>/<flow>/<run_id>/<parts...>`` (created), for a local storage root."""
+    return RunStorage.for_run(flow_name, run_id, root).dir(*parts)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -93,6 +209,7 @@ def save_array(path: str | os.PathLike, array: np.ndarray) -> FileRef:
 
 def load_array(ref: FileRef, mmap: bool = True, verify: bool = False) -> np.ndarray:
     """Load an array written by :func:`save_array` or :class:`ArrayAppender` (memory-mapped by default)."""
+    ref = localize(ref)
     if verify:
         ref.verify()
     elif not Path(ref.path).exists():
@@ -109,8 +226,9 @@ def read_slice(ref: FileRef, start: int, stop: int) -> np.ndarray:
     """Elements ``start:stop`` (first axis) of an array file, read into fresh memory.
 
     Unlike slicing a memory map, the pages read are not kept mapped, so streaming through a
-    large file keeps the resident set flat.
+    large file keeps the resident set flat. Remote files are downloaded first (:func:`localize`).
     """
+    ref = localize(ref)
     if not Path(ref.path).exists():
         raise InputError(f"{ref.path}: file is missing (it was written by an earlier step)")
     if ref.path.endswith(".bin"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -10,28 +9,23 @@ import yaml
 
 from steps.align.synthetic import SyntheticDumpSpec
 from steps.align.targets import BUILTIN_TARGETS
+from steps.configtools import integer as _integer
+from steps.configtools import number as _number
+from steps.configtools import DEFAULT_RUN, parse_resources, parse_run_settings
 from steps.errors import ConfigError
 
 METHODS = ("nails", "steck", "nails_steck")
+#: Per-step compute requests (Kubernetes / AWS Batch), memory in MB; overridable per config.
+DEFAULT_RESOURCES = {
+    "start": {"cpu": 2, "memory": 8192, "gpu": 0},
+    "evaluate": {"cpu": 2, "memory": 8192, "gpu": 0},
+    "report": {"cpu": 1, "memory": 4096, "gpu": 0},
+    "join": {"cpu": 1, "memory": 4096, "gpu": 0},
+}
+
 SELECTIONS = ("det", "stoch")
 BEST_LAMBDA_KEYS = ("nails_det", "nails_stoch", "steck", "nails_steck")
 AUTO = "auto"
-
-
-def _number(key: str, value: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ConfigError(f"{key}: {value!r} is out of range ({'>' if lo_open else '>='} {lo} required)")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{key}: {value!r} is out of range (<= {hi} required)")
-    return float(value)
-
-
-def _integer(key: str, value: Any, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ConfigError(f"{key}: expected an integer >= {lo}, got {value!r}")
-    return int(value)
 
 
 def _target_name(spec: Any, i: int) -> str:
@@ -80,6 +74,8 @@ class AlignConfig:
     ba_chunk_rows: int = 20_000
     batch_impressions: int = 100_000
     synthetic: SyntheticDumpSpec = field(default_factory=SyntheticDumpSpec)
+    resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
+    run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -156,6 +152,10 @@ class AlignConfig:
             )
         if "synthetic" in raw:
             d["synthetic"] = SyntheticDumpSpec.from_dict(raw["synthetic"])
+        if "resources" in raw:
+            d["resources"] = parse_resources(raw["resources"], DEFAULT_RESOURCES)
+        if "run" in raw:
+            d["run"] = parse_run_settings(raw["run"], DEFAULT_RUN)
         cfg = cls(**d)
         target_names = cfg.target_names
         if "best_lambda" in raw:

@@ -17,7 +17,7 @@ from steps.align.data import PreparedDump
 from steps.align.report import best_lambdas, comparison_table, comparison_wide
 from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
 from steps.errors import InputError
-from steps.storage import atomic_export_dir, link_or_copy
+from steps.storage import atomic_export_dir, is_remote, link_or_copy, localize, localize_input, upload
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,16 @@ def resolve_inputs(predictions: str, articles: str, spec: SyntheticDumpSpec, dat
         missing = "--articles" if predictions else "--predictions"
         raise InputError(f"{missing} is required when {'--predictions' if predictions else '--articles'} is given")
     if predictions:
+        local = []
         for p in (predictions, articles):
-            if not Path(p).exists():
+            try:
+                lp = localize_input(p)
+            except OSError as exc:
+                raise InputError(f"{p}: cannot be read ({exc})") from exc
+            if not Path(lp).exists():
                 raise InputError(f"{p}: file not found")
-        return Inputs(str(Path(predictions).absolute()), str(Path(articles).absolute()), False)
+            local.append(str(Path(lp).absolute()))
+        return Inputs(local[0], local[1], False)
     paths = write_synthetic_dump(Path(data_dir) / "synthetic", spec)
     return Inputs(paths["predictions"], paths["articles"], True)
 
@@ -106,9 +112,16 @@ def export_run(
     report: Report,
     submissions: Sequence[dict],
     summary: dict,
-) -> Path:
-    """Write tables (CSV), figures (PNG), submission zips and ``summary.json`` atomically."""
-    with atomic_export_dir(export_dir) as tmp:
+    staging_dir: str | os.PathLike | None = None,
+) -> str:
+    """Write tables (CSV), figures (PNG), submission zips and ``summary.json``.
+
+    A local ``export_dir`` is replaced atomically (one rename). An ``s3://`` export is staged
+    locally, then uploaded with ``summary.json`` last, so its presence marks a complete export.
+    """
+    remote = is_remote(export_dir)
+    target = Path(staging_dir or ".").absolute() / "export" if remote else Path(export_dir)
+    with atomic_export_dir(target) as tmp:
         for name, df in tables.items():
             df.write_csv(tmp / f"{name}.csv")
         for dist in report.comparison["distribution"].unique(maintain_order=True).to_list():
@@ -116,9 +129,18 @@ def export_run(
         for name, fig in report.figures.items():
             plots.save(fig, tmp / name)
         for sub in submissions:
-            link_or_copy(sub["file"].path, tmp / "submissions" / Path(sub["file"].path).name)
+            ref = localize(sub["file"])
+            link_or_copy(ref.path, tmp / "submissions" / Path(ref.path).name)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-    return Path(export_dir).absolute()
+    if not remote:
+        return str(target.absolute())
+    summary_file = target / "summary.json"
+    held = summary_file.read_bytes()
+    summary_file.unlink()
+    upload(target, str(export_dir))
+    summary_file.write_bytes(held)
+    upload(summary_file, str(export_dir).rstrip("/") + "/summary.json")
+    return str(export_dir)
 
 
 def _json_default(o):

@@ -1,0 +1,61 @@
+"""Validation helpers shared by every flow's config parser (errors name the key and the value)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from steps.errors import ConfigError
+
+#: How a flow runs on a cluster: retries of steps that read remote inputs, the time limit of long
+#: steps, and whether a failed fan-out cell stops the run (then resume it) or is reported.
+DEFAULT_RUN = {"retries": 2, "minutes_between_retries": 1, "timeout_minutes": 240, "on_cell_failure": "stop"}
+
+def number(key: str, value: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ConfigError(f"{key}: {value!r} is out of range ({'>' if lo_open else '>='} {lo} required)")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: {value!r} is out of range (<= {hi} required)")
+    return float(value)
+
+
+def integer(key: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"{key}: expected an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def parse_resources(raw: Any, defaults: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """``resources: {step: {cpu, memory, gpu}}`` merged over ``defaults`` (every step keeps all keys)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"resources: expected a mapping step -> {{cpu, memory, gpu}}, got {raw!r}")
+    out = {k: dict(v) for k, v in defaults.items()}
+    for step_name, req in raw.items():
+        if step_name not in defaults:
+            raise ConfigError(f"resources: unknown step group {step_name!r}; use {sorted(defaults)}")
+        if not isinstance(req, Mapping):
+            raise ConfigError(f"resources.{step_name}: expected a mapping, got {req!r}")
+        for key, value in req.items():
+            if key not in ("cpu", "memory", "gpu"):
+                raise ConfigError(f"resources.{step_name}: unknown key {key!r}; use cpu, memory, gpu")
+            out[step_name][key] = integer(f"resources.{step_name}.{key}", value, 0 if key == "gpu" else 1)
+    return out
+
+
+def parse_run_settings(raw: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``run: {retries, minutes_between_retries, timeout_minutes, on_cell_failure}``."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"run: expected a mapping, got {raw!r}")
+    out = dict(defaults)
+    for key, value in raw.items():
+        if key not in defaults:
+            raise ConfigError(f"run: unknown key {key!r}; use {sorted(defaults)}")
+        if key == "on_cell_failure":
+            if value not in ("stop", "continue"):
+                raise ConfigError(f"run.on_cell_failure: expected 'stop' or 'continue', got {value!r}")
+            out[key] = value
+        else:
+            out[key] = integer(f"run.{key}", value, 1 if key == "timeout_minutes" else 0)
+    return out
