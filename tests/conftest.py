@@ -15,3 +15,13 @@ from tests.flowrun import FlowRunner  # noqa: E402
 def flow_runner(tmp_path_factory) -> FlowRunner:
     """Runs flows through Metaflow's Runner in a private working directory (datastore, exports)."""
     return FlowRunner(tmp_path_factory.mktemp("flows"))
+
+
+@pytest.fixture(scope="session")
+def quick_run(flow_runner):
+    """One AlignFlow run of configs/quick.yaml, shared by the tests that only read it."""
+    from tests.flowrun import CONFIGS
+
+    run = flow_runner.run("align_flow.py", CONFIGS / "quick.yaml")
+    assert run.ok, run.stderr[-3000:]
+    return run

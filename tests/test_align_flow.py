@@ -12,13 +12,6 @@ pytestmark = [pytest.mark.flow, pytest.mark.slow]
 QUICK = CONFIGS / "quick.yaml"
 
 
-@pytest.fixture(scope="module")
-def quick_run(flow_runner):
-    run = flow_runner.run("align_flow.py", QUICK)
-    assert run.ok, run.stderr[-3000:]
-    return run
-
-
 def test_results_artifact_has_the_promised_shape(quick_run):
     results = quick_run.run.data.results
     assert isinstance(results, pl.DataFrame)
@@ -77,3 +70,28 @@ def test_bad_input_fails_in_start_and_exports_nothing(flow_runner, tmp_path):
     assert run.status == "failed"
     assert "row 2 (impression_id 21): column 'scores' holds nan at position 1" in run.stderr + run.stdout
     assert not (flow_runner.cwd / "artifacts" / "AlignFlow" / run.run_id).exists()
+
+
+def test_two_runs_give_bit_identical_tables(quick_run, flow_runner):
+    again = flow_runner.run("align_flow.py", QUICK)
+    assert again.ok
+    assert again.run.data.results.equals(quick_run.run.data.results)
+    assert again.run.data.category_mix.equals(quick_run.run.data.category_mix)
+
+
+def test_partial_grid_when_failed_cells_may_continue(flow_runner, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load(QUICK.read_text())
+    cfg["run"] = {"minutes_between_retries": 0, "retries": 0, "on_cell_failure": "continue"}
+    cfg["targets"] = ["Editorial", "Uniform"]
+    path = tmp_path / "continue.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = flow_runner.run("align_flow.py", path, env=flow_runner.env(RECALIGN_FAIL_AT="evaluate:Uniform/steck"))
+    assert run.ok, run.stderr[-3000:]
+    failed = run.run.data.failed_cells
+    assert len(failed) == 1 and failed[0].startswith("Uniform/steck: ")
+    results = run.run.data.results
+    assert results.filter((pl.col("distribution") == "Uniform") & (pl.col("method") == "steck")).is_empty()
+    assert results.height == 2 * 4 * 3 - 3
+    assert "Failed cells" in card_data(run.run["report"].task, "report")

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from steps.errors import ConfigError
 from steps.seeding import rng_for
@@ -242,7 +243,7 @@ def _list_array(offsets: np.ndarray, values: np.ndarray, typ: pa.DataType) -> pa
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=typ))
 
 
-def write_synthetic_dump(out_dir: str | os.PathLike, spec: SyntheticDumpSpec) -> dict[str, str]:
+def write_synthetic_dump(out_dir: str | os.PathLike, spec: SyntheticDumpSpec, progress: bool = False) -> dict[str, str]:
     """Write ``articles.parquet`` and ``predictions.parquet`` under ``out_dir``; return their paths.
 
     ``predictions.parquet`` first holds the BA block (``impression_id == 0``, every row scoring the
@@ -259,7 +260,8 @@ def write_synthetic_dump(out_dir: str | os.PathLike, spec: SyntheticDumpSpec) ->
     n_cats = len(world.cat_names)
     tmp = out / ".predictions.parquet.tmp"
     with pq.ParquetWriter(tmp, schema) as writer:
-        for i, start in enumerate(range(0, spec.n_ba_rows, spec.chunk_rows)):
+        ba_chunks = range(0, spec.n_ba_rows, spec.chunk_rows)
+        for i, start in enumerate(tqdm(ba_chunks, desc="beyond-accuracy rows", unit="chunk", disable=not progress)):
             n = min(spec.chunk_rows, spec.n_ba_rows - start)
             rng = rng_for(spec.seed, "ba", i)
             taste = _tastes(rng, n, n_cats)
@@ -274,7 +276,8 @@ def write_synthetic_dump(out_dir: str | os.PathLike, spec: SyntheticDumpSpec) ->
                 cols["article_ids_clicked"] = _list_array(np.zeros(n + 1), np.zeros(0, np.int32), pa.int32())
             writer.write_table(pa.table(cols, schema=schema))
         window = min(spec.n_articles, max(4 * spec.inview_max, 200))
-        for i, start in enumerate(range(0, spec.n_impressions, spec.chunk_rows)):
+        imp_chunks = range(0, spec.n_impressions, spec.chunk_rows)
+        for i, start in enumerate(tqdm(imp_chunks, desc="impressions", unit="chunk", disable=not progress)):
             n = min(spec.chunk_rows, spec.n_impressions - start)
             rng = rng_for(spec.seed, "impressions", i)
             taste = _tastes(rng, n, n_cats)

@@ -1,0 +1,169 @@
+"""``recalign``: what is not a flow.
+
+    recalign synth ebnerd --out DIR [--size tiny|small|paper] [--seed N]   # synthetic data sets
+    recalign export AlignFlow/1234 --out DIR                               # tables, figures, submissions, card
+    recalign compare AlignFlow/1234 AlignFlow/1240 [--out deltas.csv]      # metric deltas between two runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+from tqdm import tqdm
+
+# --------------------------------------------------------------------------- synth
+SIZES = ("tiny", "small", "paper")
+
+
+def _synth_align_dump(out: Path, size: str, seed: int) -> list[str]:
+    from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
+
+    sizes = {
+        "tiny": dict(n_articles=400, n_candidates=60, n_ba_rows=1_000, n_impressions=2_000),
+        "small": dict(n_articles=3_000, n_candidates=250, n_ba_rows=20_000, n_impressions=50_000),
+        "paper": dict(n_articles=5_000, n_candidates=250, n_ba_rows=200_000, n_impressions=13_500_000),
+    }[size]
+    paths = write_synthetic_dump(out, SyntheticDumpSpec(seed=seed, chunk_rows=100_000, **sizes), progress=True)
+    return list(paths.values())
+
+
+#: kind -> (description, writer(out, size, seed) -> written paths)
+SYNTH: dict[str, tuple[str, Callable[[Path, str, int], list[str]]]] = {
+    "ebnerd": ("EB-NeRD articles.parquet + a prediction dump in the NAILS layout (AlignFlow input)", _synth_align_dump),
+}
+
+
+def cmd_synth(args) -> int:
+    if args.kind not in SYNTH:
+        print(f"recalign synth: unknown kind {args.kind!r}; choose from {', '.join(SYNTH)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    written = SYNTH[args.kind][1](out, args.size, args.seed)
+    for p in written:
+        print(p)
+    return 0
+
+
+# --------------------------------------------------------------------------- runs
+def _run(pathspec: str):
+    from metaflow import Run, namespace
+
+    namespace(None)
+    if pathspec.count("/") != 1:
+        raise SystemExit(f"recalign: expected a run pathspec Flow/run_id, got {pathspec!r}")
+    try:
+        run = Run(pathspec)
+    except Exception as exc:  # the Client raises several types for a missing run
+        raise SystemExit(f"recalign: run {pathspec} not found ({exc})") from exc
+    if not run.successful:
+        raise SystemExit(f"recalign: run {pathspec} did not finish successfully")
+    return run
+
+
+def _frames(run) -> dict[str, pl.DataFrame]:
+    """Every Polars DataFrame artifact of the run's end step."""
+    task = run["end"].task
+    out = {}
+    for art in task.artifacts:
+        if art.id.startswith("_"):
+            continue
+        try:
+            value = art.data
+        except Exception:
+            continue
+        if isinstance(value, pl.DataFrame):
+            out[art.id] = value
+    return out
+
+
+def cmd_export(args) -> int:
+    from metaflow.cards import get_cards
+
+    from steps.storage import download, is_remote
+
+    run = _run(args.run)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = _frames(run)
+    for name, df in tqdm(frames.items(), desc="tables", unit="table"):
+        df.write_csv(out / f"{name}.csv")
+    exported = getattr(run.data, "export_dir", None) if "export_dir" in run.data else None
+    if exported:
+        if is_remote(exported):
+            download(exported, out / "export")
+        elif Path(exported).exists():
+            files = [p for p in Path(exported).rglob("*") if p.is_file()]
+            for p in tqdm(files, desc="files", unit="file"):
+                dst = out / "export" / p.relative_to(exported)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, dst)
+    from metaflow.plugins.cards.exception import CardNotPresentException
+
+    for step in run:
+        for task in step:
+            try:
+                cards = list(get_cards(task))
+            except CardNotPresentException:
+                continue
+            for card in cards:
+                (out / f"card_{step.id}_{card.id or card.type}.html").write_text(card.get())
+    (out / "run.json").write_text(json.dumps({"run": run.pathspec, "tables": sorted(frames), "export_dir": exported}, indent=2))
+    print(out.absolute())
+    return 0
+
+
+def metric_deltas(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
+    """Join two results tables on their key columns (strings, integers, ``lambda``) and give
+    ``<metric>_a``, ``<metric>_b`` and ``<metric>_delta`` (b − a) for every float metric."""
+    keys = [c for c in a.columns if c in b.columns and (a.schema[c] in (pl.String, pl.Int64, pl.Int32) or c == "lambda")]
+    keys = [k for k in keys if not k.startswith("n_")]
+    metrics = [c for c in a.columns if c in b.columns and c not in keys and a.schema[c] in (pl.Float64, pl.Float32)]
+    joined = a.select(keys + metrics).join(b.select(keys + metrics), on=keys, how="full", coalesce=True, suffix="_b")
+    joined = joined.rename({m: f"{m}_a" for m in metrics})
+    return joined.with_columns([(pl.col(f"{m}_b") - pl.col(f"{m}_a")).alias(f"{m}_delta") for m in metrics]).select(
+        keys + [c for m in metrics for c in (f"{m}_a", f"{m}_b", f"{m}_delta")]
+    )
+
+
+def cmd_compare(args) -> int:
+    a, b = _run(args.run_a), _run(args.run_b)
+    if "results" not in a.data or "results" not in b.data:
+        raise SystemExit("recalign compare: both runs need a `results` artifact")
+    deltas = metric_deltas(a.data.results, b.data.results)
+    with pl.Config(tbl_rows=200, tbl_cols=30, tbl_width_chars=200):
+        print(deltas.select([c for c in deltas.columns if not c.endswith(("_a", "_b"))]))
+    if args.out:
+        deltas.write_csv(args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="recalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("synth", help="write a synthetic data set in a real data set's layout")
+    s.add_argument("kind", help=", ".join(f"{k} ({d})" for k, (d, _) in SYNTH.items()))
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", choices=SIZES, default="small")
+    s.add_argument("--seed", type=int, default=7)
+    s.set_defaults(func=cmd_synth)
+    e = sub.add_parser("export", help="export a finished run's tables, figures, submissions and cards")
+    e.add_argument("run", help="Flow/run_id")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_export)
+    c = sub.add_parser("compare", help="metric deltas between two runs (b - a)")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("--out", help="write the full delta table as CSV")
+    c.set_defaults(func=cmd_compare)
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
