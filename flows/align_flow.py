@@ -26,6 +26,7 @@ from steps.align.pipeline import (
     resolve_inputs,
     results_markdown,
     sort_results,
+    summary_text,
 )
 from steps.align.targets import resolve_target
 from steps.faults import maybe_fail
@@ -170,8 +171,7 @@ class AlignFlow(FlowSpec):
     @step
     def end(self):
         """Print where the results are."""
-        print(self.results.select(["distribution", "method", "selection", "lambda", "kl_at_n", "user_kl_mean",
-                                   "coverage_at_n", "auc", "ndcg_at_10"]))
+        print(summary_text(self.results, self.comparison))
         print(f"Exported to {self.export_dir}")
 
 

@@ -174,3 +174,25 @@ def test_custom_target_with_unknown_category(files):
     p = prepare(tmp, art, GOOD)
     with pytest.raises(ConfigError, match="unknown category 'ENT'"):
         resolve_target({"name": "x", "distribution": {"ENT": 1.0}}, p.candidate_categories)
+
+
+def test_metrics_of_a_hand_worked_example(files):
+    """GOOD's BA block after excluding 'auto': [1 NWS, 2 SPT, 3 CRM, 5 SPT, 6 NWS]; Editorial target
+    CRM 1/5, NWS 2/5, SPT 2/5; top-2 at lambda 0: row 0 -> 6 (NWS), 5 (SPT); row 1 -> 1 (NWS), 2 (SPT)."""
+    import math
+
+    tmp, art = files
+    p = prepare(tmp, art, GOOD)
+    cfg = AlignConfig.from_dict({"lambdas": [0], "selections": ["det"], "top_n": 2, "submissions": False})
+    target = resolve_target("Editorial", p.candidate_categories)
+    res = evaluate_method(p, target_layout(p, target, 1e-6), "nails", cfg, tmp / "out").results.row(0, named=True)
+    # every list (and the aggregate) is NWS 1/2, SPT 1/2, CRM 0; KL with q~ = 0.9999 q + 1e-4 p*
+    kl = 0.2 * math.log(0.2 / (1e-4 * 0.2)) + 2 * 0.4 * math.log(0.4 / (0.9999 * 0.5 + 1e-4 * 0.4))
+    assert res["kl_at_n"] == pytest.approx(kl)
+    assert res["user_kl_mean"] == pytest.approx(kl) and res["user_kl_std"] == pytest.approx(0.0, abs=1e-12)
+    assert res["coverage_at_n"] == pytest.approx(4 / 5)  # article 3 (CRM) is never selected
+    # impression 11: scores (1.0, 0.0, 0.5), clicked article 2 ranks last -> AUC 0, RR 1/3
+    # impression 12: order 6, 3, 5, 4; clicked 3 and 6 rank 1st and 2nd -> AUC 1, MRR 3/4
+    assert res["auc"] == pytest.approx(0.5)
+    assert res["mrr"] == pytest.approx((1 / 3 + 0.75) / 2)
+    assert res["ndcg_at_5"] == pytest.approx((1 / math.log2(4) + 1.0) / 2)

@@ -110,3 +110,13 @@ def test_best_lambda_and_comparison(prepared, tmp_path):
     wide = comparison_wide(comp, "Editorial")
     assert wide["row"].to_list()[-2:] == ["kl", "coverage"]
     assert "baseline" in wide.columns and "nails_det_0.5" in wide.columns
+
+
+def test_nails_steck_at_lambda_zero_is_nails_at_its_lambda(prepared, tmp_path):
+    cfg = AlignConfig.from_dict({**CFG.as_dict(), "nails_steck_nails_lambda_default": 0.5})
+    nails = run(prepared, "Uniform", "nails", tmp_path, cfg).results
+    combo = run(prepared, "Uniform", "nails_steck", tmp_path, cfg).results
+    a = nails.filter((pl.col("selection") == "det") & (pl.col("lambda") == 0.5))
+    b = combo.filter(pl.col("lambda") == 0.0)
+    for col in ["kl_at_n", "user_kl_mean", "coverage_at_n", "auc", "mrr", "ndcg_at_5", "ndcg_at_10"]:
+        assert b[col][0] == pytest.approx(a[col][0], abs=1e-12), col

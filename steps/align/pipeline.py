@@ -158,3 +158,19 @@ def results_markdown(results: pl.DataFrame, columns: Sequence[str] | None = None
     for row in results.select(cols).iter_rows():
         out.append([f"{v:.{digits}f}" if isinstance(v, float) else ("–" if v is None else str(v)) for v in row])
     return out
+
+
+SUMMARY_COLUMNS = ["distribution", "method", "selection", "lambda", "kl_at_n", "kl_all", "user_kl_mean",
+                   "coverage_at_n", "auc", "ndcg_at_10"]
+
+
+def summary_text(results: pl.DataFrame, comparison: pl.DataFrame) -> str:
+    """The results table and, per target, the comparison at the best λ, as printable text."""
+    parts = []
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, float_precision=4, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True):
+        parts.append(str(results.select([c for c in SUMMARY_COLUMNS if c in results.columns])))
+        for dist in comparison["distribution"].unique(maintain_order=True).to_list():
+            parts.append(f"Category mix at the best λ — {dist}:")
+            parts.append(str(comparison_wide(comparison, dist)))
+    return "\n".join(parts)
