@@ -30,12 +30,15 @@ def _check(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, str):
         ok = isinstance(value, str)
     elif isinstance(default, tuple):
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value) and value
+        elem = type(default[0])
+        ok = isinstance(value, list) and bool(value) and all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
+        ok = ok and (elem is not int or all(v > 0 for v in value))
         value = tuple(value) if ok else value
     else:  # pragma: no cover - no other field types
         ok = True
     if not ok:
-        raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
+        kind = f"a non-empty list of {type(default[0]).__name__}" if isinstance(default, tuple) else type(default).__name__
+        raise ConfigError(f"{key}: expected {kind}, got {value!r}")
     return value
 
 

@@ -15,7 +15,7 @@ products (:mod:`steps.newsrec.inference`); the training model composes the same 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -34,10 +34,21 @@ class Recommender:
     user_encoder: keras.Model  # [(H, d) history vectors, (H,) valid] -> (d,)
     train_model: keras.Model  # [(H, F) history features, (H,) valid, (K, F) candidates] -> (K,) logits
     feature_dtype: str  # "int32" (tokens) or "float32" (vectors)
+    _compiled: dict = field(default_factory=dict, repr=False)
 
     @property
     def dim(self) -> int:
         return int(self.news_encoder.output.shape[-1])
+
+    def infer(self, part: str, *inputs):
+        """Run the news or user encoder in inference mode through one ``tf.function`` per encoder
+        (shapes relaxed after the first retrace, so a short last batch does not retrace again)."""
+        if part not in self._compiled:
+            import tensorflow as tf
+
+            model = self.news_encoder if part == "news" else self.user_encoder
+            self._compiled[part] = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False), reduce_retracing=True)
+        return np.asarray(self._compiled[part](*inputs))
 
 
 def nrms_news_encoder(hp: ModelConfig, title_size: int, vocab_size: int, seed: int, embeddings: np.ndarray | None = None) -> keras.Model:
@@ -75,22 +86,29 @@ def user_encoder(hp: ModelConfig, history_size: int, dim: int, seed: int) -> ker
     return keras.Model([hist, valid], out, name="user_encoder")
 
 
-def _compose(name: str, news: keras.Model, users: keras.Model, history_size: int, feature_shape: tuple, dtype: str) -> keras.Model:
+def _encode_each(news: keras.Model, x, n: int, feature_shape: tuple):
+    """Apply the news encoder to every one of ``n`` articles per row: (B, n, *F) -> (B, n, d), as
+    one flat batch (B·n, *F) rather than a per-slot loop."""
+    flat = ops.reshape(x, (-1, *feature_shape))
+    return ops.reshape(news(flat), (-1, n, int(news.output.shape[-1])))
+
+
+def _compose(name: str, news: keras.Model, users: keras.Model, history_size: int, n_candidates: int, feature_shape: tuple,
+             dtype: str) -> keras.Model:
     hist = keras.Input((history_size, *feature_shape), dtype=dtype, name="history")
     valid = keras.Input((history_size,), dtype="bool", name="history_valid")
-    cand = keras.Input((None, *feature_shape), dtype=dtype, name="candidates")
-    hist_vec = keras.layers.TimeDistributed(news)(hist)
-    user = users([hist_vec, valid])
-    cand_vec = keras.layers.TimeDistributed(news)(cand)
-    logits = ops.einsum("bkd,bd->bk", cand_vec, user)
+    cand = keras.Input((n_candidates, *feature_shape), dtype=dtype, name="candidates")
+    user = users([_encode_each(news, hist, history_size, feature_shape), valid])
+    logits = ops.einsum("bkd,bd->bk", _encode_each(news, cand, n_candidates, feature_shape), user)
     return keras.Model([hist, valid, cand], logits, name=name)
 
 
 def build_recommender(
-    name: str, hp: ModelConfig, history_size: int, seed: int, *, title_size: int = 0, vocab_size: int = 0,
+    name: str, hp: ModelConfig, history_size: int, seed: int, *, n_candidates: int = 5, title_size: int = 0, vocab_size: int = 0,
     vector_dim: int = 0, embeddings: np.ndarray | None = None,
 ) -> Recommender:
-    """``nrms`` (needs ``title_size`` and ``vocab_size`` or ``embeddings``) or ``nrms_docvec`` (``vector_dim``)."""
+    """``nrms`` (needs ``title_size`` and ``vocab_size`` or ``embeddings``) or ``nrms_docvec`` (``vector_dim``);
+    the training model scores ``n_candidates`` (= 1 + npratio) candidates per sample."""
     if name == "nrms":
         news = nrms_news_encoder(hp, title_size, vocab_size, seed, embeddings)
         shape, dtype = (title_size,), "int32"
@@ -101,4 +119,4 @@ def build_recommender(
         raise ValueError(f"unknown model {name!r}")
     dim = int(news.output.shape[-1])
     users = user_encoder(hp, history_size, dim, seed)
-    return Recommender(name, news, users, _compose(name, news, users, history_size, shape, dtype), dtype)
+    return Recommender(name, news, users, _compose(name, news, users, history_size, n_candidates, shape, dtype), dtype)
