@@ -3,6 +3,7 @@
     python flows/align_flow.py run                                    # embedded synthetic data
     python flows/align_flow.py --config config configs/quick.yaml run
     python flows/align_flow.py run --predictions test_scores.parquet --articles articles.parquet
+    python flows/align_flow.py run --predictions-from NewsRecFlow/<RUN_ID>        # a NewsRecFlow dump
     python flows/align_flow.py resume --origin-run-id <RUN_ID>
 
 start (load or synthesise, validate) → foreach target → foreach method → evaluate (λ grid)
@@ -21,13 +22,16 @@ from steps.align.pipeline import (
     build_report,
     concat,
     data_summary,
+    dump_of_run,
     export_run,
     model_distribution_dict,
+    parse_predictions_from,
     resolve_inputs,
     results_markdown,
     sort_results,
 )
 from steps.align.targets import resolve_target
+from steps.errors import InputError
 from steps.faults import maybe_fail
 from steps.storage import run_dir
 
@@ -44,6 +48,9 @@ class AlignFlow(FlowSpec):
         "predictions", default="", help="Prediction dump (parquet, NAILS layout); empty = synthetic data from the config"
     )
     articles = Parameter("articles", default="", help="EB-NeRD articles.parquet matching --predictions")
+    predictions_from = Parameter(
+        "predictions-from", default="", help="Align the dump of a finished run: NewsRecFlow/<run_id>[/<model>] (default model nrms_docvec)"
+    )
     artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables, figures and submissions are exported")
     storage_root = Parameter("storage-root", default="", help="Folder for large intermediate files (default .recalign)")
 
@@ -52,7 +59,17 @@ class AlignFlow(FlowSpec):
         """Load (or synthesise) the dump, validate every row, resolve the targets."""
         cfg = AlignConfig.from_dict(self.config.to_dict())
         data_dir = run_dir(current.flow_name, current.run_id, "data", root=self.storage_root or None)
-        self.inputs = resolve_inputs(self.predictions, self.articles, cfg.synthetic, data_dir)
+        predictions, articles = self.predictions, self.articles
+        if self.predictions_from:
+            if predictions or articles:
+                raise InputError("give either --predictions-from or --predictions/--articles, not both")
+            from metaflow import Run, namespace
+
+            pathspec, model = parse_predictions_from(self.predictions_from)
+            namespace(None)
+            source = Run(pathspec).data
+            predictions, articles = dump_of_run(self.predictions_from, source.predictions, source.articles_path, model)
+        self.inputs = resolve_inputs(predictions, articles, cfg.synthetic, data_dir)
         self.prepared = prepare_dump(
             self.inputs.predictions, self.inputs.articles, data_dir / "prepared",
             cfg.exclude_categories, cfg.missing_category, cfg.batch_impressions,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +22,10 @@ from steps.align.submission import SubmissionWriter
 from steps.align.synthetic import PREDICTION_SCHEMA
 from steps.metrics import mean_ranking_metrics, ragged_ranks, ranking_metrics
 from steps.newsrec.ebnerd import SplitData
-from steps.newsrec.models import Recommender
 from steps.storage import FileRef, file_ref
+
+if TYPE_CHECKING:  # TensorFlow is imported only where a model is used
+    from steps.newsrec.models import Recommender
 
 DUMP_SCHEMA_NO_LABELS = pa.schema(list(PREDICTION_SCHEMA)[:3])
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -23,14 +24,15 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from steps.faults import maybe_fail  # noqa: E402
+from steps.newsrec.artifacts import ModelArtifact  # noqa: E402
 from steps.newsrec.config import ModelConfig, TrainConfig  # noqa: E402
 from steps.newsrec.ebnerd import SplitData, load_split  # noqa: E402
-from steps.newsrec.inference import evaluate_scores, score_split  # noqa: E402
+from steps.newsrec.inference import evaluate_scores, score_split, select_rows  # noqa: E402
 from steps.newsrec.models import Recommender, build_recommender  # noqa: E402
 from steps.newsrec.prepare import PreparedNewsData  # noqa: E402
 from steps.newsrec.sampler import Samples, sample_wu2019  # noqa: E402
 from steps.seeding import rng_for  # noqa: E402
-from steps.storage import FileRef, file_ref, load_array  # noqa: E402
+from steps.storage import file_ref, load_array  # noqa: E402
 
 METRICS = ("auc", "mrr", "ndcg_at_5", "ndcg_at_10")
 CURVE_SCHEMA = {"model": pl.String, "epoch": pl.Int64, "loss": pl.Float64, "learning_rate": pl.Float64,
@@ -131,8 +133,6 @@ class TrainOutcome:
 def _train_subset(split: SplitData, fraction: float, rng: np.random.Generator) -> SplitData:
     if fraction >= 1.0:
         return split
-    from steps.newsrec.inference import select_rows
-
     rows = np.sort(rng.choice(split.n, max(1, int(round(fraction * split.n))), replace=False))
     sub, flat = select_rows(split.offsets, rows)
     return SplitData(split.impression_ids[rows], split.user_index[rows], sub, split.inview_ids[flat], split.inview_index[flat],
@@ -143,8 +143,6 @@ def fit(rec: Recommender, prepared: PreparedNewsData, training: TrainConfig, see
         log=print) -> TrainOutcome:
     """Train ``rec`` on the train split, monitor validation AUC, keep the best weights (set on
     ``rec`` on return). Each epoch draws fresh negatives (``rng_for(seed, model, "samples", epoch)``)."""
-    import time
-
     table = feature_table(prepared, rec.name)
     train_hist = prepared.histories("train").matrix
     val_hist = prepared.histories("validation").matrix
@@ -181,23 +179,7 @@ def fit(rec: Recommender, prepared: PreparedNewsData, training: TrainConfig, see
 
 
 # --------------------------------------------------------------------------- versioned weights
-@dataclass(frozen=True)
-class ModelArtifact:
-    """Best weights on disk plus what is needed to rebuild the model that reads them."""
-
-    model: str
-    version: str  # "<model>-e<best epoch>-<weights sha256[:12]>"
-    weights: FileRef
-    best_epoch: int
-    hparams: dict
-    history_size: int
-    seed: int
-    keras_version: str
-
-
 def save_best(rec: Recommender, out_dir: str | os.PathLike, best_epoch: int, hp: ModelConfig, training: TrainConfig, seed: int) -> ModelArtifact:
-    from dataclasses import asdict
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"{rec.name}.weights.h5"
