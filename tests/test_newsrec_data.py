@@ -323,7 +323,7 @@ def test_dump_round_trip_reproduces_the_metrics(bundle, tmp_path):
     assert df.schema == pl.Schema({"impression_id": pl.UInt32, "article_ids_inview": pl.List(pl.Int32),
                                    "scores": pl.List(pl.Float32), "article_ids_clicked": pl.List(pl.Int32)})
     ordinary = df.filter(pl.col("impression_id") > 0)
-    offsets = np.concatenate([[0], np.cumsum(ordinary["scores"].list.len().to_numpy())])
+    offsets = np.concatenate([[0], np.cumsum(ordinary["scores"].list.len().to_numpy().astype(np.int64))])
     clicked = np.concatenate([np.isin(v, c) for v, c in zip(ordinary["article_ids_inview"].to_list(),
                                                              ordinary["article_ids_clicked"].to_list())])
     again = mean_ranking_metrics(ranking_metrics(offsets, ordinary["scores"].explode().to_numpy(), clicked))
