@@ -329,3 +329,23 @@ def test_dump_round_trip_reproduces_the_metrics(bundle, tmp_path):
     again = mean_ranking_metrics(ranking_metrics(offsets, ordinary["scores"].explode().to_numpy(), clicked))
     for k in ("auc", "mrr", "ndcg_at_5", "ndcg_at_10"):
         assert again[k] == expected[k]
+
+
+def test_predictions_from_spec_and_dump_choice(tmp_path):
+    from steps.align.pipeline import dump_of_run, parse_predictions_from
+    from steps.storage import file_ref
+
+    assert parse_predictions_from("NewsRecFlow/123") == ("NewsRecFlow/123", None)
+    assert parse_predictions_from("NewsRecFlow/123/nrms") == ("NewsRecFlow/123", "nrms")
+    with pytest.raises(InputError, match="expected <Flow>/<run_id>"):
+        parse_predictions_from("NewsRecFlow")
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.parquet").write_text(name)
+    refs = {"nrms": file_ref(tmp_path / "a.parquet"), "nrms_docvec": file_ref(tmp_path / "b.parquet")}
+    assert dump_of_run("X/1", refs, "art.parquet", None) == (refs["nrms_docvec"].path, "art.parquet")  # the paper's model
+    assert dump_of_run("X/1", refs, "art.parquet", "nrms")[0] == refs["nrms"].path
+    with pytest.raises(InputError, match="no dump for model 'lstur'; the run has nrms, nrms_docvec"):
+        dump_of_run("X/1", refs, "art.parquet", "lstur")
+    (tmp_path / "a.parquet").write_text("changed")
+    with pytest.raises(InputError, match="checksum mismatch"):
+        dump_of_run("X/1", refs, "art.parquet", "nrms")
