@@ -117,6 +117,22 @@ def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarra
     return out
 
 
+def _list_values(arr: pa.Array, name: str, path, row0: int, key: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets rebased to 0, int64 values) of a list column; nulls are an error naming the row and
+    its ``key`` (impression_id or user_id)."""
+    if arr.null_count:
+        r = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{path}: row {row0 + r} ({key} {keys[r]}): column {name!r} is null")
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    offsets = offsets - offsets[0]
+    values = arr.flatten()
+    if values.null_count:
+        flat = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        r = int(np.searchsorted(offsets, flat, side="right") - 1)
+        raise InputError(f"{path}: row {row0 + r} ({key} {keys[r]}): column {name!r} holds a null")
+    return offsets, values.to_numpy().astype(np.int64)
+
+
 # --------------------------------------------------------------------------- histories
 @dataclass(frozen=True)
 class Histories:
@@ -153,22 +169,11 @@ def load_histories(
     if len(dup):
         row = int(order[dup[0] + 1])
         raise InputError(f"{path}: user_id {user_ids[row]} appears twice (row {row})")
-    hist = table.column(S.HISTORY_ARTICLES).combine_chunks()
-    if hist.null_count:
-        row = int(np.flatnonzero(hist.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{path}: row {row} (user_id {user_ids[row]}): column 'article_id_fixed' is null")
-    offsets = hist.offsets.to_numpy().astype(np.int64)
-    offsets = offsets - offsets[0]
-    values = hist.flatten()
-    if values.null_count:
-        flat = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-        row = int(np.searchsorted(offsets, flat, side="right") - 1)
-        raise InputError(f"{path}: row {row} (user_id {user_ids[row]}): column 'article_id_fixed' holds a null")
+    offsets, ids = _list_values(table.column(S.HISTORY_ARTICLES).combine_chunks(), S.HISTORY_ARTICLES, path, 0, "user_id", user_ids)
     lens = np.diff(offsets)
     if (lens == 0).any():
         row = int(np.flatnonzero(lens == 0)[0])
         raise InputError(f"{path}: row {row} (user_id {user_ids[row]}): empty history (column 'article_id_fixed')")
-    ids = values.to_numpy().astype(np.int64)
     idx = article_index(article_ids_sorted, ids)
     _check_unknown(unknown_article, idx, ids, offsets, path, S.HISTORY_ARTICLES, 0)
     # keep the last history_size clicks, right-aligned
@@ -225,21 +230,6 @@ def load_split(ref: SplitArrays) -> SplitData:
     )
 
 
-def _list_values(batch: pa.RecordBatch, name: str, path, row0: int, imp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    arr = batch.column(name)
-    if arr.null_count:
-        r = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{path}: row {row0 + r} (impression_id {imp[r]}): column {name!r} is null")
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    offsets = offsets - offsets[0]
-    values = arr.flatten()
-    if values.null_count:
-        flat = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-        r = int(np.searchsorted(offsets, flat, side="right") - 1)
-        raise InputError(f"{path}: row {row0 + r} (impression_id {imp[r]}): column {name!r} holds a null")
-    return offsets, values.to_numpy().astype(np.int64)
-
-
 def read_behaviors(
     path: str | os.PathLike,
     split: str,
@@ -287,7 +277,7 @@ def read_behaviors(
                     raise InputError(f"{path}: column {col!r} is null in row {row0 + r}")
             imp = batch.column(S.IMPRESSION_ID).to_numpy().astype(np.int64)
             users = batch.column(S.USER_ID).to_numpy().astype(np.int64)
-            off, ids = _list_values(batch, S.INVIEW, path, row0, imp)
+            off, ids = _list_values(batch.column(S.INVIEW), S.INVIEW, path, row0, "impression_id", imp)
             lens = np.diff(off)
             if (lens == 0).any():
                 r = int(np.flatnonzero(lens == 0)[0])
@@ -304,7 +294,7 @@ def read_behaviors(
             clicked = np.zeros(len(ids), dtype=bool)
             keep = np.ones(n, dtype=bool)
             if has_labels:
-                off_c, click_ids = _list_values(batch, S.CLICKED, path, row0, imp)
+                off_c, click_ids = _list_values(batch.column(S.CLICKED), S.CLICKED, path, row0, "impression_id", imp)
                 view_rows = ragged.row_ids(off)
                 click_rows = ragged.row_ids(off_c)
                 view_key = (view_rows << 32) | (ids & 0xFFFFFFFF)
