@@ -55,8 +55,8 @@ class NewsRecFlow(FlowSpec):
     def start(self):
         """Read (or synthesise) EB-NeRD, validate every file, tokenise, write the model inputs."""
         cfg = self._cfg()
-        root, bundle, synthetic = resolve_data_root(self.data_root, cfg, self._dir("synthetic"))
-        self.data = prepare_news_data(root, self.split or bundle, synthetic, cfg, self._dir("prepared"))
+        root, bundle, synthetic = resolve_data_root(self.data_root, cfg, self._dir("synthetic"), self.split)
+        self.data = prepare_news_data(root, bundle, synthetic, cfg, self._dir("prepared"))
         self.data_summary = self.data.summary()
         print(self.data_summary)
         self.models = cfg.model_names

@@ -205,9 +205,14 @@ def test_prepare_news_data_on_the_synthetic_bundle(bundle, tmp_path):
     assert data.splits["test"].has_labels
 
 
-def test_resolve_data_root_checks_the_folder(tmp_path):
+def test_resolve_data_root_checks_the_folder(bundle, tmp_path):
     with pytest.raises(InputError, match="folder not found"):
         resolve_data_root(str(tmp_path / "missing"), NewsRecConfig(), tmp_path)
+    with pytest.raises(InputError, match="no bundle folder 'ebnerd_small'"):
+        resolve_data_root(str(bundle), NewsRecConfig(), tmp_path)
+    assert resolve_data_root(str(bundle), NewsRecConfig(), tmp_path, BUNDLE) == (bundle.absolute(), BUNDLE, False)
+    with pytest.raises(InputError, match="--split ebnerd_demo needs --data-root"):
+        resolve_data_root("", NewsRecConfig(), tmp_path, "ebnerd_demo")
 
 
 # --------------------------------------------------------------------------- text
@@ -349,3 +354,34 @@ def test_predictions_from_spec_and_dump_choice(tmp_path):
     (tmp_path / "a.parquet").write_text("changed")
     with pytest.raises(InputError, match="checksum mismatch"):
         dump_of_run("X/1", refs, "art.parquet", "nrms")
+
+
+def test_transformers_option_shifts_ids_so_zero_stays_padding(tmp_path, monkeypatch):
+    """The optional transformers tokenizer, with a stand-in module (no download, no package needed)."""
+    import sys
+    import types
+
+    class Tok:
+        def __call__(self, texts, max_length, truncation, padding, return_attention_mask):
+            assert max_length == 4 and truncation and padding == "max_length"
+            # tokenizer ids: "a" -> 0, "b" -> 5; its pad id 1 must not leak into our ids
+            rows = [[{"a": 0, "b": 5}[w] for w in t.split()][:4] for t in texts]
+            return {"input_ids": [r + [1] * (4 - len(r)) for r in rows],
+                    "attention_mask": [[1] * len(r) + [0] * (4 - len(r)) for r in rows]}
+
+    class Emb:
+        weight = types.SimpleNamespace(detach=lambda: types.SimpleNamespace(numpy=lambda: np.arange(12.0).reshape(6, 2)))
+
+    fake = types.SimpleNamespace(
+        AutoTokenizer=types.SimpleNamespace(from_pretrained=lambda folder, local_files_only: Tok()),
+        AutoModel=types.SimpleNamespace(from_pretrained=lambda folder, local_files_only: types.SimpleNamespace(
+            get_input_embeddings=lambda: Emb())),
+    )
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+    from steps.newsrec.text import transformers_tokens
+
+    tokens, matrix = transformers_tokens(pl.Series(["a b", "b"]), str(tmp_path), 4)
+    assert tokens.tolist() == [[1, 6, 0, 0], [6, 0, 0, 0]]  # tokenizer id i -> i + 1; padding -> 0
+    assert matrix.shape == (7, 2) and matrix[0].tolist() == [0, 0] and matrix[6].tolist() == [10, 11]
+    with pytest.raises(ConfigError, match="not a local folder"):
+        transformers_tokens(pl.Series(["a"]), str(tmp_path / "missing"), 4)

@@ -51,13 +51,19 @@ class PreparedNewsData:
         }
 
 
-def resolve_data_root(data_root: str, cfg: NewsRecConfig, synthetic_dir: str | os.PathLike) -> tuple[Path, str, bool]:
-    """The user's EB-NeRD root, or the synthetic bundle written to ``synthetic_dir`` when none is given."""
+def resolve_data_root(data_root: str, cfg: NewsRecConfig, synthetic_dir: str | os.PathLike, bundle: str = "") -> tuple[Path, str, bool]:
+    """``(root, bundle, synthetic)``: the user's EB-NeRD root and bundle (``bundle`` or the config's
+    ``data.bundle``), or the synthetic bundle written to ``synthetic_dir`` when no root is given."""
     if data_root:
         root = Path(data_root)
         if not root.is_dir():
             raise InputError(f"--data-root {data_root}: folder not found")
-        return root.absolute(), cfg.data.bundle, False
+        bundle = bundle or cfg.data.bundle
+        if not (root / bundle).is_dir():
+            raise InputError(f"--data-root {data_root}: no bundle folder {bundle!r} in it (choose it with --split)")
+        return root.absolute(), bundle, False
+    if bundle:
+        raise InputError(f"--split {bundle} needs --data-root (the synthetic data has one bundle)")
     write_synthetic_ebnerd(synthetic_dir, cfg.synthetic)
     return Path(synthetic_dir).absolute(), BUNDLE, True
 

@@ -181,7 +181,7 @@ def _world(spec: SyntheticEbnerdSpec) -> _World:
     articles = base.with_columns(
         pl.Series("title", titles),
         pl.Series("subtitle", subtitles),
-        pl.Series("body", [f"{s} {t}" for s, t in zip(subtitles, titles)]),
+        pl.concat_str([pl.Series(subtitles), pl.Series(titles)], separator=" ").alias("body"),
         pub_series.alias("published_time"),
         pub_series.alias("last_modified_time"),
         pl.Series("topics", [[f"emne{t}"] for t in topic], dtype=pl.List(pl.String)),
