@@ -22,12 +22,18 @@ from metaflow.cards import Image, Markdown, Table  # noqa: E402
 
 from steps.align.data import prepare_dump  # noqa: E402
 from steps.align.evaluate import evaluate_method, target_layout, target_mix  # noqa: E402
-from steps.align.pipeline import build_report, concat, model_distribution_dict, results_markdown, sort_results  # noqa: E402
+from steps.align.pipeline import concat, model_distribution_dict, results_markdown, sort_results  # noqa: E402
 from steps.align.targets import resolve_target  # noqa: E402
 from steps.faults import maybe_fail  # noqa: E402
 from steps.newsrec.config import NewsRecConfig  # noqa: E402
 from steps.newsrec.prepare import prepare_news_data, resolve_data_root  # noqa: E402
-from steps.newsrec.report import export_newsrec, train_metrics_rows, training_curves_figure, with_model  # noqa: E402
+from steps.newsrec.report import (  # noqa: E402
+    alignment_reports,
+    export_newsrec,
+    train_metrics_rows,
+    training_curves_figure,
+    with_model,
+)
 from steps.storage import run_dir  # noqa: E402
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "newsrec_demo.yaml")
@@ -175,15 +181,8 @@ class NewsRecFlow(FlowSpec):
         import polars as pl
 
         cfg = self._cfg()
-        alignment, card_figures = {}, {}
-        for model in self.predictions:
-            res = self.results.filter(pl.col("model") == model).drop("model")
-            mix = self.category_mix.filter(pl.col("model") == model).drop("model")
-            hist = self.user_kl_hist.filter(pl.col("model") == model).drop("model")
-            rep = build_report(res, mix, hist, cfg.align)
-            card_figures[model] = {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()}
-            tables = {"results": res, "comparison": rep.comparison, "category_mix": mix, "best_lambda": rep.best_lambda}
-            alignment[model] = (tables, rep, self.alignment_submissions[model])
+        alignment = alignment_reports(self.results, self.category_mix, self.user_kl_hist, self.alignment_submissions, cfg.align)
+        card_figures = {m: {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()} for m, (_, rep, _) in alignment.items()}
         curves_image = Image.from_matplotlib(training_curves_figure(self.training_curves))
         summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
                    "models": {m: a.version for m, a in self.model_artifacts.items()},

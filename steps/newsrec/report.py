@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from steps.align import plots  # noqa: E402
-from steps.align.pipeline import Report, export_run  # noqa: E402
+from steps.align.config import AlignConfig  # noqa: E402
+from steps.align.pipeline import Report, build_report, export_run  # noqa: E402
 from steps.storage import FileRef, atomic_export_dir, link_or_copy  # noqa: E402
 
 TRAIN_METRICS_SCHEMA = {"model": pl.String, "split": pl.String, "epoch": pl.Int64, "auc": pl.Float64, "mrr": pl.Float64,
@@ -32,6 +33,20 @@ def train_metrics_rows(model: str, best_epoch: int, per_split: Mapping[str, Mapp
 def with_model(df: pl.DataFrame, model: str) -> pl.DataFrame:
     """``df`` with a leading ``model`` column."""
     return df.select(pl.lit(model).alias("model"), pl.all())
+
+
+def alignment_reports(
+    results: pl.DataFrame, category_mix: pl.DataFrame, user_kl_hist: pl.DataFrame, submissions: Mapping[str, Sequence[dict]],
+    cfg: AlignConfig,
+) -> dict[str, tuple[dict[str, pl.DataFrame], Report, Sequence[dict]]]:
+    """Per model: AlignFlow's tables and report (best λ, comparison, figures) of that model's rows."""
+    out = {}
+    for model in results["model"].unique(maintain_order=True).to_list():
+        res, mix, hist = (df.filter(pl.col("model") == model).drop("model") for df in (results, category_mix, user_kl_hist))
+        rep = build_report(res, mix, hist, cfg)
+        tables = {"results": res, "comparison": rep.comparison, "category_mix": mix, "best_lambda": rep.best_lambda}
+        out[model] = (tables, rep, submissions.get(model, []))
+    return out
 
 
 def training_curves_figure(curves: pl.DataFrame) -> plt.Figure:
