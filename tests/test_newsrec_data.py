@@ -385,3 +385,26 @@ def test_transformers_option_shifts_ids_so_zero_stays_padding(tmp_path, monkeypa
     assert matrix.shape == (7, 2) and matrix[0].tolist() == [0, 0] and matrix[6].tolist() == [10, 11]
     with pytest.raises(ConfigError, match="not a local folder"):
         transformers_tokens(pl.Series(["a"]), str(tmp_path / "missing"), 4)
+
+
+def test_unlabelled_test_split_gives_a_dump_without_clicks_that_alignflow_reads(tmp_path):
+    """The real test set has no ``article_ids_clicked``: no test metrics, a three-column dump."""
+    from steps.align.data import prepare_dump
+
+    spec = SyntheticEbnerdSpec(**{**TINY.as_dict(), "test_labels": False})
+    write_synthetic_ebnerd(tmp_path, spec)
+    ids = _ids(tmp_path)
+    d = S.split_dir(tmp_path, BUNDLE, "test")
+    assert "article_ids_clicked" not in pq.read_schema(d / "behaviors.parquet").names
+    with pytest.raises(InputError, match="missing column 'article_ids_clicked'"):
+        read_behaviors(d / "behaviors.parquet", "test", ids, load_histories(d / "history.parquet", ids, 5), tmp_path / "x")
+    ref = read_behaviors(d / "behaviors.parquet", "test", ids, load_histories(d / "history.parquet", ids, 5), tmp_path / "o",
+                         labels="optional")
+    split = load_split(ref)
+    assert not split.has_labels and ref.n_ba_rows == spec.n_ba_rows
+    scores = np.linspace(-1, 1, len(split.inview_index)).astype(np.float32)
+    assert evaluate_scores(split, scores) is None
+    dump, _ = write_dump(split, scores, tmp_path / "dump.parquet")
+    assert pq.read_schema(dump.path).names == ["impression_id", "article_ids_inview", "scores"]
+    prepared = prepare_dump(dump.path, tmp_path / "ebnerd_testset" / "articles.parquet", tmp_path / "prep")
+    assert prepared.n_ba_rows == spec.n_ba_rows and prepared.n_labelled == 0

@@ -89,6 +89,7 @@ def test_training_logits_equal_the_encode_once_scores(model):
 
 
 def test_training_is_deterministic(tmp_path):
+    from steps.newsrec.ebnerd import load_split
     from steps.newsrec.prepare import prepare_news_data, resolve_data_root
     from steps.newsrec.train import build_for, configure_determinism, fit
 
@@ -104,8 +105,10 @@ def test_training_is_deterministic(tmp_path):
     for _ in range(2):
         configure_determinism(cfg.seed)
         rec = build_for(data, "nrms_docvec", cfg.models["nrms_docvec"], cfg.training, cfg.seed)
-        out = fit(rec, data, cfg.training, cfg.seed, log=lambda s: None)
+        out = fit(rec, data, cfg.training, cfg.seed, train_fraction=0.5, log=lambda s: None)
         runs.append((out.curves, rec.train_model.get_weights()))
+    train_clicks = int(load_split(data.splits["train"]).clicked.sum())
+    assert 0.3 * train_clicks < out.samples_per_epoch[0] < 0.7 * train_clicks  # one sample per click of half the impressions
     assert runs[0][0].equals(runs[1][0])
     assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
     assert runs[0][0].height == 2 and runs[0][0]["best"].sum() == 1
