@@ -1,5 +1,5 @@
 # recalign: the two commands of the README.
-#   make run   - install everything into .venv, then run the main flow on the embedded synthetic data
+#   make run   - install everything into .venv, then run the main flow (NewsRecFlow) on the embedded synthetic data
 #   make test  - install everything into .venv, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.recalign-installed
 export METAFLOW_USER ?= $(or $(filter-out root,$(USER)),recalign)
 export PYTHONUNBUFFERED := 1
 # Main flow and its default config (override: make run FLOW=flows/align_flow.py CONFIG=configs/quick.yaml).
-FLOW ?= flows/align_flow.py
+FLOW ?= flows/newsrec_flow.py
 CONFIG ?=
 MAX_WORKERS ?= 2
 RUN_ARGS ?=

@@ -3,6 +3,7 @@
     python flows/align_flow.py run                                    # embedded synthetic data
     python flows/align_flow.py --config config configs/quick.yaml run
     python flows/align_flow.py run --predictions test_scores.parquet --articles articles.parquet
+    python flows/align_flow.py run --predictions-from NewsRecFlow/<RUN_ID>        # a NewsRecFlow dump
     python flows/align_flow.py resume --origin-run-id <RUN_ID>
 
 start (load or synthesise, validate) → foreach target → foreach method → evaluate (λ grid)
@@ -14,6 +15,7 @@ from metaflow.cards import Image, Markdown, Table
 
 from configs import config_path
 from recalign.flowtools import catch_cells, failed_cells, resources_from, retry_from_config, timeout_from_config
+from recalign.runs import dump_source
 from steps.align.config import AlignConfig
 from steps.align.data import input_refs, prepare_dump
 from steps.align.evaluate import RESULT_COLUMNS, evaluate_method, target_layout, target_mix
@@ -45,6 +47,9 @@ class AlignFlow(FlowSpec):
         "predictions", default="", help="Prediction dump (parquet, NAILS layout); empty = synthetic data from the config"
     )
     articles = Parameter("articles", default="", help="EB-NeRD articles.parquet matching --predictions")
+    predictions_from = Parameter(
+        "predictions-from", default="", help="Align the dump of a finished run: NewsRecFlow/<run_id>[/<model>] (default model nrms_docvec)"
+    )
     artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables, figures and submissions are exported")
     storage_root = Parameter("storage-root", default="", help="Folder for large intermediate files (default .recalign)")
 
@@ -57,7 +62,8 @@ class AlignFlow(FlowSpec):
         cfg = AlignConfig.from_dict(self.config.to_dict())
         self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
         data_dir = self.storage.dir("data")
-        self.inputs = resolve_inputs(self.predictions, self.articles, cfg.synthetic, data_dir)
+        predictions, articles = dump_source(self.predictions_from, self.predictions, self.articles)
+        self.inputs = resolve_inputs(predictions, articles, cfg.synthetic, data_dir)
         prepared = prepare_dump(
             self.inputs.predictions, self.inputs.articles, data_dir / "prepared",
             cfg.exclude_categories, cfg.missing_category,

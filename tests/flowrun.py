@@ -38,12 +38,12 @@ class FlowRunner:
         env.update(extra)
         return env
 
-    def run(self, flow: str, config: str | Path | None = None, env: dict | None = None, **params) -> FlowRun:
+    def run(self, flow: str, config: str | Path | None = None, env: dict | None = None, max_workers: int = 2, **params) -> FlowRun:
         from metaflow import Runner
 
         kwargs = {"config": [("config", str(config))]} if config else {}
         with Runner(str(FLOWS / flow), show_output=False, pylint=False, env=env or self.env(), cwd=str(self.cwd), **kwargs) as runner:
-            result = runner.run(max_workers=2, **params)
+            result = runner.run(max_workers=max_workers, **params)
             return FlowRun(result.status, result.run.id, result.run, result.stdout, result.stderr)
 
     def resume(self, flow: str, origin_run_id: str, env: dict | None = None) -> FlowRun:

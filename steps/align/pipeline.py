@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -17,7 +17,7 @@ from steps.align.data import PreparedDump
 from steps.align.report import best_lambdas, comparison_table, comparison_wide
 from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
 from steps.errors import InputError
-from steps.storage import atomic_export_dir, is_remote, link_or_copy, localize, localize_input, upload
+from steps.storage import FileRef, atomic_export_dir, is_remote, link_or_copy, localize, localize_input, upload
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,31 @@ def resolve_inputs(predictions: str, articles: str, spec: SyntheticDumpSpec, dat
         return Inputs(local[0], local[1], False)
     paths = write_synthetic_dump(Path(data_dir) / "synthetic", spec)
     return Inputs(paths["predictions"], paths["articles"], True)
+
+
+#: The model whose dump ``--predictions-from`` takes when the spec names none (the NAILS paper's model).
+DEFAULT_DUMP_MODEL = "nrms_docvec"
+
+
+def parse_predictions_from(spec: str) -> tuple[str, str | None]:
+    """``"NewsRecFlow/<run_id>[/<model>]"`` → (``"NewsRecFlow/<run_id>"``, model or None)."""
+    parts = [p for p in spec.strip().split("/")]
+    if len(parts) not in (2, 3) or not all(parts):
+        raise InputError(f"--predictions-from {spec!r}: expected <Flow>/<run_id> or <Flow>/<run_id>/<model>, e.g. NewsRecFlow/1712345678")
+    return "/".join(parts[:2]), (parts[2] if len(parts) == 3 else None)
+
+
+def dump_of_run(spec: str, predictions: Mapping[str, FileRef], articles: str, model: str | None) -> tuple[str, str]:
+    """The (verified) dump and articles paths of a finished run's ``predictions`` artifact."""
+    if not predictions:
+        raise InputError(f"--predictions-from {spec!r}: the run has no prediction dumps")
+    if model is None:
+        model = DEFAULT_DUMP_MODEL if DEFAULT_DUMP_MODEL in predictions else next(iter(predictions))
+    if model not in predictions:
+        raise InputError(f"--predictions-from {spec!r}: no dump for model {model!r}; the run has {', '.join(predictions)}")
+    ref = localize(predictions[model])
+    ref.verify()
+    return ref.path, articles
 
 
 def concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:

@@ -1,0 +1,225 @@
+"""NewsRecFlow: train NRMS and NRMSDocVec on EB-NeRD (TensorFlow), score the test split with logits,
+dump the predictions, and run the alignment grid of AlignFlow on each model's dump.
+
+    python flows/newsrec_flow.py run                                   # embedded synthetic EB-NeRD (demo config)
+    python flows/newsrec_flow.py --config config configs/newsrec_quick.yaml run
+    python flows/newsrec_flow.py --config config configs/nrms_docvec_ebnerd_small.yaml run --data-root ~/ebnerd
+    python flows/newsrec_flow.py resume --origin-run-id <RUN_ID>
+
+start (synthesise or read EB-NeRD, validate, tokenise) → foreach model → train (early stopping on
+validation AUC) → dump (score the test split, evaluate, write dump + submission) → prepare_alignment
+→ foreach target → foreach method → align → join_methods → join_targets → join_models → report → end
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from metaflow import Config, FlowSpec, Parameter, card, current, step  # noqa: E402
+from metaflow.cards import Image, Markdown, Table  # noqa: E402
+
+from steps.align.data import prepare_dump  # noqa: E402
+from steps.align.evaluate import evaluate_method, target_layout, target_mix  # noqa: E402
+from steps.align.pipeline import concat, model_distribution_dict, results_markdown, sort_results  # noqa: E402
+from steps.align.targets import resolve_target  # noqa: E402
+from steps.faults import maybe_fail  # noqa: E402
+from steps.newsrec.config import NewsRecConfig  # noqa: E402
+from steps.newsrec.prepare import prepare_news_data, resolve_data_root  # noqa: E402
+from steps.newsrec.report import (  # noqa: E402
+    alignment_reports,
+    export_newsrec,
+    train_metrics_rows,
+    training_curves_figure,
+    with_model,
+)
+from steps.storage import run_dir  # noqa: E402
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "newsrec_demo.yaml")
+# Artifacts every model branch carries through the alignment joins.
+CARRIED = ["data", "data_summary", "model", "model_artifact", "curves", "model_metrics", "prediction_file", "submission_file",
+           "prepared", "target", "model_distribution", "target_names"]
+
+
+class NewsRecFlow(FlowSpec):
+    """NRMS / NRMSDocVec on EB-NeRD → logit dumps → NAILS / Steck alignment of each model's dump."""
+
+    config = Config("config", default=DEFAULT_CONFIG, parser="steps.newsrec.config.parse_newsrec_config")
+    data_root = Parameter("data-root", default="", help="EB-NeRD folder (ebnerd_small/, ebnerd_testset/, artifacts/); empty = synthetic")
+    split = Parameter("split", default="", help="EB-NeRD bundle under --data-root (ebnerd_demo, ebnerd_small, ebnerd_large); default: config data.bundle")
+    artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables, figures, dumps and submissions are exported")
+    storage_root = Parameter("storage-root", default="", help="Folder for large intermediate files (default .recalign)")
+
+    def _cfg(self) -> NewsRecConfig:
+        return NewsRecConfig.from_dict(self.config.to_dict())
+
+    def _dir(self, *parts):
+        return run_dir(current.flow_name, current.run_id, *parts, root=self.storage_root or None)
+
+    @step
+    def start(self):
+        """Read (or synthesise) EB-NeRD, validate every file, tokenise, write the model inputs."""
+        cfg = self._cfg()
+        root, bundle, synthetic = resolve_data_root(self.data_root, cfg, self._dir("synthetic"), self.split)
+        self.data = prepare_news_data(root, bundle, synthetic, cfg, self._dir("prepared"))
+        self.data_summary = self.data.summary()
+        print(self.data_summary)
+        self.models = cfg.model_names
+        self.next(self.train, foreach="models")
+
+    @step
+    def train(self):
+        """Fit one model: Wu et al. samples, early stopping on validation AUC; keep the best weights."""
+        self.model = self.input
+        maybe_fail("train", self.model)
+        from steps.newsrec.train import build_for, configure_determinism, fit, save_best
+
+        cfg = self._cfg()
+        configure_determinism(cfg.seed)
+        rec = build_for(self.data, self.model, cfg.models[self.model], cfg.training, cfg.seed)
+        outcome = fit(rec, self.data, cfg.training, cfg.seed, cfg.data.train_fraction)
+        self.curves = outcome.curves
+        self.validation_metrics = outcome.best_validation
+        self.model_artifact = save_best(rec, self._dir("models"), outcome.best_epoch, cfg.models[self.model], cfg.training, cfg.seed)
+        self.next(self.dump)
+
+    @step
+    def dump(self):
+        """Score the test split with the best weights (logits), evaluate where labels exist, write the dump."""
+        from steps.newsrec.ebnerd import load_split
+        from steps.newsrec.inference import evaluate_scores, score_split, write_dump
+        from steps.newsrec.train import feature_table, load_best
+
+        cfg = self._cfg()
+        rec = load_best(self.data, self.model_artifact, cfg.training)
+        test = load_split(self.data.splits["test"])
+        scores = score_split(rec, feature_table(self.data, self.model), self.data.histories("test").matrix, test,
+                             cfg.training.eval_batch_users, cfg.training.score_chunk)
+        out = self._dir("predictions")
+        self.prediction_file, self.submission_file = write_dump(test, scores, out / f"{self.model}_test_scores.parquet",
+                                                                out / f"{self.model}_predictions.zip", cfg.data.batch_rows)
+        self.model_metrics = train_metrics_rows(self.model, self.model_artifact.best_epoch,
+                                                {"validation": self.validation_metrics, "test": evaluate_scores(test, scores)})
+        print(self.model_metrics)
+        self.next(self.prepare_alignment)
+
+    @step
+    def prepare_alignment(self):
+        """Hand the dump to AlignFlow's loader and targets (the same code, not a copy)."""
+        acfg = self._cfg().align
+        self.prepared = prepare_dump(self.prediction_file.path, self.data.articles_path, self._dir("align", self.model),
+                                     acfg.exclude_categories, acfg.missing_category, acfg.batch_impressions)
+        targets = [resolve_target(spec, self.prepared.candidate_categories) for spec in acfg.targets]
+        self.targets = targets
+        self.target = {t.name: t.as_dict() for t in targets}
+        self.model_distribution = model_distribution_dict(self.prepared)
+        self.target_names = [t.name for t in targets]
+        self.next(self.per_target, foreach="target_names")
+
+    @step
+    def per_target(self):
+        """Lay the target over the dump's categories; fan out over methods."""
+        acfg = self._cfg().align
+        target = next(t for t in self.targets if t.name == self.input)
+        self.layout = target_layout(self.prepared, target, acfg.unknown_category_weight)
+        self.methods = list(acfg.methods)
+        self.next(self.align, foreach="methods")
+
+    @step
+    def align(self):
+        """One alignment method toward one target over the λ grid, on this model's dump."""
+        acfg = self._cfg().align
+        maybe_fail("align", f"{self.model}/{self.layout.target.name}/{self.input}")
+        outcome = evaluate_method(self.prepared, self.layout, self.input, acfg, self._dir("submissions", self.model))
+        self.part_results = outcome.results
+        self.part_mix = outcome.category_mix
+        self.part_hist = outcome.user_kl_hist
+        self.part_submissions = outcome.submissions
+        self.next(self.join_methods)
+
+    @step
+    def join_methods(self, inputs):
+        self.merge_artifacts(inputs, include=CARRIED)
+        self.part_results = concat([i.part_results for i in inputs])
+        self.part_mix = concat([target_mix(inputs[0].layout)] + [i.part_mix for i in inputs])
+        self.part_hist = concat([i.part_hist for i in inputs])
+        self.part_submissions = [s for i in inputs for s in i.part_submissions]
+        self.next(self.join_targets)
+
+    @step
+    def join_targets(self, inputs):
+        self.merge_artifacts(inputs, include=CARRIED)
+        self.model_results = sort_results(concat([i.part_results for i in inputs]), self.target_names)
+        self.model_mix = concat([i.part_mix for i in inputs])
+        self.model_hist = concat([i.part_hist for i in inputs])
+        self.model_submissions = [s for i in inputs for s in i.part_submissions]
+        self.next(self.join_models)
+
+    @step
+    def join_models(self, inputs):
+        """Collect every model: accuracy, curves, dumps, and the alignment tables with a model column."""
+        self.merge_artifacts(inputs, include=["data", "data_summary"])
+        self.train_metrics = concat([i.model_metrics for i in inputs])
+        self.training_curves = concat([i.curves for i in inputs])
+        self.predictions = {i.model: i.prediction_file for i in inputs}
+        self.model_submission_files = {i.model: i.submission_file for i in inputs}
+        self.model_artifacts = {i.model: i.model_artifact for i in inputs}
+        self.results = concat([with_model(i.model_results, i.model) for i in inputs])
+        self.category_mix = concat([with_model(i.model_mix, i.model) for i in inputs])
+        self.user_kl_hist = concat([with_model(i.model_hist, i.model) for i in inputs])
+        self.alignment_submissions = {i.model: i.model_submissions for i in inputs}
+        self.targets_by_model = {i.model: i.target for i in inputs}
+        self.model_distribution = {i.model: i.model_distribution for i in inputs}
+        self.articles_path = self.data.articles_path
+        self.next(self.report)
+
+    @card(type="blank", id="report")
+    @step
+    def report(self):
+        """Training curves, accuracy table, each model's alignment figures; export to artifacts/NewsRecFlow/<run_id>/."""
+        import polars as pl
+
+        cfg = self._cfg()
+        alignment = alignment_reports(self.results, self.category_mix, self.user_kl_hist, self.alignment_submissions, cfg.align)
+        card_figures = {m: {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()} for m, (_, rep, _) in alignment.items()}
+        curves_image = Image.from_matplotlib(training_curves_figure(self.training_curves))
+        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
+                   "models": {m: a.version for m, a in self.model_artifacts.items()},
+                   "predictions": {m: {"path": r.path, "sha256": r.sha256, "rows": r.shape[0]} for m, r in self.predictions.items()}}
+        export_dir = Path(self.artifacts_dir) / current.flow_name / current.run_id
+        self.export_dir = str(export_newsrec(export_dir, self.train_metrics, self.training_curves, self.predictions,
+                                             self.model_submission_files, alignment, summary))
+
+        c = current.card["report"]
+        d = self.data_summary
+        c.append(Markdown(f"# NewsRecFlow `{current.run_id}` — {cfg.name}"))
+        c.append(Markdown(
+            f"Data: `{d['bundle']}`{' (synthetic)' if d['synthetic'] else ''} — {d['articles']:,} articles, "
+            f"{d['train_impressions']:,} train / {d['validation_impressions']:,} validation / {d['test_impressions']:,} test "
+            f"impressions ({d['test_beyond_accuracy_rows']:,} beyond-accuracy rows). Exported to `{self.export_dir}`."
+        ))
+        c.append(Markdown("## Accuracy at the best epoch"))
+        c.append(Table(results_markdown(self.train_metrics), headers=self.train_metrics.columns))
+        c.append(Markdown("## Training curves"))
+        c.append(curves_image)
+        cols = ["distribution", "method", "selection", "lambda", "kl_at_n", "user_kl_mean", "coverage_at_n", "auc", "ndcg_at_10"]
+        for model, figs in card_figures.items():
+            c.append(Markdown(f"## Alignment of `{model}` (version `{self.model_artifacts[model].version}`)"))
+            c.append(Table(results_markdown(self.results.filter(pl.col("model") == model), cols), headers=cols))
+            for title, name in (("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
+                                ("User-level KL density", "user_kl_density.png"), ("Accuracy against KL@N", "accuracy_vs_kl.png")):
+                c.append(Markdown(f"### {title} — {model}"))
+                c.append(figs[name])
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Print the accuracy table and where the results are."""
+        print(self.train_metrics)
+        print(self.results.select(["model", "distribution", "method", "selection", "lambda", "kl_at_n", "coverage_at_n", "auc"]))
+        print(f"Exported to {self.export_dir}")
+
+
+if __name__ == "__main__":
+    NewsRecFlow()

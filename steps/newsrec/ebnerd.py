@@ -1,0 +1,357 @@
+"""Loaders for the real EB-NeRD layout (and the synthetic copy of it): articles, document vectors,
+histories and behaviors, each validated against the published schema.
+
+Articles are addressed by a dense index: ``0`` = padding (masked out), ``1`` = an article that is
+not in ``articles.parquet`` (it gets the zero representation, or an error with
+``unknown_article: error``), ``k + 2`` = the k-th article of ``articles.parquet`` in id order.
+Behaviors are streamed in record batches and written as flat memory-mappable arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from steps import ragged
+from steps.errors import ConfigError, InputError
+from steps.newsrec import schema as S
+from steps.storage import ArrayAppender, FileRef, load_array
+
+PAD = 0
+UNKNOWN = 1
+FIRST_ARTICLE = 2
+UNKNOWN_POLICIES = ("zeros", "error")
+
+
+# --------------------------------------------------------------------------- articles
+def read_articles(path: str | os.PathLike, text_columns: Sequence[str] = ()) -> pl.DataFrame:
+    """``article_id`` (i64, sorted), ``category_str`` and the requested text columns (nulls → "")."""
+    schema = S.read_checked_schema(path, [*S.ARTICLES_REQUIRED, *text_columns], {S.ARTICLE_ID: pa.int32()}, "articles file")
+    for col in (S.CATEGORY_STR, *text_columns):
+        t = schema.field(col).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise InputError(f"{path}: column {col!r} has dtype {S.polars_name(t)}, expected str")
+    cols = list(dict.fromkeys([S.ARTICLE_ID, S.CATEGORY_STR, *text_columns]))
+    df = pl.read_parquet(path, columns=cols)
+    if df.is_empty():
+        raise InputError(f"{path}: the articles file has no rows")
+    if df[S.ARTICLE_ID].null_count():
+        raise InputError(f"{path}: column 'article_id' is null in row {int(df[S.ARTICLE_ID].is_null().arg_max())}")
+    dup = df[S.ARTICLE_ID].is_duplicated()
+    if dup.any():
+        row = int(dup.arg_max())
+        raise InputError(f"{path}: column 'article_id' repeats article_id {df[S.ARTICLE_ID][row]} (row {row})")
+    return df.with_columns(pl.col(S.ARTICLE_ID).cast(pl.Int64), *[pl.col(c).fill_null("") for c in text_columns]).sort(S.ARTICLE_ID)
+
+
+def article_index(article_ids_sorted: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Dense index of each id (``k + 2``), or :data:`UNKNOWN` for ids not in the articles file."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(article_ids_sorted) == 0:
+        return np.full(len(ids), UNKNOWN, dtype=np.int32)
+    pos = np.searchsorted(article_ids_sorted, ids)
+    pos_c = np.minimum(pos, len(article_ids_sorted) - 1)
+    found = article_ids_sorted[pos_c] == ids
+    return np.where(found, pos_c + FIRST_ARTICLE, UNKNOWN).astype(np.int32)
+
+
+def _check_unknown(policy: str, index: np.ndarray, ids: np.ndarray, offsets: np.ndarray, path, column: str, row0: int) -> None:
+    if policy not in UNKNOWN_POLICIES:
+        raise ConfigError(f"unknown_article: expected one of {UNKNOWN_POLICIES}, got {policy!r}")
+    if policy == "error" and (index == UNKNOWN).any():
+        flat = int(np.flatnonzero(index == UNKNOWN)[0])
+        row = row0 + int(np.searchsorted(offsets, flat, side="right") - 1)
+        raise InputError(
+            f"{path}: row {row}: column {column!r} holds article_id {int(ids[flat])}, which is not in the articles "
+            "file (set unknown_article: zeros to give unknown articles the zero representation)"
+        )
+
+
+# --------------------------------------------------------------------------- document vectors
+def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarray, column: str = "auto") -> np.ndarray:
+    """The embedding artifact (``article_id`` + one vector column) as a ``(N + 2, D)`` float32 table in
+    article-index order; padding, unknown articles and articles without a vector get zeros."""
+    schema = S.read_checked_schema(path, [S.ARTICLE_ID], {S.ARTICLE_ID: pa.int32()}, "document-vector file")
+    others = [n for n in schema.names if n != S.ARTICLE_ID]
+    if column == "auto":
+        if len(others) != 1:
+            raise InputError(f"{path}: expected one vector column besides 'article_id', found {others}; set vector_column")
+        column = others[0]
+    if column not in schema.names:
+        raise InputError(f"{path}: missing column {column!r} (found: {', '.join(schema.names)})")
+    t = schema.field(column).type
+    if not ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and pa.types.is_floating(t.value_type)):
+        raise InputError(f"{path}: column {column!r} has dtype {S.polars_name(t)}, expected list[f32]")
+    table = pq.read_table(path, columns=[S.ARTICLE_ID, column])
+    ids = table.column(S.ARTICLE_ID).to_numpy().astype(np.int64)
+    vec_col = table.column(column).combine_chunks()
+    if vec_col.null_count:
+        row = int(np.flatnonzero(vec_col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{path}: column {column!r} is null in row {row} (article_id {ids[row]})")
+    offsets = vec_col.offsets.to_numpy().astype(np.int64) if not pa.types.is_fixed_size_list(vec_col.type) else None
+    values = vec_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    if offsets is not None:
+        offsets = offsets - offsets[0]
+        lens = np.diff(offsets)
+        if len(lens) and (lens != lens[0]).any():
+            row = int(np.flatnonzero(lens != lens[0])[0])
+            raise InputError(f"{path}: row {row} (article_id {ids[row]}) has a {lens[row]}-dim vector, row 0 has {lens[0]}")
+    dim = len(values) // max(len(ids), 1)
+    if dim == 0:
+        raise InputError(f"{path}: the vectors are empty")
+    vectors = values.reshape(len(ids), dim)
+    if not np.isfinite(vectors).all():
+        row = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+        raise InputError(f"{path}: row {row} (article_id {ids[row]}) holds a NaN or infinite value")
+    out = np.zeros((len(article_ids_sorted) + FIRST_ARTICLE, dim), dtype=np.float32)
+    idx = article_index(article_ids_sorted, ids)
+    known = idx != UNKNOWN
+    out[idx[known]] = vectors[known]
+    return out
+
+
+def _list_values(arr: pa.Array, name: str, path, row0: int, key: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets rebased to 0, int64 values) of a list column; nulls are an error naming the row and
+    its ``key`` (impression_id or user_id)."""
+    if arr.null_count:
+        r = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{path}: row {row0 + r} ({key} {keys[r]}): column {name!r} is null")
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    offsets = offsets - offsets[0]
+    values = arr.flatten()
+    if values.null_count:
+        flat = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        r = int(np.searchsorted(offsets, flat, side="right") - 1)
+        raise InputError(f"{path}: row {row0 + r} ({key} {keys[r]}): column {name!r} holds a null")
+    return offsets, values.to_numpy().astype(np.int64)
+
+
+# --------------------------------------------------------------------------- histories
+@dataclass(frozen=True)
+class Histories:
+    """Users of one split (sorted ids) and their last ``history_size`` clicks as article indices,
+    right-aligned (most recent last) and left-padded with :data:`PAD`."""
+
+    user_ids: np.ndarray  # (U,) int64, sorted
+    matrix: np.ndarray  # (U, H) int32
+
+    def user_index(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each user id, or -1 for users without a history."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.user_ids, ids), len(self.user_ids) - 1)
+        return np.where(self.user_ids[pos] == ids, pos, -1)
+
+
+def load_histories(
+    path: str | os.PathLike, article_ids_sorted: np.ndarray, history_size: int, unknown_article: str = "zeros"
+) -> Histories:
+    """Read ``history.parquet``; every user needs a non-empty ``article_id_fixed`` list."""
+    path = Path(path)
+    S.read_checked_schema(path, S.HISTORY_REQUIRED, what="history file")
+    if history_size < 1:
+        raise ConfigError(f"history_size must be >= 1, got {history_size}")
+    table = pq.read_table(path, columns=[S.USER_ID, S.HISTORY_ARTICLES])
+    users = table.column(S.USER_ID).combine_chunks()
+    if users.null_count:
+        raise InputError(f"{path}: column 'user_id' is null in row {int(np.flatnonzero(users.is_null().to_numpy(zero_copy_only=False))[0])}")
+    user_ids = users.to_numpy().astype(np.int64)
+    if len(user_ids) == 0:
+        raise InputError(f"{path}: the history file has no rows")
+    order = np.argsort(user_ids, kind="stable")
+    dup = np.flatnonzero(np.diff(user_ids[order]) == 0)
+    if len(dup):
+        row = int(order[dup[0] + 1])
+        raise InputError(f"{path}: user_id {user_ids[row]} appears twice (row {row})")
+    offsets, ids = _list_values(table.column(S.HISTORY_ARTICLES).combine_chunks(), S.HISTORY_ARTICLES, path, 0, "user_id", user_ids)
+    lens = np.diff(offsets)
+    if (lens == 0).any():
+        row = int(np.flatnonzero(lens == 0)[0])
+        raise InputError(f"{path}: row {row} (user_id {user_ids[row]}): empty history (column 'article_id_fixed')")
+    idx = article_index(article_ids_sorted, ids)
+    _check_unknown(unknown_article, idx, ids, offsets, path, S.HISTORY_ARTICLES, 0)
+    # keep the last history_size clicks, right-aligned
+    keep = np.minimum(lens, history_size)
+    rows = np.repeat(np.arange(len(lens)), keep)
+    within = np.arange(int(keep.sum())) - np.repeat(np.cumsum(keep) - keep, keep)
+    src = np.repeat(offsets[1:] - keep, keep) + within
+    col = history_size - np.repeat(keep, keep) + within
+    matrix = np.zeros((len(lens), history_size), dtype=np.int32)
+    matrix[rows, col] = idx[src]
+    return Histories(user_ids[order], matrix[order])
+
+
+# --------------------------------------------------------------------------- behaviors
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split's impressions as flat arrays on disk (see :func:`read_behaviors`)."""
+
+    name: str
+    behaviors_path: str
+    n_impressions: int
+    n_ba_rows: int
+    has_labels: bool
+    impression_ids: FileRef  # (n,) uint32
+    user_index: FileRef  # (n,) int32, row in the split's Histories
+    offsets: FileRef  # (n + 1,) int64
+    inview_ids: FileRef  # (nnz,) int32 article ids
+    inview_index: FileRef  # (nnz,) int32 article indices
+    clicked: FileRef  # (nnz,) bool
+    n_dropped_without_negative: int = 0
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """:class:`SplitArrays` loaded (memory-mapped)."""
+
+    impression_ids: np.ndarray
+    user_index: np.ndarray
+    offsets: np.ndarray
+    inview_ids: np.ndarray
+    inview_index: np.ndarray
+    clicked: np.ndarray
+    has_labels: bool
+
+    @property
+    def n(self) -> int:
+        return len(self.impression_ids)
+
+
+def load_split(ref: SplitArrays) -> SplitData:
+    return SplitData(
+        load_array(ref.impression_ids), load_array(ref.user_index), np.asarray(load_array(ref.offsets)),
+        load_array(ref.inview_ids), load_array(ref.inview_index), load_array(ref.clicked), ref.has_labels,
+    )
+
+
+def read_behaviors(
+    path: str | os.PathLike,
+    split: str,
+    article_ids_sorted: np.ndarray,
+    histories: Histories,
+    out_dir: str | os.PathLike,
+    unknown_article: str = "zeros",
+    labels: str = "required",
+    drop_without_negative: bool = False,
+    batch_rows: int = 100_000,
+) -> SplitArrays:
+    """Validate ``behaviors.parquet`` batch by batch and write it as flat arrays under ``out_dir``.
+
+    ``labels``: ``required`` (train/validation: ``article_ids_clicked`` must exist, every ordinary
+    impression needs a click and a non-clicked article) or ``optional`` (test: used when present).
+    Errors name the file, row, impression and value: missing file/column, wrong dtype, null values,
+    empty in-view list, user without history, unknown article (``unknown_article: error``),
+    clicked article not in view, impression without a negative (unless ``drop_without_negative``).
+    """
+    path = Path(path)
+    if labels not in ("required", "optional"):
+        raise ConfigError(f"labels must be 'required' or 'optional', got {labels!r}")
+    required = [*S.BEHAVIORS_REQUIRED, *([S.CLICKED] if labels == "required" else [])]
+    schema = S.read_checked_schema(path, required, what=f"{split} behaviors file")
+    has_labels = S.CLICKED in schema.names
+    columns = [*S.BEHAVIORS_REQUIRED, *([S.CLICKED] if has_labels else [])]
+    out = Path(out_dir) / split
+    writers = {
+        "impression_ids": ArrayAppender(out / "impression_ids", np.uint32),
+        "user_index": ArrayAppender(out / "user_index", np.int32),
+        "offsets": ArrayAppender(out / "offsets", np.int64),
+        "inview_ids": ArrayAppender(out / "inview_ids", np.int32),
+        "inview_index": ArrayAppender(out / "inview_index", np.int32),
+        "clicked": ArrayAppender(out / "clicked", np.bool_),
+    }
+    writers["offsets"].append(np.zeros(1, np.int64))
+    nnz = n_rows = n_ba = n_dropped = 0
+    row0 = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+            n = batch.num_rows
+            for col in (S.IMPRESSION_ID, S.USER_ID):
+                if batch.column(col).null_count:
+                    r = int(np.flatnonzero(batch.column(col).is_null().to_numpy(zero_copy_only=False))[0])
+                    raise InputError(f"{path}: column {col!r} is null in row {row0 + r}")
+            imp = batch.column(S.IMPRESSION_ID).to_numpy().astype(np.int64)
+            users = batch.column(S.USER_ID).to_numpy().astype(np.int64)
+            off, ids = _list_values(batch.column(S.INVIEW), S.INVIEW, path, row0, "impression_id", imp)
+            lens = np.diff(off)
+            if (lens == 0).any():
+                r = int(np.flatnonzero(lens == 0)[0])
+                raise InputError(f"{path}: row {row0 + r} (impression_id {imp[r]}): empty {S.INVIEW!r} list")
+            uidx = histories.user_index(users)
+            if (uidx < 0).any():
+                r = int(np.flatnonzero(uidx < 0)[0])
+                raise InputError(
+                    f"{path}: row {row0 + r} (impression_id {imp[r]}): user_id {users[r]} has no history in the "
+                    "split's history.parquet"
+                )
+            aidx = article_index(article_ids_sorted, ids)
+            _check_unknown(unknown_article, aidx, ids, off, path, S.INVIEW, row0)
+            clicked = np.zeros(len(ids), dtype=bool)
+            keep = np.ones(n, dtype=bool)
+            if has_labels:
+                off_c, click_ids = _list_values(batch.column(S.CLICKED), S.CLICKED, path, row0, "impression_id", imp)
+                view_rows = ragged.row_ids(off)
+                click_rows = ragged.row_ids(off_c)
+                view_key = (view_rows << 32) | (ids & 0xFFFFFFFF)
+                click_key = np.unique((click_rows << 32) | (click_ids & 0xFFFFFFFF))
+                pos = np.minimum(np.searchsorted(click_key, view_key), max(len(click_key) - 1, 0))
+                clicked = (click_key[pos] == view_key) if len(click_key) else clicked
+                found = np.bincount(view_rows[clicked], minlength=n)
+                view_sorted = np.unique(view_key)
+                present = view_sorted[np.minimum(np.searchsorted(view_sorted, click_key), len(view_sorted) - 1)] == click_key
+                if not present.all():
+                    key = int(click_key[~present][0])
+                    r = key >> 32
+                    raise InputError(
+                        f"{path}: row {row0 + r} (impression_id {imp[r]}): clicked article {key & 0xFFFFFFFF} is not in "
+                        f"{S.INVIEW!r}"
+                    )
+                ordinary = imp != 0
+                if labels == "required":
+                    no_click = ordinary & (found == 0)
+                    if no_click.any():
+                        r = int(np.flatnonzero(no_click)[0])
+                        raise InputError(f"{path}: row {row0 + r} (impression_id {imp[r]}): no clicked article")
+                no_neg = ordinary & (found > 0) & (found == lens)
+                if no_neg.any():
+                    if not drop_without_negative:
+                        r = int(np.flatnonzero(no_neg)[0])
+                        raise InputError(
+                            f"{path}: row {row0 + r} (impression_id {imp[r]}): every in-view article is clicked, so the "
+                            "impression has no negative to train or evaluate on (set drop_without_negative: true to skip "
+                            "such impressions)"
+                        )
+                    keep &= ~no_neg
+                    n_dropped += int(no_neg.sum())
+            rows = np.flatnonzero(keep)
+            idx, valid = ragged.padded_index(off, rows, int(lens[rows].max()) if len(rows) else 0)
+            flat = idx[valid]
+            sub_off = np.cumsum(lens[rows]) + nnz
+            writers["impression_ids"].append(imp[rows].astype(np.uint32))
+            writers["user_index"].append(uidx[rows].astype(np.int32))
+            writers["offsets"].append(sub_off)
+            writers["inview_ids"].append(ids[flat].astype(np.int32))
+            writers["inview_index"].append(aidx[flat])
+            writers["clicked"].append(clicked[flat])
+            nnz += len(flat)
+            n_rows += len(rows)
+            n_ba += int((imp[rows] == 0).sum())
+            row0 += n
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    if n_rows == 0:
+        for w in writers.values():
+            w.abort()
+        raise InputError(f"{path}: the behaviors file has no usable rows")
+    refs = {k: w.close() for k, w in writers.items()}
+    return SplitArrays(
+        name=split, behaviors_path=str(path.absolute()), n_impressions=n_rows, n_ba_rows=n_ba, has_labels=has_labels,
+        n_dropped_without_negative=n_dropped, **refs,
+    )

@@ -1,0 +1,93 @@
+"""NewsRecFlow's tables, figures and export (the alignment parts reuse :mod:`steps.align.pipeline`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+
+from steps.align import plots  # noqa: E402
+from steps.align.config import AlignConfig  # noqa: E402
+from steps.align.pipeline import Report, build_report, export_run  # noqa: E402
+from steps.storage import FileRef, atomic_export_dir, link_or_copy  # noqa: E402
+
+TRAIN_METRICS_SCHEMA = {"model": pl.String, "split": pl.String, "epoch": pl.Int64, "auc": pl.Float64, "mrr": pl.Float64,
+                        "ndcg_at_5": pl.Float64, "ndcg_at_10": pl.Float64, "impressions": pl.Int64}
+
+
+def train_metrics_rows(model: str, best_epoch: int, per_split: Mapping[str, Mapping[str, float] | None]) -> pl.DataFrame:
+    """One row per evaluated split (splits without labels are left out) at the best epoch."""
+    rows = [{"model": model, "split": split, "epoch": best_epoch, **{k: m[k] for k in TRAIN_METRICS_SCHEMA if k in m}}
+            for split, m in per_split.items() if m]
+    return pl.DataFrame(rows, schema=TRAIN_METRICS_SCHEMA)
+
+
+def with_model(df: pl.DataFrame, model: str) -> pl.DataFrame:
+    """``df`` with a leading ``model`` column."""
+    return df.select(pl.lit(model).alias("model"), pl.all())
+
+
+def alignment_reports(
+    results: pl.DataFrame, category_mix: pl.DataFrame, user_kl_hist: pl.DataFrame, submissions: Mapping[str, Sequence[dict]],
+    cfg: AlignConfig,
+) -> dict[str, tuple[dict[str, pl.DataFrame], Report, Sequence[dict]]]:
+    """Per model: AlignFlow's tables and report (best λ, comparison, figures) of that model's rows."""
+    out = {}
+    for model in results["model"].unique(maintain_order=True).to_list():
+        res, mix, hist = (df.filter(pl.col("model") == model).drop("model") for df in (results, category_mix, user_kl_hist))
+        rep = build_report(res, mix, hist, cfg)
+        tables = {"results": res, "comparison": rep.comparison, "category_mix": mix, "best_lambda": rep.best_lambda}
+        out[model] = (tables, rep, submissions.get(model, []))
+    return out
+
+
+def training_curves_figure(curves: pl.DataFrame) -> plt.Figure:
+    """Training loss and validation AUC per epoch, one line per model (the best epoch marked)."""
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for (model,), grp in curves.group_by(["model"], maintain_order=True):
+        grp = grp.sort("epoch")
+        ax_loss.plot(grp["epoch"], grp["loss"], "o-", label=model)
+        ax_auc.plot(grp["epoch"], grp["val_auc"], "o-", label=model)
+        best = grp.filter(pl.col("best"))
+        ax_auc.plot(best["epoch"], best["val_auc"], "k*", ms=12)
+    ax_loss.set(xlabel="epoch", ylabel="training loss (softmax cross-entropy)", title="Training loss")
+    ax_auc.set(xlabel="epoch", ylabel="validation AUC", title="Validation AUC (★ = best epoch, kept)")
+    for ax in (ax_loss, ax_auc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def export_newsrec(
+    export_dir: str | os.PathLike,
+    train_metrics: pl.DataFrame,
+    curves: pl.DataFrame,
+    predictions: Mapping[str, FileRef],
+    model_submissions: Mapping[str, FileRef | None],
+    alignment: Mapping[str, tuple[dict[str, pl.DataFrame], Report, Sequence[dict]]],
+    summary: dict,
+) -> Path:
+    """Write everything of a run atomically: accuracy tables, curves, the dumps and EB-NeRD
+    submissions per model, and each model's alignment export (``<model>/``, as AlignFlow writes it)."""
+    with atomic_export_dir(export_dir) as tmp:
+        train_metrics.write_csv(tmp / "train_metrics.csv")
+        curves.write_csv(tmp / "training_curves.csv")
+        plots.save(training_curves_figure(curves), tmp / "training_curves.png")
+        for model, ref in predictions.items():
+            link_or_copy(ref.path, tmp / "predictions" / f"{model}_test_scores.parquet")
+        for model, ref in model_submissions.items():
+            if ref is not None:
+                link_or_copy(ref.path, tmp / "submissions" / f"{model}_predictions.zip")
+        for model, (tables, rep, subs) in alignment.items():
+            export_run(tmp / model, tables, rep, subs, {"model": model})
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return Path(export_dir).absolute()

@@ -1,0 +1,114 @@
+"""NRMS layers and models (TensorFlow): attention weights, masking, shapes, the encode-once scoring
+path equal to the training model, and deterministic training."""
+
+import numpy as np
+import pytest
+
+from steps.newsrec.config import ModelConfig, NewsRecConfig
+from steps.newsrec.layers import AdditiveAttention, MultiHeadSelfAttention, masked_softmax
+from steps.newsrec.models import build_recommender
+
+HP = ModelConfig(head_num=2, head_dim=3, attention_hidden_dim=5, word_emb_dim=4, units=(8,), dropout=0.2)
+
+
+def _valid(rows):
+    return np.array(rows, dtype=bool)
+
+
+def test_masked_softmax_by_hand():
+    w = np.asarray(masked_softmax(np.array([[0.0, np.log(3.0), 5.0]], np.float32), _valid([[1, 1, 0]])))
+    # exp(0) : exp(log 3) = 1 : 3 over the two real positions; the padded one gets exactly 0
+    assert w.tolist()[0][2] == 0.0
+    assert w[0, :2] == pytest.approx([0.25, 0.75], abs=1e-6)
+    assert np.asarray(masked_softmax(np.ones((1, 3), np.float32), _valid([[0, 0, 0]]))).tolist() == [[0.0, 0.0, 0.0]]
+
+
+def test_additive_attention_weights_sum_to_one_and_skip_padding():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 6)).astype(np.float32)
+    valid = _valid([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]])
+    layer = AdditiveAttention(5, seed=1)
+    out = np.asarray(layer([x, valid]))
+    w = np.asarray(layer.attention_weights(x, valid))
+    assert out.shape == (3, 6)
+    assert w[:2].sum(axis=1) == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert (w[1, 2:] == 0).all() and (w[2] == 0).all() and (out[2] == 0).all()
+    assert np.allclose(out[1], (w[1, :, None] * x[1]).sum(axis=0), atol=1e-6)
+
+
+def test_self_attention_shapes_weights_and_masked_keys():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, 6)).astype(np.float32)
+    valid = _valid([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    layer = MultiHeadSelfAttention(2, 3, seed=1)
+    out = np.asarray(layer([x, valid]))
+    w = np.asarray(layer.attention_weights(x, valid))
+    assert out.shape == (2, 5, 6) and w.shape == (2, 2, 5, 5)
+    assert np.allclose(w.sum(axis=-1), 1.0, atol=1e-6)
+    assert (w[0, :, :, 3:] == 0).all()  # no query attends to a padded key
+    x2 = x.copy()
+    x2[0, 3:] = 99.0  # changing padded positions leaves the real positions' outputs unchanged
+    assert np.allclose(np.asarray(layer([x2, valid]))[0, :3], out[0, :3], atol=1e-5)
+
+
+def test_user_encoder_ignores_padded_history_slots():
+    rec = build_recommender("nrms_docvec", HP, 4, seed=3, vector_dim=7)
+    d = rec.dim
+    hist = np.random.default_rng(2).normal(size=(1, 4, d)).astype(np.float32)
+    valid = _valid([[0, 0, 1, 1]])
+    u1 = rec.infer("user", hist, valid)
+    hist[0, :2] = 123.0
+    assert np.allclose(rec.infer("user", hist, valid), u1, atol=1e-5)
+    assert u1.shape == (1, d)
+
+
+def test_nrms_news_encoder_shapes_and_all_padding_title():
+    rec = build_recommender("nrms", HP, 3, seed=0, title_size=5, vocab_size=20)
+    tokens = np.array([[3, 4, 5, 0, 0], [0, 0, 0, 0, 0]], np.int32)
+    vec = rec.infer("news", tokens)
+    assert vec.shape == (2, HP.head_num * HP.head_dim)
+    assert (vec[1] == 0).all()  # unknown / padding articles encode to the zero vector
+
+
+@pytest.mark.parametrize("model", ["nrms", "nrms_docvec"])
+def test_training_logits_equal_the_encode_once_scores(model):
+    rng = np.random.default_rng(4)
+    rec = build_recommender(model, HP, 3, seed=5, n_candidates=5, title_size=4, vocab_size=30, vector_dim=6)
+    if model == "nrms":
+        table = rng.integers(0, 30, size=(12, 4)).astype(np.int32)
+    else:
+        table = rng.normal(size=(12, 6)).astype(np.float32)
+    table[0] = 0
+    hist = np.array([[0, 3, 4], [5, 6, 7]])
+    cand = np.array([[2, 3, 8, 9, 10], [11, 2, 4, 5, 6]])
+    logits = np.asarray(rec.train_model([table[hist], hist > 0, table[cand]], training=False))
+    assert logits.shape == (2, 5)
+    articles = rec.infer("news", table)
+    users = rec.infer("user", articles[hist], hist > 0)
+    assert np.allclose(logits, np.einsum("bkd,bd->bk", articles[cand], users), atol=1e-4)
+
+
+def test_training_is_deterministic(tmp_path):
+    from steps.newsrec.ebnerd import load_split
+    from steps.newsrec.prepare import prepare_news_data, resolve_data_root
+    from steps.newsrec.train import build_for, configure_determinism, fit
+
+    cfg = NewsRecConfig.from_dict({
+        "models": {"nrms_docvec": {"units": [8], "head_num": 2, "head_dim": 4, "attention_hidden_dim": 8}},
+        "training": {"history_size": 5, "epochs": 2, "batch_size": 32, "learning_rate": 0.003},
+        "synthetic": {"n_articles": 200, "n_topics": 8, "n_users": 60, "n_train_impressions": 300,
+                      "n_validation_impressions": 60, "n_test_impressions": 20, "n_ba_rows": 5, "n_candidates": 20, "inview_max": 10},
+    })
+    root, bundle, synthetic = resolve_data_root("", cfg, tmp_path / "data")
+    data = prepare_news_data(root, bundle, synthetic, cfg, tmp_path / "prepared")
+    runs = []
+    for _ in range(2):
+        configure_determinism(cfg.seed)
+        rec = build_for(data, "nrms_docvec", cfg.models["nrms_docvec"], cfg.training, cfg.seed)
+        out = fit(rec, data, cfg.training, cfg.seed, train_fraction=0.5, log=lambda s: None)
+        runs.append((out.curves, rec.train_model.get_weights()))
+    train_clicks = int(load_split(data.splits["train"]).clicked.sum())
+    assert 0.3 * train_clicks < out.samples_per_epoch[0] < 0.7 * train_clicks  # one sample per click of half the impressions
+    assert runs[0][0].equals(runs[1][0])
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    assert runs[0][0].height == 2 and runs[0][0]["best"].sum() == 1
