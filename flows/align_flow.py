@@ -14,7 +14,7 @@ from metaflow import Config, FlowSpec, Parameter, card, current, step
 from metaflow.cards import Image, Markdown, Table
 
 from configs import config_path
-from recalign.flowtools import catch_cells, failed_cells, resources_from, retry_from_config, timeout_from_config
+from recalign.flowtools import catch_cells, resources_from, retry_from_config, timeout_from_config
 from recalign.runs import dump_source
 from steps.align.config import AlignConfig
 from steps.align.data import input_refs, prepare_dump
@@ -24,6 +24,7 @@ from steps.align.pipeline import (
     concat,
     data_summary,
     export_run,
+    gather_method_outputs,
     model_distribution_dict,
     resolve_inputs,
     results_markdown,
@@ -112,12 +113,7 @@ class AlignFlow(FlowSpec):
     def join_methods(self, inputs):
         """Collect the methods of one target."""
         self.merge_artifacts(inputs, include=CARRIED)
-        self.part_failed = failed_cells(inputs, lambda i: f"{i.layout.target.name}/{i.input}")
-        done = [i for i in inputs if hasattr(i, "part_results")]
-        self.part_results = concat([i.part_results for i in done])
-        self.part_mix = concat([target_mix(inputs[0].layout)] + [i.part_mix for i in done])
-        self.part_hist = concat([i.part_hist for i in done])
-        self.part_submissions = [s for i in done for s in i.part_submissions]
+        self.gathered = gather_method_outputs(inputs, target_mix(inputs[0].layout))
         self.next(self.join_targets)
 
     @resources_from("join")
@@ -125,11 +121,11 @@ class AlignFlow(FlowSpec):
     def join_targets(self, inputs):
         """Collect every target; keep the start step's artifacts."""
         self.merge_artifacts(inputs, include=CARRIED)
-        self.results = sort_results(concat([i.part_results for i in inputs]), self.target_names)
-        self.category_mix = concat([i.part_mix for i in inputs])
-        self.user_kl_hist = concat([i.part_hist for i in inputs])
-        self.submissions = [s for i in inputs for s in i.part_submissions]
-        self.failed_cells = [f for i in inputs for f in i.part_failed]
+        self.results = sort_results(concat([i.gathered.results for i in inputs]), self.target_names)
+        self.category_mix = concat([i.gathered.category_mix for i in inputs])
+        self.user_kl_hist = concat([i.gathered.user_kl_hist for i in inputs])
+        self.submissions = [s for i in inputs for s in i.gathered.submissions]
+        self.failed_cells = [f for i in inputs for f in i.gathered.failed]
         self.next(self.report)
 
     @card(type="blank", id="report")

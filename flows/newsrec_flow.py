@@ -12,7 +12,6 @@ validation AUC) → dump (score the test split, evaluate, write dump + submissio
 """
 
 import os
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -20,9 +19,17 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from metaflow import Config, FlowSpec, Parameter, card, current, step  # noqa: E402
 from metaflow.cards import Image, Markdown, Table  # noqa: E402
 
+from configs import config_path  # noqa: E402
+from recalign.flowtools import catch_cells, resources_from, retry_from_config, timeout_from_config  # noqa: E402
 from steps.align.data import prepare_dump  # noqa: E402
 from steps.align.evaluate import evaluate_method, target_layout, target_mix  # noqa: E402
-from steps.align.pipeline import concat, model_distribution_dict, results_markdown, sort_results  # noqa: E402
+from steps.align.pipeline import (  # noqa: E402
+    concat,
+    gather_method_outputs,
+    model_distribution_dict,
+    results_markdown,
+    sort_results,
+)
 from steps.align.targets import resolve_target  # noqa: E402
 from steps.faults import maybe_fail  # noqa: E402
 from steps.newsrec.config import NewsRecConfig  # noqa: E402
@@ -34,11 +41,12 @@ from steps.newsrec.report import (  # noqa: E402
     training_curves_figure,
     with_model,
 )
-from steps.storage import run_dir  # noqa: E402
+from steps.newsrec.prepare import publish_news_data  # noqa: E402
+from steps.storage import RunStorage, localize, localize_input, map_refs  # noqa: E402
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "newsrec_demo.yaml")
+DEFAULT_CONFIG = config_path("newsrec_demo.yaml")
 # Artifacts every model branch carries through the alignment joins.
-CARRIED = ["data", "data_summary", "model", "model_artifact", "curves", "model_metrics", "prediction_file", "submission_file",
+CARRIED = ["storage", "data", "data_summary", "model", "model_artifact", "curves", "model_metrics", "prediction_file", "submission_file",
            "prepared", "target", "model_distribution", "target_names"]
 
 
@@ -54,20 +62,25 @@ class NewsRecFlow(FlowSpec):
     def _cfg(self) -> NewsRecConfig:
         return NewsRecConfig.from_dict(self.config.to_dict())
 
-    def _dir(self, *parts):
-        return run_dir(current.flow_name, current.run_id, *parts, root=self.storage_root or None)
-
+    @resources_from("start")
+    @retry_from_config()
+    @timeout_from_config()
     @step
     def start(self):
         """Read (or synthesise) EB-NeRD, validate every file, tokenise, write the model inputs."""
         cfg = self._cfg()
-        root, bundle, synthetic = resolve_data_root(self.data_root, cfg, self._dir("synthetic"), self.split)
-        self.data = prepare_news_data(root, bundle, synthetic, cfg, self._dir("prepared"))
-        self.data_summary = self.data.summary()
+        self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
+        root, bundle, synthetic = resolve_data_root(self.data_root, cfg, self.storage.dir("synthetic"), self.split)
+        data = prepare_news_data(root, bundle, synthetic, cfg, self.storage.dir("prepared"))
+        self.data = publish_news_data(data, self.storage)
+        self.data_summary = data.summary()
         print(self.data_summary)
         self.models = cfg.model_names
         self.next(self.train, foreach="models")
 
+    @resources_from("train")
+    @retry_from_config()
+    @timeout_from_config()
     @step
     def train(self):
         """Fit one model: Wu et al. samples, early stopping on validation AUC; keep the best weights."""
@@ -81,9 +94,13 @@ class NewsRecFlow(FlowSpec):
         outcome = fit(rec, self.data, cfg.training, cfg.seed, cfg.data.train_fraction)
         self.curves = outcome.curves
         self.validation_metrics = outcome.best_validation
-        self.model_artifact = save_best(rec, self._dir("models"), outcome.best_epoch, cfg.models[self.model], cfg.training, cfg.seed)
+        artifact = save_best(rec, self.storage.dir("models"), outcome.best_epoch, cfg.models[self.model], cfg.training, cfg.seed)
+        self.model_artifact = map_refs(artifact, self.storage.publish)
         self.next(self.dump)
 
+    @resources_from("dump")
+    @retry_from_config()
+    @timeout_from_config()
     @step
     def dump(self):
         """Score the test split with the best weights (logits), evaluate where labels exist, write the dump."""
@@ -96,20 +113,24 @@ class NewsRecFlow(FlowSpec):
         test = load_split(self.data.splits["test"])
         scores = score_split(rec, feature_table(self.data, self.model), self.data.histories("test").matrix, test,
                              cfg.training.eval_batch_users, cfg.training.score_chunk)
-        out = self._dir("predictions")
-        self.prediction_file, self.submission_file = write_dump(test, scores, out / f"{self.model}_test_scores.parquet",
-                                                                out / f"{self.model}_predictions.zip", cfg.data.batch_rows)
+        out = self.storage.dir("predictions")
+        dump, submission = write_dump(test, scores, out / f"{self.model}_test_scores.parquet",
+                                      out / f"{self.model}_predictions.zip", cfg.data.batch_rows)
+        self.prediction_file, self.submission_file = self.storage.publish(dump), self.storage.publish(submission)
         self.model_metrics = train_metrics_rows(self.model, self.model_artifact.best_epoch,
                                                 {"validation": self.validation_metrics, "test": evaluate_scores(test, scores)})
         print(self.model_metrics)
         self.next(self.prepare_alignment)
 
+    @resources_from("align")
+    @retry_from_config()
     @step
     def prepare_alignment(self):
         """Hand the dump to AlignFlow's loader and targets (the same code, not a copy)."""
         acfg = self._cfg().align
-        self.prepared = prepare_dump(self.prediction_file.path, self.data.articles_path, self._dir("align", self.model),
-                                     acfg.exclude_categories, acfg.missing_category, acfg.batch_impressions)
+        prepared = prepare_dump(localize(self.prediction_file).path, localize_input(self.data.articles_path),
+                                self.storage.dir("align", self.model), acfg.exclude_categories, acfg.missing_category)
+        self.prepared = map_refs(prepared, self.storage.publish)
         targets = [resolve_target(spec, self.prepared.candidate_categories) for spec in acfg.targets]
         self.targets = targets
         self.target = {t.name: t.as_dict() for t in targets}
@@ -117,6 +138,7 @@ class NewsRecFlow(FlowSpec):
         self.target_names = [t.name for t in targets]
         self.next(self.per_target, foreach="target_names")
 
+    @resources_from("join")
     @step
     def per_target(self):
         """Lay the target over the dump's categories; fan out over methods."""
@@ -126,40 +148,47 @@ class NewsRecFlow(FlowSpec):
         self.methods = list(acfg.methods)
         self.next(self.align, foreach="methods")
 
+    @catch_cells
+    @resources_from("align")
+    @retry_from_config()
+    @timeout_from_config()
     @step
     def align(self):
         """One alignment method toward one target over the λ grid, on this model's dump."""
         acfg = self._cfg().align
         maybe_fail("align", f"{self.model}/{self.layout.target.name}/{self.input}")
-        outcome = evaluate_method(self.prepared, self.layout, self.input, acfg, self._dir("submissions", self.model))
+        outcome = evaluate_method(self.prepared, self.layout, self.input, acfg, self.storage.dir("submissions", self.model))
         self.part_results = outcome.results
         self.part_mix = outcome.category_mix
         self.part_hist = outcome.user_kl_hist
-        self.part_submissions = outcome.submissions
+        self.part_submissions = [{**s, "file": self.storage.publish(s["file"])} for s in outcome.submissions]
         self.next(self.join_methods)
 
+    @resources_from("join")
     @step
     def join_methods(self, inputs):
+        """Collect the methods of one target (same gathering as AlignFlow)."""
         self.merge_artifacts(inputs, include=CARRIED)
-        self.part_results = concat([i.part_results for i in inputs])
-        self.part_mix = concat([target_mix(inputs[0].layout)] + [i.part_mix for i in inputs])
-        self.part_hist = concat([i.part_hist for i in inputs])
-        self.part_submissions = [s for i in inputs for s in i.part_submissions]
+        self.gathered = gather_method_outputs(inputs, target_mix(inputs[0].layout))
         self.next(self.join_targets)
 
+    @resources_from("join")
     @step
     def join_targets(self, inputs):
+        """Collect the targets of one model."""
         self.merge_artifacts(inputs, include=CARRIED)
-        self.model_results = sort_results(concat([i.part_results for i in inputs]), self.target_names)
-        self.model_mix = concat([i.part_mix for i in inputs])
-        self.model_hist = concat([i.part_hist for i in inputs])
-        self.model_submissions = [s for i in inputs for s in i.part_submissions]
+        self.model_results = sort_results(concat([i.gathered.results for i in inputs]), self.target_names)
+        self.model_mix = concat([i.gathered.category_mix for i in inputs])
+        self.model_hist = concat([i.gathered.user_kl_hist for i in inputs])
+        self.model_submissions = [s for i in inputs for s in i.gathered.submissions]
+        self.model_failed_cells = [f"{self.model}/{f}" for i in inputs for f in i.gathered.failed]
         self.next(self.join_models)
 
+    @resources_from("join")
     @step
     def join_models(self, inputs):
         """Collect every model: accuracy, curves, dumps, and the alignment tables with a model column."""
-        self.merge_artifacts(inputs, include=["data", "data_summary"])
+        self.merge_artifacts(inputs, include=["storage", "data", "data_summary"])
         self.train_metrics = concat([i.model_metrics for i in inputs])
         self.training_curves = concat([i.curves for i in inputs])
         self.predictions = {i.model: i.prediction_file for i in inputs}
@@ -172,9 +201,11 @@ class NewsRecFlow(FlowSpec):
         self.targets_by_model = {i.model: i.target for i in inputs}
         self.model_distribution = {i.model: i.model_distribution for i in inputs}
         self.articles_path = self.data.articles_path
+        self.failed_cells = [f for i in inputs for f in i.model_failed_cells]
         self.next(self.report)
 
     @card(type="blank", id="report")
+    @resources_from("report")
     @step
     def report(self):
         """Training curves, accuracy table, each model's alignment figures; export to artifacts/NewsRecFlow/<run_id>/."""
@@ -187,9 +218,9 @@ class NewsRecFlow(FlowSpec):
         summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
                    "models": {m: a.version for m, a in self.model_artifacts.items()},
                    "predictions": {m: {"path": r.path, "sha256": r.sha256, "rows": r.shape[0]} for m, r in self.predictions.items()}}
-        export_dir = Path(self.artifacts_dir) / current.flow_name / current.run_id
-        self.export_dir = str(export_newsrec(export_dir, self.train_metrics, self.training_curves, self.predictions,
-                                             self.model_submission_files, alignment, summary))
+        export_dir = f"{self.artifacts_dir.rstrip('/')}/{current.flow_name}/{current.run_id}"
+        self.export_dir = export_newsrec(export_dir, self.train_metrics, self.training_curves, self.predictions,
+                                         self.model_submission_files, alignment, summary, self.storage.dir("report"))
 
         c = current.card["report"]
         d = self.data_summary
@@ -199,6 +230,8 @@ class NewsRecFlow(FlowSpec):
             f"{d['train_impressions']:,} train / {d['validation_impressions']:,} validation / {d['test_impressions']:,} test "
             f"impressions ({d['test_beyond_accuracy_rows']:,} beyond-accuracy rows). Exported to `{self.export_dir}`."
         ))
+        if self.failed_cells:
+            c.append(Markdown("**Failed cells (the grid is partial):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))
         c.append(Markdown("## Accuracy at the best epoch"))
         c.append(Table(results_markdown(self.train_metrics), headers=self.train_metrics.columns))
         c.append(Markdown("## Training curves"))
@@ -213,6 +246,7 @@ class NewsRecFlow(FlowSpec):
                 c.append(figs[name])
         self.next(self.end)
 
+    @resources_from("join")
     @step
     def end(self):
         """Print the accuracy table and where the results are."""

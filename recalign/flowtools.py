@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from metaflow import StepMutator, catch
 
-#: Artifact that holds a fan-out task's exception when ``on_cell_failure: continue``.
-CELL_FAILURE = "cell_failure"
+from steps.faults import CELL_FAILURE
 
 
 class catch_cells(StepMutator):
@@ -20,11 +19,6 @@ class catch_cells(StepMutator):
         config = mutable_step.flow.config
         if config.get("run", {}).get("on_cell_failure", "stop") == "continue":
             mutable_step.add_decorator(catch, deco_kwargs={"var": CELL_FAILURE, "print_exception": True})
-
-
-def failed_cells(inputs, label) -> list[str]:
-    """``"<label>: <exception>"`` for every joined input whose task failed under ``@catch``."""
-    return [f"{label(i)}: {getattr(i, CELL_FAILURE)}" for i in inputs if getattr(i, CELL_FAILURE, None)]
 
 
 def resources_from(group: str):

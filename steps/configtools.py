@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+import yaml
+
 from steps.errors import ConfigError
 
 #: How a flow runs on a cluster: retries of steps that read remote inputs, the time limit of long
@@ -59,3 +61,14 @@ def parse_run_settings(raw: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = integer(f"run.{key}", value, 1 if key == "timeout_minutes" else 0)
     return out
+
+
+def yaml_mapping(text: str) -> Mapping[str, Any]:
+    """Parse a config's YAML text; an empty document is an empty mapping."""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config is not valid YAML: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
+    return raw

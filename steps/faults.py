@@ -14,6 +14,8 @@ import os
 from steps.errors import InjectedFailure
 
 FAIL_AT_ENV = "RECALIGN_FAIL_AT"
+#: Artifact holding a fan-out task's exception when the flow continues past failed cells (@catch).
+CELL_FAILURE = "cell_failure"
 
 
 def maybe_fail(stage: str, key: str = "", environ: dict[str, str] | None = None) -> None:
@@ -23,3 +25,8 @@ def maybe_fail(stage: str, key: str = "", environ: dict[str, str] | None = None)
     for entry in filter(None, (e.strip() for e in spec.split(","))):
         if fnmatch.fnmatchcase(here, entry):
             raise InjectedFailure(f"injected failure at {here} ({FAIL_AT_ENV}={spec!r})")
+
+
+def failed_cells(tasks, label) -> list[str]:
+    """``"<label(task)>: <exception>"`` for every joined task that failed under ``@catch``."""
+    return [f"{label(t)}: {getattr(t, CELL_FAILURE)}" for t in tasks if getattr(t, CELL_FAILURE, None)]

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -174,9 +174,27 @@ def localize_input(path: str) -> str:
 
 
 def map_refs(obj, fn):
-    """Apply ``fn`` to every :class:`FileRef` field of a dataclass (one level deep)."""
-    changes = {f.name: fn(getattr(obj, f.name)) for f in fields(obj) if isinstance(getattr(obj, f.name), FileRef)}
-    return replace(obj, **changes)
+    """Apply ``fn`` to every :class:`FileRef` inside ``obj`` (dataclasses, dicts, lists, tuples, nested)."""
+    if isinstance(obj, FileRef):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_refs(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_refs(v, fn) for v in obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: map_refs(getattr(obj, f.name), fn) for f in fields(obj) if f.init}
+        return replace(obj, **changes)
+    return obj
+
+
+def localize_tree(uri: str) -> str:
+    """A folder given as a local path or an ``s3://`` prefix, as a local folder (downloaded once per process)."""
+    if not is_remote(uri):
+        return uri
+    local = _cache_dir() / "trees" / _s3_key(uri)
+    if not local.exists():
+        download(uri, local)
+    return str(local)
 
 
 def run_dir(flow_name: str, run_id: str, *parts: str, root: str | os.PathLike | None = None) -> Path:
@@ -300,6 +318,29 @@ def atomic_export_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_export(final: str | os.PathLike, staging: str | os.PathLike | None = None, marker: str = "summary.json") -> Iterator[Path]:
+    """Yield a folder to fill; on success it becomes ``final``.
+
+    A local ``final`` is replaced in one rename (:func:`atomic_export_dir`). An ``s3://`` ``final``
+    is staged locally (``staging``), then uploaded with ``marker`` last, so the marker's presence
+    means the export is complete.
+    """
+    remote = is_remote(final)
+    target = Path(staging or tempfile.mkdtemp(prefix="recalign-export-")).absolute() / "export" if remote else Path(final)
+    with atomic_export_dir(target) as tmp:
+        yield tmp
+    if remote:
+        held = target / marker
+        content = held.read_bytes() if held.exists() else None
+        if content is not None:
+            held.unlink()
+        upload(target, str(final))
+        if content is not None:
+            held.write_bytes(content)
+            upload(held, str(final).rstrip("/") + "/" + marker)
 
 
 def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:

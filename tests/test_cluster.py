@@ -16,12 +16,14 @@ from tests.flowrun import CONFIGS
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
-# flow file, config used for the compile check, config key of the resources per step group
-FLOWS = [
-    ("align_flow.py", CONFIGS / "nails_paper.yaml"),
-]
-STEP_GROUP = {
-    "align_flow.py": {"start": "start", "evaluate": "evaluate", "report": "report"},
+# flow file -> (config for the compile check, module with DEFAULT_RESOURCES, step -> resource group,
+#              steps with @retry/@timeout)
+FLOWS = {
+    "align_flow.py": (CONFIGS / "nails_paper.yaml", "steps.align.config",
+                      {"start": "start", "evaluate": "evaluate", "report": "report"}, ["start", "evaluate"]),
+    "newsrec_flow.py": (CONFIGS / "newsrec_demo.yaml", "steps.newsrec.config",
+                        {"start": "start", "train": "train", "dump": "dump", "prepare_alignment": "align",
+                         "align": "align", "report": "report"}, ["start", "train", "dump", "align"]),
 }
 
 
@@ -31,32 +33,34 @@ def s3(tmp_path_factory):
         yield env, tmp_path_factory.mktemp("cluster")
 
 
-@pytest.mark.parametrize("flow, config", FLOWS, ids=[f[0] for f in FLOWS])
-def test_cluster_argo_template_has_every_step_with_resources(s3, flow, config):
+@pytest.mark.parametrize("flow", list(FLOWS))
+def test_cluster_argo_template_has_every_step_with_resources(s3, flow):
+    import importlib
+
+    from steps.configtools import DEFAULT_RUN
+
+    config, module, groups, retried = FLOWS[flow]
     env_extra, cwd = s3
     env = flow_env(env_extra)
     template = argo_template(flow, str(config), env, cwd)
     assert template["kind"] == "WorkflowTemplate"
     by_name = {t["name"]: t for t in template["spec"]["templates"]}
     cfg = yaml.safe_load(config.read_text())
-    from steps.configtools import DEFAULT_RUN
-
+    defaults = importlib.import_module(module).DEFAULT_RESOURCES
     run_settings = {**DEFAULT_RUN, **cfg.get("run", {})}
-    for step in flow_steps(flow, str(config), env, cwd):
+    steps = flow_steps(flow, str(config), env, cwd)
+    assert len(steps) >= 5
+    for step in steps:
         t = by_name[step.replace("_", "-")]
         requests = t["container"]["resources"]["requests"]
-        group = STEP_GROUP[flow].get(step, "join")
-        expected = cfg.get("resources", {}).get(group)
-        if expected is None:
-            from steps.align.config import DEFAULT_RESOURCES as defaults
-
-            expected = defaults[group]
+        group = groups.get(step, "join")
+        expected = {**defaults[group], **cfg.get("resources", {}).get(group, {})}
         assert float(requests["cpu"]) == expected["cpu"], step
         assert float(requests["memory"].rstrip("M")) == expected["memory"], step
-    for step in ("start", "evaluate"):
-        t = by_name[step]
-        assert int(t["retryStrategy"]["limit"]) == run_settings["retries"]
-        assert t["activeDeadlineSeconds"] == run_settings["timeout_minutes"] * 60
+    for step in retried:
+        t = by_name[step.replace("_", "-")]
+        assert int(t["retryStrategy"]["limit"]) == run_settings["retries"], step
+        assert t["activeDeadlineSeconds"] == run_settings["timeout_minutes"] * 60, step
 
 
 def test_cluster_align_flow_on_an_s3_datastore_matches_a_local_run(s3, flow_runner):

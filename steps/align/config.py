@@ -11,7 +11,7 @@ from steps.align.synthetic import SyntheticDumpSpec
 from steps.align.targets import BUILTIN_TARGETS
 from steps.configtools import integer as _integer
 from steps.configtools import number as _number
-from steps.configtools import DEFAULT_RUN, parse_resources, parse_run_settings
+from steps.configtools import DEFAULT_RUN, parse_resources, parse_run_settings, yaml_mapping
 from steps.errors import ConfigError
 
 METHODS = ("nails", "steck", "nails_steck")
@@ -226,13 +226,7 @@ class AlignConfig:
 
 def parse_align_config(text: str) -> dict[str, Any]:
     """Metaflow ``Config`` parser: YAML text -> validated, complete settings dict."""
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config is not valid YAML: {exc}") from exc
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
-    return AlignConfig.from_dict(raw).as_dict()
+    return AlignConfig.from_dict(yaml_mapping(text)).as_dict()
 
 
 def load_align_config(path: str) -> AlignConfig:

@@ -17,7 +17,7 @@ from steps.align.data import PreparedDump
 from steps.align.report import best_lambdas, comparison_table, comparison_wide
 from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
 from steps.errors import InputError
-from steps.storage import FileRef, atomic_export_dir, is_remote, link_or_copy, localize, localize_input, upload
+from steps.storage import FileRef, atomic_export, is_remote, link_or_copy, localize, localize_input
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,31 @@ def dump_of_run(spec: str, predictions: Mapping[str, FileRef], articles: str, mo
     ref = localize(predictions[model])
     ref.verify()
     return ref.path, articles
+
+
+@dataclass
+class MethodOutputs:
+    """The evaluate tasks of one target, gathered (tasks that failed under ``@catch`` are listed)."""
+
+    results: pl.DataFrame
+    category_mix: pl.DataFrame
+    user_kl_hist: pl.DataFrame
+    submissions: list
+    failed: list[str]
+
+
+def gather_method_outputs(tasks, target_mix_rows: pl.DataFrame) -> MethodOutputs:
+    """Join the ``part_*`` artifacts of a target's per-method tasks (duck-typed Metaflow inputs)."""
+    from steps.faults import failed_cells
+
+    done = [t for t in tasks if hasattr(t, "part_results")]
+    return MethodOutputs(
+        results=concat([t.part_results for t in done]),
+        category_mix=concat([target_mix_rows] + [t.part_mix for t in done]),
+        user_kl_hist=concat([t.part_hist for t in done]),
+        submissions=[s for t in done for s in t.part_submissions],
+        failed=failed_cells(tasks, lambda t: f"{t.layout.target.name}/{t.input}"),
+    )
 
 
 def concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
@@ -139,14 +164,9 @@ def export_run(
     summary: dict,
     staging_dir: str | os.PathLike | None = None,
 ) -> str:
-    """Write tables (CSV), figures (PNG), submission zips and ``summary.json``.
-
-    A local ``export_dir`` is replaced atomically (one rename). An ``s3://`` export is staged
-    locally, then uploaded with ``summary.json`` last, so its presence marks a complete export.
-    """
-    remote = is_remote(export_dir)
-    target = Path(staging_dir or ".").absolute() / "export" if remote else Path(export_dir)
-    with atomic_export_dir(target) as tmp:
+    """Write tables (CSV), figures (PNG), submission zips and ``summary.json`` to ``export_dir``
+    (local or ``s3://``) atomically; returns where it went."""
+    with atomic_export(export_dir, staging_dir) as tmp:
         for name, df in tables.items():
             df.write_csv(tmp / f"{name}.csv")
         for dist in report.comparison["distribution"].unique(maintain_order=True).to_list():
@@ -157,15 +177,7 @@ def export_run(
             ref = localize(sub["file"])
             link_or_copy(ref.path, tmp / "submissions" / Path(ref.path).name)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-    if not remote:
-        return str(target.absolute())
-    summary_file = target / "summary.json"
-    held = summary_file.read_bytes()
-    summary_file.unlink()
-    upload(target, str(export_dir))
-    summary_file.write_bytes(held)
-    upload(summary_file, str(export_dir).rstrip("/") + "/summary.json")
-    return str(export_dir)
+    return str(export_dir) if is_remote(export_dir) else str(Path(export_dir).absolute())
 
 
 def _json_default(o):

@@ -6,15 +6,23 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-import yaml
-
 from steps.align.config import AlignConfig
+from steps.configtools import DEFAULT_RUN, parse_resources, parse_run_settings, yaml_mapping
 from steps.errors import ConfigError
 from steps.newsrec.ebnerd import UNKNOWN_POLICIES
 from steps.newsrec.schema import DEFAULT_DOCUMENT_VECTORS
 from steps.newsrec.synthetic import SyntheticEbnerdSpec
 
 MODEL_NAMES = ("nrms", "nrms_docvec")
+#: Per-step compute requests (memory in MB); ``train`` may ask for a GPU.
+DEFAULT_RESOURCES = {
+    "start": {"cpu": 2, "memory": 8192, "gpu": 0},
+    "train": {"cpu": 4, "memory": 16384, "gpu": 0},
+    "dump": {"cpu": 2, "memory": 8192, "gpu": 0},
+    "align": {"cpu": 2, "memory": 8192, "gpu": 0},
+    "report": {"cpu": 1, "memory": 4096, "gpu": 0},
+    "join": {"cpu": 1, "memory": 4096, "gpu": 0},
+}
 TOKENIZERS = ("vocabulary", "transformers")
 
 
@@ -31,7 +39,7 @@ def _check(key: str, value: Any, default: Any) -> Any:
         ok = isinstance(value, str)
     elif isinstance(default, tuple):
         elem = type(default[0])
-        ok = isinstance(value, list) and bool(value) and all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
+        ok = isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
         ok = ok and (elem is not int or all(v > 0 for v in value))
         value = tuple(value) if ok else value
     else:  # pragma: no cover - no other field types
@@ -164,6 +172,8 @@ class NewsRecConfig:
     training: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticEbnerdSpec = field(default_factory=SyntheticEbnerdSpec)
     align: AlignConfig = field(default_factory=AlignConfig)
+    resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
+    run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "NewsRecConfig":
@@ -199,6 +209,10 @@ class NewsRecConfig:
                 d["align"] = AlignConfig.from_dict(raw["align"])
             except ConfigError as exc:
                 raise ConfigError(f"align: {exc}") from exc
+        if "resources" in raw:
+            d["resources"] = parse_resources(raw["resources"], DEFAULT_RESOURCES)
+        if "run" in raw:
+            d["run"] = parse_run_settings(raw["run"], DEFAULT_RUN)
         return cls(**d)
 
     @property
@@ -211,14 +225,12 @@ class NewsRecConfig:
             "models": {k: asdict(v) for k, v in self.models.items()},
             "data": asdict(self.data), "text": asdict(self.text), "training": asdict(self.training),
             "synthetic": self.synthetic.as_dict(), "align": self.align.as_dict(),
+            "resources": {k: dict(v) for k, v in self.resources.items()}, "run": dict(self.run),
         }
         return out
 
 
 def parse_newsrec_config(text: str) -> dict:
-    """Metaflow ``Config`` parser: validate the YAML now (clear errors at start-up), return the dict."""
-    raw = yaml.safe_load(text) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"the config must be a YAML mapping, got {type(raw).__name__}")
-    NewsRecConfig.from_dict(raw)
-    return raw
+    """Metaflow ``Config`` parser: validate the YAML now (clear errors at start-up) and return the
+    complete settings (defaults filled in, so ``config_expr`` finds every key)."""
+    return NewsRecConfig.from_dict(yaml_mapping(text)).as_dict()

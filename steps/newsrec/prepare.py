@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from steps.newsrec.config import NewsRecConfig
 from steps.newsrec.ebnerd import Histories, SplitArrays, load_document_vectors, load_histories, read_articles, read_behaviors
 from steps.newsrec.synthetic import BUNDLE, write_synthetic_ebnerd
 from steps.newsrec.text import article_texts, build_vocabulary, token_table, tokenize, transformers_tokens
-from steps.storage import FileRef, load_array, save_array
+from steps.storage import FileRef, RunStorage, file_ref, link_or_copy, load_array, localize_tree, map_refs, save_array
 
 SPLIT_LABELS = {"train": "required", "validation": "required", "test": "optional"}
 
@@ -52,10 +52,11 @@ class PreparedNewsData:
 
 
 def resolve_data_root(data_root: str, cfg: NewsRecConfig, synthetic_dir: str | os.PathLike, bundle: str = "") -> tuple[Path, str, bool]:
-    """``(root, bundle, synthetic)``: the user's EB-NeRD root and bundle (``bundle`` or the config's
-    ``data.bundle``), or the synthetic bundle written to ``synthetic_dir`` when no root is given."""
+    """``(root, bundle, synthetic)``: the user's EB-NeRD root (a folder or an ``s3://`` prefix, then
+    downloaded) and bundle (``bundle`` or the config's ``data.bundle``), or the synthetic bundle
+    written to ``synthetic_dir`` when no root is given."""
     if data_root:
-        root = Path(data_root)
+        root = Path(localize_tree(data_root))
         if not root.is_dir():
             raise InputError(f"--data-root {data_root}: folder not found")
         bundle = bundle or cfg.data.bundle
@@ -115,3 +116,13 @@ def prepare_news_data(root: Path, bundle: str, synthetic: bool, cfg: NewsRecConf
         article_ids=save_array(out / "article_ids.npy", ids), tokens=tokens_ref, word_embeddings=emb_ref, vocab_size=vocab_size,
         vectors=vectors_ref, history_users=users, history_matrix=matrices, splits=splits,
     )
+
+
+def publish_news_data(data: PreparedNewsData, storage: RunStorage) -> PreparedNewsData:
+    """Make the prepared inputs visible to every task: every array, and a copy of the test
+    bundle's ``articles.parquet`` (the alignment grid reads its categories)."""
+    copy = storage.dir("prepared") / "articles.parquet"
+    if Path(data.articles_path).absolute() != copy.absolute():
+        link_or_copy(data.articles_path, copy)
+    articles = storage.publish(file_ref(copy))
+    return replace(map_refs(data, storage.publish), articles_path=articles.path)

@@ -17,7 +17,7 @@ import polars as pl  # noqa: E402
 from steps.align import plots  # noqa: E402
 from steps.align.config import AlignConfig  # noqa: E402
 from steps.align.pipeline import Report, build_report, export_run  # noqa: E402
-from steps.storage import FileRef, atomic_export_dir, link_or_copy  # noqa: E402
+from steps.storage import FileRef, atomic_export, is_remote, link_or_copy, localize  # noqa: E402
 
 TRAIN_METRICS_SCHEMA = {"model": pl.String, "split": pl.String, "epoch": pl.Int64, "auc": pl.Float64, "mrr": pl.Float64,
                         "ndcg_at_5": pl.Float64, "ndcg_at_10": pl.Float64, "impressions": pl.Int64}
@@ -75,19 +75,21 @@ def export_newsrec(
     model_submissions: Mapping[str, FileRef | None],
     alignment: Mapping[str, tuple[dict[str, pl.DataFrame], Report, Sequence[dict]]],
     summary: dict,
-) -> Path:
-    """Write everything of a run atomically: accuracy tables, curves, the dumps and EB-NeRD
-    submissions per model, and each model's alignment export (``<model>/``, as AlignFlow writes it)."""
-    with atomic_export_dir(export_dir) as tmp:
+    staging_dir: str | os.PathLike | None = None,
+) -> str:
+    """Write everything of a run atomically (local or ``s3://``): accuracy tables, curves, the dumps
+    and EB-NeRD submissions per model, and each model's alignment export (``<model>/``, as AlignFlow
+    writes it)."""
+    with atomic_export(export_dir, staging_dir) as tmp:
         train_metrics.write_csv(tmp / "train_metrics.csv")
         curves.write_csv(tmp / "training_curves.csv")
         plots.save(training_curves_figure(curves), tmp / "training_curves.png")
         for model, ref in predictions.items():
-            link_or_copy(ref.path, tmp / "predictions" / f"{model}_test_scores.parquet")
+            link_or_copy(localize(ref).path, tmp / "predictions" / f"{model}_test_scores.parquet")
         for model, ref in model_submissions.items():
             if ref is not None:
-                link_or_copy(ref.path, tmp / "submissions" / f"{model}_predictions.zip")
+                link_or_copy(localize(ref).path, tmp / "submissions" / f"{model}_predictions.zip")
         for model, (tables, rep, subs) in alignment.items():
             export_run(tmp / model, tables, rep, subs, {"model": model})
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return Path(export_dir).absolute()
+    return str(export_dir) if is_remote(export_dir) else str(Path(export_dir).absolute())

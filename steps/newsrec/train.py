@@ -32,7 +32,7 @@ from steps.newsrec.models import Recommender, build_recommender  # noqa: E402
 from steps.newsrec.prepare import PreparedNewsData  # noqa: E402
 from steps.newsrec.sampler import Samples, sample_wu2019  # noqa: E402
 from steps.seeding import rng_for  # noqa: E402
-from steps.storage import file_ref, load_array  # noqa: E402
+from steps.storage import file_ref, load_array, localize  # noqa: E402
 
 METRICS = ("auc", "mrr", "ndcg_at_5", "ndcg_at_10")
 CURVE_SCHEMA = {"model": pl.String, "epoch": pl.Int64, "loss": pl.Float64, "learning_rate": pl.Float64,
@@ -195,5 +195,5 @@ def load_best(prepared: PreparedNewsData, artifact: ModelArtifact, training: Tra
     artifact.weights.verify()
     rec = build_for(prepared, artifact.model, ModelConfig(**{**artifact.hparams, "units": tuple(artifact.hparams["units"])}),
                     training, artifact.seed)
-    rec.train_model.load_weights(artifact.weights.path)
+    rec.train_model.load_weights(localize(artifact.weights).path)
     return rec
