@@ -56,8 +56,8 @@ def test_failed_fanout_task_then_resume_matches_uninterrupted_run(quick_run, flo
     assert not (flow_runner.cwd / "artifacts" / "AlignFlow" / failed.run_id).exists()
     resumed = flow_runner.resume("align_flow.py", failed.run_id)
     assert resumed.ok, resumed.stderr[-3000:]
-    assert_frame_equal(resumed.run.data.results, quick_run.run.data.results)
-    assert_frame_equal(resumed.run.data.category_mix, quick_run.run.data.category_mix)
+    assert_frame_equal(resumed.run.data.results, quick_run.run.data.results, check_exact=True)
+    assert_frame_equal(resumed.run.data.category_mix, quick_run.run.data.category_mix, check_exact=True)
 
 
 def test_bad_input_fails_in_start_and_exports_nothing(flow_runner, tmp_path):

@@ -89,9 +89,9 @@ def test_failed_train_step_then_resume_matches_uninterrupted_run(newsrec_run, fl
     resumed = flow_runner.resume("newsrec_flow.py", failed.run_id)
     assert resumed.ok, resumed.stderr[-4000:]
     a, b = resumed.run.data, newsrec_run.run.data
-    assert_frame_equal(a.train_metrics, b.train_metrics)
-    assert_frame_equal(a.training_curves, b.training_curves)
-    assert_frame_equal(a.results, b.results)
+    assert_frame_equal(a.train_metrics, b.train_metrics, check_exact=True)
+    assert_frame_equal(a.training_curves, b.training_curves, check_exact=True)
+    assert_frame_equal(a.results, b.results, check_exact=True)
     assert {m: r.sha256 for m, r in a.predictions.items()} == {m: r.sha256 for m, r in b.predictions.items()}
     assert {m: r.version for m, r in a.model_artifacts.items()} == {m: r.version for m, r in b.model_artifacts.items()}
 
