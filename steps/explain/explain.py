@@ -7,7 +7,7 @@ Tables (Polars):
 * attributions — ``user_id, event_position, item_id, attribution, estimator, baseline``;
   ``event_position`` −1 is the most recent event, −L the oldest. With the ``pruned`` estimator the
   events older than the pruning horizon form one player, reported as one row with a null
-  ``event_position`` and ``item_id``.
+  ``event_position`` and ``item_id`` (a "group" of a single event is reported as that event).
 * explained users — ``user_id, estimator, baseline, f_x, f_baseline, top_k_items, n_events,
   n_events_kept, seconds``: for every (user, estimator) the attributions sum to ``f_x − f_baseline``.
 * feature attributions — ``user_id, feature, n_events, attribution, estimator, baseline``.
