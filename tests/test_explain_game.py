@@ -130,3 +130,17 @@ def test_bad_inputs(model):
         SequenceGame(model, HISTORY, TOP_K, 99)
     with pytest.raises(InputError, match="top_k_items: item id 0"):
         SequenceGame(model, HISTORY, np.array([0]))
+
+
+def test_all_values_do_not_depend_on_worker_threads(model):
+    game = SequenceGame(model, HISTORY, TOP_K, "removal", max_states=8)  # 16 chunks of 8 states
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = game.all_values()
+        torch.set_num_threads(2)
+        two = game.all_values()
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(one, two)
+    assert torch.get_num_threads() == before

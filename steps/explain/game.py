@@ -23,8 +23,11 @@ and the hidden-to-hidden product of a parent state is shared by both of its chil
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -68,7 +71,7 @@ class SequenceGame:
         top_k_items: np.ndarray,
         baseline: str | int = PADDING,
         players: np.ndarray | None = None,
-        max_states: int = 1 << 16,
+        max_states: int = 1 << 12,
     ) -> None:
         history = np.asarray(history, dtype=np.int64)
         top_k_items = np.asarray(top_k_items, dtype=np.int64)
@@ -125,12 +128,12 @@ class SequenceGame:
 
     # ------------------------------------------------------------------ the GRU step
     def _cell(self, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """PyTorch's GRU update from the input part ``gi`` and hidden part ``gh`` (biases included)."""
+        """PyTorch's GRU update from the input part ``gi`` and hidden part ``gh`` (biases included):
+        r, z = σ(gi_rz + gh_rz); n = tanh(gi_n + r ⊙ gh_n); h' = (1 − z) ⊙ n + z ⊙ h."""
         hs = self.hidden_size
-        rz = torch.sigmoid(gi[:, : 2 * hs] + gh[:, : 2 * hs])
-        r, z = rz[:, :hs], rz[:, hs:]
-        n = torch.tanh(gi[:, 2 * hs :] + r * gh[:, 2 * hs :])
-        return n + z * (h - n)
+        rz = torch.sigmoid_(gh[:, : 2 * hs] + gi[:, : 2 * hs])
+        n = torch.tanh_(torch.addcmul(gi[:, 2 * hs :], rz[:, :hs], gh[:, 2 * hs :]))
+        return torch.lerp(n, h, rz[:, hs:])
 
     def _gh(self, h: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self._b_hh, h, self._w_hh_t)
@@ -196,19 +199,46 @@ class SequenceGame:
 
     @torch.no_grad()
     def all_values(self) -> np.ndarray:
-        """v(S) for every coalition, indexed by ``sum(2**p for p in S)`` (player 0 = bit 0), float64."""
+        """v(S) for every coalition, indexed by ``sum(2**p for p in S)`` (player 0 = bit 0), float64.
+
+        Contiguous players: the first players are expanded breadth-first, then each of their
+        states is expanded over the remaining players in a chunk of at most ``max_states`` rows;
+        chunks run on ``torch.get_num_threads()`` worker threads, each with single-threaded
+        kernels (independent chunks scale better on a few busy cores than one chunk's kernels
+        split across threads). The result does not depend on the number of workers.
+        """
         m = self.n_players
         if not self.contiguous:
             return self.values(all_coalitions(m))
         r = min(m, max(1, int(math.log2(max(self.max_states, 2)))))
         j = m - r  # players expanded breadth-first before splitting into chunks of 2^r states
-        h0 = torch.zeros(1, self.hidden_size, dtype=self.dtype)
-        heads = self._expand(h0, 0, j)  # (2^j, H)
+        heads = self._expand(torch.zeros(1, self.hidden_size, dtype=self.dtype), 0, j)  # (2^j, H)
         values = np.empty(1 << m, dtype=np.float64)
         table = values.reshape(1 << r, 1 << j)  # [suffix bits, prefix bits]
-        for a in range(len(heads)):
-            table[:, a] = self._readout(self._expand(heads[a : a + 1], j, m))
+
+        def fill(a: int) -> None:
+            with torch.no_grad():
+                table[:, a] = self._readout(self._expand(heads[a : a + 1], j, m))
+
+        workers = min(torch.get_num_threads(), len(heads))
+        if workers <= 1:
+            for a in range(len(heads)):
+                fill(a)
+            return values
+        with single_threaded_kernels(), ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fill, range(len(heads))))
         return values
+
+
+@contextlib.contextmanager
+def single_threaded_kernels() -> Iterator[None]:
+    """``torch.set_num_threads(1)`` inside the block, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def all_coalitions(m: int) -> np.ndarray:
