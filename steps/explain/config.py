@@ -160,12 +160,8 @@ class ExplainConfig:
         return self.baseline if isinstance(self.baseline, str) else f"item:{self.baseline}"
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["synthetic"] = self.synthetic.as_dict()
-        for k, v in list(d.items()):
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        """Plain data (nested dataclasses as dicts, tuples as lists), as the YAML would hold it."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def parse_explain_config(text: str) -> dict[str, Any]:
@@ -178,7 +174,3 @@ def parse_explain_config(text: str) -> dict[str, Any]:
         raise ConfigError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
     return ExplainConfig.from_dict(raw).as_dict()
 
-
-def load_explain_config(path: str) -> ExplainConfig:
-    with open(path, encoding="utf-8") as f:
-        return ExplainConfig.from_dict(yaml.safe_load(f) or {})
