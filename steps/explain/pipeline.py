@@ -17,7 +17,7 @@ from steps.align.plots import save as save_figure
 from steps.errors import InputError
 from steps.explain import plots
 from steps.explain.config import ExplainConfig
-from steps.explain.data import SPLIT, USER, SeqData, convert_ml1m, read_rechorus, write_rechorus
+from steps.explain.data import SPLIT, USER, SeqData, convert_ml1m, read_rechorus, user_histories, write_rechorus
 from steps.explain.explain import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
 from steps.explain.model import GRU4Rec, as_dtype, load_rechorus_checkpoint
 from steps.explain.synthetic import synthetic_dataset
@@ -94,13 +94,10 @@ def load_model(ref: FileRef, dtype: str = "float32") -> GRU4Rec:
 
 
 def choose_users(data: SeqData, cfg: ExplainConfig) -> list[int]:
-    """``explain_user_ids`` when given (each must exist), else a seeded sample of
+    """``explain_user_ids`` when given (each must exist with a history), else a seeded sample of
     ``explain_users`` users among those with a test row, in id order."""
     if cfg.explain_user_ids:
-        known = set(data.interactions[USER].unique().to_list())
-        unknown = [u for u in cfg.explain_user_ids if u not in known]
-        if unknown:
-            raise InputError(f"explain_user_ids: user(s) {unknown} are not in the data ({data.source})")
+        user_histories(data, cfg.explain_user_ids, cfg.history_max)  # unknown users, empty histories
         return list(cfg.explain_user_ids)
     tested = data.interactions.filter(pl.col(SPLIT) == "test")[USER].unique().sort().to_numpy()
     if len(tested) == 0:
