@@ -28,6 +28,7 @@ from steps.explain.data import user_histories  # noqa: E402
 from steps.explain.explain import top_k_items  # noqa: E402
 from steps.explain.game import SequenceGame, all_coalitions  # noqa: E402
 from steps.explain.model import as_dtype  # noqa: E402
+from steps.explain.pipeline import TORCH_DTYPES  # noqa: E402
 from steps.explain.shapley import kernel_shap, prune_horizon, pruned_players, shapley_from_values  # noqa: E402
 from steps.explain.synthetic import synthetic_dataset  # noqa: E402
 from steps.explain.train import train_gru4rec  # noqa: E402
@@ -67,7 +68,7 @@ def main() -> None:
     data = synthetic_dataset(cfg.synthetic, cfg.n_neg)
     (model, log), wall, cpu = timed(lambda: train_gru4rec(data, cfg, log=lambda s: None))
     print(f"training: {len(log)} epochs, {wall:.1f} s wall, {cpu:.1f} s CPU; best dev nDCG@5 {log['dev_ndcg_at_5'].max():.3f}")
-    model = as_dtype(model, {"float64": torch.float64, "float32": torch.float32}[args.dtype])
+    model = as_dtype(model, TORCH_DTYPES[args.dtype])
 
     hists = user_histories(data, range(1, data.n_users + 1), args.events)
     users = [u for u, h in hists.items() if len(h) == args.events][: args.users]

@@ -56,11 +56,6 @@ class Explanation:
     features: pl.DataFrame
 
 
-def empty_explanation() -> Explanation:
-    return Explanation(pl.DataFrame(schema=ATTRIBUTION_SCHEMA), pl.DataFrame(schema=USER_SCHEMA),
-                       pl.DataFrame(schema=FEATURE_SCHEMA))
-
-
 @torch.no_grad()
 def top_k_items(model: GRU4Rec, history: np.ndarray, k: int, exclude_history: bool = True) -> np.ndarray:
     """The model's top-``k`` items after the unperturbed ``history`` (highest score first; equal

@@ -25,7 +25,7 @@ from steps.explain.train import train_gru4rec
 from steps.seeding import rng_for
 from steps.storage import FileRef, atomic_export_dir, file_ref, link_or_copy
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -90,7 +90,7 @@ def fit_or_load(data: SeqData, cfg: ExplainConfig, checkpoint: str = "") -> tupl
 
 def load_model(ref: FileRef, dtype: str = "float32") -> GRU4Rec:
     ref.verify()
-    return as_dtype(load_rechorus_checkpoint(ref.path), DTYPES[dtype])
+    return as_dtype(load_rechorus_checkpoint(ref.path), TORCH_DTYPES[dtype])
 
 
 def choose_users(data: SeqData, cfg: ExplainConfig) -> list[int]:
