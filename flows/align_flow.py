@@ -21,18 +21,17 @@ from steps.align.data import input_refs, prepare_dump
 from steps.align.evaluate import RESULT_COLUMNS, evaluate_method, target_layout, target_mix
 from steps.align.pipeline import (
     build_report,
-    concat,
     data_summary,
     export_run,
     gather_method_outputs,
     model_distribution_dict,
     resolve_inputs,
-    results_markdown,
     sort_results,
     summary_text,
 )
 from steps.align.targets import resolve_target
 from steps.faults import maybe_fail
+from steps.tables import concat, table_rows
 from steps.storage import RunStorage, map_refs
 
 # Artifacts of the start step that the joins carry forward.
@@ -160,9 +159,9 @@ class AlignFlow(FlowSpec):
             c.append(Markdown("**Failed cells (the grid is partial):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))
         cols = [col for col in RESULT_COLUMNS if not col.endswith("_sd") and col != "n_repeats"]
         c.append(Markdown("## Results"))
-        c.append(Table(results_markdown(self.results, cols), headers=cols))
+        c.append(Table(table_rows(self.results, cols), headers=cols))
         c.append(Markdown("## Best λ per method"))
-        c.append(Table(results_markdown(self.best_lambda), headers=self.best_lambda.columns))
+        c.append(Table(table_rows(self.best_lambda), headers=self.best_lambda.columns))
         for title, name in (("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
                             ("User-level KL density", "user_kl_density.png"), ("Accuracy against KL@N", "accuracy_vs_kl.png")):
             c.append(Markdown(f"## {title}"))

@@ -24,10 +24,8 @@ from recalign.flowtools import catch_cells, resources_from, retry_from_config, t
 from steps.align.data import prepare_dump  # noqa: E402
 from steps.align.evaluate import evaluate_method, target_layout, target_mix  # noqa: E402
 from steps.align.pipeline import (  # noqa: E402
-    concat,
     gather_method_outputs,
     model_distribution_dict,
-    results_markdown,
     sort_results,
 )
 from steps.align.targets import resolve_target  # noqa: E402
@@ -42,6 +40,7 @@ from steps.newsrec.report import (  # noqa: E402
     with_model,
 )
 from steps.newsrec.prepare import publish_news_data  # noqa: E402
+from steps.tables import concat, table_rows
 from steps.storage import RunStorage, localize, localize_input, map_refs  # noqa: E402
 
 DEFAULT_CONFIG = config_path("newsrec_demo.yaml")
@@ -233,13 +232,13 @@ class NewsRecFlow(FlowSpec):
         if self.failed_cells:
             c.append(Markdown("**Failed cells (the grid is partial):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))
         c.append(Markdown("## Accuracy at the best epoch"))
-        c.append(Table(results_markdown(self.train_metrics), headers=self.train_metrics.columns))
+        c.append(Table(table_rows(self.train_metrics), headers=self.train_metrics.columns))
         c.append(Markdown("## Training curves"))
         c.append(curves_image)
         cols = ["distribution", "method", "selection", "lambda", "kl_at_n", "user_kl_mean", "coverage_at_n", "auc", "ndcg_at_10"]
         for model, figs in card_figures.items():
             c.append(Markdown(f"## Alignment of `{model}` (version `{self.model_artifacts[model].version}`)"))
-            c.append(Table(results_markdown(self.results.filter(pl.col("model") == model), cols), headers=cols))
+            c.append(Table(table_rows(self.results.filter(pl.col("model") == model), cols), headers=cols))
             for title, name in (("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
                                 ("User-level KL density", "user_kl_density.png"), ("Accuracy against KL@N", "accuracy_vs_kl.png")):
                 c.append(Markdown(f"### {title} — {model}"))

@@ -148,3 +148,36 @@ def ranking_metrics(
 
 def mean_ranking_metrics(per_row: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(np.mean(v)) if len(v) else float("nan") for name, v in per_row.items()}
+
+
+# --------------------------------------------------------------------------- held-out item ranking
+# Sequential recommenders (ReChorus' protocol): each test row ranks ONE held-out positive item
+# against other candidates (99 sampled negatives, or the whole catalogue). Ties are counted
+# pessimistically: every other candidate scoring >= the positive is ranked above it. HR@k is the
+# share of rows whose positive lands in the top k; nDCG@k and MRR are the per-impression metrics
+# above applied to one-positive rows (nDCG@k = 1/log2(rank + 1) when rank <= k, MRR = 1/rank).
+def pessimistic_positions(positive_scores: np.ndarray, other_scores: np.ndarray) -> np.ndarray:
+    """0-based position of each row's positive: how many other candidates score >= it.
+
+    ``other_scores`` is ``(n, C)``; cells set to ``-inf`` (masked candidates) never count.
+    """
+    pos = np.asarray(positive_scores, dtype=np.float64)
+    other = np.asarray(other_scores, dtype=np.float64)
+    if other.ndim != 2 or other.shape[0] != pos.shape[0]:
+        raise ValueError(f"other_scores must be (n, C) with n = {pos.shape[0]}, got {other.shape}")
+    if np.isnan(pos).any() or np.isnan(other).any():
+        raise ValueError("scores contain NaN")
+    return (other >= pos[:, None]).sum(axis=1).astype(np.int64)
+
+
+def heldout_ranking_metrics(positions: np.ndarray, ks: tuple[int, ...] = (5, 10, 20, 50)) -> dict[str, np.ndarray]:
+    """Per-row ``hr_at_k``, ``ndcg_at_k`` and ``mrr`` from the positive's 0-based position."""
+    positions = np.asarray(positions, dtype=np.int64)
+    n = len(positions)
+    per_row = ranking_metrics_from_positions(
+        np.arange(n + 1, dtype=np.int64), positions, np.ones(n), positions.astype(np.float64), tuple(ks)
+    )
+    out = {f"hr_at_{k}": (positions < k).astype(np.float64) for k in ks}
+    out.update({f"ndcg_at_{k}": per_row[f"ndcg_at_{k}"] for k in ks})
+    out["mrr"] = per_row["mrr"]
+    return out

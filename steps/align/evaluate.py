@@ -35,7 +35,6 @@ from steps.align.targets import Target, check_model_mass
 from steps.errors import InputError
 from steps.metrics import coverage_at_n, ragged_ranks, ranking_metrics_from_positions, smoothed_kl
 from steps.seeding import rng_for
-from steps.storage import FileRef
 
 BA_METRICS = ("kl_at_n", "kl_all", "user_kl_mean", "user_kl_std", "coverage_at_n")
 ACCURACY_METRICS = ("auc", "mrr", "ndcg_at_5", "ndcg_at_10")

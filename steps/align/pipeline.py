@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
 import polars as pl
 
 from steps.align import plots
@@ -17,6 +16,7 @@ from steps.align.data import PreparedDump
 from steps.align.report import best_lambdas, comparison_table, comparison_wide
 from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
 from steps.errors import InputError
+from steps.tables import concat, json_default
 from steps.storage import FileRef, atomic_export, is_remote, link_or_copy, localize, localize_input
 
 
@@ -97,11 +97,6 @@ def gather_method_outputs(tasks, target_mix_rows: pl.DataFrame) -> MethodOutputs
     )
 
 
-def concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
-    frames = [f for f in frames if f is not None]
-    return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
-
-
 def sort_results(results: pl.DataFrame, target_order: Sequence[str]) -> pl.DataFrame:
     """Rows in config order: target, then method (nails, steck, nails_steck), selection, λ."""
     method_order = {"nails": 0, "steck": 1, "nails_steck": 2}
@@ -176,25 +171,8 @@ def export_run(
         for sub in submissions:
             ref = localize(sub["file"])
             link_or_copy(ref.path, tmp / "submissions" / Path(ref.path).name)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
     return str(export_dir) if is_remote(export_dir) else str(Path(export_dir).absolute())
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def results_markdown(results: pl.DataFrame, columns: Sequence[str] | None = None, digits: int = 4) -> list[list[str]]:
-    """Rows of strings for a card table."""
-    cols = list(columns or results.columns)
-    out = []
-    for row in results.select(cols).iter_rows():
-        out.append([f"{v:.{digits}f}" if isinstance(v, float) else ("–" if v is None else str(v)) for v in row])
-    return out
 
 
 SUMMARY_COLUMNS = ["distribution", "method", "selection", "lambda", "kl_at_n", "kl_all", "user_kl_mean",

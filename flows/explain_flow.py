@@ -1,0 +1,179 @@
+"""ExplainFlow: GRU4Rec (as in ReChorus) and event-level Shapley attributions of its top-K.
+
+    python flows/explain_flow.py run                                       # synthetic data
+    python flows/explain_flow.py --config config configs/explain_quick.yaml run
+    python flows/explain_flow.py --config config configs/explain_ml1m.yaml run \
+        --ml1m-ratings ml-1m/ratings.dat --ml1m-movies ml-1m/movies.dat
+    python flows/explain_flow.py run --data-dir data/MovieLens_1M --checkpoint GRU4Rec.pt
+    python flows/explain_flow.py resume --origin-run-id <RUN_ID>
+
+start (data: ReChorus folder, ML-1M conversion or synthetic; validate) → train (or load a
+checkpoint) → evaluate (HR/nDCG, GRU4Rec vs popularity; pick users) → foreach user → explain
+→ join → report (card, export) → end
+"""
+
+from metaflow import Config, FlowSpec, Parameter, card, current, step
+from metaflow.cards import Image, Markdown, Table
+
+from configs import config_path
+from recalign.flowtools import catch_cells, resources_from, retry_from_config, timeout_from_config
+
+from steps.tables import table_rows
+from steps.explain.config import ExplainConfig
+from steps.explain.data import user_histories
+from steps.explain.explain import explain_user, feature_codes
+from steps.explain.model import save_checkpoint
+from steps.explain.pipeline import (
+    build_figures,
+    choose_users,
+    efficiency_check,
+    export_run,
+    feature_summary,
+    fit_or_load,
+    join_explanations,
+    load_model,
+    recency_profile,
+    resolve_dataset,
+    store_dataset,
+)
+from steps.explain.train import model_metrics
+from steps.faults import failed_cells, maybe_fail
+from steps.storage import RunStorage, map_refs
+
+DEFAULT_CONFIG = config_path("explain_synthetic.yaml")
+CARRIED = ["storage", "data", "data_summary", "model_file", "model_spec", "training_log", "model_metrics", "explain_user_ids"]
+
+
+class ExplainFlow(FlowSpec):
+    """Which past interactions made GRU4Rec recommend a user's top-K? Shapley attributions."""
+
+    config = Config("config", default=DEFAULT_CONFIG, parser="steps.explain.config.parse_explain_config")
+    data_dir = Parameter("data-dir", default="", help="ReChorus dataset folder (train.csv, dev.csv, test.csv, item_meta.csv)")
+    ml1m_ratings = Parameter("ml1m-ratings", default="", help="MovieLens-1M ratings.dat, converted to ReChorus format")
+    ml1m_movies = Parameter("ml1m-movies", default="", help="MovieLens-1M movies.dat (item genres for feature-level attributions)")
+    checkpoint = Parameter("checkpoint", default="", help="ReChorus GRU4Rec state_dict to load instead of training")
+    artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables, figures and the model are exported")
+    storage_root = Parameter("storage-root", default="", help="Folder for large intermediate files (default .recalign)")
+
+    def _cfg(self) -> ExplainConfig:
+        return ExplainConfig.from_dict(self.config.to_dict())
+
+    @resources_from("start")
+    @retry_from_config()
+    @timeout_from_config()
+    @step
+    def start(self):
+        """Read (or convert, or synthesise) the data in ReChorus' format and validate every row."""
+        cfg = self._cfg()
+        self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
+        data = resolve_dataset(cfg, self.data_dir, self.ml1m_ratings, self.ml1m_movies, self.storage.dir("input"))
+        self.data = map_refs(store_dataset(data, self.storage.dir("data")), self.storage.publish)
+        self.data_summary = data.summary()
+        print(self.data_summary)
+        self.next(self.train)
+
+    @resources_from("train")
+    @retry_from_config()
+    @timeout_from_config()
+    @step
+    def train(self):
+        """Train GRU4Rec with early stopping on dev nDCG@5, or load a ReChorus checkpoint."""
+        model, self.training_log = fit_or_load(self.data.load(), self._cfg(), self.checkpoint)
+        self.model_file = self.storage.publish(save_checkpoint(model, self.storage.dir("model") / "gru4rec.pt"))
+        self.model_spec = model.spec
+        self.next(self.evaluate)
+
+    @resources_from("train")
+    @retry_from_config()
+    @step
+    def evaluate(self):
+        """HR@K / nDCG@K of GRU4Rec and the popularity ranker; choose the users to explain."""
+        cfg, data = self._cfg(), self.data.load()
+        self.model_metrics = model_metrics(load_model(self.model_file), data, cfg)
+        print(self.model_metrics)
+        self.explain_user_ids = choose_users(data, cfg)
+        self.next(self.explain, foreach="explain_user_ids")
+
+    @catch_cells
+    @resources_from("explain")
+    @retry_from_config()
+    @timeout_from_config()
+    @step
+    def explain(self):
+        """One user: top-K from the unperturbed history, then every estimator's attributions."""
+        cfg, user = self._cfg(), int(self.input)
+        maybe_fail("explain", str(user))
+        data = self.data.load()
+        history = user_histories(data, [user], cfg.history_max)[user]
+        model = load_model(self.model_file, cfg.explain_dtype)
+        self.explanation = explain_user(model, user, history, cfg, feature_codes(data))
+        self.next(self.join)
+
+    @resources_from("join")
+    @step
+    def join(self, inputs):
+        """Collect the users' attributions."""
+        self.merge_artifacts(inputs, include=CARRIED)
+        self.failed_cells = failed_cells(inputs, lambda i: f"user {i.input}")
+        joined = join_explanations([i.explanation for i in inputs if hasattr(i, "explanation")])
+        self.attributions = joined.attributions
+        self.explained_users = joined.users
+        self.feature_attributions = joined.features
+        self.next(self.report)
+
+    @card(type="blank", id="report")
+    @resources_from("report")
+    @step
+    def report(self):
+        """Figures, tables, the card, and the export to artifacts/ExplainFlow/<run_id>/."""
+        cfg = self._cfg()
+        self.recency = recency_profile(self.attributions)
+        self.efficiency = efficiency_check(self.attributions, self.explained_users)
+        figures = build_figures(self.attributions, self.explained_users, self.recency)
+        card_figures = {name: Image.from_matplotlib(fig) for name, fig in figures.items()}
+        tables = {"attributions": self.attributions, "explained_users": self.explained_users,
+                  "feature_attributions": self.feature_attributions, "model_metrics": self.model_metrics,
+                  "training_log": self.training_log, "recency": self.recency}
+        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
+                   "model": vars(self.model_spec), "explained_users": self.explain_user_ids}
+        self.export_dir = export_run(f"{self.artifacts_dir.rstrip('/')}/{current.flow_name}/{current.run_id}",
+                                     tables, figures, self.model_file, summary, self.storage.dir("report"))
+
+        c = current.card["report"]
+        d = self.data_summary
+        c.append(Markdown(f"# ExplainFlow `{current.run_id}` — {cfg.name}"))
+        c.append(Markdown(
+            f"Data: {d['source']}: {d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions. "
+            f"GRU4Rec: embedding {self.model_spec.emb_size}, hidden {self.model_spec.hidden_size}, history "
+            f"{cfg.history_max}. Top-{cfg.top_k}, baseline `{cfg.baseline_name}`, estimators {', '.join(cfg.estimators)}. "
+            f"Exported to `{self.export_dir}`."
+        ))
+        if self.failed_cells:
+            c.append(Markdown("**Failed users (not explained):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))
+        c.append(Markdown("## Model quality (1 positive + sampled negatives; ties count against the positive)"))
+        c.append(Table(table_rows(self.model_metrics), headers=self.model_metrics.columns))
+        c.append(Markdown("## Explained users (attributions sum to f(x) − f(baseline))"))
+        cols = ["user_id", "estimator", "f_x", "f_baseline", "sum_attribution", "n_events", "n_events_kept", "seconds"]
+        c.append(Table(table_rows(self.efficiency, cols), headers=cols))
+        for title, name in (("Attributions per user (events −1 … −L)", "attributions_by_user.png"),
+                            ("Average |attribution| by recency", "recency_profile.png"),
+                            ("TimeSHAP pruning horizon", "pruning_horizon.png")):
+            c.append(Markdown(f"## {title}"))
+            c.append(card_figures[name])
+        if self.feature_attributions.height:
+            by_feature = feature_summary(self.feature_attributions)
+            c.append(Markdown("## Feature-level attributions (mean over users)"))
+            c.append(Table(table_rows(by_feature), headers=by_feature.columns))
+        self.next(self.end)
+
+    @resources_from("join")
+    @step
+    def end(self):
+        """Print where the results are."""
+        print(self.model_metrics)
+        print(self.efficiency.select(["user_id", "estimator", "f_x", "f_baseline", "sum_attribution", "n_events_kept", "seconds"]))
+        print(f"Exported to {self.export_dir}")
+
+
+if __name__ == "__main__":
+    ExplainFlow()

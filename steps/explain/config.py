@@ -1,0 +1,184 @@
+"""The explanation experiment's configuration: parsed from YAML, validated with clear messages."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from steps.configtools import DEFAULT_RUN, parse_resources, parse_run_settings, yaml_mapping
+from steps.configtools import integer as _integer
+from steps.configtools import number as _number
+from steps.errors import ConfigError
+from steps.explain.synthetic import SyntheticSeqSpec
+
+LOSSES = ("bpr", "ce")
+ESTIMATORS = ("exact", "kernel", "pruned")
+BASELINE_MODES = ("padding", "removal")
+DTYPES = ("float64", "float32")
+#: Per-step compute requests (memory in MB); ``train`` may ask for a GPU.
+DEFAULT_RESOURCES = {
+    "start": {"cpu": 1, "memory": 4096, "gpu": 0},
+    "train": {"cpu": 4, "memory": 8192, "gpu": 0},
+    "explain": {"cpu": 2, "memory": 4096, "gpu": 0},
+    "report": {"cpu": 1, "memory": 4096, "gpu": 0},
+    "join": {"cpu": 1, "memory": 2048, "gpu": 0},
+}
+#: Exact Shapley enumerates 2^M coalitions; above this many events it is refused.
+MAX_EXACT_EVENTS = 24
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}: unknown value {value!r}; choose from {list(choices)}")
+    return value
+
+
+def _int_list(key: str, value: Any, lo: int, allow_empty: bool = False) -> tuple[int, ...]:
+    if not isinstance(value, list) or (not value and not allow_empty):
+        raise ConfigError(f"{key}: expected a {'' if allow_empty else 'non-empty '}list of integers, got {value!r}")
+    out = tuple(_integer(f"{key}[{i}]", x, lo) for i, x in enumerate(value))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{key}: repeated values in {list(out)}")
+    return out
+
+
+def parse_baseline(value: Any, key: str = "baseline") -> str | int:
+    """``padding`` (item id 0), ``removal`` (the event is skipped) or an item id (int >= 1)."""
+    if isinstance(value, str):
+        if value in BASELINE_MODES:
+            return value
+        if value.strip().isdigit():
+            value = int(value.strip())
+        else:
+            raise ConfigError(f"{key}: expected 'padding', 'removal' or an item id, got {value!r}")
+    return _integer(key, value, 1)
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Validated settings of one explanation experiment (see ``configs/explain_synthetic.yaml``)."""
+
+    name: str = "explain"
+    seed: int = 2024
+    # data (used when this project builds the split: synthetic data or the ML-1M converter)
+    n_neg: int = 99
+    # GRU4Rec
+    emb_size: int = 64
+    hidden_size: int = 64
+    history_max: int = 20
+    # training
+    loss: str = "bpr"
+    num_neg: int = 1
+    lr: float = 1e-3
+    l2: float = 0.0
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    max_epochs: int = 30
+    early_stop_patience: int = 5
+    # evaluation
+    ks: tuple[int, ...] = (5, 10, 20, 50)
+    full_ranking: bool = False
+    # explanation
+    explain_users: int = 8
+    explain_user_ids: tuple[int, ...] = ()
+    top_k: int = 10
+    exclude_history_from_top_k: bool = True
+    baseline: str | int = "padding"
+    estimators: tuple[str, ...] = ESTIMATORS
+    kernel_samples: int = 2048
+    pruning_tolerance: float = 0.05
+    feature_level: bool = True
+    explain_dtype: str = "float64"
+    synthetic: SyntheticSeqSpec = field(default_factory=SyntheticSeqSpec)
+    resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
+    run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> "ExplainConfig":
+        raw = dict(raw or {})
+        allowed = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown}; allowed keys: {sorted(allowed)}")
+        d: dict[str, Any] = {}
+        if "name" in raw:
+            if not isinstance(raw["name"], str) or not raw["name"]:
+                raise ConfigError(f"name: expected a non-empty string, got {raw['name']!r}")
+            d["name"] = raw["name"]
+        positive_ints = ("n_neg", "emb_size", "hidden_size", "history_max", "num_neg", "batch_size",
+                         "eval_batch_size", "max_epochs", "early_stop_patience", "top_k", "kernel_samples")
+        for key in positive_ints:
+            if key in raw:
+                d[key] = _integer(key, raw[key], 1)
+        for key in ("seed", "explain_users"):
+            if key in raw:
+                d[key] = _integer(key, raw[key], 0)
+        if "lr" in raw:
+            d["lr"] = _number("lr", raw["lr"], 0.0, lo_open=True)
+        if "l2" in raw:
+            d["l2"] = _number("l2", raw["l2"], 0.0)
+        if "pruning_tolerance" in raw:
+            d["pruning_tolerance"] = _number("pruning_tolerance", raw["pruning_tolerance"], 0.0, 1.0)
+        if "loss" in raw:
+            d["loss"] = _choice("loss", raw["loss"], LOSSES)
+        if "explain_dtype" in raw:
+            d["explain_dtype"] = _choice("explain_dtype", raw["explain_dtype"], DTYPES)
+        for key in ("full_ranking", "exclude_history_from_top_k", "feature_level"):
+            if key in raw:
+                d[key] = _bool(key, raw[key])
+        if "ks" in raw:
+            d["ks"] = tuple(sorted(_int_list("ks", raw["ks"], 1)))
+        if "explain_user_ids" in raw:
+            d["explain_user_ids"] = _int_list("explain_user_ids", raw["explain_user_ids"], 1, allow_empty=True)
+        if "baseline" in raw:
+            d["baseline"] = parse_baseline(raw["baseline"])
+        if "estimators" in raw:
+            v = raw["estimators"]
+            if not isinstance(v, list) or not v:
+                raise ConfigError(f"estimators: expected a non-empty list from {list(ESTIMATORS)}, got {v!r}")
+            for x in v:
+                _choice("estimators", x, ESTIMATORS)
+            if len(set(v)) != len(v):
+                raise ConfigError(f"estimators: repeated values in {v}")
+            d["estimators"] = tuple(v)
+        if "synthetic" in raw:
+            d["synthetic"] = SyntheticSeqSpec.from_dict(raw["synthetic"])
+        if "resources" in raw:
+            d["resources"] = parse_resources(raw["resources"], DEFAULT_RESOURCES)
+        if "run" in raw:
+            d["run"] = parse_run_settings(raw["run"], DEFAULT_RUN)
+        cfg = cls(**d)
+        exact_like = {"exact", "pruned"} & set(cfg.estimators)
+        if exact_like and cfg.history_max > MAX_EXACT_EVENTS:
+            raise ConfigError(
+                f"history_max: {cfg.history_max} events is too many for the {sorted(exact_like)} estimator(s) "
+                f"(2^{cfg.history_max} coalitions); use <= {MAX_EXACT_EVENTS} or only 'kernel'"
+            )
+        if cfg.synthetic.n_items <= cfg.n_neg + cfg.synthetic.max_len:
+            raise ConfigError(
+                f"synthetic.n_items: {cfg.synthetic.n_items} items leave too few negatives to sample n_neg = "
+                f"{cfg.n_neg} per row for users with up to synthetic.max_len = {cfg.synthetic.max_len} events "
+                f"(n_items > n_neg + max_len required)"
+            )
+        return cfg
+
+    @property
+    def baseline_name(self) -> str:
+        """How the baseline is written in tables: ``padding``, ``removal`` or ``item:<id>``."""
+        return self.baseline if isinstance(self.baseline, str) else f"item:{self.baseline}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (nested dataclasses as dicts, tuples as lists), as the YAML would hold it."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def parse_explain_config(text: str) -> dict[str, Any]:
+    """Metaflow ``Config`` parser: YAML text -> validated, complete settings dict."""
+    return ExplainConfig.from_dict(yaml_mapping(text)).as_dict()
+

@@ -1,0 +1,160 @@
+"""One user's explanation: the top-K (computed once, from the unperturbed history), f(x),
+f(baseline), and event-level attributions from each requested estimator (plus feature-level
+attributions when items carry a feature).
+
+Tables (Polars):
+
+* attributions — ``user_id, event_position, item_id, attribution, estimator, baseline``;
+  ``event_position`` −1 is the most recent event, −L the oldest. With the ``pruned`` estimator the
+  events older than the pruning horizon form one player, reported as one row with a null
+  ``event_position`` and ``item_id`` (a "group" of a single event is reported as that event).
+* explained users — ``user_id, estimator, baseline, f_x, f_baseline, top_k_items, n_events,
+  n_events_kept, seconds``: for every (user, estimator) the attributions sum to ``f_x − f_baseline``.
+* feature attributions — ``user_id, feature, n_events, attribution, estimator, baseline``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from steps.errors import InputError
+from steps.explain.config import ExplainConfig
+from steps.explain.data import FEATURE, ITEM, SeqData
+from steps.explain.game import SequenceGame
+from steps.explain.model import GRU4Rec
+from steps.explain.shapley import kernel_shap, prune_horizon, pruned_players, shapley_from_values
+from steps.seeding import rng_for
+
+#: Feature-level games with more distinct features than this use Kernel SHAP instead of enumeration.
+FEATURE_EXACT_MAX = 14
+NO_FEATURE = "<none>"
+
+ATTRIBUTION_SCHEMA = {
+    "user_id": pl.Int64, "event_position": pl.Int64, "item_id": pl.Int64,
+    "attribution": pl.Float64, "estimator": pl.String, "baseline": pl.String,
+}
+USER_SCHEMA = {
+    "user_id": pl.Int64, "estimator": pl.String, "baseline": pl.String, "f_x": pl.Float64,
+    "f_baseline": pl.Float64, "top_k_items": pl.List(pl.Int64), "n_events": pl.Int64,
+    "n_events_kept": pl.Int64, "seconds": pl.Float64,
+}
+FEATURE_SCHEMA = {
+    "user_id": pl.Int64, "feature": pl.String, "n_events": pl.Int64,
+    "attribution": pl.Float64, "estimator": pl.String, "baseline": pl.String,
+}
+
+
+@dataclass
+class Explanation:
+    attributions: pl.DataFrame
+    users: pl.DataFrame
+    features: pl.DataFrame
+
+
+@torch.no_grad()
+def top_k_items(model: GRU4Rec, history: np.ndarray, k: int, exclude_history: bool = True) -> np.ndarray:
+    """The model's top-``k`` items after the unperturbed ``history`` (highest score first; equal
+    scores: lower item id first). The padding item, and with ``exclude_history`` the history's
+    items, are never recommended."""
+    history = np.asarray(history, dtype=np.int64)
+    n_items = model.spec.n_items
+    if len(history) == 0:
+        raise InputError("history: an empty history has no top-K to explain")
+    scores = model.score_all(torch.from_numpy(history)[None, :], torch.tensor([len(history)]))[0].double().numpy()
+    eligible = np.ones(n_items, dtype=bool)
+    eligible[0] = False
+    if exclude_history:
+        eligible[history] = False
+    n_eligible = int(eligible.sum())
+    if k > n_eligible:
+        raise InputError(
+            f"top_k: K = {k} is larger than the {n_eligible} items that can be recommended "
+            f"(catalogue of {n_items - 1} items{', minus the history' if exclude_history else ''})"
+        )
+    order = np.argsort(np.where(eligible, -scores, np.inf), kind="stable")
+    return order[:k].astype(np.int64)
+
+
+def feature_codes(data: SeqData) -> tuple[np.ndarray, list[str]] | None:
+    """``(code per item id, feature names)`` with code −1 for items without the feature."""
+    if data.item_features is None:
+        return None
+    feats = data.item_features.filter(pl.col(FEATURE).is_not_null())
+    names = sorted(feats[FEATURE].unique().to_list())
+    codes = np.full(data.n_items, -1, dtype=np.int64)
+    lookup = {n: i for i, n in enumerate(names)}
+    codes[feats[ITEM].to_numpy()] = feats[FEATURE].replace_strict(lookup, return_dtype=pl.Int64).to_numpy()
+    return codes, names
+
+
+def _phi(game: SequenceGame, estimator: str, cfg: ExplainConfig, rng: np.random.Generator, ends: tuple[float, float]) -> np.ndarray:
+    if estimator == "kernel":
+        return kernel_shap(game.values, game.n_players, cfg.kernel_samples, rng, *ends)
+    return shapley_from_values(game.all_values())
+
+
+def explain_user(
+    model: GRU4Rec, user_id: int, history: np.ndarray, cfg: ExplainConfig,
+    features: tuple[np.ndarray, list[str]] | None = None,
+) -> Explanation:
+    """Explain ``model``'s top-K for one user with every estimator of ``cfg`` (see the module
+    docstring). ``model`` sets the arithmetic: pass a float64 copy for float64 attributions."""
+    history = np.asarray(history, dtype=np.int64)
+    top_k = top_k_items(model, history, cfg.top_k, cfg.exclude_history_from_top_k)
+    game = SequenceGame(model, history, top_k, cfg.baseline)
+    L = len(history)
+    f_x, f_b = game.full_value(), game.empty_value()
+    positions = np.arange(L) - L
+    baseline = cfg.baseline_name
+    att_rows, user_rows = [], []
+    for estimator in cfg.estimators:
+        t0 = time.perf_counter()
+        rng = rng_for(cfg.seed, "explain", estimator, int(user_id))
+        n_kept, played = L, game
+        if estimator == "pruned":
+            n_kept = prune_horizon(game.event_values, L, cfg.pruning_tolerance).n_kept
+            played = game.with_players(pruned_players(L, n_kept))
+        phi = _phi(played, estimator, cfg, rng, (f_b, f_x))
+        seconds = time.perf_counter() - t0
+        grouped = played.n_players < L  # pruned: player 0 is the group of older events
+        n_single = played.n_players - int(grouped)
+        pos, items = positions[L - n_single :].tolist(), history[L - n_single :].tolist()
+        if grouped:
+            pos, items = [None] + pos, [None] + items
+        att_rows.append(pl.DataFrame(
+            {"user_id": int(user_id), "event_position": pos, "item_id": items, "attribution": phi,
+             "estimator": estimator, "baseline": baseline}, schema=ATTRIBUTION_SCHEMA,
+        ))
+        user_rows.append({"user_id": int(user_id), "estimator": estimator, "baseline": baseline, "f_x": f_x,
+                          "f_baseline": f_b, "top_k_items": top_k.tolist(), "n_events": L, "n_events_kept": n_kept,
+                          "seconds": seconds})
+    attributions = pl.concat(att_rows)
+    feature_table = pl.DataFrame(schema=FEATURE_SCHEMA)
+    if cfg.feature_level and features is not None:
+        feature_table = explain_features(game, features, user_id, cfg, (f_b, f_x))
+    return Explanation(attributions, pl.DataFrame(user_rows, schema=USER_SCHEMA), feature_table)
+
+
+def explain_features(
+    game: SequenceGame, features: tuple[np.ndarray, list[str]], user_id: int, cfg: ExplainConfig,
+    ends: tuple[float, float],
+) -> pl.DataFrame:
+    """Feature-level attributions: one player per distinct feature value among the history's
+    items (all events of that value enter or leave together); exact up to
+    :data:`FEATURE_EXACT_MAX` features, Kernel SHAP above."""
+    codes, names = features
+    event_codes = codes[game.history]
+    distinct, players = np.unique(event_codes, return_inverse=True)
+    estimator = "exact" if len(distinct) <= FEATURE_EXACT_MAX else "kernel"
+    phi = _phi(game.with_players(players), estimator, cfg, rng_for(cfg.seed, "explain_features", int(user_id)), ends)
+    return pl.DataFrame({
+        "user_id": int(user_id),
+        "feature": [names[c] if c >= 0 else NO_FEATURE for c in distinct],
+        "n_events": np.bincount(players, minlength=len(distinct)),
+        "attribution": phi, "estimator": estimator, "baseline": cfg.baseline_name,
+    }, schema=FEATURE_SCHEMA)

@@ -1,0 +1,178 @@
+"""ExplainFlow's building blocks above the methods: inputs, stored data and model, the user
+sample, joins, the report and the export."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import polars as pl
+import torch
+
+from steps.tables import concat, json_default
+from steps.align.plots import save as save_figure
+from steps.errors import InputError
+from steps.explain import plots
+from steps.explain.config import ExplainConfig
+from steps.explain.data import SPLIT, USER, SeqData, convert_ml1m, read_rechorus, user_histories, write_rechorus
+from steps.explain.explain import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
+from steps.explain.model import GRU4Rec, as_dtype, load_rechorus_checkpoint
+from steps.explain.synthetic import synthetic_dataset
+from steps.explain.train import train_gru4rec
+from steps.seeding import rng_for
+from steps.storage import FileRef, atomic_export, file_ref, is_remote, link_or_copy, localize
+
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+# --------------------------------------------------------------------------- inputs
+def resolve_dataset(cfg: ExplainConfig, data_dir: str, ml1m_ratings: str, ml1m_movies: str, work_dir: str | os.PathLike) -> SeqData:
+    """A ReChorus folder, MovieLens-1M converted into ``work_dir``, or synthetic data written to
+    ``work_dir`` in ReChorus' format; every path reads the files back through the same checks."""
+    if data_dir and ml1m_ratings:
+        raise InputError("--data-dir and --ml1m-ratings are alternatives: give one of them")
+    if ml1m_movies and not ml1m_ratings:
+        raise InputError("--ml1m-movies needs --ml1m-ratings")
+    if data_dir:
+        return read_rechorus(data_dir)
+    folder = Path(work_dir) / ("ml1m" if ml1m_ratings else "synthetic")
+    if ml1m_ratings:
+        convert_ml1m(ml1m_ratings, folder, cfg.n_neg, cfg.seed, ml1m_movies or None)
+    else:
+        write_rechorus(folder, synthetic_dataset(cfg.synthetic, cfg.n_neg))
+    data = read_rechorus(folder)
+    return SeqData(data.interactions, data.n_items, data.item_features, data.feature_name,
+                   source="synthetic" if not ml1m_ratings else f"MovieLens-1M ({ml1m_ratings})")
+
+
+@dataclass(frozen=True)
+class StoredData:
+    """Where a run keeps its validated data (parquet) and what it holds."""
+
+    interactions: FileRef
+    item_features: FileRef | None
+    n_items: int
+    feature_name: str | None
+    source: str
+
+    def load(self) -> SeqData:
+        self.interactions.verify()
+        feats = None
+        if self.item_features is not None:
+            self.item_features.verify()
+            feats = pl.read_parquet(localize(self.item_features).path)
+        return SeqData(pl.read_parquet(localize(self.interactions).path), self.n_items, feats, self.feature_name, self.source)
+
+
+def store_dataset(data: SeqData, folder: str | os.PathLike) -> StoredData:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data.interactions.write_parquet(folder / "interactions.parquet")
+    feats = None
+    if data.item_features is not None:
+        data.item_features.write_parquet(folder / "item_features.parquet")
+        feats = file_ref(folder / "item_features.parquet", (data.item_features.height,))
+    return StoredData(file_ref(folder / "interactions.parquet", (data.interactions.height,)), feats,
+                      data.n_items, data.feature_name, data.source)
+
+
+def fit_or_load(data: SeqData, cfg: ExplainConfig, checkpoint: str = "") -> tuple[GRU4Rec, pl.DataFrame]:
+    """Train GRU4Rec, or load a ReChorus checkpoint (then the training log is empty)."""
+    if checkpoint:
+        model = load_rechorus_checkpoint(checkpoint, data.n_items)
+        print(f"loaded {checkpoint}: {model.spec}")
+        return model, pl.DataFrame()
+    return train_gru4rec(data, cfg)
+
+
+def load_model(ref: FileRef, dtype: str = "float32") -> GRU4Rec:
+    ref.verify()
+    return as_dtype(load_rechorus_checkpoint(localize(ref).path), TORCH_DTYPES[dtype])
+
+
+def choose_users(data: SeqData, cfg: ExplainConfig) -> list[int]:
+    """``explain_user_ids`` when given (each must exist with a history), else a seeded sample of
+    ``explain_users`` users among those with a test row, in id order."""
+    if cfg.explain_user_ids:
+        user_histories(data, cfg.explain_user_ids, cfg.history_max)  # unknown users, empty histories
+        return list(cfg.explain_user_ids)
+    tested = data.interactions.filter(pl.col(SPLIT) == "test")[USER].unique().sort().to_numpy()
+    if len(tested) == 0:
+        raise InputError(f"{data.source}: no user has a test row to explain")
+    n = min(cfg.explain_users, len(tested))
+    picked = rng_for(cfg.seed, "explain_users").choice(tested, size=n, replace=False)
+    return sorted(int(u) for u in picked)
+
+
+# --------------------------------------------------------------------------- joins and report
+def join_explanations(parts: Sequence[Explanation]) -> Explanation:
+    """Concatenate the users' tables in a fixed order (user, estimator order, event position)."""
+    est_order = pl.col("estimator").replace_strict({"exact": 0, "kernel": 1, "pruned": 2}, default=9, return_dtype=pl.Int8)
+    att = concat([p.attributions for p in parts]) if parts else pl.DataFrame(schema=ATTRIBUTION_SCHEMA)
+    users = concat([p.users for p in parts]) if parts else pl.DataFrame(schema=USER_SCHEMA)
+    feats = concat([p.features for p in parts]) if parts else pl.DataFrame(schema=FEATURE_SCHEMA)
+    return Explanation(
+        att.sort([pl.col("user_id"), est_order, pl.col("event_position")], descending=[False, False, True], nulls_last=True),
+        users.sort([pl.col("user_id"), est_order]),
+        feats.sort(["user_id", "estimator", "feature"]),
+    )
+
+
+def recency_profile(attributions: pl.DataFrame) -> pl.DataFrame:
+    """Mean |attribution| (and mean attribution) by event position and estimator over users;
+    the pruned group of older events (null position) is left out."""
+    return (
+        attributions.filter(pl.col("event_position").is_not_null())
+        .group_by(["estimator", "event_position"], maintain_order=True)
+        .agg(
+            pl.col("attribution").abs().mean().alias("mean_abs_attribution"),
+            pl.col("attribution").mean().alias("mean_attribution"),
+            pl.len().alias("users"),
+        )
+        .sort(["estimator", "event_position"], descending=[False, True])
+    )
+
+
+def efficiency_check(attributions: pl.DataFrame, users: pl.DataFrame) -> pl.DataFrame:
+    """Per (user, estimator): sum of attributions, f_x − f_baseline, and their gap."""
+    sums = attributions.group_by(["user_id", "estimator"]).agg(pl.col("attribution").sum().alias("sum_attribution"))
+    return users.join(sums, on=["user_id", "estimator"], how="left", maintain_order="left").with_columns(
+        (pl.col("f_x") - pl.col("f_baseline")).alias("f_x_minus_f_baseline"),
+        (pl.col("sum_attribution") - (pl.col("f_x") - pl.col("f_baseline"))).abs().alias("efficiency_gap"),
+    )
+
+
+def feature_summary(features: pl.DataFrame) -> pl.DataFrame:
+    """Mean feature-level attribution (and how many users' histories hold the feature)."""
+    return features.group_by("feature").agg(
+        pl.col("attribution").mean().alias("mean_attribution"), pl.len().alias("users")
+    ).sort("mean_attribution", descending=True)
+
+
+def build_figures(attributions: pl.DataFrame, users: pl.DataFrame, profile: pl.DataFrame) -> dict:
+    return {
+        "attributions_by_user.png": plots.attribution_bars(attributions, users),
+        "recency_profile.png": plots.recency_profile_plot(profile),
+        "pruning_horizon.png": plots.pruning_horizon_hist(users),
+    }
+
+
+def export_run(export_dir: str | os.PathLike, tables: dict[str, pl.DataFrame], figures: dict, model_file: FileRef,
+               summary: dict, staging_dir: str | os.PathLike | None = None) -> str:
+    """Tables (parquet, and CSV with lists written as text), figures, the model checkpoint and
+    ``summary.json``, exported atomically (local or ``s3://``)."""
+    with atomic_export(export_dir, staging_dir) as tmp:
+        for name, df in tables.items():
+            df.write_parquet(tmp / f"{name}.parquet")
+            lists = [c for c, t in df.schema.items() if isinstance(t, pl.List)]
+            df.with_columns(pl.format("[{}]", pl.col(c).cast(pl.List(pl.String)).list.join(", ")).alias(c) for c in lists
+                            ).write_csv(tmp / f"{name}.csv")
+        for name, fig in figures.items():
+            save_figure(fig, tmp / name)
+        link_or_copy(localize(model_file).path, tmp / "gru4rec.pt")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
+    return str(export_dir) if is_remote(export_dir) else str(Path(export_dir).absolute())
+

@@ -1,0 +1,30 @@
+"""Small table helpers shared by the flows: concatenation, JSON summaries, card table rows."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+
+def concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    frames = [f for f in frames if f is not None]
+    return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
+
+
+def json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def table_rows(results: pl.DataFrame, columns: Sequence[str] | None = None, digits: int = 4) -> list[list[str]]:
+    """Rows of strings for a card table."""
+    cols = list(columns or results.columns)
+    out = []
+    for row in results.select(cols).iter_rows():
+        out.append([f"{v:.{digits}f}" if isinstance(v, float) else ("–" if v is None else str(v)) for v in row])
+    return out

@@ -1,0 +1,90 @@
+"""End-to-end: ExplainFlow through Metaflow's Runner on tiny synthetic data, a checkpoint run,
+a failed explain task and its resume."""
+
+from pathlib import Path
+
+# torch must be imported before metaflow in this process: metaflow's vendored typing_extensions
+# replaces typing._collect_parameters with a version that rejects torch's generic classes, and the
+# Runner imports metaflow, then the flow file (which imports torch) in the test process.
+import torch  # noqa: F401  (isort: skip)
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from tests.flowrun import CONFIGS, card_data
+
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
+QUICK = CONFIGS / "explain_quick.yaml"
+FLOW = "explain_flow.py"
+
+
+@pytest.fixture(scope="module")
+def quick_run(flow_runner):
+    run = flow_runner.run(FLOW, QUICK)
+    assert run.ok, run.stderr[-3000:]
+    return run
+
+
+def test_artifacts_have_the_promised_shape(quick_run):
+    data = quick_run.run.data
+    att, users = data.attributions, data.explained_users
+    assert att.columns == ["user_id", "event_position", "item_id", "attribution", "estimator", "baseline"]
+    for col in ["user_id", "f_x", "f_baseline", "top_k_items", "n_events_kept", "seconds"]:
+        assert col in users.columns
+    assert sorted(users["user_id"].unique()) == data.explain_user_ids and len(data.explain_user_ids) == 3
+    assert set(att["estimator"]) == {"exact", "kernel", "pruned"} and set(att["baseline"]) == {"padding"}
+    # anyone can check: each user's attributions sum to f_x − f_baseline, for every estimator
+    sums = att.group_by(["user_id", "estimator"]).agg(pl.col("attribution").sum())
+    check = users.join(sums, on=["user_id", "estimator"])
+    assert check.height == 9
+    np.testing.assert_allclose(check["attribution"], check["f_x"] - check["f_baseline"], atol=1e-9)
+    assert (check["f_x"] != check["f_baseline"]).all()
+    assert all(len(k) == 5 for k in users["top_k_items"])
+    exact = att.filter(pl.col("estimator") == "exact")
+    assert exact["event_position"].null_count() == 0 and exact["event_position"].max() == -1
+    metrics = data.model_metrics
+    assert set(metrics["model"]) == {"GRU4Rec", "POP"} and set(metrics["protocol"]) == {"sampled", "full"}
+    for k in (5, 10, 20):
+        assert f"hr_at_{k}" in metrics.columns and f"ndcg_at_{k}" in metrics.columns
+    assert data.training_log.height >= 1
+    assert data.feature_attributions.height > 0
+
+
+def test_exports_and_card(quick_run, flow_runner):
+    export = Path(quick_run.run.data.export_dir)
+    assert export == flow_runner.cwd / "artifacts" / "ExplainFlow" / quick_run.run_id
+    assert_frame_equal(pl.read_parquet(export / "attributions.parquet"), quick_run.run.data.attributions)
+    for png in ["attributions_by_user.png", "recency_profile.png", "pruning_horizon.png"]:
+        assert (export / png).stat().st_size > 10_000
+    assert (export / "gru4rec.pt").exists() and (export / "model_metrics.csv").exists()
+    text = card_data(quick_run.run["report"].task, "report")
+    for heading in ["Model quality", "Explained users", "Attributions per user", "Average |attribution| by recency",
+                    "TimeSHAP pruning horizon", "Feature-level attributions", "image"]:
+        assert heading in text
+
+
+def test_checkpoint_and_rechorus_folder_reproduce_the_run(quick_run, flow_runner):
+    """Load the trained model as a ReChorus checkpoint and read the synthetic ReChorus files back:
+    the same metrics and attributions come out."""
+    folder = flow_runner.cwd / ".recalign" / "ExplainFlow" / quick_run.run_id / "input" / "synthetic"
+    ckpt = Path(quick_run.run.data.export_dir) / "gru4rec.pt"
+    run = flow_runner.run(FLOW, QUICK, data_dir=str(folder), checkpoint=str(ckpt))
+    assert run.ok, run.stderr[-3000:]
+    assert run.run.data.training_log.height == 0
+    assert_frame_equal(run.run.data.model_metrics, quick_run.run.data.model_metrics)
+    assert_frame_equal(run.run.data.attributions, quick_run.run.data.attributions)
+
+
+def test_failed_explain_task_then_resume_matches_uninterrupted_run(quick_run, flow_runner):
+    user = quick_run.run.data.explain_user_ids[1]
+    failed = flow_runner.run(FLOW, QUICK, env=flow_runner.env(RECALIGN_FAIL_AT=f"explain:{user}"))
+    assert failed.status == "failed"
+    assert not (flow_runner.cwd / "artifacts" / "ExplainFlow" / failed.run_id).exists()
+    resumed = flow_runner.resume(FLOW, failed.run_id)
+    assert resumed.ok, resumed.stderr[-3000:]
+    data, ref = resumed.run.data, quick_run.run.data
+    assert_frame_equal(data.attributions, ref.attributions)
+    assert_frame_equal(data.feature_attributions, ref.feature_attributions)
+    assert_frame_equal(data.explained_users.drop("seconds"), ref.explained_users.drop("seconds"))
+    assert_frame_equal(data.model_metrics, ref.model_metrics)

@@ -1,0 +1,146 @@
+"""The value function of a GRU4Rec explanation and one user's explanation (float64)."""
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from steps.errors import InputError
+from steps.explain.config import ExplainConfig
+from steps.explain.explain import explain_user, top_k_items
+from steps.explain.game import SequenceGame, all_coalitions
+from steps.explain.model import GRU4Rec, as_dtype
+from steps.explain.shapley import shapley_from_values
+
+N_ITEMS = 40
+HISTORY = np.array([3, 7, 9, 11, 4, 5, 8])
+TOP_K = np.array([1, 2, 30])
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = GRU4Rec(N_ITEMS, emb_size=8, hidden_size=6, seed=4)
+    with torch.no_grad():  # larger weights than the N(0, 0.01²) init, so effects are not tiny
+        m.i_embeddings.weight.mul_(100.0)
+        m.out.weight.mul_(50.0)
+    return as_dtype(m, torch.float64)
+
+
+def direct_values(model, history, top_k, baseline):
+    """v(S) by running the model itself on each perturbed history (one call per coalition)."""
+    emb = model.i_embeddings.weight
+    out = []
+    for mask in all_coalitions(len(history)):
+        if baseline == "removal":
+            h = history[mask]
+            if len(h) == 0:  # no events: the GRU state stays 0, the user vector is out.bias
+                out.append(float(model.out.bias @ emb[torch.from_numpy(top_k)].mean(0)))
+                continue
+        else:
+            h = np.where(mask, history, 0 if baseline == "padding" else baseline)
+        scores = model(torch.from_numpy(h)[None], torch.tensor([len(h)]), torch.from_numpy(top_k)[None])
+        out.append(float(scores.mean()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("baseline", ["padding", "removal", 17])
+def test_all_paths_equal_the_model_on_perturbed_histories(model, baseline):
+    game = SequenceGame(model, HISTORY, TOP_K, baseline)
+    expected = direct_values(model, HISTORY, TOP_K, baseline)
+    np.testing.assert_allclose(game.all_values(), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(game.values(all_coalitions(len(HISTORY))), expected, rtol=0, atol=1e-12)
+    chunked = SequenceGame(model, HISTORY, TOP_K, baseline, max_states=4)  # 2 players per chunk
+    np.testing.assert_allclose(chunked.all_values(), expected, rtol=0, atol=1e-12)
+    assert game.full_value() == pytest.approx(expected[-1], abs=1e-12)
+    assert game.empty_value() == pytest.approx(expected[0], abs=1e-12)
+    assert np.ptp(expected) > 1e-3  # the coalitions do change the score
+
+
+@pytest.mark.parametrize("players", [[0, 0, 1, 1, 1, 2, 3], [0, 1, 0, 2, 1, 2, 0]])
+def test_grouped_players(model, players):
+    game = SequenceGame(model, HISTORY, TOP_K, "padding").with_players(np.array(players))
+    events = direct_values(model, HISTORY, TOP_K, "padding")
+    coalitions = all_coalitions(game.n_players)
+    event_index = (coalitions[:, players] * (1 << np.arange(len(HISTORY)))).sum(axis=1)
+    np.testing.assert_allclose(game.all_values(), events[event_index], atol=1e-12)
+
+
+def test_explicit_top_k_not_the_baselines(model):
+    """The defect of the reference notebooks: the top-K must be the user's, computed from the
+    unperturbed history, also when the baseline sequence is scored."""
+    cfg = ExplainConfig.from_dict({"top_k": 3, "estimators": ["exact"], "exclude_history_from_top_k": False})
+    user_top = top_k_items(model, HISTORY, 3, exclude_history=False)
+    baseline_seq = np.zeros_like(HISTORY)
+    with torch.no_grad():
+        scores = model.score_all(torch.from_numpy(HISTORY)[None], torch.tensor([7]))[0].numpy()
+        base_scores = model(torch.from_numpy(baseline_seq)[None], torch.tensor([7]), torch.arange(N_ITEMS)[None])[0].numpy()
+    np.testing.assert_array_equal(np.sort(user_top), np.sort(np.argsort(-scores[1:])[:3] + 1))
+    baseline_top = np.argsort(-base_scores[1:])[:3] + 1
+    assert set(baseline_top) != set(user_top)  # so the test can tell the two apart
+    e = explain_user(model, 1, HISTORY, cfg)
+    row = e.users.row(0, named=True)
+    assert row["top_k_items"] == user_top.tolist()
+    assert row["f_x"] == pytest.approx(scores[user_top].mean(), abs=1e-12)
+    assert row["f_baseline"] == pytest.approx(base_scores[user_top].mean(), abs=1e-12)
+    assert row["f_baseline"] != pytest.approx(base_scores[baseline_top].mean(), abs=1e-6)
+
+
+def test_top_k_excludes_padding_and_history(model):
+    top = top_k_items(model, HISTORY, 10, exclude_history=True)
+    assert len(set(top)) == 10 and 0 not in top and not set(top) & set(HISTORY)
+    with pytest.raises(InputError, match="K = 33 is larger than the 32 items"):
+        top_k_items(model, HISTORY, 33)  # 39 items minus 7 history items
+    with pytest.raises(InputError, match="K = 40"):
+        top_k_items(model, HISTORY, 40, exclude_history=False)
+
+
+def test_explanation_tables_add_up(model):
+    cfg = ExplainConfig.from_dict({"top_k": 4, "kernel_samples": 64, "pruning_tolerance": 0.3})
+    codes = np.arange(N_ITEMS) % 3
+    codes[5] = -1
+    e = explain_user(model, 9, HISTORY, cfg, (codes, ["g0", "g1", "g2"]))
+    assert set(e.attributions["estimator"]) == {"exact", "kernel", "pruned"}
+    sums = e.attributions.group_by("estimator").agg(pl.col("attribution").sum())
+    users = e.users.join(sums, on="estimator")
+    np.testing.assert_allclose(users["attribution"], users["f_x"] - users["f_baseline"], atol=1e-12)
+    exact = e.attributions.filter(pl.col("estimator") == "exact").sort("event_position")
+    assert exact["event_position"].to_list() == list(range(-7, 0))
+    assert exact["item_id"].to_list() == HISTORY.tolist()
+    np.testing.assert_allclose(
+        exact["attribution"], shapley_from_values(direct_values(model, HISTORY, np.array(e.users["top_k_items"][0].to_list()), "padding")),
+        atol=1e-12,
+    )
+    pruned = e.users.filter(pl.col("estimator") == "pruned").row(0, named=True)
+    rows = e.attributions.filter(pl.col("estimator") == "pruned")
+    grouped = pruned["n_events_kept"] < 6  # one older event left alone is reported as that event
+    assert rows.height == pruned["n_events_kept"] + grouped
+    assert rows["event_position"].null_count() == grouped
+    # feature level: one player per distinct feature of the history's items; "<none>" for item 5
+    f = e.features
+    assert f["attribution"].sum() == pytest.approx(pruned["f_x"] - pruned["f_baseline"], abs=1e-12)
+    assert dict(zip(f["feature"], f["n_events"])) == {"<none>": 1, "g0": 2, "g1": 2, "g2": 2}
+
+
+def test_bad_inputs(model):
+    with pytest.raises(InputError, match="empty history"):
+        SequenceGame(model, np.array([], dtype=np.int64), TOP_K)
+    with pytest.raises(InputError, match="item id 40 at position 2 is unknown"):
+        SequenceGame(model, np.array([1, 2, 40]), TOP_K)
+    with pytest.raises(InputError, match="baseline: item id 99"):
+        SequenceGame(model, HISTORY, TOP_K, 99)
+    with pytest.raises(InputError, match="top_k_items: item id 0"):
+        SequenceGame(model, HISTORY, np.array([0]))
+
+
+def test_all_values_do_not_depend_on_worker_threads(model):
+    game = SequenceGame(model, HISTORY, TOP_K, "removal", max_states=8)  # 16 chunks of 8 states
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = game.all_values()
+        torch.set_num_threads(2)
+        two = game.all_values()
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(one, two)
+    assert torch.get_num_threads() == before
