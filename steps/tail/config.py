@@ -323,6 +323,7 @@ class TailConfig:
     training: Training = field(default_factory=Training)
     methods: tuple[MethodSpec, ...] = ()
     evaluation: Evaluation = field(default_factory=Evaluation)
+    save_models: bool = False  # also write every item-item matrix B as .npy (n² floats each)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "TailConfig":
@@ -337,6 +338,8 @@ class TailConfig:
             d["seed"] = _integer("seed", raw["seed"], 0)
         if "device" in raw:
             d["device"] = _choice("device", raw["device"], DEVICES)
+        if "save_models" in raw:
+            d["save_models"] = _bool("save_models", raw["save_models"])
         ds = raw.get("datasets")
         if not isinstance(ds, list) or not ds:
             raise ConfigError(f"datasets: expected a non-empty list of datasets, got {ds!r}")
@@ -380,7 +383,7 @@ class TailConfig:
                 return {k: clean(v) for k, v in x.items()}
             return x
 
-        out = {"name": self.name, "seed": self.seed, "device": self.device,
+        out = {"name": self.name, "seed": self.seed, "device": self.device, "save_models": self.save_models,
                "datasets": [clean(asdict(d)) for d in self.datasets],
                "training": clean(asdict(self.training)), "methods": {}, "evaluation": clean(asdict(self.evaluation))}
         for m in self.methods:
