@@ -128,7 +128,7 @@ class ItemAdversary(nn.Module):
     ``linear``: sigmoid(nstd · (w·x + b)). ``2mlpN``: Linear(users→N) → BatchNorm → tanh →
     Linear(N→1) → BatchNorm → ×nstd → sigmoid. ``2bmlpN``: the same on centred inputs
     (x − μ)/σ, μ and σ the mean and standard deviation of X's cells, with ×nstd also before tanh.
-    The first layer starts at zero (every item weight ½); batch statistics are always those of the
+    The first layer (and the linear bias) start at zero: every item weight starts at ½; batch statistics are always those of the
     whole catalogue, which every forward pass sees.
     """
 
@@ -155,6 +155,8 @@ class ItemAdversary(nn.Module):
             self.head = nn.Sequential(*hidden)
         with torch.no_grad():
             self.first.weight.zero_()
+            if self.first.bias is not None:
+                self.first.bias.zero_()
 
     def forward(self, x_items: torch.Tensor) -> torch.Tensor:
         h = torch.sparse.mm(x_items, self.first.weight.T) if x_items.is_sparse else x_items @ self.first.weight.T
