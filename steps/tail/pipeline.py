@@ -66,7 +66,7 @@ def run_method(prepared: PreparedData, groups: ItemGroups, method: MethodSpec, c
     valid_tr, valid_te = prepared.load("valid_tr"), prepared.load("valid_te")
     penalty, gamma, epochs, best_epoch, history, weights = None, 0.0, 0, 0, pl.DataFrame(), None
     if method.name in ("ease", "pop_rerank"):
-        B = ease_closed_form(train, method.l2).astype(np.float32)
+        B = ease_closed_form(train, method.l2, device).astype(np.float32)
         if method.name == "pop_rerank":
             penalty, gamma = popularity_penalty(prepared.item_counts), method.gamma
     else:
