@@ -208,3 +208,10 @@ def test_config_errors_name_key_and_value(change, message):
     raw.update(change)
     with pytest.raises(ConfigError, match=message):
         TailConfig.from_dict(raw)
+
+
+def test_yaml_errors():
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_tail_config("datasets: [")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        parse_tail_config("- a\n- b\n")

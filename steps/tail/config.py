@@ -12,10 +12,9 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
-import yaml
-
 from steps.align.config import _integer, _number
 from steps.errors import ConfigError
+from steps.yamlconfig import yaml_mapping
 
 SOURCES = ("synthetic", "ml20m", "netflix", "msd")
 METHODS = ("ease", "ease_gd", "ipw", "tail_opt", "adversarial", "pop_rerank")
@@ -399,15 +398,9 @@ class TailConfig:
 
 def parse_tail_config(text: str) -> dict[str, Any]:
     """Metaflow ``Config`` parser: YAML text -> validated, complete settings dict."""
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config is not valid YAML: {exc}") from exc
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
-    return TailConfig.from_dict(raw).as_dict()
+    return TailConfig.from_dict(yaml_mapping(text)).as_dict()
 
 
 def load_tail_config(path: str) -> TailConfig:
     with open(path, encoding="utf-8") as f:
-        return TailConfig.from_dict(yaml.safe_load(f) or {})
+        return TailConfig.from_dict(yaml_mapping(f.read()))
