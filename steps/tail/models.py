@@ -1,8 +1,7 @@
 """Item-item models and the objectives of the tail-promotion methods (PyTorch + NumPy).
 
 * :func:`ease_closed_form` — EASE (Steck 2019): B = I − P·diag(1/diag(P)), P = (XᵀX + λI)⁻¹,
-  i.e. B_ij = −P_ij / P_jj off the diagonal and B_ii = 0. P comes from a Cholesky factorisation
-  (XᵀX + λI is symmetric positive definite): n³ flops against 2n³ for a general (LU) inverse.
+  i.e. B_ij = −P_ij / P_jj off the diagonal and B_ii = 0 (float64 inverse through torch/MKL).
 * :class:`ItemItem` — the gradient-trained item-item model: scores = X·B with diag(B) = 0,
   trained on the per-cell squared reconstruction error with weight decay. Full-batch training
   with loss ``s·mean((XB − X)²)`` and weight decay ``wd`` has the closed-form EASE solution with
@@ -17,7 +16,6 @@ import math
 import re
 
 import numpy as np
-import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
 import torch
 from torch import nn
@@ -32,53 +30,25 @@ def gram_matrix(train: sp.spmatrix) -> np.ndarray:
     return (x.T @ x).toarray()
 
 
-def _mirror_upper_(p: np.ndarray, block: int = 1024) -> None:
-    """Copy the upper triangle onto the lower one in place, a block of rows at a time."""
-    n = p.shape[0]
-    for r0 in range(0, n, block):
-        r1 = min(r0 + block, n)
-        p[r0:r1, :r0] = p[:r0, r0:r1].T
-        diag = p[r0:r1, r0:r1]
-        diag[:] = np.triu(diag) + np.triu(diag, 1).T
-
-
 def ease_closed_form(train: sp.spmatrix, l2: float, device: torch.device | str = "cpu") -> np.ndarray:
     """EASE's item-item matrix B (float64, zero diagonal) for a sparse user-item matrix.
 
-    XᵀX comes from the sparse product; P = (XᵀX + λI)⁻¹ from a Cholesky factorisation: LAPACK
-    ``dpotrf`` + ``dpotri`` in place on the CPU (n³ flops, against 2n³ for the LU inverse that
-    ``np.linalg.inv`` does), torch's ``cholesky`` + ``cholesky_inverse`` on a GPU. Peak memory on
-    the CPU ≈ 2 n² float64 (the Gram matrix and the symmetrised inverse).
+    XᵀX comes from the sparse product; P = (XᵀX + λI)⁻¹ from torch's ``linalg.inv_ex`` in float64
+    on ``device`` (MKL on the CPU, cuSOLVER on a GPU); B is formed in place in P. Peak memory
+    ≈ 3 n² float64 (the Gram matrix, the factorisation and P). SciPy's LAPACK Cholesky inverse
+    (``dpotrf``/``dpotri``, 32-bit OpenBLAS) crashed at ML-20M size (20k items), so it is not used.
     """
     if l2 <= 0:
         raise ConfigError(f"l2: EASE needs a positive λ, got {l2!r}")
-    g = gram_matrix(train)
-    g[np.diag_indices_from(g)] += l2
-    if torch.device(device).type == "cuda":
-        gt = torch.from_numpy(g).to(device)
-        del g
-        chol, info = torch.linalg.cholesky_ex(gt)
-        del gt
-        if int(info) != 0:
-            raise InputError(f"XᵀX + λI is not positive definite (Cholesky failed at column {int(info)}); increase l2 (now {l2})")
-        pt = torch.cholesky_inverse(chol)
-        del chol
-        pt.div_(-pt.diagonal().clone()[None, :])
-        pt.fill_diagonal_(0.0)
-        return pt.cpu().numpy()
-    # Fortran order lets LAPACK work in place (the Gram matrix is symmetric, so .T is the same matrix)
-    c, info = lapack.dpotrf(g.T, lower=0, overwrite_a=1, clean=1)
-    if info != 0:
-        raise InputError(f"XᵀX + λI is not positive definite (LAPACK dpotrf info={info}); increase l2 (now {l2})")
-    p, info = lapack.dpotri(c, lower=0, overwrite_c=1)
-    if info != 0:
-        raise InputError(f"inverting XᵀX + λI failed (LAPACK dpotri info={info})")
-    p = np.ascontiguousarray(p)
-    _mirror_upper_(p)
-    d = np.diag(p).copy()
-    p /= -d[None, :]
-    p[np.diag_indices_from(p)] = 0.0
-    return p
+    g = torch.from_numpy(gram_matrix(train)).to(device)
+    g.diagonal().add_(l2)
+    p, info = torch.linalg.inv_ex(g)
+    del g
+    if int(info) != 0:
+        raise InputError(f"XᵀX + λI is singular (LU pivot {int(info)} is zero); increase l2 (now {l2})")
+    p.div_(-p.diagonal().clone()[None, :])
+    p.fill_diagonal_(0.0)
+    return p.cpu().numpy()
 
 
 def ease_l2_for_weight_decay(weight_decay: float, n_users: int, n_items: int, loss_scale: float) -> float:
