@@ -169,11 +169,14 @@ def test_prepare_dataset_caches_and_verifies(tmp_path):
     assert a.cache_dir == b.cache_dir and a.files == b.files
     assert a.load("train").shape == (a.n_train_users, a.n_items)
     assert a.item_counts.sum() == a.load("train").nnz
+    c = prepare_dataset(spec, 2, root=tmp_path)
+    assert c.cache_dir != a.cache_dir
+    # the split depends on the seed and dataset name, not on where the files live
+    d = prepare_dataset(spec, 1, root=tmp_path / "elsewhere")
+    assert (d.load("test_te") != b.load("test_te")).nnz == 0 and (d.load("train") != b.load("train")).nnz == 0
     Path(a.files["test_te"].path).write_bytes(b"tampered")
     with pytest.raises(InputError, match="checksum mismatch"):
         a.load("test_te")
-    c = prepare_dataset(spec, 2, root=tmp_path)
-    assert c.cache_dir != a.cache_dir
 
 
 def test_real_dataset_path_errors(tmp_path):

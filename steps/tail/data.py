@@ -35,7 +35,7 @@ from steps.tail.config import DatasetSpec, Protocol
 from steps.tail.synthetic import write_synthetic_ratings
 
 MATRICES = ("train", "valid_tr", "valid_te", "test_tr", "test_te")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # --------------------------------------------------------------------------- loaders
@@ -174,8 +174,13 @@ def _csr(users: np.ndarray, items: np.ndarray, n_rows: int, n_cols: int) -> sp.c
     return m
 
 
-def split_strong_generalisation(ratings: pl.DataFrame, protocol: Protocol, seed: int, source: str = "data") -> Split:
-    """Apply the protocol of the module docstring to ``user, item, rating`` rows."""
+def split_strong_generalisation(ratings: pl.DataFrame, protocol: Protocol, seed: int, source: str = "data",
+                                key: str = "") -> Split:
+    """Apply the protocol of the module docstring to ``user, item, rating`` rows.
+
+    ``source`` names the data in error messages; the random streams are keyed by ``seed`` and
+    ``key`` (the dataset's name), never by a path, so the split does not depend on where the file is.
+    """
     n_raw = ratings.height
     if ratings["rating"].null_count():
         raise InputError(f"{source}: column 'rating' has missing values")
@@ -194,7 +199,7 @@ def split_strong_generalisation(ratings: pl.DataFrame, protocol: Protocol, seed:
             f"{source}: only {len(users)} users remain after filtering (min_user_items={protocol.min_user_items}, "
             f"min_item_users={protocol.min_item_users}), but protocol.heldout_users={h} needs more than {2 * h}"
         )
-    perm = users[rng_for(seed, "tail-split", source).permutation(len(users))]
+    perm = users[rng_for(seed, "tail-split", key).permutation(len(users))]
     role = pl.DataFrame({"user": perm, "role": np.repeat(np.array([0, 1, 2], dtype=np.int8), [len(users) - 2 * h, h, h]),
                          "row": np.concatenate([np.arange(len(users) - 2 * h), np.arange(h), np.arange(h)])})
     pos = pos.join(role, on="user", how="inner")
@@ -212,7 +217,7 @@ def split_strong_generalisation(ratings: pl.DataFrame, protocol: Protocol, seed:
         part = pos.filter(pl.col("role") == role_id).sort("row", "col")
         rows = part["row"].to_numpy()
         cols = part["col"].to_numpy()
-        key = rng_for(seed, "tail-fold-in", source, name).random(len(rows))
+        key = rng_for(seed, "tail-fold-in", key, name).random(len(rows))
         order = np.lexsort((key, rows))
         rows, cols = rows[order], cols[order]
         n_per = np.bincount(rows, minlength=h)
@@ -298,7 +303,7 @@ def prepare_dataset(spec: DatasetSpec, seed: int, root: str | os.PathLike | None
     manifest = cache / "manifest.json"
     if not manifest.exists():
         ratings = READERS[spec.source](raw_path)
-        split = split_strong_generalisation(ratings, spec.protocol, seed, source=str(raw_path))
+        split = split_strong_generalisation(ratings, spec.protocol, seed, source=str(raw_path), key=spec.name)
         del ratings
         with atomic_export_dir(cache) as tmp:
             for name in MATRICES:
