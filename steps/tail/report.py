@@ -42,9 +42,9 @@ def change_sentences(change: pl.DataFrame) -> list[str]:
     lines = []
     for r in change.iter_rows(named=True):
         acc = r["recall_at_20_change"]
-        verdict = "raises" if acc > 0 else ("lowers" if acc < 0 else "keeps")
+        verdict = "keeps Recall@20 (within 0.05%)" if abs(acc) < 5e-4 else f"{'raises' if acc > 0 else 'lowers'} Recall@20 by {abs(acc):.1%}"
         lines.append(
-            f"{r['dataset']}: {METHOD_LABEL.get(r['method'], r['method'])} {verdict} Recall@20 by {abs(acc):.1%} "
+            f"{r['dataset']}: {METHOD_LABEL.get(r['method'], r['method'])} {verdict} "
             f"(nDCG@100 {r['ndcg_at_100_change']:+.1%}) and changes coverage@20 by {r['coverage_at_20_change']:+.1%}, "
             f"tail share by {r['tail_share_change']:+.1%}, item Recall@20 by {r['item_recall_at_20_change']:+.1%} against EASE."
         )
