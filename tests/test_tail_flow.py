@@ -4,7 +4,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch  # noqa: F401 — import torch before Metaflow's Runner loads the flow file (see README, TailFlow)
+# Import torch (and torch._dynamo, which torch.optim loads lazily) before Metaflow's Runner loads the
+# flow file in this process: afterwards a first import of them fails on Metaflow's vendored
+# typing_extensions (see README, TailFlow), which would break later tests in the same session.
+import torch  # noqa: F401
+import torch._dynamo  # noqa: F401
 from polars.testing import assert_frame_equal
 
 from steps.storage import load_array
