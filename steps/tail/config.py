@@ -328,13 +328,11 @@ class TailConfig:
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "TailConfig":
         raw = dict(raw or {})
         _reject_unknown("config", raw, cls)
-        d: dict[str, Any] = {}
+        d: dict[str, Any] = {k: _integer(k, raw[k], 0) for k in ("seed",) if k in raw}
         if "name" in raw:
-            if not isinstance(raw["name"], str) or not raw["name"]:
-                raise ConfigError(f"name: expected a non-empty string, got {raw['name']!r}")
             d["name"] = raw["name"]
-        if "seed" in raw:
-            d["seed"] = _integer("seed", raw["seed"], 0)
+            if not isinstance(d["name"], str) or not d["name"]:
+                raise ConfigError(f"name: expected a non-empty string, got {d['name']!r}")
         if "device" in raw:
             d["device"] = _choice("device", raw["device"], DEVICES)
         if "save_models" in raw:
