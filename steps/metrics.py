@@ -181,3 +181,120 @@ def heldout_ranking_metrics(positions: np.ndarray, ks: tuple[int, ...] = (5, 10,
     out.update({f"ndcg_at_{k}": per_row[f"ndcg_at_{k}"] for k in ks})
     out["mrr"] = per_row["mrr"]
     return out
+
+# =========================================================================== top-k lists over a catalogue
+# (TailFlow, issue #4: item-tail promotion.) A recommendation list is one row of an integer matrix
+# ``topk`` (users × K) of item indices, best first; ``-1`` marks an empty slot (a user with fewer
+# than K recommendable items). Held-out items are ragged: ``offsets`` (users + 1) and, for every
+# held-out item, its 0-based ``positions`` in the user's list (``>= K`` when it is not in the list).
+# nDCG@k reuses :func:`ranking_metrics_from_positions` (binary gains, log2 discounts, ideal DCG of
+# min(#held-out, k) hits): the same nDCG as the impression metrics above.
+
+
+def heldout_positions(topk: np.ndarray, heldout_rows: np.ndarray, heldout_items: np.ndarray) -> np.ndarray:
+    """Position of each held-out (row, item) pair in ``topk[row]``, or ``K`` when absent."""
+    n_rows, k = topk.shape
+    if len(heldout_rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    n_items = int(max(topk.max(initial=-1), heldout_items.max(initial=-1))) + 1
+    # position lookup per row through one sorted key array: key = row * n_items + item
+    valid = topk >= 0
+    rows = np.broadcast_to(np.arange(n_rows)[:, None], topk.shape)[valid].astype(np.int64)
+    keys = rows * n_items + topk[valid].astype(np.int64)
+    pos = np.broadcast_to(np.arange(k)[None, :], topk.shape)[valid]
+    order = np.argsort(keys, kind="stable")
+    keys, pos = keys[order], pos[order]
+    want = heldout_rows.astype(np.int64) * n_items + heldout_items.astype(np.int64)
+    at = np.minimum(np.searchsorted(keys, want), max(len(keys) - 1, 0))
+    found = (keys[at] == want) if len(keys) else np.zeros(len(want), dtype=bool)
+    return np.where(found, pos[at] if len(keys) else k, k).astype(np.int64)
+
+
+def recall_at_k(offsets: np.ndarray, positions: np.ndarray, k: int) -> np.ndarray:
+    """Per-user Recall@k of Liang et al. (2018): hits in the top k / min(k, #held-out).
+
+    Users without held-out items get NaN.
+    """
+    hits = ragged.segment_sum(offsets, (positions < k).astype(np.float64)) if len(positions) else np.zeros(len(offsets) - 1)
+    n = ragged.lengths(offsets).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, hits / np.minimum(n, k), np.nan)
+
+
+def ndcg_at_k(offsets: np.ndarray, positions: np.ndarray, k: int) -> np.ndarray:
+    """Per-user nDCG@k with binary relevance (NaN for users without held-out items)."""
+    out = np.full(len(offsets) - 1, np.nan)
+    n = ragged.lengths(offsets)
+    has = n > 0
+    if not has.any():
+        return out
+    # ranking_metrics_from_positions needs non-empty rows: compute on the users that have items.
+    sub_offsets = np.concatenate([[0], np.cumsum(n[has])])
+    keep = np.repeat(has, n)
+    labels = np.ones(int(sub_offsets[-1]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per = ranking_metrics_from_positions(sub_offsets, positions[keep], labels, ks=(k,))
+    out[has] = per[f"ndcg_at_{k}"]
+    return out
+
+
+def item_exposure(topk: np.ndarray, n_items: int, k: int) -> np.ndarray:
+    """How often each item appears in the first ``k`` slots of the lists (length ``n_items``)."""
+    sel = np.asarray(topk)[:, :k].ravel()
+    return np.bincount(sel[sel >= 0], minlength=n_items).astype(np.int64)
+
+
+def gini_index(values: np.ndarray) -> float:
+    """Gini index of non-negative values (0 = all equal, → 1 = one item takes everything).
+
+    G = Σ_i (2i − n − 1)·x_(i) / (n·Σ x), x sorted ascending, i = 1..n.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(x)
+    total = x.sum()
+    if n == 0 or total <= 0:
+        return float("nan")
+    i = np.arange(1, n + 1, dtype=np.float64)
+    return float(((2 * i - n - 1) * x).sum() / (n * total))
+
+
+def exposure_entropy(values: np.ndarray) -> float:
+    """Shannon entropy (natural log) of the exposure distribution; log(n) when uniform."""
+    p = normalise(np.asarray(values, dtype=np.float64))
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum()) if len(p) else float("nan")
+
+
+def expected_popularity_complement(topk: np.ndarray, popularity: np.ndarray, k: int) -> float:
+    """EPC@k (Vargas & Castells 2011, without rank discount or relevance): the mean over the first
+    ``k`` filled slots of 1 − p(seen | item), with p(seen | item) = ``popularity`` (share of
+    training users who interacted with the item, in [0, 1])."""
+    sel = np.asarray(topk)[:, :k].ravel()
+    sel = sel[sel >= 0]
+    return float(np.mean(1.0 - np.asarray(popularity, dtype=np.float64)[sel])) if len(sel) else float("nan")
+
+
+def tail_share(topk: np.ndarray, is_tail: np.ndarray, k: int) -> float:
+    """Fraction of the first ``k`` filled slots of all lists that hold a tail item."""
+    sel = np.asarray(topk)[:, :k].ravel()
+    sel = sel[sel >= 0]
+    return float(np.mean(np.asarray(is_tail, dtype=bool)[sel])) if len(sel) else float("nan")
+
+
+def item_recall_at_k(heldout_items: np.ndarray, positions: np.ndarray, n_items: int, k: int) -> np.ndarray:
+    """Item-level Recall@k (the reference's i_recall@k): for each item, the share of the users
+    holding it out whose top-k contains it. Items nobody holds out get NaN."""
+    held = np.bincount(heldout_items, minlength=n_items).astype(np.float64)
+    hit = np.bincount(heldout_items[positions < k], minlength=n_items).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(held > 0, hit / held, np.nan)
+
+
+def bucket_means(values: np.ndarray, bucket: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Mean of ``values`` per bucket, ignoring NaN (NaN for a bucket without values)."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = ~np.isnan(v)
+    s = np.bincount(bucket[ok], weights=v[ok], minlength=n_buckets)
+    c = np.bincount(bucket[ok], minlength=n_buckets)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(c > 0, s / np.maximum(c, 1), np.nan)

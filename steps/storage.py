@@ -139,13 +139,26 @@ class RunStorage:
     def uri(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), self.flow, self.run_id, *parts])
 
+    def cache_dir(self, *parts: str) -> Path:
+        """A local folder for data reused across runs (``<root>/<flow>/cache/...`` for a local root;
+        a per-machine temporary folder for a remote one — publish what tasks must share)."""
+        base = Path(tempfile.gettempdir()) / "recalign-cache-shared" if self.remote else Path(self.root)
+        d = base.joinpath(self.flow, "cache", *parts)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
     def publish(self, ref: FileRef) -> FileRef:
-        """Make a file written under :meth:`dir` visible to every task: upload it for a remote root."""
+        """Make a local file visible to every task: for a remote root, upload it (files written
+        under :meth:`dir` keep their relative path; others go under ``files/<checksum>/``)."""
         if not self.remote or is_remote(ref.path):
             return ref
         base = Path(tempfile.gettempdir()) / "recalign-stage" / self.flow / self.run_id
-        rel = Path(ref.path).absolute().relative_to(base)
-        uri = self.uri(*rel.parts)
+        path = Path(ref.path).absolute()
+        try:
+            parts = path.relative_to(base).parts
+        except ValueError:
+            parts = ("files", ref.sha256[:16], path.name)
+        uri = self.uri(*parts)
         upload(ref.path, uri)
         return replace(ref, path=uri)
 

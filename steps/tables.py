@@ -8,9 +8,11 @@ import numpy as np
 import polars as pl
 
 
-def concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
-    frames = [f for f in frames if f is not None]
-    return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
+def concat(frames: Sequence[pl.DataFrame | None]) -> pl.DataFrame:
+    """Stack tables (missing columns filled with nulls, compatible dtypes widened); skips None and
+    empty tables; an empty DataFrame when nothing is left."""
+    frames = [f for f in frames if f is not None and not f.is_empty()]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
 def json_default(o):

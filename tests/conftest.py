@@ -6,6 +6,13 @@ os.environ.setdefault("METAFLOW_USER", "recalign-tests")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Import torch's lazily loaded parts now, before any test lets Metaflow's Runner load a flow file in
+# this process: Metaflow's vendored typing_extensions replaces typing._collect_parameters, after
+# which a *first* import of torch._dynamo / torch._inductor (pulled in lazily by torch.optim and
+# torch.use_deterministic_algorithms) fails. Flows run from the command line are unaffected.
+import torch  # noqa: E402,F401
+import torch._dynamo  # noqa: E402,F401
+import torch._inductor.config  # noqa: E402,F401
 import pytest  # noqa: E402
 
 from tests.flowrun import FlowRunner  # noqa: E402

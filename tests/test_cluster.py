@@ -27,6 +27,8 @@ FLOWS = {
     "explain_flow.py": (CONFIGS / "explain_synthetic.yaml", "steps.explain.config",
                         {"start": "start", "train": "train", "evaluate": "train", "explain": "explain", "report": "report"},
                         ["start", "train", "explain"]),
+    "tail_flow.py": (CONFIGS / "tail_ml20m.yaml", "steps.tail.config",
+                     {"prepare": "prepare", "train": "train", "report": "report"}, ["prepare", "train"]),
 }
 
 

@@ -5,11 +5,6 @@ import polars as pl
 import pytest
 import torch
 
-# Imported at collection, before any test starts a Metaflow Runner in this process:
-# torch.use_deterministic_algorithms (used by training) lazily imports torch._inductor, and that
-# import fails once metaflow's vendored typing_extensions has replaced typing._collect_parameters.
-import torch._inductor.config  # noqa: F401  (isort: skip)
-
 from steps.errors import InputError
 from steps.explain.config import ExplainConfig
 from steps.explain.data import user_histories

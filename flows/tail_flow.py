@@ -1,0 +1,158 @@
+"""TailFlow: semantic item-tail promotion — EASE, IPW, CVaR tail optimisation, adversarial item
+re-weighting and popularity re-ranking on MovieLens-20M, Netflix Prize and MSD (or synthetic data).
+
+    python flows/tail_flow.py run                                         # tiny synthetic data
+    python flows/tail_flow.py --config config configs/tail_ml20m.yaml run  # real ML-20M ratings.csv
+    python flows/tail_flow.py resume --origin-run-id <RUN_ID>
+
+start → foreach dataset: prepare (load or synthesise, split, cache) → foreach method: train
+(early stopping on validation) and evaluate on test → join_methods → join_datasets
+→ report (card, exports) → end
+"""
+
+from metaflow import Config, FlowSpec, Parameter, card, current, step
+from metaflow.cards import Image, Markdown, Table
+
+from configs import config_path
+from recalign.flowtools import catch_cells, resources_from, retry_from_config, timeout_from_config
+from steps.faults import failed_cells, maybe_fail
+from steps.storage import RunStorage, map_refs
+from steps.tables import concat, table_rows
+from steps.tail.config import TailConfig
+from steps.tail.data import prepare_dataset
+from steps.tail.pipeline import RESULT_COLUMNS, item_groups, run_method, sort_results
+from steps.tail.report import build_figures, change_sentences, change_vs_baseline, export_run
+
+DEFAULT_CONFIG = config_path("tail_quick.yaml")
+CARRIED = ["storage", "dataset_names", "method_names"]
+CARRIED_DATASET = CARRIED + ["prepared", "groups", "data_summary"]
+
+
+class TailFlow(FlowSpec):
+    """Promote the item tail of an item-item recommender and measure what it costs in accuracy."""
+
+    config = Config("config", default=DEFAULT_CONFIG, parser="steps.tail.config.parse_tail_config")
+    artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables and figures are exported")
+    storage_root = Parameter("storage-root", default="", help="Folder for the data cache and large files (default .recalign)")
+
+    @resources_from("join")
+    @step
+    def start(self):
+        """Validate the config; fan out over datasets."""
+        cfg = TailConfig.from_dict(self.config.to_dict())
+        self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
+        self.dataset_names = cfg.dataset_names
+        self.method_names = cfg.method_names
+        self.next(self.prepare, foreach="dataset_names")
+
+    @resources_from("prepare")
+    @retry_from_config()
+    @timeout_from_config()
+    @step
+    def prepare(self):
+        """Load (or synthesise) one dataset, apply the strong-generalisation split, cache it as files."""
+        cfg = TailConfig.from_dict(self.config.to_dict())
+        maybe_fail("prepare", self.input)
+        prepared = prepare_dataset(cfg.dataset(self.input), cfg.seed, self.storage.cache_dir())
+        self.groups = item_groups(prepared, cfg)
+        self.prepared = map_refs(prepared, self.storage.publish)
+        self.data_summary = {**self.prepared.stats, "source": self.prepared.source, "raw": self.prepared.raw_path,
+                             **self.groups.summary(self.prepared.item_counts)}
+        print(self.input, self.data_summary)
+        self.next(self.train, foreach="method_names")
+
+    @catch_cells
+    @resources_from("train")
+    @retry_from_config()
+    @timeout_from_config()
+    @step
+    def train(self):
+        """Fit one method (early stopping on validation), then score validation and test users."""
+        cfg = TailConfig.from_dict(self.config.to_dict())
+        maybe_fail("train", f"{self.prepared.name}/{self.input}")
+        outcome = run_method(self.prepared, self.groups, cfg.method(self.input), cfg, self.storage.dir("lists"))
+        self.part_results = outcome.results
+        self.part_buckets = outcome.buckets
+        self.part_history = outcome.history
+        self.part_files = map_refs({"lists": outcome.lists, "model": outcome.model}, self.storage.publish)
+        self.item_weights = outcome.item_weights
+        print(outcome.results.select(RESULT_COLUMNS[:11]))
+        self.next(self.join_methods)
+
+    @resources_from("join")
+    @step
+    def join_methods(self, inputs):
+        """Collect the methods of one dataset."""
+        self.merge_artifacts(inputs, include=CARRIED_DATASET)
+        self.part_failed = failed_cells(inputs, lambda i: f"{i.prepared.name}/{i.input}")
+        done = [i for i in inputs if hasattr(i, "part_results")]
+        self.part_results = concat([i.part_results for i in done])
+        self.part_buckets = concat([i.part_buckets for i in done])
+        self.part_history = concat([i.part_history for i in done])
+        self.part_files = {f"{self.prepared.name}/{i.input}": i.part_files for i in done}
+        self.next(self.join_datasets)
+
+    @resources_from("join")
+    @step
+    def join_datasets(self, inputs):
+        """Collect every dataset."""
+        self.merge_artifacts(inputs, include=CARRIED)
+        self.results = sort_results(concat([i.part_results for i in inputs]), self.dataset_names, self.method_names)
+        self.buckets = sort_results(concat([i.part_buckets for i in inputs]), self.dataset_names, self.method_names)
+        self.history = concat([i.part_history for i in inputs])
+        self.files = {k: v for i in inputs for k, v in i.part_files.items()}
+        self.data_summary = {i.prepared.name: i.data_summary for i in inputs}
+        self.failed_cells = [f for i in inputs for f in i.part_failed]
+        self.next(self.report)
+
+    @card(type="blank", id="report")
+    @resources_from("report")
+    @step
+    def report(self):
+        """Change against EASE, figures, the card, and the export to artifacts/TailFlow/<run_id>/."""
+        cfg = TailConfig.from_dict(self.config.to_dict())
+        self.change = change_vs_baseline(self.results)
+        self.statements = change_sentences(self.change) if not self.change.is_empty() else []
+        figures = build_figures(self.results, self.buckets)
+        card_images = {name: Image.from_matplotlib(fig) for name, fig in figures.items()}
+        tables = {"results": self.results, "buckets": self.buckets, "history": self.history, "change_vs_ease": self.change}
+        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary, "statements": self.statements,
+                   "failed_cells": self.failed_cells}
+        self.export_dir = export_run(f"{self.artifacts_dir.rstrip('/')}/{current.flow_name}/{current.run_id}", tables, figures,
+                                     summary, self.storage.dir("report"))
+
+        c = current.card["report"]
+        c.append(Markdown(f"# TailFlow `{current.run_id}` — {cfg.name}"))
+        for name, d in self.data_summary.items():
+            c.append(Markdown(
+                f"**{name}** ({d['source']}): {d['train_users']:,} training users, {d['items']:,} items, "
+                f"{d['train_interactions']:,} training interactions; {d['valid_users_evaluable']:,} validation and "
+                f"{d['test_users_evaluable']:,} test users evaluated; tail = {d['tail_items']:,} items holding "
+                f"{d['tail_interaction_share']:.1%} of the training interactions."
+            ))
+        if self.failed_cells:
+            c.append(Markdown("**Failed cells (the grid is partial):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))
+        c.append(Markdown("## Accuracy and coverage against EASE (test users)"))
+        c.append(Markdown("\n".join(f"* {s}" for s in self.statements) or "No EASE baseline in this run."))
+        cols = RESULT_COLUMNS[:11]
+        c.append(Markdown("## Results"))
+        c.append(Table(table_rows(self.results, cols), headers=cols))
+        for title, name in (("Accuracy against coverage", "accuracy_vs_coverage.png"),
+                            ("Exposure by popularity bucket, before (EASE) and after promotion", "exposure_by_popularity.png"),
+                            ("Item-level Recall@20 by popularity bucket", "item_recall_by_popularity.png")):
+            c.append(Markdown(f"## {title}"))
+            c.append(card_images[name])
+        self.next(self.end)
+
+    @resources_from("join")
+    @step
+    def end(self):
+        """Print where the results are."""
+        print(self.results.filter(self.results["split"] == "test").select(RESULT_COLUMNS[:11]))
+        for s in self.statements:
+            print(s)
+        print(f"Exported to {self.export_dir}")
+
+
+if __name__ == "__main__":
+    TailFlow()

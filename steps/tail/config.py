@@ -1,0 +1,421 @@
+"""TailFlow's configuration: parsed from YAML, validated with messages naming the key and value.
+
+A config has ``datasets`` (each a synthetic or raw public dataset plus its split protocol),
+``training`` (settings of the shared training loop), ``methods`` (an ordered mapping of method
+name to its options; any ``training`` key may be overridden per method) and ``evaluation``.
+See ``configs/tail_quick.yaml`` for every key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from steps.configtools import DEFAULT_RUN, parse_resources, parse_run_settings, yaml_mapping
+from steps.configtools import integer as _integer
+from steps.configtools import number as _number
+from steps.errors import ConfigError
+
+#: Per-step compute requests (memory in MB); ``train`` may ask for a GPU (EASE's Gram matrix at
+#: ML-20M size needs ~10 GB).
+DEFAULT_RESOURCES = {
+    "prepare": {"cpu": 2, "memory": 16384, "gpu": 0},
+    "train": {"cpu": 4, "memory": 16384, "gpu": 0},
+    "report": {"cpu": 1, "memory": 4096, "gpu": 0},
+    "join": {"cpu": 1, "memory": 4096, "gpu": 0},
+}
+
+SOURCES = ("synthetic", "ml20m", "netflix", "msd")
+METHODS = ("ease", "ease_gd", "ipw", "tail_opt", "adversarial", "pop_rerank")
+#: Methods trained by the shared gradient loop (the others are closed-form).
+TRAINED_METHODS = ("ease_gd", "ipw", "tail_opt", "adversarial")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+EARLY_STOPPING = ("recall_at_20", "ndcg_at_100")
+ADV_LOSSES = ("recall", "recall_dist")
+LOSSES = ("l2",)
+DEVICES = ("auto", "cpu", "cuda")
+TAIL_BY = ("items", "interactions")
+_ADVERSARY = re.compile(r"^(linear|2b?mlp([1-9][0-9]*))$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}: unknown value {value!r}; choose from {list(choices)}")
+    return value
+
+
+def _mapping(key: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _reject_unknown(key: str, raw: Mapping[str, Any], cls) -> None:
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; allowed keys: {sorted(allowed)}")
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Protocol:
+    """Liang et al. (2018) strong generalisation: binarise, filter, hold out users, fold in 80 %."""
+
+    min_rating: float = 4.0  # interactions with rating >= min_rating are positives (MSD: all plays)
+    min_item_users: int = 0  # keep items with at least this many users (MSD: 200), applied first
+    min_user_items: int = 5  # then keep users with at least this many items (MSD: 20)
+    heldout_users: int = 10_000  # users in validation, and as many in test
+    test_fraction: float = 0.2  # share of a held-out user's items to evaluate on (the rest are folded in)
+    min_items_to_split: int = 5  # held-out users with fewer items keep them all as fold-in
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """A synthetic ML-20M ``ratings.csv``: Zipf popularity, item clusters, cluster-loving users."""
+
+    n_users: int = 20_000
+    n_items: int = 2_000
+    n_clusters: int = 20
+    mean_items_per_user: float = 40.0
+    zipf_exponent: float = 1.1  # item popularity ∝ (popularity rank + 1)^-exponent
+    popularity_weight: float = 0.5  # exponent on popularity in a user's item probabilities
+    cluster_affinity: float = 12.0  # weight of a user's favourite clusters over the rest
+    clusters_per_user: int = 2
+    low_rating_share: float = 0.2  # extra ratings below 4 (removed by binarisation)
+    seed: int = 2024
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    source: str = "synthetic"
+    path: str = ""  # ML-20M ratings.csv; Netflix training_set/ folder or combined_data_*.txt; MSD train_triplets.txt
+    protocol: Protocol = field(default_factory=Protocol)
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+
+
+def _protocol(key: str, raw: Any, source: str) -> Protocol:
+    raw = _mapping(key, raw)
+    _reject_unknown(key, raw, Protocol)
+    base = Protocol(min_rating=0.0, min_item_users=200, min_user_items=20, heldout_users=50_000) if source == "msd" else Protocol()
+    d: dict[str, Any] = {}
+    if "min_rating" in raw:
+        d["min_rating"] = _number(f"{key}.min_rating", raw["min_rating"])
+    for k, lo in (("min_item_users", 0), ("min_user_items", 1), ("heldout_users", 1), ("min_items_to_split", 1)):
+        if k in raw:
+            d[k] = _integer(f"{key}.{k}", raw[k], lo)
+    if "test_fraction" in raw:
+        d["test_fraction"] = _number(f"{key}.test_fraction", raw["test_fraction"], 0.0, 1.0, lo_open=True)
+        if d["test_fraction"] >= 1.0:
+            raise ConfigError(f"{key}.test_fraction: {raw['test_fraction']!r} is out of range (< 1 required)")
+    return replace(base, **d)
+
+
+def _synthetic(key: str, raw: Any) -> SyntheticSpec:
+    raw = _mapping(key, raw)
+    _reject_unknown(key, raw, SyntheticSpec)
+    d: dict[str, Any] = {}
+    for k, lo in (("n_users", 10), ("n_items", 10), ("n_clusters", 1), ("clusters_per_user", 1), ("seed", 0)):
+        if k in raw:
+            d[k] = _integer(f"{key}.{k}", raw[k], lo)
+    for k, lo in (("mean_items_per_user", 1.0), ("zipf_exponent", 0.0), ("popularity_weight", 0.0), ("cluster_affinity", 1.0)):
+        if k in raw:
+            d[k] = _number(f"{key}.{k}", raw[k], lo)
+    if "low_rating_share" in raw:
+        d["low_rating_share"] = _number(f"{key}.low_rating_share", raw["low_rating_share"], 0.0, 0.9)
+    spec = SyntheticSpec(**d)
+    if spec.clusters_per_user > spec.n_clusters:
+        raise ConfigError(f"{key}.clusters_per_user: {spec.clusters_per_user} exceeds n_clusters = {spec.n_clusters}")
+    if spec.mean_items_per_user * 2 > spec.n_items:
+        raise ConfigError(f"{key}.mean_items_per_user: {spec.mean_items_per_user} is too large for n_items = {spec.n_items}")
+    return spec
+
+
+def _dataset(i: int, raw: Any) -> DatasetSpec:
+    key = f"datasets[{i}]"
+    raw = _mapping(key, raw)
+    _reject_unknown(key, raw, DatasetSpec)
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{key}.name: expected a name of letters, digits, '-' or '_', got {name!r}")
+    source = _choice(f"{key}.source", raw.get("source", "synthetic"), SOURCES)
+    path = raw.get("path", "")
+    if not isinstance(path, str):
+        raise ConfigError(f"{key}.path: expected a file or folder path, got {path!r}")
+    if source != "synthetic" and not path:
+        raise ConfigError(f"{key}.path: a {source} dataset needs the path of its raw file(s)")
+    if source != "synthetic" and "synthetic" in raw:
+        raise ConfigError(f"{key}.synthetic: only a synthetic dataset takes synthetic settings")
+    return DatasetSpec(
+        name=name, source=source, path=path, protocol=_protocol(f"{key}.protocol", raw.get("protocol"), source),
+        synthetic=_synthetic(f"{key}.synthetic", raw.get("synthetic")),
+    )
+
+
+# --------------------------------------------------------------------------- training / methods
+@dataclass(frozen=True)
+class Training:
+    """Settings of the shared training loop (any of them may be overridden per method)."""
+
+    epochs: int = 50
+    batch_size: int = 1024
+    optimizer: str = "adam"  # adam, or sgd (momentum 0.9, as the reference code)
+    lr: float = 1e-3
+    wd: float = 0.0  # weight decay of the item-item matrix
+    loss_scale: float = 1000.0  # the per-cell squared error is multiplied by this (reference: 1e3)
+    schedule: str = "cosine"  # cosine annealing over ``epochs`` (reference) or constant
+    patience: int = 10  # epochs without a better validation score before stopping
+    early_stopping: str = "ndcg_at_100"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method and its options (unused options keep their defaults)."""
+
+    name: str
+    training: Training = field(default_factory=Training)
+    l2: float = 500.0  # ease / pop_rerank: EASE's λ
+    alpha: float = 1e-3  # ipw: w_i ∝ exp(−alpha · count_i)
+    beta: float = 0.1  # tail_opt: CVaR level (share of the worst cells optimised)
+    eta_lr: float = 0.01  # tail_opt: learning rate of η
+    adversary: str = "2bmlp2"  # adversarial: linear, 2mlpN or 2bmlpN
+    nstd: float = 1.0  # adversarial: output (and hidden, for b) scale before the sigmoid/tanh
+    alr: float = 1e-3  # adversarial: adversary learning rate
+    awd: float = 0.0  # adversarial: adversary weight decay
+    lam: float = 1.0  # adversarial: item weight = (1 − lam) + lam · normalised adversary weight
+    aloss: str = "recall"  # adversarial: per-item utility the adversary targets (recall or recall_dist)
+    dist_ones: bool = False  # adversarial: normalise that utility by the item's holders (else by users)
+    loss: str = "l2"  # learner loss (the reference's best settings all use l2)
+    adv_k: int = 100  # adversarial: list length of the utility
+    momentum: float = 0.9  # adversarial: moving average of the per-item utility
+    gamma: float = 0.3  # pop_rerank: popularity penalty
+
+    @property
+    def trained(self) -> bool:
+        return self.name in TRAINED_METHODS
+
+
+_METHOD_OPTIONS = {
+    "ease": {"l2"},
+    "ease_gd": set(),
+    "ipw": {"alpha"},
+    "tail_opt": {"beta", "eta_lr"},
+    "adversarial": {"adversary", "nstd", "alr", "awd", "lam", "aloss", "dist_ones", "loss", "adv_k", "momentum"},
+    "pop_rerank": {"l2", "gamma"},
+}
+
+
+def _training(key: str, raw: Any, base: Training) -> Training:
+    raw = _mapping(key, raw)
+    _reject_unknown(key, raw, Training)
+    d: dict[str, Any] = {}
+    for k, lo in (("epochs", 1), ("batch_size", 1), ("patience", 1)):
+        if k in raw:
+            d[k] = _integer(f"{key}.{k}", raw[k], lo)
+    if "optimizer" in raw:
+        d["optimizer"] = _choice(f"{key}.optimizer", raw["optimizer"], OPTIMIZERS)
+    if "schedule" in raw:
+        d["schedule"] = _choice(f"{key}.schedule", raw["schedule"], SCHEDULES)
+    if "early_stopping" in raw:
+        d["early_stopping"] = _choice(f"{key}.early_stopping", raw["early_stopping"], EARLY_STOPPING)
+    if "lr" in raw:
+        d["lr"] = _number(f"{key}.lr", raw["lr"], 0.0, lo_open=True)
+    if "wd" in raw:
+        d["wd"] = _number(f"{key}.wd", raw["wd"], 0.0)
+    if "loss_scale" in raw:
+        d["loss_scale"] = _number(f"{key}.loss_scale", raw["loss_scale"], 0.0, lo_open=True)
+    return replace(base, **d)
+
+
+def _method(name: str, raw: Any, training: Training) -> MethodSpec:
+    key = f"methods.{name}"
+    if name not in METHODS:
+        raise ConfigError(f"methods: unknown method {name!r}; choose from {list(METHODS)}")
+    raw = dict(_mapping(key, raw))
+    train_keys = {f.name for f in fields(Training)}
+    allowed = _METHOD_OPTIONS[name] | (train_keys if name in TRAINED_METHODS else set())
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; allowed keys: {sorted(allowed)}")
+    tr = _training(key, {k: v for k, v in raw.items() if k in train_keys}, training)
+    d: dict[str, Any] = {}
+    for k, lo, lo_open in (("l2", 0.0, True), ("alpha", 0.0, False), ("eta_lr", 0.0, True), ("nstd", 0.0, True),
+                           ("alr", 0.0, True), ("awd", 0.0, False), ("gamma", 0.0, False)):
+        if k in raw:
+            d[k] = _number(f"{key}.{k}", raw[k], lo, lo_open=lo_open)
+    if "beta" in raw:
+        d["beta"] = _number(f"{key}.beta", raw["beta"], 0.0, 1.0, lo_open=True)
+    for k in ("lam", "momentum"):
+        if k in raw:
+            d[k] = _number(f"{key}.{k}", raw[k], 0.0, 1.0)
+    if "adversary" in raw:
+        if not isinstance(raw["adversary"], str) or not _ADVERSARY.match(raw["adversary"]):
+            raise ConfigError(f"{key}.adversary: expected linear, 2mlpN or 2bmlpN (N = hidden width), got {raw['adversary']!r}")
+        d["adversary"] = raw["adversary"]
+    if "aloss" in raw:
+        d["aloss"] = _choice(f"{key}.aloss", raw["aloss"], ADV_LOSSES)
+    if "loss" in raw:
+        d["loss"] = _choice(f"{key}.loss", raw["loss"], LOSSES)
+    if "dist_ones" in raw:
+        d["dist_ones"] = _bool(f"{key}.dist_ones", raw["dist_ones"])
+    if "adv_k" in raw:
+        d["adv_k"] = _integer(f"{key}.adv_k", raw["adv_k"], 1)
+    return MethodSpec(name=name, training=tr, **d)
+
+
+@dataclass(frozen=True)
+class TailSpec:
+    by: str = "items"  # tail = the least popular `fraction` of items, or the least popular items
+    fraction: float = 0.8  # holding `fraction` of the training interactions
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    ks: tuple[int, ...] = (20, 50, 100)
+    tail: TailSpec = field(default_factory=TailSpec)
+    buckets: int = 5  # popularity buckets of equal training-interaction mass (head → tail)
+    batch_users: int = 1000
+
+    @property
+    def k_max(self) -> int:
+        return max(self.ks)
+
+
+def _evaluation(raw: Any) -> Evaluation:
+    raw = _mapping("evaluation", raw)
+    _reject_unknown("evaluation", raw, Evaluation)
+    d: dict[str, Any] = {}
+    if "ks" in raw:
+        ks = raw["ks"]
+        if not isinstance(ks, list) or not ks:
+            raise ConfigError(f"evaluation.ks: expected a non-empty list of integers, got {ks!r}")
+        d["ks"] = tuple(sorted({_integer(f"evaluation.ks[{i}]", k, 1) for i, k in enumerate(ks)}))
+    if "tail" in raw:
+        t = _mapping("evaluation.tail", raw["tail"])
+        _reject_unknown("evaluation.tail", t, TailSpec)
+        td: dict[str, Any] = {}
+        if "by" in t:
+            td["by"] = _choice("evaluation.tail.by", t["by"], TAIL_BY)
+        if "fraction" in t:
+            td["fraction"] = _number("evaluation.tail.fraction", t["fraction"], 0.0, 1.0, lo_open=True)
+        d["tail"] = TailSpec(**td)
+    if "buckets" in raw:
+        d["buckets"] = _integer("evaluation.buckets", raw["buckets"], 2)
+    if "batch_users" in raw:
+        d["batch_users"] = _integer("evaluation.batch_users", raw["batch_users"], 1)
+    ev = Evaluation(**d)
+    for k in (20, 50, 100):
+        if k not in ev.ks:
+            raise ConfigError(f"evaluation.ks: {list(ev.ks)} must include {k} (the results table reports it)")
+    return ev
+
+
+# --------------------------------------------------------------------------- the whole config
+@dataclass(frozen=True)
+class TailConfig:
+    name: str = "tail"
+    seed: int = 7
+    device: str = "auto"
+    datasets: tuple[DatasetSpec, ...] = ()
+    training: Training = field(default_factory=Training)
+    methods: tuple[MethodSpec, ...] = ()
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    save_models: bool = False  # also write every item-item matrix B as .npy (n² floats each)
+    resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
+    run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> "TailConfig":
+        raw = dict(raw or {})
+        _reject_unknown("config", raw, cls)
+        d: dict[str, Any] = {k: _integer(k, raw[k], 0) for k in ("seed",) if k in raw}
+        if "name" in raw:
+            d["name"] = raw["name"]
+            if not isinstance(d["name"], str) or not d["name"]:
+                raise ConfigError(f"name: expected a non-empty string, got {d['name']!r}")
+        if "device" in raw:
+            d["device"] = _choice("device", raw["device"], DEVICES)
+        if "save_models" in raw:
+            d["save_models"] = _bool("save_models", raw["save_models"])
+        ds = raw.get("datasets")
+        if not isinstance(ds, list) or not ds:
+            raise ConfigError(f"datasets: expected a non-empty list of datasets, got {ds!r}")
+        datasets = tuple(_dataset(i, x) for i, x in enumerate(ds))
+        names = [x.name for x in datasets]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"datasets: names must be unique, got {names}")
+        training = _training("training", raw.get("training"), Training())
+        ms = raw.get("methods")
+        if not isinstance(ms, Mapping) or not ms:
+            raise ConfigError(f"methods: expected a mapping of method name to options, got {ms!r}")
+        methods = tuple(_method(str(n), opts, training) for n, opts in ms.items())
+        if "resources" in raw:
+            d["resources"] = parse_resources(raw["resources"], DEFAULT_RESOURCES)
+        if "run" in raw:
+            d["run"] = parse_run_settings(raw["run"], DEFAULT_RUN)
+        return cls(datasets=datasets, training=training, methods=methods, evaluation=_evaluation(raw.get("evaluation")), **d)
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return [d.name for d in self.datasets]
+
+    @property
+    def method_names(self) -> list[str]:
+        return [m.name for m in self.methods]
+
+    def dataset(self, name: str) -> DatasetSpec:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise ConfigError(f"no dataset named {name!r}; datasets are {self.dataset_names}")
+
+    def method(self, name: str) -> MethodSpec:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise ConfigError(f"no method named {name!r}; methods are {self.method_names}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict that :meth:`from_dict` turns back into the same config."""
+        def clean(x):
+            if isinstance(x, tuple):
+                return [clean(v) for v in x]
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            return x
+
+        out = {"name": self.name, "seed": self.seed, "device": self.device, "save_models": self.save_models,
+               "datasets": [clean(asdict(d)) for d in self.datasets],
+               "training": clean(asdict(self.training)), "methods": {}, "evaluation": clean(asdict(self.evaluation)),
+               "resources": {k: dict(v) for k, v in self.resources.items()}, "run": dict(self.run)}
+        for m in self.methods:
+            opts = {k: v for k, v in clean(asdict(m)).items() if k in _METHOD_OPTIONS[m.name]}
+            if m.trained:
+                opts.update(clean(asdict(m.training)))
+            out["methods"][m.name] = opts
+        for d in out["datasets"]:
+            if d["source"] != "synthetic":
+                del d["synthetic"]
+        return out
+
+
+def parse_tail_config(text: str) -> dict[str, Any]:
+    """Metaflow ``Config`` parser: YAML text -> validated, complete settings dict."""
+    return TailConfig.from_dict(yaml_mapping(text)).as_dict()
+
+
+def load_tail_config(path: str) -> TailConfig:
+    with open(path, encoding="utf-8") as f:
+        return TailConfig.from_dict(yaml_mapping(f.read()))

@@ -1,0 +1,292 @@
+"""Item-item models and the objectives of the tail-promotion methods (PyTorch + NumPy).
+
+* :func:`ease_closed_form` — EASE (Steck 2019): B = I − P·diag(1/diag(P)), P = (XᵀX + λI)⁻¹,
+  i.e. B_ij = −P_ij / P_jj off the diagonal and B_ii = 0 (float64 inverse through torch/MKL).
+* :class:`ItemItem` — the gradient-trained item-item model: scores = X·B with diag(B) = 0,
+  trained on the per-cell squared reconstruction error with weight decay. Full-batch training
+  with loss ``s·mean((XB − X)²)`` and weight decay ``wd`` has the closed-form EASE solution with
+  λ = wd·m·n / (2s) (m users, n items): see :func:`ease_l2_for_weight_decay`.
+* Objectives (one per method, all ``l2``): plain (``ease_gd``), IPW item weights, CVaR tail
+  optimisation, and adversarial item re-weighting with an :class:`ItemAdversary`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from steps.errors import ConfigError, InputError
+
+
+# --------------------------------------------------------------------------- helpers
+def gram_matrix(train: sp.spmatrix) -> np.ndarray:
+    """XᵀX as a dense float64 (n_items × n_items) matrix, from a sparse user-item matrix."""
+    x = sp.csr_matrix(train, dtype=np.float64)
+    return (x.T @ x).toarray()
+
+
+def ease_closed_form(train: sp.spmatrix, l2: float, device: torch.device | str = "cpu") -> np.ndarray:
+    """EASE's item-item matrix B (float64, zero diagonal) for a sparse user-item matrix.
+
+    XᵀX comes from the sparse product; P = (XᵀX + λI)⁻¹ from torch's ``linalg.inv_ex`` in float64
+    on ``device`` (MKL on the CPU, cuSOLVER on a GPU); B is formed in place in P. Peak memory
+    ≈ 3 n² float64 (the Gram matrix, the factorisation and P). SciPy's LAPACK Cholesky inverse
+    (``dpotrf``/``dpotri``, 32-bit OpenBLAS) crashed at ML-20M size (20k items), so it is not used.
+    """
+    if l2 <= 0:
+        raise ConfigError(f"l2: EASE needs a positive λ, got {l2!r}")
+    g = torch.from_numpy(gram_matrix(train)).to(device)
+    g.diagonal().add_(l2)
+    p, info = torch.linalg.inv_ex(g)
+    del g
+    if int(info) != 0:
+        raise InputError(f"XᵀX + λI is singular (LU pivot {int(info)} is zero); increase l2 (now {l2})")
+    p.div_(-p.diagonal().clone()[None, :])
+    p.fill_diagonal_(0.0)
+    return p.cpu().numpy()
+
+
+def ease_l2_for_weight_decay(weight_decay: float, n_users: int, n_items: int, loss_scale: float) -> float:
+    """The EASE λ whose closed form the full-batch gradient model reaches: λ = wd·m·n / (2s)."""
+    return weight_decay * n_users * n_items / (2.0 * loss_scale)
+
+
+def to_torch_sparse(x: sp.spmatrix, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A scipy sparse matrix as a coalesced float32 torch COO tensor."""
+    c = sp.coo_matrix(x)
+    idx = torch.from_numpy(np.vstack([c.row, c.col]).astype(np.int64))
+    vals = torch.from_numpy(c.data.astype(np.float32))
+    return torch.sparse_coo_tensor(idx, vals, c.shape, device=device, check_invariants=False).coalesce()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a config error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but torch.cuda.is_available() is False")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- learner
+class ItemItem(nn.Module):
+    """scores = X·B, with B (n × n) kept at zero on the diagonal after every update."""
+
+    def __init__(self, n_items: int, init: np.ndarray | None = None) -> None:
+        super().__init__()
+        b = torch.zeros(n_items, n_items) if init is None else torch.as_tensor(init, dtype=torch.float32).clone()
+        self.B = nn.Parameter(b)
+        self.zero_diagonal_()
+
+    @torch.no_grad()
+    def zero_diagonal_(self) -> None:
+        self.B.diagonal().zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sparse.mm(x, self.B) if x.is_sparse else x @ self.B
+
+
+def squared_error(pred: torch.Tensor, x_dense: torch.Tensor) -> torch.Tensor:
+    return (pred - x_dense).square()
+
+
+# --------------------------------------------------------------------------- item weights
+def ipw_weights(item_counts: np.ndarray, alpha: float) -> np.ndarray:
+    """w_i ∝ exp(−α·count_i), normalised to mean 1 (computed stably in log space)."""
+    logw = -alpha * np.asarray(item_counts, dtype=np.float64)
+    w = np.exp(logw - logw.max())
+    return w / w.mean()
+
+
+def mean_one(w: torch.Tensor) -> torch.Tensor:
+    """Weights divided by their (detached) mean, as the reference normalises them."""
+    return w / w.mean().detach().clamp_min(1e-12)
+
+
+_STRUCT = re.compile(r"^(linear|2(b?)mlp([1-9][0-9]*))$")
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+class ItemAdversary(nn.Module):
+    """Maps each item's interaction profile (a column of X, length = users) to a weight in (0, 1).
+
+    ``linear``: sigmoid(nstd · (w·x + b)). ``2mlpN``: Linear(users→N) → BatchNorm → tanh →
+    Linear(N→1) → BatchNorm → ×nstd → sigmoid. ``2bmlpN``: the same on centred inputs
+    (x − μ)/σ, μ and σ the mean and standard deviation of X's cells, with ×nstd also before tanh.
+    The first layer (and the linear bias) start at zero: every item weight starts at ½; batch statistics are always those of the
+    whole catalogue, which every forward pass sees.
+    """
+
+    def __init__(self, n_users: int, struct: str, nstd: float, density: float) -> None:
+        super().__init__()
+        m = _STRUCT.match(struct)
+        if not m:
+            raise ConfigError(f"adversary: expected linear, 2mlpN or 2bmlpN, got {struct!r}")
+        self.struct = struct
+        self.nstd = nstd
+        self.centred = m.group(2) == "b"
+        self.mean = density
+        self.std = math.sqrt(max(density * (1.0 - density), 1e-12))
+        if m.group(1) == "linear":
+            self.first = nn.Linear(n_users, 1, bias=True)
+            self.head = nn.Identity()
+        else:
+            width = int(m.group(3))
+            self.first = nn.Linear(n_users, width, bias=False)
+            hidden = [nn.BatchNorm1d(width, affine=False, track_running_stats=False)]
+            if self.centred:
+                hidden.append(_Scale(nstd))
+            hidden += [nn.Tanh(), nn.Linear(width, 1, bias=False), nn.BatchNorm1d(1, affine=False, track_running_stats=False)]
+            self.head = nn.Sequential(*hidden)
+        with torch.no_grad():
+            self.first.weight.zero_()
+            if self.first.bias is not None:
+                self.first.bias.zero_()
+
+    def forward(self, x_items: torch.Tensor) -> torch.Tensor:
+        h = torch.sparse.mm(x_items, self.first.weight.T) if x_items.is_sparse else x_items @ self.first.weight.T
+        if self.centred:  # W(x − μ1)/σ without densifying x
+            h = (h - self.mean * self.first.weight.sum(dim=1)[None, :]) / self.std
+        if self.first.bias is not None:
+            h = h + self.first.bias
+        return torch.sigmoid(self.nstd * self.head(h)).squeeze(1)
+
+
+def item_utility(pred: torch.Tensor, x_dense: torch.Tensor, k: int, kind: str) -> torch.Tensor:
+    """Per-item utility of one batch's lists (summed over the batch users).
+
+    ``recall``: how many users hold the item and have it in their top-k (the reference's
+    ``recall_ind``). ``recall_dist``: each such hit counts 1/min(k, #items the user holds), the
+    item's share of the user's Recall@k.
+    """
+    k = min(k, pred.shape[1])
+    top = torch.topk(pred, k, dim=1).indices
+    hits = x_dense.gather(1, top)
+    if kind == "recall_dist":
+        hits = hits / x_dense.sum(dim=1, keepdim=True).clamp(min=1.0, max=float(k))
+    out = torch.zeros(pred.shape[1], dtype=pred.dtype, device=pred.device)
+    return out.index_add_(0, top.reshape(-1), hits.reshape(-1))
+
+
+# --------------------------------------------------------------------------- objectives
+class Objective:
+    """The learner's loss of one method; may hold parameters and an adversary of its own."""
+
+    def __init__(self, loss_scale: float) -> None:
+        self.loss_scale = loss_scale
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def item_weights(self) -> torch.Tensor | None:
+        return None
+
+    def learner_loss(self, pred: torch.Tensor, x_dense: torch.Tensor) -> torch.Tensor:
+        return self.loss_scale * squared_error(pred, x_dense).mean()
+
+    def after_learner_step(self, pred: torch.Tensor, x_dense: torch.Tensor) -> None:
+        """Called with the batch's (detached) predictions after every learner update."""
+
+    def state(self) -> dict:
+        return {}
+
+
+class WeightedObjective(Objective):
+    """s · mean_i ω_i · mean_u (x̂_ui − x_ui)² with fixed item weights ω (IPW)."""
+
+    def __init__(self, loss_scale: float, weights: np.ndarray, device) -> None:
+        super().__init__(loss_scale)
+        self.weights = torch.as_tensor(weights, dtype=torch.float32, device=device)
+
+    def item_weights(self) -> torch.Tensor:
+        return self.weights
+
+    def learner_loss(self, pred, x_dense):
+        return self.loss_scale * (squared_error(pred, x_dense).mean(dim=0) * self.weights).mean()
+
+
+class TailObjective(Objective):
+    """CVaR tail optimisation over cells: s · mean(η + ReLU(e − η)/β), e the squared error, η learned."""
+
+    def __init__(self, loss_scale: float, beta: float, device) -> None:
+        super().__init__(loss_scale)
+        self.beta = beta
+        self.eta = nn.Parameter(torch.zeros((), device=device))
+
+    def parameters(self):
+        return [self.eta]
+
+    def learner_loss(self, pred, x_dense):
+        e = squared_error(pred, x_dense)
+        return self.loss_scale * (self.eta + torch.relu(e - self.eta) / self.beta).mean()
+
+    def state(self) -> dict:
+        return {"eta": float(self.eta.detach())}
+
+
+class AdversarialObjective(Objective):
+    """Adversarially re-weighted items: the learner minimises s · mean_i ω_i ℓ_i with
+    ω = (1 − lam) + lam·ŵ, ŵ the adversary's weights normalised to mean 1; after each learner step
+    the adversary takes one step maximising mean_i ŵ_i · d_i, d_i = −u_i / mean|u| the item's
+    disadvantage, u_i a moving average of its per-item utility (:func:`item_utility`) divided by
+    the users that hold it (``dist_ones``) or by the users seen."""
+
+    def __init__(self, loss_scale: float, adversary: ItemAdversary, x_items: torch.Tensor, *, lam: float, kind: str,
+                 dist_ones: bool, k: int, momentum: float, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__(loss_scale)
+        self.adversary = adversary
+        self.x_items = x_items
+        self.lam = lam
+        self.kind = kind
+        self.dist_ones = dist_ones
+        self.k = k
+        self.momentum = momentum
+        self.optimizer = optimizer
+        n = x_items.shape[0]
+        dev = x_items.device
+        self.utility_sum = torch.zeros(n, device=dev)
+        self.utility_count = torch.zeros(n, device=dev)
+        self._refresh()
+        self.last_adversary_loss = float("nan")
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        self.weights = mean_one(self.adversary(self.x_items)).detach()
+
+    def item_weights(self) -> torch.Tensor:
+        return (1.0 - self.lam) + self.lam * self.weights
+
+    def learner_loss(self, pred, x_dense):
+        per_item = squared_error(pred, x_dense).mean(dim=0)
+        return self.loss_scale * (per_item * self.item_weights()).mean()
+
+    def after_learner_step(self, pred, x_dense):
+        with torch.no_grad():
+            u = item_utility(pred, x_dense, self.k, self.kind)
+            c = x_dense.sum(dim=0) if self.dist_ones else torch.full_like(u, float(x_dense.shape[0]))
+            self.utility_sum.mul_(self.momentum).add_(u)
+            self.utility_count.mul_(self.momentum).add_(c)
+            utility = self.utility_sum / self.utility_count.clamp_min(1e-12)
+            disadvantage = -utility / utility.abs().mean().clamp_min(1e-12)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = -(mean_one(self.adversary(self.x_items)) * disadvantage).mean()
+        loss.backward()
+        self.optimizer.step()
+        self.last_adversary_loss = float(loss.detach())
+        self._refresh()
+
+    def state(self) -> dict:
+        return {"adversary_loss": self.last_adversary_loss}

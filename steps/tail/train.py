@@ -1,0 +1,167 @@
+"""The one training loop shared by every gradient-trained method (ease_gd, ipw, tail_opt, adversarial).
+
+Each epoch visits the training users in a seeded random order, in mini-batches; per batch the
+learner takes one optimiser step on its method's loss (then diag(B) is reset to 0), and an
+adversarial method's adversary takes its own step right after (alternating updates). After every
+epoch the model's lists for the validation users are scored; the best epoch by the early-stopping
+metric (Recall@20 or nDCG@100) is kept, and training stops after ``patience`` epochs without
+improvement. The learning rate follows a cosine schedule over ``epochs`` (or stays constant).
+Everything random comes from explicit seeds; torch runs with deterministic algorithms, so a
+re-run (or a resumed task) reproduces the same matrix on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+
+from steps import metrics
+from steps.errors import InputError
+from steps.seeding import rng_for
+from steps.tail.config import MethodSpec, Training
+from steps.tail.models import (
+    AdversarialObjective,
+    ItemAdversary,
+    ItemItem,
+    Objective,
+    TailObjective,
+    WeightedObjective,
+    ipw_weights,
+    to_torch_sparse,
+)
+from steps.tail.evaluate import topk_lists
+
+
+@dataclass
+class FitResult:
+    B: np.ndarray  # float32 item-item matrix of the best epoch
+    epochs: int  # epochs run
+    best_epoch: int
+    history: pl.DataFrame  # epoch, train_loss, valid_recall_at_20, valid_ndcg_at_100, lr, extra
+    seconds: float
+    item_weights: np.ndarray | None = None  # final learner item weights (ipw / adversarial)
+    notes: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def deterministic_torch(seed: int):
+    """Deterministic algorithms and a seeded global generator (for module initialisation) inside the block."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was)
+
+
+def make_optimizer(params, training: Training, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def build_objective(method: MethodSpec, train: sp.csr_matrix, item_counts: np.ndarray, device) -> Objective:
+    tr = method.training
+    if method.name == "ease_gd":
+        return Objective(tr.loss_scale)
+    if method.name == "ipw":
+        return WeightedObjective(tr.loss_scale, ipw_weights(item_counts, method.alpha), device)
+    if method.name == "tail_opt":
+        return TailObjective(tr.loss_scale, method.beta, device)
+    if method.name == "adversarial":
+        n_users, n_items = train.shape
+        density = train.nnz / float(n_users * n_items)
+        adversary = ItemAdversary(n_users, method.adversary, method.nstd, density).to(device)
+        opt = make_optimizer(adversary.parameters(), tr, method.alr, method.awd)
+        return AdversarialObjective(
+            tr.loss_scale, adversary, to_torch_sparse(train.T.tocsr(), device), lam=method.lam, kind=method.aloss,
+            dist_ones=method.dist_ones, k=method.adv_k, momentum=method.momentum, optimizer=opt,
+        )
+    raise InputError(f"{method.name!r} is not a gradient-trained method")
+
+
+def validation_scores(B: torch.Tensor, valid_tr: sp.csr_matrix, valid_te: sp.csr_matrix, batch_users: int, device) -> dict:
+    """Mean Recall@20 and nDCG@100 of the validation users that have held-out items."""
+    top = topk_lists(B, valid_tr, 100, batch_users, device)
+    n_held = np.diff(valid_te.indptr)
+    users = np.flatnonzero((n_held > 0) & (top[:, 0] >= 0))
+    sub = valid_te[users]
+    offsets = sub.indptr.astype(np.int64)
+    pos = metrics.heldout_positions(top[users], np.repeat(np.arange(len(users)), np.diff(offsets)), sub.indices)
+    return {"recall_at_20": float(np.nanmean(metrics.recall_at_k(offsets, pos, 20))),
+            "ndcg_at_100": float(np.nanmean(metrics.ndcg_at_k(offsets, pos, 100)))}
+
+
+def run_epoch(model: ItemItem, objective: Objective, optimizer: torch.optim.Optimizer, train: sp.csr_matrix,
+              order: np.ndarray, batch_size: int, device) -> float:
+    """One pass over ``train``'s rows in ``order``; returns the mean learner loss."""
+    total, n = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        xb = train[order[start : start + batch_size]]
+        x = to_torch_sparse(xb, device)
+        x_dense = x.to_dense()
+        pred = model(x)
+        loss = objective.learner_loss(pred, x_dense)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.zero_diagonal_()
+        objective.after_learner_step(pred.detach(), x_dense)
+        total += float(loss.detach()) * xb.shape[0]
+        n += xb.shape[0]
+    return total / max(n, 1)
+
+
+def fit_item_item(method: MethodSpec, train: sp.csr_matrix, valid_tr: sp.csr_matrix, valid_te: sp.csr_matrix,
+                  item_counts: np.ndarray, seed: int, device: torch.device | str = "cpu", batch_users: int = 1000,
+                  log=print) -> FitResult:
+    """Train ``method`` with early stopping on the validation users (see the module docstring)."""
+    tr = method.training
+    t0 = time.perf_counter()
+    train = sp.csr_matrix(train, dtype=np.float32)
+    n_users, n_items = train.shape
+    with deterministic_torch(int(rng_for(seed, "torch-init", method.name).integers(2**31))):
+        model = ItemItem(n_items).to(device)
+        objective = build_objective(method, train, item_counts, device)
+        groups = [{"params": model.parameters(), "lr": tr.lr, "weight_decay": tr.wd}]
+        if objective.parameters():
+            lr_eta = method.eta_lr
+            groups.append({"params": objective.parameters(), "lr": lr_eta, "weight_decay": 0.0})
+        optimizer = make_optimizer(groups, tr, tr.lr, tr.wd)
+        schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tr.epochs) if tr.schedule == "cosine"
+                    else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0))
+        best_score, best_epoch, best_B, stale = -np.inf, 0, model.B.detach().clone(), 0
+        rows = []
+        for epoch in range(1, tr.epochs + 1):
+            lr = optimizer.param_groups[0]["lr"]
+            order = rng_for(seed, "tail-epoch", method.name, epoch).permutation(n_users)
+            loss = run_epoch(model, objective, optimizer, train, order, tr.batch_size, device)
+            if not np.isfinite(loss):
+                raise InputError(f"{method.name}: the training loss became {loss} in epoch {epoch}; lower lr (now {tr.lr})")
+            scores = validation_scores(model.B.detach(), valid_tr, valid_te, batch_users, device)
+            rows.append({"epoch": epoch, "train_loss": loss, "lr": lr, **{f"valid_{k}": v for k, v in scores.items()},
+                         **objective.state()})
+            log(f"{method.name} epoch {epoch}: loss {loss:.5g} valid recall@20 {scores['recall_at_20']:.4f} "
+                f"ndcg@100 {scores['ndcg_at_100']:.4f}")
+            if scores[tr.early_stopping] > best_score:
+                best_score, best_epoch, stale = scores[tr.early_stopping], epoch, 0
+                best_B = model.B.detach().clone()
+            else:
+                stale += 1
+                if stale >= tr.patience:
+                    break
+            schedule.step()
+        weights = objective.item_weights()
+    return FitResult(
+        B=best_B.cpu().numpy().astype(np.float32), epochs=len(rows), best_epoch=best_epoch,
+        history=pl.DataFrame(rows), seconds=time.perf_counter() - t0,
+        item_weights=None if weights is None else weights.detach().cpu().numpy().astype(np.float64),
+    )

@@ -1,0 +1,80 @@
+"""End-to-end: TailFlow through Metaflow's Runner on tiny synthetic data, a failed task and resume."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from steps.storage import load_array
+from tests.flowrun import CONFIGS, card_data
+
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
+QUICK = CONFIGS / "tail_quick.yaml"
+ISSUE_COLUMNS = ["dataset", "method", "split", "recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20", "gini",
+                 "tail_share", "epochs", "seconds"]
+METHODS = ["ease", "ease_gd", "ipw", "tail_opt", "adversarial", "pop_rerank"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(flow_runner):
+    run = flow_runner.run("tail_flow.py", QUICK)
+    assert run.ok, run.stderr[-3000:]
+    return run
+
+
+def _deterministic(results: pl.DataFrame) -> pl.DataFrame:
+    return results.drop("seconds")
+
+
+def test_results_artifact(quick_run):
+    results = quick_run.run.data.results
+    assert isinstance(results, pl.DataFrame)
+    assert results.columns[: len(ISSUE_COLUMNS)] == ISSUE_COLUMNS
+    assert results.height == len(METHODS) * 2
+    assert results["method"].unique(maintain_order=True).to_list() == METHODS
+    assert set(results["split"]) == {"validation", "test"}
+    trained = results.filter(pl.col("method").is_in(["ease_gd", "ipw", "tail_opt", "adversarial"]))
+    assert (trained["epochs"] >= 1).all() and (results.filter(pl.col("method") == "ease")["epochs"] == 0).all()
+    for col in ("recall_at_20", "ndcg_at_100", "coverage_at_20", "gini", "tail_share"):
+        assert results[col].is_between(0, 1).all()
+
+
+def test_promotion_raises_coverage_over_ease(quick_run):
+    test = quick_run.run.data.results.filter(pl.col("split") == "test")
+    cov = dict(zip(test["method"], test["coverage_at_20"]))
+    for method in ("ipw", "tail_opt", "adversarial"):
+        assert cov[method] > cov["ease"], (method, cov)
+    # the report states the accuracy change against EASE for every method, whatever its sign
+    statements = quick_run.run.data.statements
+    assert len(statements) == len(METHODS) - 1
+    assert all("Recall@20" in s and "coverage@20" in s for s in statements)
+
+
+def test_exports_buckets_and_card(quick_run, flow_runner):
+    data = quick_run.run.data
+    export = Path(data.export_dir)
+    assert export == flow_runner.cwd / "artifacts" / "TailFlow" / quick_run.run_id
+    assert pl.read_csv(export / "results.csv").height == data.results.height
+    for png in ("accuracy_vs_coverage.png", "exposure_by_popularity.png", "item_recall_by_popularity.png"):
+        assert (export / png).stat().st_size > 10_000
+    buckets = data.buckets.filter(pl.col("split") == "test")
+    for method in METHODS:
+        b = buckets.filter(pl.col("method") == method)
+        assert b.height == 5 and b["exposure_share_at_20"].sum() == pytest.approx(1.0)
+    lists = load_array(data.files["synthetic/adversarial"]["lists"])
+    assert lists.shape[1] == 100
+    html = card_data(quick_run.run["report"].task, "report")
+    for text in ("Results", "Accuracy against coverage", "Exposure by popularity bucket", "against EASE", "image"):
+        assert text in html
+
+
+def test_failed_train_task_then_resume_matches_uninterrupted_run(quick_run, flow_runner):
+    env = flow_runner.env(RECALIGN_FAIL_AT="train:synthetic/adversarial")
+    failed = flow_runner.run("tail_flow.py", QUICK, env=env)
+    assert failed.status == "failed"
+    assert not (flow_runner.cwd / "artifacts" / "TailFlow" / failed.run_id).exists()
+    resumed = flow_runner.resume("tail_flow.py", failed.run_id)
+    assert resumed.ok, resumed.stderr[-3000:]
+    assert_frame_equal(_deterministic(resumed.run.data.results), _deterministic(quick_run.run.data.results))
+    assert_frame_equal(resumed.run.data.buckets, quick_run.run.data.buckets)

@@ -1,0 +1,235 @@
+"""EASE (against Cornac), the gradient model, objectives, adversary, lists (steps/tail/models.py, evaluate.py, train.py)."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from steps.errors import ConfigError
+from steps.tail.config import Evaluation, MethodSpec, Protocol, SyntheticSpec, Training
+from steps.tail.evaluate import (
+    _topk_rows,
+    evaluate_lists,
+    popularity_buckets,
+    popularity_penalty,
+    tail_items,
+    topk_lists,
+)
+from steps.tail.models import (
+    AdversarialObjective,
+    ItemAdversary,
+    ItemItem,
+    Objective,
+    TailObjective,
+    WeightedObjective,
+    ease_closed_form,
+    ease_l2_for_weight_decay,
+    ipw_weights,
+    item_utility,
+    mean_one,
+    resolve_device,
+    to_torch_sparse,
+)
+from steps.tail.synthetic import iter_synthetic_ratings
+from steps.tail.data import split_strong_generalisation
+from steps.tail.train import fit_item_item, run_epoch
+
+
+@pytest.fixture(scope="module")
+def split():
+    import polars as pl
+
+    spec = SyntheticSpec(n_users=700, n_items=150, n_clusters=6, mean_items_per_user=15, popularity_weight=1.0, seed=5)
+    raw = pl.concat(list(iter_synthetic_ratings(spec))).select(
+        pl.col("userId").alias("user"), pl.col("movieId").alias("item"), "rating")
+    return split_strong_generalisation(raw, Protocol(heldout_users=80), seed=11)
+
+
+# --------------------------------------------------------------------------- EASE vs Cornac
+def _reference_topk(scores: np.ndarray, fold_in: sp.csr_matrix, k: int) -> np.ndarray:
+    """Independent top-k: mask fold-in items, stable sort by (−score, item index)."""
+    s = np.where(fold_in.toarray() > 0, -np.inf, scores)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.where(np.isneginf(np.take_along_axis(s, order, axis=1)), -1, order)
+
+
+def test_closed_form_ease_equals_cornac(split):
+    from cornac.data import Dataset
+    from cornac.models import EASE
+
+    lam = 50.0
+    train = split.train
+    coo = train.tocoo()
+    triplets = [(f"u{u}", f"i{i}", 1.0) for u, i in zip(coo.row.tolist(), coo.col.tolist())]
+    ds = Dataset.from_uir(triplets, seed=0)
+    model = EASE(lamb=lam, posB=False, verbose=False).fit(ds)
+    # Cornac numbers items in order of appearance: map its B into our column order
+    idx = np.array([ds.iid_map[f"i{i}"] for i in range(train.shape[1])])
+    b_cornac = model.B[np.ix_(idx, idx)]
+    b_ours = ease_closed_form(train, lam)
+    np.testing.assert_allclose(b_ours, b_cornac, rtol=0, atol=1e-9)
+    # same top-k lists and metrics for the held-out test users
+    k = 50
+    ours = topk_lists(b_ours, split.test_tr, k)
+    ref = _reference_topk(np.asarray(split.test_tr @ b_cornac), split.test_tr, k)
+    np.testing.assert_array_equal(ours, ref)
+    counts = np.diff(train.tocsc().indptr)
+    ev = Evaluation()
+    groups = (tail_items(counts, ev.tail), popularity_buckets(counts, ev.buckets))
+    m_ours = evaluate_lists(ours, split.test_te, counts, train.shape[0], *groups, ev).summary
+    m_ref = evaluate_lists(ref, split.test_te, counts, train.shape[0], *groups, ev).summary
+    for key in ("recall_at_20", "recall_at_50", "ndcg_at_50", "coverage_at_20", "gini", "tail_share"):
+        assert m_ours[key] == pytest.approx(m_ref[key], abs=1e-6)
+    assert m_ours["recall_at_20"] > 0.05  # the lists are far better than nothing
+
+
+def test_ease_hand_checked():
+    # X = [[1, 1], [1, 0]]: XᵀX = [[2, 1], [1, 1]]; + λI (λ = 1) = [[3, 1], [1, 2]]
+    # P = 1/5 · [[2, −1], [−1, 3]];  B_01 = −P_01 / P_11 = (1/5) / (3/5) = 1/3;  B_10 = −P_10 / P_00 = 1/2
+    b = ease_closed_form(sp.csr_matrix([[1.0, 1.0], [1.0, 0.0]]), 1.0)
+    np.testing.assert_allclose(b, [[0.0, 1 / 3], [0.5, 0.0]])
+    with pytest.raises(ConfigError, match="positive λ"):
+        ease_closed_form(sp.csr_matrix([[1.0]]), 0.0)
+
+
+def test_gradient_model_converges_to_closed_form():
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((40, 10)) < 0.35).astype(np.float32))
+    scale, wd = 10.0, 0.05
+    lam = ease_l2_for_weight_decay(wd, 40, 10, scale)  # = 0.05 · 40 · 10 / 20 = 1.0
+    assert lam == pytest.approx(1.0)
+    torch.manual_seed(0)
+    model = ItemItem(10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=wd)
+    order = np.arange(40)
+    for _ in range(1500):  # full batch: one step per epoch
+        run_epoch(model, Objective(scale), opt, x, order, batch_size=40, device="cpu")
+    np.testing.assert_allclose(model.B.detach().numpy(), ease_closed_form(x, lam), atol=2e-4)
+    assert (model.B.detach().diagonal() == 0).all()
+
+
+# --------------------------------------------------------------------------- objectives
+def test_ipw_weights():
+    # α = ln 2: w ∝ 2^-count = [1, 1/2, 1/4]; mean 7/12 -> [12/7, 6/7, 3/7]
+    np.testing.assert_allclose(ipw_weights(np.array([0, 1, 2]), math.log(2)), [12 / 7, 6 / 7, 3 / 7])
+    w = ipw_weights(np.array([0, 10_000]), 1.0)  # no overflow / NaN for huge counts
+    assert np.isfinite(w).all() and w.mean() == pytest.approx(1.0)
+
+
+def test_weighted_and_tail_losses():
+    pred = torch.tensor([[0.0, 1.0, 2.0]])
+    x = torch.tensor([[0.0, 0.0, 0.0]])
+    # squared errors [0, 1, 4]; weights [1, 1, 4]: mean = (0 + 1 + 16)/3; × scale 2
+    loss = WeightedObjective(2.0, np.array([1.0, 1.0, 4.0]), "cpu").learner_loss(pred, x)
+    assert float(loss) == pytest.approx(2 * 17 / 3)
+    tail = TailObjective(1.0, beta=0.5, device="cpu")
+    with torch.no_grad():
+        tail.eta.fill_(1.0)
+    # η + ReLU(e − η)/β = [1, 1, 1 + 3/0.5] -> mean 3
+    assert float(tail.learner_loss(pred, x).detach()) == pytest.approx(3.0)
+
+
+def test_item_utility_recall_and_recall_dist():
+    pred = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.1, 0.9, 0.8, 0.0]])
+    x = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
+    # top-2: user 0 -> items {0, 1}, hits item 0; user 1 -> items {1, 2}, hits items 1 and 2
+    assert item_utility(pred, x, 2, "recall").tolist() == [1.0, 1.0, 1.0, 0.0]
+    # recall_dist: a hit counts 1/min(k, #held): user 0 holds 2 -> 1/2; user 1 holds 3 -> 1/min(2, 3) = 1/2
+    assert item_utility(pred, x, 2, "recall_dist").tolist() == [0.5, 0.5, 0.5, 0.0]
+
+
+def test_adversary_shapes_centring_and_start():
+    rng = np.random.default_rng(1)
+    x = (rng.random((30, 12)) < 0.3).astype(np.float32)  # 30 users × 12 items
+    items = to_torch_sparse(sp.csr_matrix(x.T))
+    density = x.mean()
+    torch.manual_seed(0)
+    for struct in ("linear", "2mlp4", "2bmlp2"):
+        adv = ItemAdversary(30, struct, nstd=1.5, density=float(density))
+        w = adv(items)
+        assert w.shape == (12,)
+        np.testing.assert_allclose(w.detach().numpy(), 0.5)  # zero first layer: every weight ½
+    adv = ItemAdversary(30, "2bmlp2", nstd=1.0, density=float(density))
+    with torch.no_grad():
+        adv.first.weight.normal_()
+    dense = torch.tensor(x.T)
+    centred = (dense - density) / math.sqrt(density * (1 - density))
+    want = torch.sigmoid(adv.head(centred @ adv.first.weight.T)).squeeze(1)
+    torch.testing.assert_close(adv(items), want)
+    with pytest.raises(ConfigError):
+        ItemAdversary(30, "3mlp2", 1.0, 0.1)
+
+
+def test_adversary_upweights_items_with_low_utility():
+    # 6 items; the learner's lists always hit items 0-2 (utility high) and never 3-5
+    rng = np.random.default_rng(2)
+    x = sp.csr_matrix((rng.random((50, 6)) < 0.5).astype(np.float32))
+    torch.manual_seed(0)
+    adv = ItemAdversary(50, "linear", nstd=1.0, density=0.5)
+    obj = AdversarialObjective(1.0, adv, to_torch_sparse(x.T.tocsr()), lam=1.0, kind="recall", dist_ones=True, k=3,
+                               momentum=0.9, optimizer=torch.optim.Adam(adv.parameters(), lr=0.05))
+    pred = torch.tensor([[3.0, 2.0, 1.0, -1.0, -2.0, -3.0]]).repeat(50, 1)
+    xd = torch.tensor(x.toarray())
+    for _ in range(30):
+        obj.after_learner_step(pred, xd)
+    w = obj.item_weights().numpy()
+    assert w[3:].min() > w[:3].max()
+    assert w.mean() == pytest.approx(1.0, abs=1e-5)
+    assert mean_one(torch.tensor([1.0, 3.0])).tolist() == [0.5, 1.5]
+
+
+# --------------------------------------------------------------------------- lists
+def test_topk_ties_by_lower_index_and_empty_slots():
+    s = torch.tensor([[0.0, 1.0, 1.0, 0.0, float("-inf")], [3.0, 0.0, 0.0, 0.0, 0.0]])
+    assert _topk_rows(s, 3).tolist() == [[1, 2, 0], [0, 1, 2]]
+    assert _topk_rows(torch.tensor([[1.0, float("-inf"), float("-inf")]]), 3).tolist() == [[0, -1, -1]]
+
+
+def test_topk_lists_mask_fold_in_and_pop_rerank():
+    b = np.array([[0.0, 1.0, 0.5], [1.0, 0.0, 0.2], [0.5, 0.2, 0.0]], dtype=np.float32)
+    fold_in = sp.csr_matrix([[1.0, 0.0, 0.0]])
+    # scores of user = row 0 of B: [0, 1, .5]; item 0 is folded in -> list [1, 2, -1]
+    assert topk_lists(b, fold_in, 3).tolist() == [[1, 2, -1]]
+    # popularity penalty: counts [1, 100, 0] -> π = log1p(c)/log1p(100) = [.150, 1, 0]
+    pen = popularity_penalty(np.array([1, 100, 0]))
+    np.testing.assert_allclose(pen, [math.log(2) / math.log(101), 1.0, 0.0])
+    # γ = 0.6: s' = s − 0.6 · max(s) · π = [−, 1 − 0.6, 0.5 − 0] -> item 2 before item 1
+    assert topk_lists(b, fold_in, 2, penalty=pen, gamma=0.6).tolist() == [[2, 1]]
+
+
+def test_tail_and_buckets():
+    counts = np.array([50, 30, 10, 5, 3, 2])
+    # least popular half of the items
+    assert tail_items(counts, type("T", (), {"by": "items", "fraction": 0.5})()).tolist() == [False, False, False, True, True, True]
+    # least popular items holding <= 10 % of 100 interactions: 2 + 3 + 5 = 10
+    assert tail_items(counts, type("T", (), {"by": "interactions", "fraction": 0.1})()).tolist() == [False, False, False, True, True, True]
+    # equal-mass buckets of 100 interactions: cumulative before = 0, 50, 80, 90, 95, 98 -> ×2/100 -> 0, 1, 1, 1, 1, 1
+    assert popularity_buckets(counts, 2).tolist() == [0, 1, 1, 1, 1, 1]
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="cuda"):
+            resolve_device("cuda")
+
+
+# --------------------------------------------------------------------------- training loop
+@pytest.mark.parametrize("name, extra", [("ease_gd", {}), ("ipw", {"alpha": 0.01}), ("tail_opt", {"beta": 0.2}),
+                                         ("adversarial", {"adversary": "2bmlp2", "alr": 0.01})])
+def test_fit_is_reproducible_and_early_stops(split, name, extra):
+    counts = np.diff(split.train.tocsc().indptr)
+    m = MethodSpec(name=name, training=Training(epochs=4, batch_size=128, lr=3e-3, wd=0.5, patience=2), **extra)
+    a = fit_item_item(m, split.train, split.valid_tr, split.valid_te, counts, seed=3, log=lambda s: None)
+    b = fit_item_item(m, split.train, split.valid_tr, split.valid_te, counts, seed=3, log=lambda s: None)
+    np.testing.assert_array_equal(a.B, b.B)
+    assert 1 <= a.best_epoch <= a.epochs <= 4
+    assert a.history.height == a.epochs
+    assert (np.diag(a.B) == 0).all()
+    best = a.history["valid_ndcg_at_100"].max()
+    assert a.history["valid_ndcg_at_100"][a.best_epoch - 1] == best
+    if name in ("ipw", "adversarial"):
+        assert a.item_weights is not None and a.item_weights.mean() == pytest.approx(1.0, abs=1e-5)
