@@ -9,10 +9,13 @@ import polars as pl
 
 
 def concat(frames: Sequence[pl.DataFrame | None]) -> pl.DataFrame:
-    """Stack tables (missing columns filled with nulls, compatible dtypes widened); skips None and
-    empty tables; an empty DataFrame when nothing is left."""
-    frames = [f for f in frames if f is not None and not f.is_empty()]
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    """Stack tables (missing columns filled with nulls, compatible dtypes widened), skipping None
+    and empty tables; when every table is empty, the first one (its schema kept)."""
+    frames = [f for f in frames if f is not None]
+    non_empty = [f for f in frames if not f.is_empty()]
+    if non_empty:
+        return pl.concat(non_empty, how="diagonal_relaxed")
+    return frames[0].clear() if frames else pl.DataFrame()
 
 
 def json_default(o):

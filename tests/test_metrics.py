@@ -149,3 +149,17 @@ def test_metrics_from_positions_of_a_permutation():
     # negatives at positions 0 and 2; positive@1 beats the negative@2 (1 of 2), positive@3 beats none
     assert m["auc"][0] == pytest.approx(0.25)
     assert m["mrr"][0] == pytest.approx((1 / 4 + 1 / 2) / 2)
+
+
+def test_concat_keeps_schema_and_fills_missing_columns():
+    import polars as pl
+
+    from steps.tables import concat
+
+    a = pl.DataFrame({"x": [1], "y": [0.5]})
+    b = pl.DataFrame({"x": [2]})
+    out = concat([a, None, b, a.clear()])
+    assert out["x"].to_list() == [1, 2] and out["y"].to_list() == [0.5, None]
+    empty = concat([a.clear(), b.clear()])
+    assert empty.is_empty() and empty.columns == ["x", "y"]
+    assert concat([]).is_empty()
