@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_align.py steck            # Steck over the BA block, 7 lambdas
     .venv/bin/python benchmarks/bench_align.py grid             # the full paper grid through AlignFlow
     .venv/bin/python benchmarks/bench_align.py memory --impressions 13500000   # RSS vs size
+    .venv/bin/python benchmarks/bench_align.py flow-memory --impressions 13500000   # the flow at that size
 
 Sizes default to the issue's: 200,000 beyond-accuracy rows x 250 candidates and 1,000,000
 labelled impressions. Synthetic dumps are cached under benchmarks/.data/ (git-ignored).
@@ -64,13 +65,13 @@ def bench_steck(args) -> dict:
     return out
 
 
-def bench_grid(args) -> dict:
+def bench_grid(args, config: Path = ROOT / "configs" / "nails_paper.yaml") -> dict:
     """The full paper grid through AlignFlow (2 targets x 4 methods/selections x 7 lambdas)."""
-    paths = dump_for(args.ba_rows, args.impressions)
+    paths = dump_for(args.ba_rows, args.impressions, inview_max=args.inview_max)
     env = {**os.environ, "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench"),
            "RECALIGN_STORAGE_ROOT": str(DATA / "storage")}
     cmd = [sys.executable, str(ROOT / "flows" / "align_flow.py"), "--no-pylint", "--config", "config",
-           str(ROOT / "configs" / "nails_paper.yaml"), "run", "--max-workers", str(args.workers),
+           str(config), "run", "--max-workers", str(args.workers),
            "--predictions", paths["predictions"], "--articles", paths["articles"],
            "--artifacts-dir", str(DATA / "artifacts")]
     t = time.perf_counter()
@@ -79,14 +80,14 @@ def bench_grid(args) -> dict:
     if proc.returncode:
         print(proc.stdout[-4000:], proc.stderr[-4000:])
         raise SystemExit("AlignFlow failed")
-    steps = {}
-    for line in proc.stdout.splitlines() + proc.stderr.splitlines():
-        if "Task is starting" in line or "Task finished successfully" in line:
-            stamp, rest = line[:23], line[24:]
-            step = rest.split("/")[1]
-            steps.setdefault(step, []).append(stamp)
     return {"ba_rows": args.ba_rows, "impressions": args.impressions, "workers": args.workers,
             "wall_s": round(wall, 1), "peak_task_rss_mb": round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1)}
+
+
+def bench_flow_memory(args) -> dict:
+    """AlignFlow on a dump of ``--impressions`` impressions with a reduced grid
+    (benchmarks/align_memory.yaml: Editorial; NAILS det and Steck at one lambda; submissions)."""
+    return {"grid": "align_memory.yaml", **bench_grid(args, ROOT / "benchmarks" / "align_memory.yaml")}
 
 
 def bench_memory(args) -> dict:
@@ -108,7 +109,7 @@ def bench_memory(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["steck", "grid", "memory"])
+    ap.add_argument("what", choices=["steck", "grid", "memory", "flow-memory"])
     ap.add_argument("--ba-rows", type=int, default=200_000)
     ap.add_argument("--impressions", type=int, default=1_000_000)
     ap.add_argument("--inview-max", type=int, default=50)
@@ -116,7 +117,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     DATA.mkdir(parents=True, exist_ok=True)
-    result = {"steck": bench_steck, "grid": bench_grid, "memory": bench_memory}[args.what](args)
+    result = {"steck": bench_steck, "grid": bench_grid, "memory": bench_memory,
+              "flow-memory": bench_flow_memory}[args.what](args)
     result["cpu_count"] = os.cpu_count()
     print(json.dumps(result))
 

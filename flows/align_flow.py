@@ -23,15 +23,16 @@ from steps.align.pipeline import (
     build_report,
     data_summary,
     export_run,
+    combine_targets,
     gather_method_outputs,
     model_distribution_dict,
+    publish_outcome,
     resolve_inputs,
-    sort_results,
     summary_text,
 )
 from steps.align.targets import resolve_target
 from steps.faults import maybe_fail
-from steps.tables import concat, table_rows
+from steps.tables import table_rows
 from steps.storage import RunStorage, map_refs
 
 # Artifacts of the start step that the joins carry forward.
@@ -101,10 +102,7 @@ class AlignFlow(FlowSpec):
         method = self.input
         maybe_fail("evaluate", f"{self.layout.target.name}/{method}")
         outcome = evaluate_method(self.prepared, self.layout, method, cfg, self.storage.dir("submissions"))
-        self.part_results = outcome.results
-        self.part_mix = outcome.category_mix
-        self.part_hist = outcome.user_kl_hist
-        self.part_submissions = [{**s, "file": self.storage.publish(s["file"])} for s in outcome.submissions]
+        self.outcome = publish_outcome(outcome, self.storage)
         self.next(self.join_methods)
 
     @resources_from("join")
@@ -120,11 +118,9 @@ class AlignFlow(FlowSpec):
     def join_targets(self, inputs):
         """Collect every target; keep the start step's artifacts."""
         self.merge_artifacts(inputs, include=CARRIED)
-        self.results = sort_results(concat([i.gathered.results for i in inputs]), self.target_names)
-        self.category_mix = concat([i.gathered.category_mix for i in inputs])
-        self.user_kl_hist = concat([i.gathered.user_kl_hist for i in inputs])
-        self.submissions = [s for i in inputs for s in i.gathered.submissions]
-        self.failed_cells = [f for i in inputs for f in i.gathered.failed]
+        combined = combine_targets([i.gathered for i in inputs], self.target_names)
+        self.results, self.category_mix, self.user_kl_hist = combined.results, combined.category_mix, combined.user_kl_hist
+        self.submissions, self.failed_cells = combined.submissions, combined.failed
         self.next(self.report)
 
     @card(type="blank", id="report")

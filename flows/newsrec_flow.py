@@ -24,9 +24,10 @@ from recalign.flowtools import catch_cells, resources_from, retry_from_config, t
 from steps.align.data import prepare_dump  # noqa: E402
 from steps.align.evaluate import evaluate_method, target_layout, target_mix  # noqa: E402
 from steps.align.pipeline import (  # noqa: E402
+    combine_targets,
     gather_method_outputs,
     model_distribution_dict,
-    sort_results,
+    publish_outcome,
 )
 from steps.align.targets import resolve_target  # noqa: E402
 from steps.faults import maybe_fail  # noqa: E402
@@ -157,10 +158,7 @@ class NewsRecFlow(FlowSpec):
         acfg = self._cfg().align
         maybe_fail("align", f"{self.model}/{self.layout.target.name}/{self.input}")
         outcome = evaluate_method(self.prepared, self.layout, self.input, acfg, self.storage.dir("submissions", self.model))
-        self.part_results = outcome.results
-        self.part_mix = outcome.category_mix
-        self.part_hist = outcome.user_kl_hist
-        self.part_submissions = [{**s, "file": self.storage.publish(s["file"])} for s in outcome.submissions]
+        self.outcome = publish_outcome(outcome, self.storage)
         self.next(self.join_methods)
 
     @resources_from("join")
@@ -176,11 +174,7 @@ class NewsRecFlow(FlowSpec):
     def join_targets(self, inputs):
         """Collect the targets of one model."""
         self.merge_artifacts(inputs, include=CARRIED)
-        self.model_results = sort_results(concat([i.gathered.results for i in inputs]), self.target_names)
-        self.model_mix = concat([i.gathered.category_mix for i in inputs])
-        self.model_hist = concat([i.gathered.user_kl_hist for i in inputs])
-        self.model_submissions = [s for i in inputs for s in i.gathered.submissions]
-        self.model_failed_cells = [f"{self.model}/{f}" for i in inputs for f in i.gathered.failed]
+        self.model_outputs = combine_targets([i.gathered for i in inputs], self.target_names)
         self.next(self.join_models)
 
     @resources_from("join")
@@ -193,14 +187,14 @@ class NewsRecFlow(FlowSpec):
         self.predictions = {i.model: i.prediction_file for i in inputs}
         self.model_submission_files = {i.model: i.submission_file for i in inputs}
         self.model_artifacts = {i.model: i.model_artifact for i in inputs}
-        self.results = concat([with_model(i.model_results, i.model) for i in inputs])
-        self.category_mix = concat([with_model(i.model_mix, i.model) for i in inputs])
-        self.user_kl_hist = concat([with_model(i.model_hist, i.model) for i in inputs])
-        self.alignment_submissions = {i.model: i.model_submissions for i in inputs}
+        self.results = concat([with_model(i.model_outputs.results, i.model) for i in inputs])
+        self.category_mix = concat([with_model(i.model_outputs.category_mix, i.model) for i in inputs])
+        self.user_kl_hist = concat([with_model(i.model_outputs.user_kl_hist, i.model) for i in inputs])
+        self.alignment_submissions = {i.model: i.model_outputs.submissions for i in inputs}
         self.targets_by_model = {i.model: i.target for i in inputs}
         self.model_distribution = {i.model: i.model_distribution for i in inputs}
         self.articles_path = self.data.articles_path
-        self.failed_cells = [f for i in inputs for f in i.model_failed_cells]
+        self.failed_cells = [f"{i.model}/{f}" for i in inputs for f in i.model_outputs.failed]
         self.next(self.report)
 
     @card(type="blank", id="report")

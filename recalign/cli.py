@@ -1,6 +1,6 @@
 """``recalign``: what is not a flow.
 
-    recalign synth ebnerd --out DIR [--size tiny|small|paper] [--seed N]   # synthetic data sets
+    recalign synth ebnerd|ml|sequences --out DIR [--size tiny|small|paper] [--seed N]   # synthetic data sets
     recalign export AlignFlow/1234 --out DIR                               # tables, figures, submissions, card
     recalign compare AlignFlow/1234 AlignFlow/1240 [--out deltas.csv]      # metric deltas between two runs
 """
@@ -21,21 +21,60 @@ from tqdm import tqdm
 SIZES = ("tiny", "small", "paper")
 
 
-def _synth_align_dump(out: Path, size: str, seed: int) -> list[str]:
-    from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
+def _synth_ebnerd(out: Path, size: str, seed: int) -> list[str]:
+    """EB-NeRD (articles, train/validation/test behaviors and histories, document vectors) for
+    NewsRecFlow, plus a prediction dump in the NAILS layout for AlignFlow."""
+    from dataclasses import replace
 
-    sizes = {
+    from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
+    from steps.newsrec.synthetic import SyntheticEbnerdSpec, write_synthetic_ebnerd
+
+    news = {
+        "tiny": dict(n_articles=300, n_users=300, n_train_impressions=2_000, n_validation_impressions=500,
+                     n_test_impressions=500, n_ba_rows=100, n_candidates=40),
+        "small": {},
+        "paper": dict(n_articles=20_000, n_users=50_000, n_train_impressions=2_000_000, n_validation_impressions=500_000,
+                      n_test_impressions=1_000_000, n_ba_rows=200_000, n_candidates=250),
+    }[size]
+    dump = {
         "tiny": dict(n_articles=400, n_candidates=60, n_ba_rows=1_000, n_impressions=2_000),
         "small": dict(n_articles=3_000, n_candidates=250, n_ba_rows=20_000, n_impressions=50_000),
         "paper": dict(n_articles=5_000, n_candidates=250, n_ba_rows=200_000, n_impressions=13_500_000),
     }[size]
-    paths = write_synthetic_dump(out, SyntheticDumpSpec(seed=seed, chunk_rows=100_000, **sizes), progress=True)
-    return list(paths.values())
+    ebnerd = write_synthetic_ebnerd(out / "ebnerd", replace(SyntheticEbnerdSpec(), seed=seed, **news))
+    paths = write_synthetic_dump(out / "nails_dump", SyntheticDumpSpec(seed=seed, chunk_rows=100_000, **dump), progress=True)
+    return [*ebnerd.values(), *paths.values()]
+
+
+def _synth_ml(out: Path, size: str, seed: int) -> list[str]:
+    """A ``ratings.csv`` in the MovieLens-20M layout (popularity long tail, item clusters) for TailFlow."""
+    from dataclasses import replace
+
+    from steps.tail.config import SyntheticSpec
+    from steps.tail.synthetic import write_synthetic_ratings
+
+    sizes = {"tiny": dict(n_users=2_000, n_items=300), "small": {},
+             "paper": dict(n_users=138_000, n_items=20_000, mean_items_per_user=72.0)}[size]
+    return [str(write_synthetic_ratings(out / "ratings.csv", replace(SyntheticSpec(), seed=seed, **sizes)))]
+
+
+def _synth_sequences(out: Path, size: str, seed: int) -> list[str]:
+    """ReChorus' sequential format (train/dev/test.csv with 99 negatives, item_meta.csv) for ExplainFlow."""
+    from dataclasses import replace
+
+    from steps.explain.data import write_rechorus
+    from steps.explain.synthetic import SyntheticSeqSpec, synthetic_dataset
+
+    sizes = {"tiny": dict(n_users=200, n_items=150), "small": {}, "paper": dict(n_users=6_040, n_items=3_706)}[size]
+    data = synthetic_dataset(replace(SyntheticSeqSpec(), seed=seed, **sizes), n_neg=99)
+    return list(write_rechorus(out, data).values())
 
 
 #: kind -> (description, writer(out, size, seed) -> written paths)
 SYNTH: dict[str, tuple[str, Callable[[Path, str, int], list[str]]]] = {
-    "ebnerd": ("EB-NeRD articles.parquet + a prediction dump in the NAILS layout (AlignFlow input)", _synth_align_dump),
+    "ebnerd": ("EB-NeRD bundle (NewsRecFlow) + a NAILS-layout prediction dump (AlignFlow)", _synth_ebnerd),
+    "ml": ("MovieLens-20M ratings.csv layout (TailFlow)", _synth_ml),
+    "sequences": ("ReChorus sequential files (ExplainFlow)", _synth_sequences),
 }
 
 

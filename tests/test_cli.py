@@ -15,12 +15,29 @@ def recalign(args, cwd, env):
     return subprocess.run([sys.executable, "-m", "recalign.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
-def test_synth_writes_a_dump_the_loader_accepts(tmp_path):
+def test_synth_ebnerd_writes_files_the_loaders_accept(tmp_path):
     from steps.align.data import prepare_dump
+    from steps.newsrec.ebnerd import read_articles
 
     assert main(["synth", "ebnerd", "--out", str(tmp_path), "--size", "tiny", "--seed", "3"]) == 0
-    p = prepare_dump(tmp_path / "predictions.parquet", tmp_path / "articles.parquet", tmp_path / "prep")
+    dump = tmp_path / "nails_dump"
+    p = prepare_dump(dump / "predictions.parquet", dump / "articles.parquet", tmp_path / "prep")
     assert p.n_ba_rows == 1000 and p.n_impressions == 2000
+    articles = read_articles(tmp_path / "ebnerd" / "ebnerd_synthetic" / "articles.parquet")
+    assert articles.height == 300
+    assert (tmp_path / "ebnerd" / "ebnerd_synthetic" / "train" / "behaviors.parquet").exists()
+
+
+def test_synth_ml_and_sequences_write_files_the_loaders_accept(tmp_path):
+    from steps.explain.data import read_rechorus
+    from steps.tail.data import read_ml20m
+
+    assert main(["synth", "ml", "--out", str(tmp_path / "ml"), "--size", "tiny"]) == 0
+    ratings = read_ml20m(tmp_path / "ml" / "ratings.csv")
+    assert ratings.height > 10_000
+    assert main(["synth", "sequences", "--out", str(tmp_path / "seq"), "--size", "tiny"]) == 0
+    data = read_rechorus(tmp_path / "seq")
+    assert data.interactions["item_id"].max() <= 150 and data.n_items == 151  # ids 1..150 and padding 0
 
 
 def test_synth_rejects_unknown_kinds(tmp_path, capsys):

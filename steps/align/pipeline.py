@@ -84,17 +84,36 @@ class MethodOutputs:
 
 
 def gather_method_outputs(tasks, target_mix_rows: pl.DataFrame) -> MethodOutputs:
-    """Join the ``part_*`` artifacts of a target's per-method tasks (duck-typed Metaflow inputs)."""
+    """Join the ``outcome`` (:class:`MethodOutcome`) of a target's per-method tasks (duck-typed
+    Metaflow inputs); tasks that failed under ``@catch`` are listed in ``failed``."""
     from steps.faults import failed_cells
 
-    done = [t for t in tasks if hasattr(t, "part_results")]
+    done = [t.outcome for t in tasks if hasattr(t, "outcome")]
     return MethodOutputs(
-        results=concat([t.part_results for t in done]),
-        category_mix=concat([target_mix_rows] + [t.part_mix for t in done]),
-        user_kl_hist=concat([t.part_hist for t in done]),
-        submissions=[s for t in done for s in t.part_submissions],
+        results=concat([o.results for o in done]),
+        category_mix=concat([target_mix_rows] + [o.category_mix for o in done]),
+        user_kl_hist=concat([o.user_kl_hist for o in done]),
+        submissions=[s for o in done for s in o.submissions],
         failed=failed_cells(tasks, lambda t: f"{t.layout.target.name}/{t.input}"),
     )
+
+
+def combine_targets(parts: Sequence[MethodOutputs], target_order: Sequence[str]) -> MethodOutputs:
+    """Every target's gathered outputs in one, results in config order."""
+    return MethodOutputs(
+        results=sort_results(concat([p.results for p in parts]), target_order),
+        category_mix=concat([p.category_mix for p in parts]),
+        user_kl_hist=concat([p.user_kl_hist for p in parts]),
+        submissions=[s for p in parts for s in p.submissions],
+        failed=[f for p in parts for f in p.failed],
+    )
+
+
+def publish_outcome(outcome, storage) -> object:
+    """A method's outcome with its submission files made visible to every task (see RunStorage)."""
+    from dataclasses import replace
+
+    return replace(outcome, submissions=[{**s, "file": storage.publish(s["file"])} for s in outcome.submissions])
 
 
 def sort_results(results: pl.DataFrame, target_order: Sequence[str]) -> pl.DataFrame:
