@@ -72,3 +72,36 @@ def yaml_mapping(text: str) -> Mapping[str, Any]:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
     return raw
+
+
+def boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}: unknown value {value!r}; choose from {list(choices)}")
+    return value
+
+
+def common_fields(raw: Mapping[str, Any], allowed: set[str] | frozenset[str],
+                  resources: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Any]:
+    """The part every flow config shares: reject unknown keys, then parse ``name`` (non-empty
+    string), ``seed`` (integer >= 0), ``resources`` (over ``resources`` defaults) and ``run``."""
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown}; allowed keys: {sorted(allowed)}")
+    d: dict[str, Any] = {}
+    if "name" in raw:
+        if not isinstance(raw["name"], str) or not raw["name"]:
+            raise ConfigError(f"name: expected a non-empty string, got {raw['name']!r}")
+        d["name"] = raw["name"]
+    if "seed" in raw:
+        d["seed"] = integer("seed", raw["seed"], 0)
+    if "resources" in raw and resources is not None:
+        d["resources"] = parse_resources(raw["resources"], resources)
+    if "run" in raw:
+        d["run"] = parse_run_settings(raw["run"], DEFAULT_RUN)
+    return d

@@ -11,7 +11,7 @@ from steps.align.synthetic import SyntheticDumpSpec
 from steps.align.targets import BUILTIN_TARGETS
 from steps.configtools import integer as _integer
 from steps.configtools import number as _number
-from steps.configtools import DEFAULT_RUN, parse_resources, parse_run_settings, yaml_mapping
+from steps.configtools import DEFAULT_RUN, common_fields, yaml_mapping
 from steps.errors import ConfigError
 
 METHODS = ("nails", "steck", "nails_steck")
@@ -81,17 +81,7 @@ class AlignConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "AlignConfig":
         raw = dict(raw or {})
-        allowed = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown}; allowed keys: {sorted(allowed)}")
-        d: dict[str, Any] = {}
-        if "name" in raw:
-            if not isinstance(raw["name"], str) or not raw["name"]:
-                raise ConfigError(f"name: expected a non-empty string, got {raw['name']!r}")
-            d["name"] = raw["name"]
-        if "seed" in raw:
-            d["seed"] = _integer("seed", raw["seed"], 0)
+        d = common_fields(raw, set(cls.__dataclass_fields__), DEFAULT_RESOURCES)
         if "targets" in raw:
             t = raw["targets"]
             if not isinstance(t, list) or not t:
@@ -152,10 +142,6 @@ class AlignConfig:
             )
         if "synthetic" in raw:
             d["synthetic"] = SyntheticDumpSpec.from_dict(raw["synthetic"])
-        if "resources" in raw:
-            d["resources"] = parse_resources(raw["resources"], DEFAULT_RESOURCES)
-        if "run" in raw:
-            d["run"] = parse_run_settings(raw["run"], DEFAULT_RUN)
         cfg = cls(**d)
         target_names = cfg.target_names
         if "best_lambda" in raw:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from steps.configtools import DEFAULT_RUN, parse_resources, parse_run_settings, yaml_mapping
+from steps.configtools import DEFAULT_RUN, common_fields, yaml_mapping
+from steps.configtools import boolean as _bool
+from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
 from steps.configtools import number as _number
 from steps.errors import ConfigError
@@ -25,18 +27,6 @@ DEFAULT_RESOURCES = {
 }
 #: Exact Shapley enumerates 2^M coalitions; above this many events it is refused.
 MAX_EXACT_EVENTS = 24
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{key}: unknown value {value!r}; choose from {list(choices)}")
-    return value
 
 
 def _int_list(key: str, value: Any, lo: int, allow_empty: bool = False) -> tuple[int, ...]:
@@ -102,21 +92,13 @@ class ExplainConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "ExplainConfig":
         raw = dict(raw or {})
-        allowed = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown}; allowed keys: {sorted(allowed)}")
-        d: dict[str, Any] = {}
-        if "name" in raw:
-            if not isinstance(raw["name"], str) or not raw["name"]:
-                raise ConfigError(f"name: expected a non-empty string, got {raw['name']!r}")
-            d["name"] = raw["name"]
+        d = common_fields(raw, set(cls.__dataclass_fields__), DEFAULT_RESOURCES)
         positive_ints = ("n_neg", "emb_size", "hidden_size", "history_max", "num_neg", "batch_size",
                          "eval_batch_size", "max_epochs", "early_stop_patience", "top_k", "kernel_samples")
         for key in positive_ints:
             if key in raw:
                 d[key] = _integer(key, raw[key], 1)
-        for key in ("seed", "explain_users"):
+        for key in ("explain_users",):
             if key in raw:
                 d[key] = _integer(key, raw[key], 0)
         if "lr" in raw:
@@ -149,10 +131,6 @@ class ExplainConfig:
             d["estimators"] = tuple(v)
         if "synthetic" in raw:
             d["synthetic"] = SyntheticSeqSpec.from_dict(raw["synthetic"])
-        if "resources" in raw:
-            d["resources"] = parse_resources(raw["resources"], DEFAULT_RESOURCES)
-        if "run" in raw:
-            d["run"] = parse_run_settings(raw["run"], DEFAULT_RUN)
         cfg = cls(**d)
         exact_like = {"exact", "pruned"} & set(cfg.estimators)
         if exact_like and cfg.history_max > MAX_EXACT_EVENTS:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from steps.align.config import AlignConfig
-from steps.configtools import DEFAULT_RUN, parse_resources, parse_run_settings, yaml_mapping
+from steps.configtools import DEFAULT_RUN, common_fields, yaml_mapping
 from steps.errors import ConfigError
 from steps.newsrec.ebnerd import UNKNOWN_POLICIES
 from steps.newsrec.schema import DEFAULT_DOCUMENT_VECTORS
@@ -178,19 +178,7 @@ class NewsRecConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "NewsRecConfig":
         raw = dict(raw or {})
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown}; allowed keys: {sorted(allowed)}")
-        d: dict[str, Any] = {}
-        if "name" in raw:
-            if not isinstance(raw["name"], str) or not raw["name"]:
-                raise ConfigError(f"name: expected a non-empty string, got {raw['name']!r}")
-            d["name"] = raw["name"]
-        if "seed" in raw:
-            if isinstance(raw["seed"], bool) or not isinstance(raw["seed"], int) or raw["seed"] < 0:
-                raise ConfigError(f"seed: expected an integer >= 0, got {raw['seed']!r}")
-            d["seed"] = raw["seed"]
+        d = common_fields(raw, {f.name for f in fields(cls)}, DEFAULT_RESOURCES)
         if "models" in raw:
             m = raw["models"]
             if not isinstance(m, Mapping) or not m:
@@ -209,10 +197,6 @@ class NewsRecConfig:
                 d["align"] = AlignConfig.from_dict(raw["align"])
             except ConfigError as exc:
                 raise ConfigError(f"align: {exc}") from exc
-        if "resources" in raw:
-            d["resources"] = parse_resources(raw["resources"], DEFAULT_RESOURCES)
-        if "run" in raw:
-            d["run"] = parse_run_settings(raw["run"], DEFAULT_RUN)
         return cls(**d)
 
     @property

@@ -12,7 +12,9 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from steps.configtools import DEFAULT_RUN, parse_resources, parse_run_settings, yaml_mapping
+from steps.configtools import DEFAULT_RUN, common_fields, yaml_mapping
+from steps.configtools import boolean as _bool
+from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
 from steps.configtools import number as _number
 from steps.errors import ConfigError
@@ -39,18 +41,6 @@ DEVICES = ("auto", "cpu", "cuda")
 TAIL_BY = ("items", "interactions")
 _ADVERSARY = re.compile(r"^(linear|2b?mlp([1-9][0-9]*))$")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{key}: unknown value {value!r}; choose from {list(choices)}")
-    return value
 
 
 def _mapping(key: str, value: Any) -> Mapping[str, Any]:
@@ -339,12 +329,7 @@ class TailConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "TailConfig":
         raw = dict(raw or {})
-        _reject_unknown("config", raw, cls)
-        d: dict[str, Any] = {k: _integer(k, raw[k], 0) for k in ("seed",) if k in raw}
-        if "name" in raw:
-            d["name"] = raw["name"]
-            if not isinstance(d["name"], str) or not d["name"]:
-                raise ConfigError(f"name: expected a non-empty string, got {d['name']!r}")
+        d = common_fields(raw, {f.name for f in fields(cls)}, DEFAULT_RESOURCES)
         if "device" in raw:
             d["device"] = _choice("device", raw["device"], DEVICES)
         if "save_models" in raw:
@@ -361,10 +346,6 @@ class TailConfig:
         if not isinstance(ms, Mapping) or not ms:
             raise ConfigError(f"methods: expected a mapping of method name to options, got {ms!r}")
         methods = tuple(_method(str(n), opts, training) for n, opts in ms.items())
-        if "resources" in raw:
-            d["resources"] = parse_resources(raw["resources"], DEFAULT_RESOURCES)
-        if "run" in raw:
-            d["run"] = parse_run_settings(raw["run"], DEFAULT_RUN)
         return cls(datasets=datasets, training=training, methods=methods, evaluation=_evaluation(raw.get("evaluation")), **d)
 
     @property
