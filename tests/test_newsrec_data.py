@@ -104,6 +104,30 @@ def test_history_is_truncated_to_the_last_clicks_and_left_padded(tmp_path):
         load_histories(tmp_path / "history.parquet", np.array([101, 102, 103]), 2, unknown_article="error")
 
 
+def test_history_read_in_small_batches_equals_one_batch_and_names_the_file_row(tmp_path):
+    # 7 users in batches of 2: the result must not depend on the batch size, and an error in a
+    # later batch names the row of the file (not of the batch)
+    users = [9, 3, 12, 1, 7, 4, 8]
+    lists = [[101], [102, 103, 101], [103], [101, 102], [102, 102, 103, 101], [103, 101], [101, 103]]
+    t = pa.table({"user_id": pa.array(users, pa.uint32()), "article_id_fixed": pa.array(lists, pa.list_(pa.int32()))})
+    pq.write_table(t, tmp_path / "history.parquet")
+    ids = np.array([101, 102, 103])
+    whole = load_histories(tmp_path / "history.parquet", ids, 3)
+    small = load_histories(tmp_path / "history.parquet", ids, 3, batch_rows=2)
+    assert small.user_ids.tolist() == sorted(users) == whole.user_ids.tolist()
+    assert np.array_equal(small.matrix, whole.matrix)
+    # user 7 (row 4) keeps its last 3 clicks 102, 103, 101 -> indices 3, 4, 2
+    assert small.matrix[small.user_index(np.array([7]))[0]].tolist() == [3, 4, 2]
+    dup = t.set_column(0, "user_id", pa.array([9, 3, 12, 1, 7, 3, 8], pa.uint32()))
+    pq.write_table(dup, tmp_path / "dup.parquet")
+    with pytest.raises(InputError, match=r"dup.parquet: user_id 3 appears twice \(row 5\)"):
+        load_histories(tmp_path / "dup.parquet", ids, 3, batch_rows=2)
+    empty = t.set_column(1, "article_id_fixed", pa.array(lists[:5] + [[]] + lists[6:], pa.list_(pa.int32())))
+    pq.write_table(empty, tmp_path / "empty.parquet")
+    with pytest.raises(InputError, match=r"empty.parquet: row 5 \(user_id 4\): empty history"):
+        load_histories(tmp_path / "empty.parquet", ids, 3, batch_rows=2)
+
+
 def test_article_index_maps_unknown_ids_to_one():
     assert article_index(np.array([10, 20, 30]), np.array([30, 10, 15, 99])).tolist() == [4, 2, UNKNOWN, UNKNOWN]
 
@@ -354,37 +378,6 @@ def test_predictions_from_spec_and_dump_choice(tmp_path):
     (tmp_path / "a.parquet").write_text("changed")
     with pytest.raises(InputError, match="checksum mismatch"):
         dump_of_run("X/1", refs, "art.parquet", "nrms")
-
-
-def test_transformers_option_shifts_ids_so_zero_stays_padding(tmp_path, monkeypatch):
-    """The optional transformers tokenizer, with a stand-in module (no download, no package needed)."""
-    import sys
-    import types
-
-    class Tok:
-        def __call__(self, texts, max_length, truncation, padding, return_attention_mask):
-            assert max_length == 4 and truncation and padding == "max_length"
-            # tokenizer ids: "a" -> 0, "b" -> 5; its pad id 1 must not leak into our ids
-            rows = [[{"a": 0, "b": 5}[w] for w in t.split()][:4] for t in texts]
-            return {"input_ids": [r + [1] * (4 - len(r)) for r in rows],
-                    "attention_mask": [[1] * len(r) + [0] * (4 - len(r)) for r in rows]}
-
-    class Emb:
-        weight = types.SimpleNamespace(detach=lambda: types.SimpleNamespace(numpy=lambda: np.arange(12.0).reshape(6, 2)))
-
-    fake = types.SimpleNamespace(
-        AutoTokenizer=types.SimpleNamespace(from_pretrained=lambda folder, local_files_only: Tok()),
-        AutoModel=types.SimpleNamespace(from_pretrained=lambda folder, local_files_only: types.SimpleNamespace(
-            get_input_embeddings=lambda: Emb())),
-    )
-    monkeypatch.setitem(sys.modules, "transformers", fake)
-    from steps.newsrec.text import transformers_tokens
-
-    tokens, matrix = transformers_tokens(pl.Series(["a b", "b"]), str(tmp_path), 4)
-    assert tokens.tolist() == [[1, 6, 0, 0], [6, 0, 0, 0]]  # tokenizer id i -> i + 1; padding -> 0
-    assert matrix.shape == (7, 2) and matrix[0].tolist() == [0, 0] and matrix[6].tolist() == [10, 11]
-    with pytest.raises(ConfigError, match="not a local folder"):
-        transformers_tokens(pl.Series(["a"]), str(tmp_path / "missing"), 4)
 
 
 def test_unlabelled_test_split_gives_a_dump_without_clicks_that_alignflow_reads(tmp_path):

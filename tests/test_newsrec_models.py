@@ -1,12 +1,18 @@
 """NRMS layers and models (TensorFlow): attention weights, masking, shapes, the encode-once scoring
-path equal to the training model, and deterministic training."""
+path equal to the training model, deterministic training, and the optional transformers tokenizer."""
+
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
+import torch
 
+from steps.errors import ConfigError
 from steps.newsrec.config import ModelConfig, NewsRecConfig
 from steps.newsrec.layers import AdditiveAttention, MultiHeadSelfAttention, masked_softmax
 from steps.newsrec.models import build_recommender
+from steps.storage import load_array
 
 HP = ModelConfig(head_num=2, head_dim=3, attention_hidden_dim=5, word_emb_dim=4, units=(8,), dropout=0.2)
 
@@ -112,3 +118,69 @@ def test_training_is_deterministic(tmp_path):
     assert runs[0][0].equals(runs[1][0])
     assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
     assert runs[0][0].height == 2 and runs[0][0]["best"].sum() == 1
+
+
+@pytest.fixture(scope="module")
+def local_transformers_folder(tmp_path_factory) -> Path:
+    """A real ``transformers`` tokenizer and a tiny BERT saved to a local folder, built here from a
+    WordPiece vocabulary trained on a few Danish titles (nothing is downloaded)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("bert_tiny")
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    titles = ["politiet efterforsker sagen", "sport i dag", "nyheder om penge og forbrug", "musik og underholdning"]
+    wordpiece.train_from_iterator(titles, trainers.WordPieceTrainer(vocab_size=80, special_tokens=["[PAD]", "[UNK]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]")
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16)).save_pretrained(folder)
+    return folder
+
+
+def test_transformers_option_shifts_ids_so_zero_stays_padding(local_transformers_folder, tmp_path):
+    """The optional transformers tokenizer and its input-embedding matrix, read from a local folder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from steps.newsrec.text import transformers_tokens
+
+    texts = ["Sport i dag", "politiet efterforsker sagen om penge og musik"]
+    tokens, matrix = transformers_tokens(pl.Series(texts), str(local_transformers_folder), 6)
+    reference = AutoTokenizer.from_pretrained(local_transformers_folder, local_files_only=True)
+    weights = AutoModel.from_pretrained(local_transformers_folder, local_files_only=True).get_input_embeddings().weight
+    short = reference(texts[0])["input_ids"]
+    assert 0 < len(short) < 6 and reference.pad_token_id == 0
+    # tokenizer id i -> our id i + 1; padding (the tokenizer's id 0) -> our 0
+    assert tokens[0].tolist() == [i + 1 for i in short] + [0] * (6 - len(short))
+    assert tokens[1].tolist() == [i + 1 for i in reference(texts[1])["input_ids"][:6]]  # truncated to title_size
+    assert matrix.shape == (len(reference) + 1, 8) and not matrix[0].any()
+    assert np.array_equal(matrix[1:], weights.detach().numpy())
+    with pytest.raises(ConfigError, match="not a local folder"):
+        transformers_tokens(pl.Series(["a"]), str(tmp_path / "missing"), 4)
+
+
+def test_prepare_with_a_transformers_tokenizer_feeds_its_embeddings_to_nrms(local_transformers_folder, tmp_path):
+    from steps.newsrec.prepare import prepare_news_data
+    from steps.newsrec.synthetic import BUNDLE, SyntheticEbnerdSpec, write_synthetic_ebnerd
+    from steps.newsrec.train import build_for
+
+    spec = SyntheticEbnerdSpec(n_articles=120, n_topics=6, n_users=30, n_train_impressions=60, n_validation_impressions=20,
+                               n_test_impressions=10, n_ba_rows=4, n_candidates=12, inview_max=8, seed=5)
+    write_synthetic_ebnerd(tmp_path / "data", spec)
+
+    cfg = NewsRecConfig.from_dict({
+        "models": {"nrms": {"head_num": 2, "head_dim": 4, "attention_hidden_dim": 8}},
+        "training": {"history_size": 4},
+        "text": {"tokenizer": "transformers", "transformers_path": str(local_transformers_folder), "title_size": 8},
+    })
+    data = prepare_news_data(tmp_path / "data", BUNDLE, True, cfg, tmp_path / "prepared")
+    matrix = np.asarray(load_array(data.word_embeddings))
+    tokens = np.asarray(load_array(data.tokens))
+    assert data.vocab_size == matrix.shape[0] and matrix.shape[1] == 8
+    assert tokens.shape == (spec.n_articles + 2, 8) and tokens.max() < matrix.shape[0] and (tokens[2:, 0] > 0).all()
+    rec = build_for(data, "nrms", cfg.models["nrms"], cfg.training, cfg.seed)
+    embedding = next(w for w in rec.train_model.weights if tuple(w.shape) == matrix.shape)
+    assert np.array_equal(np.asarray(embedding), matrix)

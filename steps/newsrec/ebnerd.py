@@ -150,41 +150,57 @@ class Histories:
 
 
 def load_histories(
-    path: str | os.PathLike, article_ids_sorted: np.ndarray, history_size: int, unknown_article: str = "zeros"
+    path: str | os.PathLike,
+    article_ids_sorted: np.ndarray,
+    history_size: int,
+    unknown_article: str = "zeros",
+    batch_rows: int = 50_000,
 ) -> Histories:
-    """Read ``history.parquet``; every user needs a non-empty ``article_id_fixed`` list."""
+    """Read ``history.parquet`` in batches of users; every user needs a non-empty
+    ``article_id_fixed`` list. Only the last ``history_size`` clicks of each user are kept, so
+    memory grows with users x ``history_size``, not with the length of the click histories."""
     path = Path(path)
     S.read_checked_schema(path, S.HISTORY_REQUIRED, what="history file")
     if history_size < 1:
         raise ConfigError(f"history_size must be >= 1, got {history_size}")
-    table = pq.read_table(path, columns=[S.USER_ID, S.HISTORY_ARTICLES])
-    users = table.column(S.USER_ID).combine_chunks()
-    if users.null_count:
-        raise InputError(f"{path}: column 'user_id' is null in row {int(np.flatnonzero(users.is_null().to_numpy(zero_copy_only=False))[0])}")
-    user_ids = users.to_numpy().astype(np.int64)
-    if len(user_ids) == 0:
+    user_parts: list[np.ndarray] = []
+    matrix_parts: list[np.ndarray] = []
+    row0 = 0
+    # pre_buffer=False: pre-buffered row groups stay alive while iterating (see steps/align/data.py)
+    parquet = pq.ParquetFile(path, pre_buffer=False)
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=[S.USER_ID, S.HISTORY_ARTICLES]):
+        users = batch.column(S.USER_ID)
+        if users.null_count:
+            r = int(np.flatnonzero(users.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputError(f"{path}: column 'user_id' is null in row {row0 + r}")
+        user_ids = users.to_numpy().astype(np.int64)
+        offsets, ids = _list_values(batch.column(S.HISTORY_ARTICLES), S.HISTORY_ARTICLES, path, row0, "user_id", user_ids)
+        lens = np.diff(offsets)
+        if (lens == 0).any():
+            r = int(np.flatnonzero(lens == 0)[0])
+            raise InputError(f"{path}: row {row0 + r} (user_id {user_ids[r]}): empty history (column 'article_id_fixed')")
+        idx = article_index(article_ids_sorted, ids)
+        _check_unknown(unknown_article, idx, ids, offsets, path, S.HISTORY_ARTICLES, row0)
+        # keep the last history_size clicks, right-aligned
+        keep = np.minimum(lens, history_size)
+        rows = np.repeat(np.arange(len(lens)), keep)
+        within = np.arange(int(keep.sum())) - np.repeat(np.cumsum(keep) - keep, keep)
+        src = np.repeat(offsets[1:] - keep, keep) + within
+        col = history_size - np.repeat(keep, keep) + within
+        matrix = np.zeros((len(lens), history_size), dtype=np.int32)
+        matrix[rows, col] = idx[src]
+        user_parts.append(user_ids)
+        matrix_parts.append(matrix)
+        row0 += len(user_ids)
+    if row0 == 0:
         raise InputError(f"{path}: the history file has no rows")
+    user_ids = np.concatenate(user_parts)
     order = np.argsort(user_ids, kind="stable")
     dup = np.flatnonzero(np.diff(user_ids[order]) == 0)
     if len(dup):
         row = int(order[dup[0] + 1])
         raise InputError(f"{path}: user_id {user_ids[row]} appears twice (row {row})")
-    offsets, ids = _list_values(table.column(S.HISTORY_ARTICLES).combine_chunks(), S.HISTORY_ARTICLES, path, 0, "user_id", user_ids)
-    lens = np.diff(offsets)
-    if (lens == 0).any():
-        row = int(np.flatnonzero(lens == 0)[0])
-        raise InputError(f"{path}: row {row} (user_id {user_ids[row]}): empty history (column 'article_id_fixed')")
-    idx = article_index(article_ids_sorted, ids)
-    _check_unknown(unknown_article, idx, ids, offsets, path, S.HISTORY_ARTICLES, 0)
-    # keep the last history_size clicks, right-aligned
-    keep = np.minimum(lens, history_size)
-    rows = np.repeat(np.arange(len(lens)), keep)
-    within = np.arange(int(keep.sum())) - np.repeat(np.cumsum(keep) - keep, keep)
-    src = np.repeat(offsets[1:] - keep, keep) + within
-    col = history_size - np.repeat(keep, keep) + within
-    matrix = np.zeros((len(lens), history_size), dtype=np.int32)
-    matrix[rows, col] = idx[src]
-    return Histories(user_ids[order], matrix[order])
+    return Histories(user_ids[order], np.concatenate(matrix_parts)[order])
 
 
 # --------------------------------------------------------------------------- behaviors
@@ -269,7 +285,7 @@ def read_behaviors(
     nnz = n_rows = n_ba = n_dropped = 0
     row0 = 0
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows, columns=columns):
             n = batch.num_rows
             for col in (S.IMPRESSION_ID, S.USER_ID):
                 if batch.column(col).null_count:

@@ -88,7 +88,7 @@ def transformers_tokens(texts: pl.Series, folder: str, title_size: int) -> tuple
     try:
         from transformers import AutoModel, AutoTokenizer  # optional dependency
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("text.tokenizer: transformers needs the 'transformers' package (pip install transformers)") from exc
+        raise ConfigError("text.tokenizer: transformers needs the 'transformers' package (pip install -e '.[text]')") from exc
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     enc = tok(texts.to_list(), max_length=title_size, truncation=True, padding="max_length", return_attention_mask=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
