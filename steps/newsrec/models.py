@@ -41,14 +41,17 @@ class Recommender:
         return int(self.news_encoder.output.shape[-1])
 
     def infer(self, part: str, *inputs):
-        """Run the news or user encoder in inference mode through one ``tf.function`` per encoder
-        (shapes relaxed after the first retrace, so a short last batch does not retrace again)."""
+        """Run the news or user encoder in inference mode through one ``tf.function`` per encoder,
+        traced once for any batch size (the signature leaves the batch dimension open)."""
         if part not in self._compiled:
             import tensorflow as tf
 
             model = self.news_encoder if part == "news" else self.user_encoder
-            self._compiled[part] = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False), reduce_retracing=True)
-        return np.asarray(self._compiled[part](*inputs))
+            signature = [tf.TensorSpec((None, *x.shape[1:]), x.dtype) for x in model.inputs]
+            self._compiled[part] = (tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False),
+                                                input_signature=signature), [s.dtype.as_numpy_dtype for s in signature])
+        fn, dtypes = self._compiled[part]
+        return np.asarray(fn(*(np.asarray(x, dtype=d) for x, d in zip(inputs, dtypes, strict=True))))
 
 
 def nrms_news_encoder(hp: ModelConfig, title_size: int, vocab_size: int, seed: int, embeddings: np.ndarray | None = None) -> keras.Model:
