@@ -77,6 +77,8 @@ def test_checkpoint_and_rechorus_folder_reproduce_the_run(quick_run, flow_runner
 
 
 def test_failed_explain_task_then_resume_matches_uninterrupted_run(quick_run, flow_runner):
+    """Also the two-run determinism check of issue #6: the failed run trains GRU4Rec and explains the
+    other users afresh, the resume explains the failed user; all must equal the first run."""
     user = quick_run.run.data.explain_user_ids[1]
     failed = flow_runner.run(FLOW, QUICK, env=flow_runner.env(RECALIGN_FAIL_AT=f"explain:{user}"))
     assert failed.status == "failed"

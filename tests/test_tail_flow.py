@@ -70,6 +70,9 @@ def test_exports_buckets_and_card(quick_run, flow_runner):
 
 
 def test_failed_train_task_then_resume_matches_uninterrupted_run(quick_run, flow_runner):
+    """Also the two-run determinism check of issue #6: the failed run prepares the data and trains
+    every other method afresh, the resume retrains the failed one; all must equal the first run
+    (only the wall-clock column ``seconds`` is left out)."""
     env = flow_runner.env(RECALIGN_FAIL_AT="train:synthetic/adversarial")
     failed = flow_runner.run("tail_flow.py", QUICK, env=env)
     assert failed.status == "failed"
