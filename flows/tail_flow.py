@@ -75,7 +75,6 @@ class TailFlow(FlowSpec):
         self.part_buckets = outcome.buckets
         self.part_history = outcome.history
         self.part_files = map_refs({"lists": outcome.lists, "model": outcome.model}, self.storage.publish)
-        self.item_weights = outcome.item_weights
         print(outcome.results.select(RESULT_COLUMNS[:11]))
         self.next(self.join_methods)
 

@@ -72,6 +72,15 @@ def test_netflix_errors(tmp_path):
         read_netflix(tmp_path / "empty")
 
 
+def test_netflix_extra_fields_are_errors(tmp_path):
+    extra = _write(tmp_path / "a" / "combined_data_1.txt", "1:\n10,4,2005-01-01\n11,3,2005-01-02,oops\n")
+    with pytest.raises(InputError, match=r"combined_data_1.txt: line 3 has an extra field 'oops' \(expected CustomerID,Rating,Date\)"):
+        read_netflix(extra)
+    header = _write(tmp_path / "b" / "combined_data_1.txt", "1:\n10,4,2005-01-01\n2:,7\n12,5,2005-01-03\n")
+    with pytest.raises(InputError, match=r"combined_data_1.txt: line 3 has an extra field '7' \(expected 'MovieID:' alone\)"):
+        read_netflix(header)
+
+
 def test_msd_reader_and_errors(tmp_path):
     p = _write(tmp_path / "train_triplets.txt", "uA\tsX\t3\nuB\tsX\t1\nuA\tsY\t2\n")
     df = read_msd(p)
@@ -140,6 +149,20 @@ def test_vanishing_users_and_empty_heldout_are_errors():
         split_strong_generalisation(_ratings(), Protocol(heldout_users=10, min_items_to_split=50), seed=0)
 
 
+def test_split_does_not_depend_on_numpy_print_options():
+    # the fold-in draws are keyed by the dataset name; the test users' key once hashed repr() of an array
+    df = _ratings()
+    a = split_strong_generalisation(df, Protocol(heldout_users=10), seed=3, key="syn")
+    old = np.get_printoptions()
+    try:
+        np.set_printoptions(precision=3)
+        b = split_strong_generalisation(df, Protocol(heldout_users=10), seed=3, key="syn")
+    finally:
+        np.set_printoptions(**old)
+    for name in ("train", "valid_tr", "valid_te", "test_tr", "test_te"):
+        assert (getattr(a, name) != getattr(b, name)).nnz == 0, name
+
+
 # --------------------------------------------------------------------------- synthetic + cache
 def test_synthetic_has_long_tail_and_clusters(tmp_path):
     spec = SyntheticSpec(n_users=800, n_items=200, n_clusters=5, mean_items_per_user=20, popularity_weight=1.0)
@@ -183,6 +206,10 @@ def test_real_dataset_path_errors(tmp_path):
     cfg = {"datasets": [{"name": "ml", "source": "ml20m"}], "methods": {"ease": {}}}
     with pytest.raises(ConfigError, match=r"datasets\[0\].path: a ml20m dataset needs the path"):
         TailConfig.from_dict(cfg)
+    cfg = {"datasets": [{"name": "ml20m", "path": "data/ml-20m/ratings.csv"}], "methods": {"ease": {}}}
+    with pytest.raises(ConfigError, match=r"datasets\[0\].path: 'data/ml-20m/ratings.csv' is set but source is 'synthetic'; "
+                                          r"set datasets\[0\].source to ml20m, netflix or msd"):
+        TailConfig.from_dict(cfg)
     spec = DatasetSpec(name="ml", source="ml20m", path=str(tmp_path / "missing.csv"))
     with pytest.raises(InputError, match="missing.csv: ml20m file not found"):
         prepare_dataset(spec, 0, tmp_path)
@@ -205,12 +232,25 @@ def test_shipped_configs_parse(name):
     ({"evaluation": {"ks": [10]}}, r"evaluation.ks: \[10\] must include 20"),
     ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
     ({"datasets": [{"name": "a", "protocol": {"test_fraction": 1.5}}]}, r"test_fraction: 1.5 is out of range"),
+    # int(0.1 · 5) = 0 items held out of a user with 5 items
+    ({"datasets": [{"name": "a", "protocol": {"test_fraction": 0.1}}]},
+     r"datasets\[0\].protocol: test_fraction=0.1 × min_items_to_split=5 < 1"),
+    ({"datasets": [{"name": "a", "protocol": {"test_fraction": 0.3, "min_items_to_split": 3}}]},
+     r"test_fraction=0.3 × min_items_to_split=3 < 1, so a held-out user with 3 items gets no evaluation item"),
 ])
 def test_config_errors_name_key_and_value(change, message):
     raw = {"datasets": [{"name": "a"}], "methods": {"ease": {}}}
     raw.update(change)
     with pytest.raises(ConfigError, match=message):
         TailConfig.from_dict(raw)
+
+
+def test_test_fraction_times_min_items_to_split_of_one_is_accepted():
+    # int(0.2 · 5) = int(0.1 · 10) = 1 held-out item for the smallest users that are split
+    for tf, m in ((0.2, 5), (0.1, 10)):
+        raw = {"datasets": [{"name": "a", "protocol": {"test_fraction": tf, "min_items_to_split": m}}], "methods": {"ease": {}}}
+        p = TailConfig.from_dict(raw).datasets[0].protocol
+        assert (p.test_fraction, p.min_items_to_split) == (tf, m)
 
 
 def test_yaml_errors():

@@ -7,11 +7,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from steps.errors import ConfigError
+from steps.errors import ConfigError, InputError
 from steps.tail.config import Evaluation, MethodSpec, Protocol, SyntheticSpec, Training
 from steps.tail.evaluate import (
     _topk_rows,
     evaluate_lists,
+    heldout_hits,
     popularity_buckets,
     popularity_penalty,
     tail_items,
@@ -199,6 +200,25 @@ def test_topk_lists_mask_fold_in_and_pop_rerank():
     assert topk_lists(b, fold_in, 2, penalty=pen, gamma=0.6).tolist() == [[2, 1]]
 
 
+def test_topk_lists_reject_nan_scores():
+    b = np.array([[0.0, np.nan, 0.5], [1.0, 0.0, 0.2], [0.5, 0.2, 0.0]], dtype=np.float32)
+    # user 0 folds in item 2 only: scores = row 2 of B, all finite; user 1 folds in item 0: row 0 holds NaN
+    fold_in = sp.csr_matrix([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    assert topk_lists(b, fold_in[:1], 3).tolist() == [[0, 1, -1]]
+    with pytest.raises(InputError, match=r"scores X·B of fold-in row 1 hold NaN.*B has 1 NaN or infinite entries of 3²"):
+        topk_lists(b, fold_in, 3)
+
+
+def test_heldout_hits():
+    topk = np.array([[2, 0, 1], [-1, -1, -1], [1, 2, -1]])
+    # user 0 holds out items 0 and 3, user 1 (empty list) item 1, user 2 nothing
+    heldout = sp.csr_matrix(([1.0, 1.0, 1.0], ([0, 0, 1], [0, 3, 1])), shape=(3, 4))
+    hits = heldout_hits(topk, heldout)
+    assert hits.users.tolist() == [0]
+    assert hits.offsets.tolist() == [0, 2] and hits.items.tolist() == [0, 3]
+    assert hits.positions.tolist() == [1, 3]  # item 0 at position 1; item 3 not in the list -> K = 3
+
+
 def test_tail_and_buckets():
     counts = np.array([50, 30, 10, 5, 3, 2])
     # least popular half of the items
@@ -233,3 +253,24 @@ def test_fit_is_reproducible_and_early_stops(split, name, extra):
     assert a.history["valid_ndcg_at_100"][a.best_epoch - 1] == best
     if name in ("ipw", "adversarial"):
         assert a.item_weights is not None and a.item_weights.mean() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_diverging_training_names_method_epoch_and_lr():
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((40, 6)) < 0.5).astype(np.float32))
+    m = MethodSpec(name="ease_gd", training=Training(epochs=3, batch_size=2, optimizer="sgd", lr=1e6))
+    with pytest.raises(InputError, match=r"ease_gd: the item-item matrix B became non-finite in epoch 1; lower lr \(now 1000000.0\)"):
+        fit_item_item(m, x[:30], x[30:], x[30:], np.diff(x[:30].tocsc().indptr), seed=0, log=lambda s: None)
+
+
+def test_item_weights_come_from_the_best_epoch(split):
+    counts = np.diff(split.train.tocsc().indptr)
+    tr = Training(epochs=4, batch_size=128, lr=1e-2, wd=0.5, patience=3, schedule="constant")
+    m = MethodSpec(name="adversarial", training=tr, adversary="2bmlp2", alr=0.05)
+    full = fit_item_item(m, split.train, split.valid_tr, split.valid_te, counts, seed=3, log=lambda s: None)
+    assert full.best_epoch < full.epochs  # the weights moved on after the best epoch
+    # a run that stops at the best epoch follows the same (constant-lr) path: its last weights are the best epoch's
+    upto = MethodSpec(name="adversarial", training=Training(**{**tr.__dict__, "epochs": full.best_epoch}), adversary="2bmlp2", alr=0.05)
+    short = fit_item_item(upto, split.train, split.valid_tr, split.valid_te, counts, seed=3, log=lambda s: None)
+    np.testing.assert_array_equal(short.B, full.B)
+    np.testing.assert_array_equal(short.item_weights, full.item_weights)

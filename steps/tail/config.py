@@ -4,6 +4,10 @@ A config has ``datasets`` (each a synthetic or raw public dataset plus its split
 ``training`` (settings of the shared training loop), ``methods`` (an ordered mapping of method
 name to its options; any ``training`` key may be overridden per method) and ``evaluation``.
 See ``configs/tail_quick.yaml`` for every key.
+
+The adversarial method's ``loss`` option is validated only: ``l2`` (the reference's best settings
+all use it) is the one learner loss there is, so the training code never reads it. It is accepted
+so configs can spell out the reference's settings.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 EARLY_STOPPING = ("recall_at_20", "ndcg_at_100")
 ADV_LOSSES = ("recall", "recall_dist")
-LOSSES = ("l2",)
+LOSSES = ("l2",)  # the only learner loss; ``loss`` is validated, not read (see the module docstring)
 DEVICES = ("auto", "cpu", "cuda")
 TAIL_BY = ("items", "interactions")
 _ADVERSARY = re.compile(r"^(linear|2b?mlp([1-9][0-9]*))$")
@@ -110,7 +114,14 @@ def _protocol(key: str, raw: Any, source: str) -> Protocol:
         d["test_fraction"] = _number(f"{key}.test_fraction", raw["test_fraction"], 0.0, 1.0, lo_open=True)
         if d["test_fraction"] >= 1.0:
             raise ConfigError(f"{key}.test_fraction: {raw['test_fraction']!r} is out of range (< 1 required)")
-    return replace(base, **d)
+    protocol = replace(base, **d)
+    if protocol.test_fraction * protocol.min_items_to_split < 1:  # held-out count = int(test_fraction · items)
+        raise ConfigError(
+            f"{key}: test_fraction={protocol.test_fraction:g} × min_items_to_split={protocol.min_items_to_split} < 1, "
+            f"so a held-out user with {protocol.min_items_to_split} items gets no evaluation item and is silently "
+            f"not evaluated; raise {key}.test_fraction or {key}.min_items_to_split so that their product is >= 1"
+        )
+    return protocol
 
 
 def _synthetic(key: str, raw: Any) -> SyntheticSpec:
@@ -146,6 +157,8 @@ def _dataset(i: int, raw: Any) -> DatasetSpec:
         raise ConfigError(f"{key}.path: expected a file or folder path, got {path!r}")
     if source != "synthetic" and not path:
         raise ConfigError(f"{key}.path: a {source} dataset needs the path of its raw file(s)")
+    if source == "synthetic" and path:
+        raise ConfigError(f"{key}.path: {path!r} is set but source is 'synthetic'; set {key}.source to ml20m, netflix or msd")
     if source != "synthetic" and "synthetic" in raw:
         raise ConfigError(f"{key}.synthetic: only a synthetic dataset takes synthetic settings")
     return DatasetSpec(
@@ -187,7 +200,7 @@ class MethodSpec:
     lam: float = 1.0  # adversarial: item weight = (1 − lam) + lam · normalised adversary weight
     aloss: str = "recall"  # adversarial: per-item utility the adversary targets (recall or recall_dist)
     dist_ones: bool = False  # adversarial: normalise that utility by the item's holders (else by users)
-    loss: str = "l2"  # learner loss (the reference's best settings all use l2)
+    loss: str = "l2"  # learner loss: validated only, l2 is the one loss there is (the reference's choice)
     adv_k: int = 100  # adversarial: list length of the utility
     momentum: float = 0.9  # adversarial: moving average of the per-item utility
     gamma: float = 0.3  # pop_rerank: popularity penalty

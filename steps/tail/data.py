@@ -35,7 +35,7 @@ from steps.tail.config import DatasetSpec, Protocol
 from steps.tail.synthetic import write_synthetic_ratings
 
 MATRICES = ("train", "valid_tr", "valid_te", "test_tr", "test_te")
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the test users' fold-in draw no longer depends on numpy's print options
 
 
 # --------------------------------------------------------------------------- loaders
@@ -94,7 +94,8 @@ def read_netflix(path: str | os.PathLike) -> pl.DataFrame:
     frames = []
     for f in _netflix_files(Path(path)):
         try:
-            raw = pl.read_csv(f, has_header=False, schema={"a": pl.String, "b": pl.String, "c": pl.String},
+            # a 4th column catches lines with extra fields (longer lines are cut after it)
+            raw = pl.read_csv(f, has_header=False, schema={"a": pl.String, "b": pl.String, "c": pl.String, "d": pl.String},
                               truncate_ragged_lines=True, missing_columns="insert")
         except Exception as exc:
             raise InputError(f"{f}: not a readable Netflix Prize ratings file ({exc})") from exc
@@ -104,6 +105,11 @@ def read_netflix(path: str | os.PathLike) -> pl.DataFrame:
         is_header = a.str.ends_with(":")
         if not bool(is_header[0]):
             raise InputError(f"{f}: line 1 must be a 'MovieID:' header, found {raw['a'][0]!r}")
+        extra = pl.select(pl.when(is_header).then(raw["b"]).otherwise(raw["d"])).to_series()
+        if extra.is_not_null().any():
+            r = int(extra.is_not_null().arg_max())
+            expected = "'MovieID:' alone" if is_header[r] else "CustomerID,Rating,Date"
+            raise InputError(f"{f}: line {r + 1} has an extra field {extra[r]!r} (expected {expected})")
         headers = pl.DataFrame({"MovieID": a.filter(is_header).str.strip_suffix(":")})
         movie = _numeric(f, headers, "MovieID", pl.Int64, lambda r, idx=np.flatnonzero(is_header.to_numpy()): int(idx[r]) + 1)
         block = is_header.cast(pl.Int64).cum_sum() - 1
@@ -217,8 +223,8 @@ def split_strong_generalisation(ratings: pl.DataFrame, protocol: Protocol, seed:
         part = pos.filter(pl.col("role") == role_id).sort("row", "col")
         rows = part["row"].to_numpy()
         cols = part["col"].to_numpy()
-        key = rng_for(seed, "tail-fold-in", key, name).random(len(rows))
-        order = np.lexsort((key, rows))
+        draw = rng_for(seed, "tail-fold-in", key, name).random(len(rows))
+        order = np.lexsort((draw, rows))
         rows, cols = rows[order], cols[order]
         n_per = np.bincount(rows, minlength=h)
         start = np.concatenate([[0], np.cumsum(n_per)[:-1]])

@@ -65,6 +65,12 @@ def topk_lists(B: np.ndarray | torch.Tensor, fold_in: sp.csr_matrix, k: int, bat
             top = scores.max(dim=1, keepdim=True).values.clamp_min(0.0)
             top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
             scores = scores - gamma * top * pen[None, :]
+        nan = torch.isnan(scores).any(dim=1)
+        if bool(nan.any()):
+            row = start + int(nan.int().argmax())
+            n_bad = int((~torch.isfinite(bt)).sum())
+            raise InputError(f"the scores X·B of fold-in row {row} hold NaN, so items cannot be ranked; the item-item "
+                             f"matrix B has {n_bad} NaN or infinite entries of {n_items}² (a diverged model: lower lr?)")
         out[start : start + xb.shape[0]] = _topk_rows(scores, k).cpu().numpy()
     return out
 
@@ -101,6 +107,28 @@ def popularity_buckets(item_counts: np.ndarray, n_buckets: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- metrics
 @dataclass(frozen=True)
+class Hits:
+    """Where the held-out items of the evaluated users (a held-out item and a fold-in list) fall in their lists."""
+
+    users: np.ndarray  # rows of the evaluated users
+    offsets: np.ndarray  # CSR offsets of their held-out items (int64, len(users) + 1)
+    items: np.ndarray  # held-out item indices, user by user
+    positions: np.ndarray  # list position of every held-out item (metrics.heldout_positions)
+
+
+def heldout_hits(topk: np.ndarray, heldout: sp.csr_matrix) -> Hits:
+    """Match the lists ``topk`` (users × k, −1 = empty slot) against the held-out items ``heldout``;
+    only users with a held-out item and a non-empty list count."""
+    heldout = sp.csr_matrix(heldout)
+    n_held = np.diff(heldout.indptr)
+    users = np.flatnonzero((n_held > 0) & (topk[:, 0] >= 0))
+    sub = heldout[users]
+    offsets = sub.indptr.astype(np.int64)
+    positions = metrics.heldout_positions(topk[users], np.repeat(np.arange(len(users)), np.diff(offsets)), sub.indices)
+    return Hits(users, offsets, sub.indices, positions)
+
+
+@dataclass(frozen=True)
 class ListMetrics:
     summary: dict  # metric name -> value (users averaged)
     exposure: np.ndarray  # (n_items,) slots in the top-k_report lists
@@ -110,18 +138,12 @@ class ListMetrics:
 def evaluate_lists(topk: np.ndarray, heldout: sp.csr_matrix, item_counts: np.ndarray, n_train_users: int,
                    is_tail: np.ndarray, bucket: np.ndarray, ev: Evaluation) -> ListMetrics:
     """Every metric of a split's lists; only users with a held-out item and a fold-in list count."""
-    heldout = sp.csr_matrix(heldout)
     n_items = heldout.shape[1]
-    n_held = np.diff(heldout.indptr)
-    users = np.flatnonzero((n_held > 0) & (topk[:, 0] >= 0))
-    if len(users) == 0:
+    hits = heldout_hits(topk, heldout)
+    if len(hits.users) == 0:
         raise InputError("no held-out user has both held-out items and a recommendation list; nothing to evaluate")
-    lists = topk[users]
-    sub = heldout[users]
-    offsets = sub.indptr.astype(np.int64)
-    rows = np.repeat(np.arange(len(users)), np.diff(offsets))
-    positions = metrics.heldout_positions(lists, rows, sub.indices)
-    out: dict = {"users": int(len(users))}
+    lists, offsets, positions = topk[hits.users], hits.offsets, hits.positions
+    out: dict = {"users": int(len(hits.users))}
     for k in ev.ks:
         out[f"recall_at_{k}"] = float(np.nanmean(metrics.recall_at_k(offsets, positions, k)))
         out[f"ndcg_at_{k}"] = float(np.nanmean(metrics.ndcg_at_k(offsets, positions, k)))
@@ -134,7 +156,7 @@ def evaluate_lists(topk: np.ndarray, heldout: sp.csr_matrix, item_counts: np.nda
     out["tail_share"] = metrics.tail_share(lists, is_tail, k20)
     item_recall = {}
     for k in ev.ks:
-        ir = metrics.item_recall_at_k(sub.indices, positions, n_items, k)
+        ir = metrics.item_recall_at_k(hits.items, positions, n_items, k)
         item_recall[k] = ir
         out[f"item_recall_at_{k}"] = float(np.nanmean(ir))
         per_bucket = metrics.bucket_means(ir, bucket, ev.buckets)

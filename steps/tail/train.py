@@ -12,9 +12,8 @@ re-run (or a resumed task) reproduces the same matrix on the same machine.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -35,7 +34,8 @@ from steps.tail.models import (
     ipw_weights,
     to_torch_sparse,
 )
-from steps.tail.evaluate import topk_lists
+from steps.tail.evaluate import heldout_hits, topk_lists
+from steps.torchtools import deterministic_torch
 
 
 @dataclass
@@ -45,21 +45,7 @@ class FitResult:
     best_epoch: int
     history: pl.DataFrame  # epoch, train_loss, valid_recall_at_20, valid_ndcg_at_100, lr, extra
     seconds: float
-    item_weights: np.ndarray | None = None  # final learner item weights (ipw / adversarial)
-    notes: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def deterministic_torch(seed: int):
-    """Deterministic algorithms and a seeded global generator (for module initialisation) inside the block."""
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(was)
+    item_weights: np.ndarray | None = None  # learner item weights of the best epoch (ipw / adversarial)
 
 
 def make_optimizer(params, training: Training, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -90,14 +76,16 @@ def build_objective(method: MethodSpec, train: sp.csr_matrix, item_counts: np.nd
 
 def validation_scores(B: torch.Tensor, valid_tr: sp.csr_matrix, valid_te: sp.csr_matrix, batch_users: int, device) -> dict:
     """Mean Recall@20 and nDCG@100 of the validation users that have held-out items."""
-    top = topk_lists(B, valid_tr, 100, batch_users, device)
-    n_held = np.diff(valid_te.indptr)
-    users = np.flatnonzero((n_held > 0) & (top[:, 0] >= 0))
-    sub = valid_te[users]
-    offsets = sub.indptr.astype(np.int64)
-    pos = metrics.heldout_positions(top[users], np.repeat(np.arange(len(users)), np.diff(offsets)), sub.indices)
+    hits = heldout_hits(topk_lists(B, valid_tr, 100, batch_users, device), valid_te)
+    offsets, pos = hits.offsets, hits.positions
     return {"recall_at_20": float(np.nanmean(metrics.recall_at_k(offsets, pos, 20))),
             "ndcg_at_100": float(np.nanmean(metrics.ndcg_at_k(offsets, pos, 100)))}
+
+
+def _weights(objective: Objective) -> torch.Tensor | None:
+    """A copy of the objective's current learner item weights (None for unweighted objectives)."""
+    w = objective.item_weights()
+    return None if w is None else w.detach().clone()
 
 
 def run_epoch(model: ItemItem, objective: Objective, optimizer: torch.optim.Optimizer, train: sp.csr_matrix,
@@ -138,12 +126,14 @@ def fit_item_item(method: MethodSpec, train: sp.csr_matrix, valid_tr: sp.csr_mat
         optimizer = make_optimizer(groups, tr, tr.lr, tr.wd)
         schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tr.epochs) if tr.schedule == "cosine"
                     else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0))
-        best_score, best_epoch, best_B, stale = -np.inf, 0, model.B.detach().clone(), 0
+        best_score, best_epoch, best_B, best_weights, stale = -np.inf, 0, model.B.detach().clone(), _weights(objective), 0
         rows = []
         for epoch in range(1, tr.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             order = rng_for(seed, "tail-epoch", method.name, epoch).permutation(n_users)
             loss = run_epoch(model, objective, optimizer, train, order, tr.batch_size, device)
+            if not bool(torch.isfinite(model.B.detach().sum())):  # finite sum <=> every entry finite (or an overflow: diverged too)
+                raise InputError(f"{method.name}: the item-item matrix B became non-finite in epoch {epoch}; lower lr (now {tr.lr})")
             if not np.isfinite(loss):
                 raise InputError(f"{method.name}: the training loss became {loss} in epoch {epoch}; lower lr (now {tr.lr})")
             scores = validation_scores(model.B.detach(), valid_tr, valid_te, batch_users, device)
@@ -154,14 +144,14 @@ def fit_item_item(method: MethodSpec, train: sp.csr_matrix, valid_tr: sp.csr_mat
             if scores[tr.early_stopping] > best_score:
                 best_score, best_epoch, stale = scores[tr.early_stopping], epoch, 0
                 best_B = model.B.detach().clone()
+                best_weights = _weights(objective)
             else:
                 stale += 1
                 if stale >= tr.patience:
                     break
             schedule.step()
-        weights = objective.item_weights()
     return FitResult(
         B=best_B.cpu().numpy().astype(np.float32), epochs=len(rows), best_epoch=best_epoch,
         history=pl.DataFrame(rows), seconds=time.perf_counter() - t0,
-        item_weights=None if weights is None else weights.detach().cpu().numpy().astype(np.float64),
+        item_weights=None if best_weights is None else best_weights.cpu().numpy().astype(np.float64),
     )
