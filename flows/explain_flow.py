@@ -20,11 +20,12 @@ from recalign.flowtools import catch_cells, resources_from, retry_from_config, t
 
 from steps.tables import table_rows
 from steps.explain.config import ExplainConfig
-from steps.explain.data import user_histories
+from steps.explain.data import user_consumed_items, user_histories
 from steps.explain.explain import explain_user, feature_codes
 from steps.explain.model import save_checkpoint
 from steps.explain.pipeline import (
     build_figures,
+    check_settings_against_data,
     choose_users,
     efficiency_check,
     export_run,
@@ -67,6 +68,7 @@ class ExplainFlow(FlowSpec):
         cfg = self._cfg()
         self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
         data = resolve_dataset(cfg, self.data_dir, self.ml1m_ratings, self.ml1m_movies, self.storage.dir("input"))
+        check_settings_against_data(data, cfg)
         self.data = map_refs(store_dataset(data, self.storage.dir("data")), self.storage.publish)
         self.data_summary = data.summary()
         print(self.data_summary)
@@ -106,7 +108,7 @@ class ExplainFlow(FlowSpec):
         data = self.data.load()
         history = user_histories(data, [user], cfg.history_max)[user]
         model = load_model(self.model_file, cfg.explain_dtype)
-        self.explanation = explain_user(model, user, history, cfg, feature_codes(data))
+        self.explanation = explain_user(model, user, history, cfg, feature_codes(data), user_consumed_items(data, user), data.n_items)
         self.next(self.join)
 
     @resources_from("join")

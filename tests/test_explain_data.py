@@ -15,6 +15,7 @@ from steps.explain.data import (
     leave_one_out,
     read_rechorus,
     sample_negatives,
+    user_consumed_items,
     user_histories,
     write_rechorus,
 )
@@ -157,6 +158,24 @@ def test_ml1m_malformed_line(tmp_path):
         convert_ml1m(ratings, tmp_path / "o", 1, 0)
 
 
+def test_dev_or_test_before_train_in_time_is_an_error(tmp_path):
+    # user 2's dev row (time 7) comes before their train row at time 9: its history would hold a
+    # future event
+    train = TRAIN + "2\t3\t9\n"
+    with pytest.raises(InputError, match=r"user 2: dev.csv has an interaction \(item 1\) at time 7, before their "
+                       r"train.csv interaction at time 9"):
+        read_rechorus(write_folder(tmp_path, train, DEV, TEST))
+    equal_time = TRAIN + "2\t3\t7\n"  # the same time is fine (file order breaks ties)
+    (tmp_path / "ok").mkdir()
+    read_rechorus(write_folder(tmp_path / "ok", equal_time, DEV, TEST))
+
+
+def test_consumed_items_are_train_and_dev(tmp_path):
+    d = read_rechorus(write_folder(tmp_path, TRAIN, DEV, TEST))
+    assert user_consumed_items(d, 1).tolist() == [1, 2, 3, 4]  # train 2, 1, 3 and dev 4; not test 5
+    assert user_consumed_items(d, 2).tolist() == [1, 4, 5]
+
+
 def test_unknown_user_and_empty_history(tmp_path):
     d = read_rechorus(write_folder(tmp_path, TRAIN, DEV, TEST))
     with pytest.raises(InputError, match="user 9 is not in the data"):
@@ -176,6 +195,13 @@ def test_configs_validate():
         ({"colour": 1}, r"unknown key\(s\) \['colour'\]"),
         ({"synthetic": {"n_items": 50}}, "synthetic.n_items: 50 items leave too few negatives"),
         ({"synthetic": {"n_user": 5}}, r"synthetic: unknown key\(s\) \['n_user'\]"),
+        ({"synthetic": {"p_last": 0.6, "p_second": 0.3, "p_third": 0.2}}, r"synthetic.p_last \+ p_second \+ p_third = 0.6 \+ 0.3 \+ 0.2 = 1.1 > 1"),
+        ({"synthetic": {"n_users": 5.0}}, "synthetic.n_users: expected an integer >= 2, got 5.0"),
+        ({"synthetic": {"seed": True}}, "synthetic.seed: expected an integer >= 0, got True"),
+        ({"explain_users": 0}, "explain_users: 0 users to explain and no explain_user_ids"),
     ]:
         with pytest.raises(ConfigError, match=message):
             ExplainConfig.from_dict(bad)
+    # the synthetic data's room for negatives is checked only where synthetic data is used
+    assert ExplainConfig.from_dict({"n_neg": 500}).n_neg == 500
+    assert ExplainConfig.from_dict({"explain_users": 0, "explain_user_ids": [3]}).explain_user_ids == (3,)

@@ -94,6 +94,26 @@ def test_top_k_excludes_padding_and_history(model):
         top_k_items(model, HISTORY, 40, exclude_history=False)
 
 
+def test_top_k_excludes_everything_consumed_and_stays_in_the_data_catalogue(model):
+    """Items consumed before the history_max window are not recommended again; a checkpoint with
+    more item embeddings than the data has items recommends only the data's items."""
+    free = top_k_items(model, HISTORY, 5)
+    older = free[:2]  # two items the user consumed long ago (outside the window)
+    consumed = np.concatenate([HISTORY, older])
+    top = top_k_items(model, HISTORY, 5, consumed=consumed)
+    assert not set(top) & set(consumed) and top[:3].tolist() == free[2:].tolist()
+    assert top_k_items(model, HISTORY, 5, exclude_history=False, consumed=consumed).tolist() == \
+        top_k_items(model, HISTORY, 5, exclude_history=False).tolist()
+    small = top_k_items(model, HISTORY, 5, n_items=20)
+    with torch.no_grad():
+        scores = model.score_all(torch.from_numpy(HISTORY)[None], torch.tensor([len(HISTORY)]))[0, :20].numpy()
+    scores[0] = -np.inf
+    scores[HISTORY[HISTORY < 20]] = -np.inf
+    assert small.tolist() == np.argsort(-scores, kind="stable")[:5].tolist() and small.max() < 20
+    with pytest.raises(InputError, match=r"K = 20 is larger than the 12 items"):
+        top_k_items(model, HISTORY, 20, n_items=20)  # 19 items minus the 7 history items
+
+
 def test_explanation_tables_add_up(model):
     cfg = ExplainConfig.from_dict({"top_k": 4, "kernel_samples": 64, "pruning_tolerance": 0.3})
     codes = np.arange(N_ITEMS) % 3

@@ -124,6 +124,22 @@ def test_training_is_reproducible():
         model_metrics(c, data, ExplainConfig.from_dict({**TINY, "ks": [5, 50]}))
 
 
+def test_checkpoint_with_more_item_embeddings_ranks_only_the_datas_items():
+    """A ReChorus checkpoint may hold more item embeddings than the data has items (accepted on
+    load); full ranking then scores the data's catalogue only."""
+    cfg = ExplainConfig.from_dict({**TINY, "full_ranking": True, "ks": [1, 5]})
+    data = synthetic_dataset(cfg.synthetic, cfg.n_neg)
+    big = GRU4Rec(data.n_items + 5, 8, 8, seed=1)
+    same = GRU4Rec(data.n_items, 8, 8, seed=1)
+    with torch.no_grad():  # the same weights for the data's items
+        for name, p in same.named_parameters():
+            src = dict(big.named_parameters())[name]
+            p.copy_(src[: data.n_items] if name == "i_embeddings.weight" else src)
+    a, b = model_metrics(big, data, cfg), model_metrics(same, data, cfg)
+    assert a.filter(pl.col("protocol") == "full").height == 4
+    assert a.equals(b)
+
+
 @pytest.mark.slow
 def test_trained_gru4rec_beats_popularity_and_recent_events_matter_most():
     cfg = ExplainConfig.from_dict({

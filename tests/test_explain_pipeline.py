@@ -1,13 +1,15 @@
 """ExplainFlow's building blocks: inputs, stored data, the user sample, joins and summaries."""
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from steps.errors import InputError
+from steps.errors import ConfigError, InputError
 from steps.explain.config import ExplainConfig
 from steps.explain.explain import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
 from steps.explain.pipeline import (
+    check_settings_against_data,
     choose_users,
     efficiency_check,
     join_explanations,
@@ -15,6 +17,7 @@ from steps.explain.pipeline import (
     resolve_dataset,
     store_dataset,
 )
+from steps.explain.train import training_negative_exclusions
 
 SMALL = ExplainConfig.from_dict({"n_neg": 10, "explain_users": 4, "synthetic": {
     "n_users": 20, "n_items": 40, "n_genres": 4, "min_len": 5, "max_len": 8}})
@@ -32,6 +35,39 @@ def test_inputs_and_stored_data(tmp_path):
     assert_frame_equal(back.interactions, data.interactions)
     assert_frame_equal(back.item_features, data.item_features)
     assert back.n_items == data.n_items and back.feature_name == "i_genre"
+
+
+def test_settings_are_checked_against_the_data_before_training(tmp_path):
+    data = resolve_dataset(SMALL, "", "", "", tmp_path)  # 10 negatives per dev/test row, 40 items
+    base = {**SMALL.as_dict(), "ks": [5, 10]}
+    check_settings_against_data(data, ExplainConfig.from_dict(base))
+    for bad, message in [
+        ({"ks": [5, 12]}, r"ks: K = 12 is larger than the 11 candidates per dev/test row \(1 positive \+ 10 negatives"),
+        ({"ks": [5], "full_ranking": True, "top_k": 41}, "top_k: K = 41 is larger than the catalogue of 40 items"),
+        ({"baseline": 41}, r"baseline: item 41 is not in the catalogue of synthetic \(item ids 1..40\)"),
+        ({"explain_user_ids": [1, 99]}, "user 99 is not in the data"),
+    ]:
+        with pytest.raises((ConfigError, InputError), match=message):
+            check_settings_against_data(data, ExplainConfig.from_dict({**base, **bad}))
+    # without a synthetic section the config is not checked for synthetic room; synthesising is
+    roomless = ExplainConfig.from_dict({"n_neg": 390})  # default synthetic: 400 items, up to 50 events
+    with pytest.raises(ConfigError, match="synthetic.n_items: 400 items leave too few negatives"):
+        resolve_dataset(roomless, "", "", "", tmp_path / "r")
+
+
+def test_training_negatives_exclude_only_the_users_train_items(tmp_path):
+    data = resolve_dataset(SMALL, "", "", "", tmp_path)
+    keys = training_negative_exclusions(data)
+    n = data.n_items
+    for split, excluded in (("train", True), ("dev", False), ("test", False)):
+        rows = data.split(split)
+        # a dev/test item the user never had in train must stay drawable as a negative
+        if split != "train":
+            train_keys = set((data.split("train")["user_id"] * n + data.split("train")["item_id"]).to_list())
+            rows = rows.filter(~(pl.col("user_id") * n + pl.col("item_id")).is_in(list(train_keys)))
+        assert rows.height > 0
+        in_keys = np.isin((rows["user_id"] * n + rows["item_id"]).to_numpy(), keys)
+        assert in_keys.all() if excluded else not in_keys.any()
 
 
 def test_choose_users(tmp_path):

@@ -5,5 +5,6 @@ Modules: ``config`` (validated experiment settings), ``data`` (ReChorus sequenti
 MovieLens-1M converter, leave-one-out split), ``synthetic`` (sequences with planted structure),
 ``model`` (GRU4Rec, ReChorus checkpoints), ``train`` (training, evaluation, popularity baseline),
 ``game`` (the value function v(S) of a user's history), ``shapley`` (estimators), ``explain``
-(one user's explanation), ``report`` (tables and figures).
+(one user's explanation), ``pipeline`` (inputs, stored data and model, user sample, joins, report,
+export), ``plots`` (figures).
 """

@@ -138,13 +138,22 @@ class ExplainConfig:
                 f"history_max: {cfg.history_max} events is too many for the {sorted(exact_like)} estimator(s) "
                 f"(2^{cfg.history_max} coalitions); use <= {MAX_EXACT_EVENTS} or only 'kernel'"
             )
-        if cfg.synthetic.n_items <= cfg.n_neg + cfg.synthetic.max_len:
+        if "synthetic" in raw:  # a synthetic section was written for this config: check it now
+            cfg.check_synthetic_room()
+        if cfg.explain_users == 0 and not cfg.explain_user_ids:
+            raise ConfigError("explain_users: 0 users to explain and no explain_user_ids; set explain_users >= 1 "
+                              "or list explain_user_ids")
+        return cfg
+
+    def check_synthetic_room(self) -> None:
+        """Synthetic users need ``n_neg`` negatives besides their own items (checked when the run
+        synthesises data; real data is checked against ``n_neg`` by its converter)."""
+        if self.synthetic.n_items <= self.n_neg + self.synthetic.max_len:
             raise ConfigError(
-                f"synthetic.n_items: {cfg.synthetic.n_items} items leave too few negatives to sample n_neg = "
-                f"{cfg.n_neg} per row for users with up to synthetic.max_len = {cfg.synthetic.max_len} events "
+                f"synthetic.n_items: {self.synthetic.n_items} items leave too few negatives to sample n_neg = "
+                f"{self.n_neg} per row for users with up to synthetic.max_len = {self.synthetic.max_len} events "
                 f"(n_items > n_neg + max_len required)"
             )
-        return cfg
 
     @property
     def baseline_name(self) -> str:

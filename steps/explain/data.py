@@ -160,16 +160,30 @@ def order_interactions(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def check_sequences(interactions: pl.DataFrame, n_items: int, where: str) -> None:
-    """Every dev/test row needs a non-empty history; negatives must lie in the catalogue."""
-    first = interactions.with_row_index("_row").group_by(USER, maintain_order=True).agg(
-        pl.col(SPLIT).first(), pl.col(ITEM).first()
-    )
+    """Every dev/test row needs a non-empty history; a user's dev/test rows may not precede their
+    train (or, for test, dev) rows in time; negatives must lie in the catalogue.
+
+    ``interactions`` is ordered by :func:`order_interactions`.
+    """
+    first = interactions.group_by(USER, maintain_order=True).agg(pl.col(SPLIT).first(), pl.col(ITEM).first())
     no_history = first.filter(pl.col(SPLIT) != "train")
     if no_history.height:
         u = no_history.row(0, named=True)
         raise InputError(
             f"{where}: user {u[USER]} has an empty history: their first interaction (item {u[ITEM]}) is in "
             f"{u[SPLIT]}.csv and train.csv has none before it"
+        )
+    # within a split rows are sorted by time, so a time that goes back marks a later split's row
+    # that happened before an earlier split's row: its history would hold events from its future
+    earlier = interactions.with_columns(
+        pl.col(TIME).shift(1).over(USER).alias("_prev_time"), pl.col(SPLIT).shift(1).over(USER).alias("_prev_split")
+    ).filter(pl.col(TIME) < pl.col("_prev_time"))
+    if earlier.height:
+        r = earlier.row(0, named=True)
+        raise InputError(
+            f"{where}: user {r[USER]}: {r[SPLIT]}.csv has an interaction (item {r[ITEM]}) at time {r[TIME]}, before "
+            f"their {r['_prev_split']}.csv interaction at time {r['_prev_time']}; each user's train, dev and test rows "
+            "must follow each other in time (leave-one-out: dev and test are the last events)"
         )
     if NEG in interactions.columns:
         too_big = interactions.filter(pl.col(NEG).list.max() >= n_items)
@@ -458,8 +472,15 @@ def build_instances(data: SeqData, split: str, history_max: int) -> Instances:
     hist, lengths = _windows(items, rows, starts[rows], history_max)
     negs = None
     if split != "train":
-        negs = np.array(data.interactions[NEG].gather(rows).to_list(), dtype=np.int64).reshape(len(rows), -1)
+        negs = data.interactions[NEG].gather(rows).explode().to_numpy().astype(np.int64).reshape(len(rows), -1)
     return Instances(users[rows], items[rows], hist, lengths, negs)
+
+
+def user_consumed_items(data: SeqData, user_id: int) -> np.ndarray:
+    """Every item the user interacted with before test time (train + dev), also those older than
+    the ``history_max`` window: what a top-K for that user must not recommend again."""
+    rows = data.interactions.filter((pl.col(USER) == int(user_id)) & (pl.col(SPLIT) != "test"))
+    return np.unique(rows[ITEM].to_numpy().astype(np.int64))
 
 
 def user_histories(data: SeqData, user_ids, history_max: int) -> dict[int, np.ndarray]:

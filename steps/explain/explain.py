@@ -57,24 +57,32 @@ class Explanation:
 
 
 @torch.no_grad()
-def top_k_items(model: GRU4Rec, history: np.ndarray, k: int, exclude_history: bool = True) -> np.ndarray:
+def top_k_items(
+    model: GRU4Rec, history: np.ndarray, k: int, exclude_history: bool = True, consumed: np.ndarray | None = None,
+    n_items: int | None = None,
+) -> np.ndarray:
     """The model's top-``k`` items after the unperturbed ``history`` (highest score first; equal
-    scores: lower item id first). The padding item, and with ``exclude_history`` the history's
-    items, are never recommended."""
+    scores: lower item id first). The padding item is never recommended; with ``exclude_history``
+    neither is anything the user consumed: ``consumed`` (all their earlier items, also those older
+    than the ``history_max`` window) or, when not given, the history's items. ``n_items`` limits
+    the catalogue to the data's items when a loaded checkpoint has more embeddings."""
     history = np.asarray(history, dtype=np.int64)
-    n_items = model.spec.n_items
+    n_items = model.spec.n_items if n_items is None else min(int(n_items), model.spec.n_items)
     if len(history) == 0:
         raise InputError("history: an empty history has no top-K to explain")
-    scores = model.score_all(torch.from_numpy(history)[None, :], torch.tensor([len(history)]))[0].double().numpy()
+    scores = model.score_all(torch.from_numpy(history)[None, :], torch.tensor([len(history)]))[0, :n_items].double().numpy()
     eligible = np.ones(n_items, dtype=bool)
     eligible[0] = False
     if exclude_history:
-        eligible[history] = False
+        eligible[history[history < n_items]] = False
+        if consumed is not None:
+            consumed = np.asarray(consumed, dtype=np.int64)
+            eligible[consumed[consumed < n_items]] = False
     n_eligible = int(eligible.sum())
     if k > n_eligible:
         raise InputError(
             f"top_k: K = {k} is larger than the {n_eligible} items that can be recommended "
-            f"(catalogue of {n_items - 1} items{', minus the history' if exclude_history else ''})"
+            f"(catalogue of {n_items - 1} items{', minus the items the user consumed' if exclude_history else ''})"
         )
     order = np.argsort(np.where(eligible, -scores, np.inf), kind="stable")
     return order[:k].astype(np.int64)
@@ -100,12 +108,14 @@ def _phi(game: SequenceGame, estimator: str, cfg: ExplainConfig, rng: np.random.
 
 def explain_user(
     model: GRU4Rec, user_id: int, history: np.ndarray, cfg: ExplainConfig,
-    features: tuple[np.ndarray, list[str]] | None = None,
+    features: tuple[np.ndarray, list[str]] | None = None, consumed: np.ndarray | None = None,
+    n_items: int | None = None,
 ) -> Explanation:
     """Explain ``model``'s top-K for one user with every estimator of ``cfg`` (see the module
-    docstring). ``model`` sets the arithmetic: pass a float64 copy for float64 attributions."""
+    docstring). ``model`` sets the arithmetic: pass a float64 copy for float64 attributions.
+    ``consumed``: every item the user consumed before (see :func:`top_k_items`)."""
     history = np.asarray(history, dtype=np.int64)
-    top_k = top_k_items(model, history, cfg.top_k, cfg.exclude_history_from_top_k)
+    top_k = top_k_items(model, history, cfg.top_k, cfg.exclude_history_from_top_k, consumed, n_items)
     game = SequenceGame(model, history, top_k, cfg.baseline)
     L = len(history)
     f_x, f_b = game.full_value(), game.empty_value()

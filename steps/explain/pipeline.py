@@ -14,10 +14,10 @@ import torch
 
 from steps.tables import concat, json_default
 from steps.align.plots import save as save_figure
-from steps.errors import InputError
+from steps.errors import ConfigError, InputError
 from steps.explain import plots
 from steps.explain.config import ExplainConfig
-from steps.explain.data import SPLIT, USER, SeqData, convert_ml1m, read_rechorus, user_histories, write_rechorus
+from steps.explain.data import NEG, SPLIT, USER, SeqData, convert_ml1m, read_rechorus, user_histories, write_rechorus
 from steps.explain.explain import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
 from steps.explain.model import GRU4Rec, as_dtype, load_rechorus_checkpoint
 from steps.explain.synthetic import synthetic_dataset
@@ -42,6 +42,7 @@ def resolve_dataset(cfg: ExplainConfig, data_dir: str, ml1m_ratings: str, ml1m_m
     if ml1m_ratings:
         convert_ml1m(ml1m_ratings, folder, cfg.n_neg, cfg.seed, ml1m_movies or None)
     else:
+        cfg.check_synthetic_room()
         write_rechorus(folder, synthetic_dataset(cfg.synthetic, cfg.n_neg))
     data = read_rechorus(folder)
     return SeqData(data.interactions, data.n_items, data.item_features, data.feature_name,
@@ -91,6 +92,27 @@ def fit_or_load(data: SeqData, cfg: ExplainConfig, checkpoint: str = "") -> tupl
 def load_model(ref: FileRef, dtype: str = "float32") -> GRU4Rec:
     ref.verify()
     return as_dtype(load_rechorus_checkpoint(localize(ref).path), TORCH_DTYPES[dtype])
+
+
+def check_settings_against_data(data: SeqData, cfg: ExplainConfig) -> None:
+    """The settings that depend on the data, checked when the data is read (before training):
+    K against the candidates per dev/test row and the catalogue, the users to explain, the
+    baseline item."""
+    held_out = data.interactions.filter(pl.col(SPLIT) != "train")
+    if held_out.height:
+        n_neg = int(held_out[NEG].list.len()[0])
+        if max(cfg.ks) > 1 + n_neg:
+            raise ConfigError(f"ks: K = {max(cfg.ks)} is larger than the {1 + n_neg} candidates per dev/test row "
+                              f"(1 positive + {n_neg} negatives in {data.source})")
+    catalogue = data.n_items - 1
+    if cfg.full_ranking and max(cfg.ks) > catalogue:
+        raise ConfigError(f"ks: K = {max(cfg.ks)} is larger than the catalogue of {catalogue} items ({data.source})")
+    if cfg.top_k > catalogue:
+        raise ConfigError(f"top_k: K = {cfg.top_k} is larger than the catalogue of {catalogue} items ({data.source})")
+    if isinstance(cfg.baseline, int) and not 1 <= cfg.baseline <= catalogue:
+        raise ConfigError(f"baseline: item {cfg.baseline} is not in the catalogue of {data.source} (item ids 1..{catalogue})")
+    if cfg.explain_user_ids:
+        user_histories(data, cfg.explain_user_ids, cfg.history_max)  # unknown users, empty histories
 
 
 def choose_users(data: SeqData, cfg: ExplainConfig) -> list[int]:

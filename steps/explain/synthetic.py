@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
+from steps.configtools import integer, number
 from steps.errors import ConfigError
 from steps.explain.data import FEATURE, ITEM, TIME, USER, SeqData, leave_one_out
 from steps.seeding import rng_for
@@ -36,23 +37,24 @@ class SyntheticSeqSpec:
     seed: int = 7
 
     def __post_init__(self) -> None:
-        probs = self.p_last + self.p_second + self.p_third
-        checks = [
-            ("n_users", isinstance(self.n_users, int) and self.n_users >= 2),
-            ("n_items", isinstance(self.n_items, int) and self.n_items >= 10),
-            ("n_genres", isinstance(self.n_genres, int) and 1 <= self.n_genres <= self.n_items // 2),
-            ("min_len", isinstance(self.min_len, int) and 3 <= self.min_len),
-            ("max_len", isinstance(self.max_len, int) and self.min_len <= self.max_len),
-            ("n_successors", isinstance(self.n_successors, int) and self.n_successors >= 1),
-            ("p_last", isinstance(self.p_last, (int, float)) and 0 <= self.p_last <= 1),
-            ("p_second", isinstance(self.p_second, (int, float)) and 0 <= self.p_second <= 1),
-            ("p_third", isinstance(self.p_third, (int, float)) and 0 <= self.p_third <= 1 and probs <= 1),
-            ("zipf", isinstance(self.zipf, (int, float)) and self.zipf >= 0),
-            ("seed", isinstance(self.seed, int) and self.seed >= 0),
-        ]
-        for name, ok in checks:
-            if not ok:
-                raise ConfigError(f"synthetic.{name}: invalid value {getattr(self, name)!r}")
+        k = "synthetic."
+        integer(k + "n_users", self.n_users, 2)
+        integer(k + "n_items", self.n_items, 10)
+        integer(k + "n_genres", self.n_genres, 1)
+        if self.n_genres > self.n_items // 2:
+            raise ConfigError(f"{k}n_genres: {self.n_genres} genres for {self.n_items} items; at most n_items // 2 = "
+                              f"{self.n_items // 2} (every genre needs two items)")
+        integer(k + "min_len", self.min_len, 3)
+        integer(k + "max_len", self.max_len, self.min_len)
+        integer(k + "n_successors", self.n_successors, 1)
+        for name in ("p_last", "p_second", "p_third"):
+            number(k + name, getattr(self, name), 0.0, 1.0)
+        total = self.p_last + self.p_second + self.p_third
+        if total > 1:
+            raise ConfigError(f"{k}p_last + p_second + p_third = {self.p_last} + {self.p_second} + {self.p_third} = "
+                              f"{total:g} > 1 (the rest is the probability of a popular item)")
+        number(k + "zipf", self.zipf, 0.0)
+        integer(k + "seed", self.seed, 0)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SyntheticSeqSpec":

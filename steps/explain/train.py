@@ -8,10 +8,8 @@ and negatives from ``rng_for(seed, "train", epoch)``, and PyTorch runs with
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
-from typing import Iterator
 
 import numpy as np
 import polars as pl
@@ -24,19 +22,9 @@ from steps.explain.data import ITEM, SPLIT, USER, Instances, SeqData, build_inst
 from steps.explain.model import GRU4Rec
 from steps.metrics import heldout_ranking_metrics, pessimistic_positions
 from steps.seeding import rng_for
+from steps.torchtools import deterministic_torch
 
 EARLY_STOP_METRIC = "ndcg_at_5"
-
-
-@contextlib.contextmanager
-def deterministic_torch() -> Iterator[None]:
-    """``torch.use_deterministic_algorithms(True)`` inside the block, restored afterwards."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
@@ -64,13 +52,21 @@ def _optimizer(model: GRU4Rec, cfg: ExplainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam([{"params": weights}, {"params": biases, "weight_decay": 0.0}], lr=cfg.lr, weight_decay=cfg.l2)
 
 
+def training_negative_exclusions(data: SeqData) -> np.ndarray:
+    """Keys (user * n_items + item) never drawn as a user's training negatives: their *train*
+    items. Excluding their dev/test items too would hand the held-out labels to the model
+    (ReChorus samples training negatives the same way)."""
+    train_rows = data.split("train")
+    return clicked_keys(train_rows[USER].to_numpy(), train_rows[ITEM].to_numpy(), data.n_items)
+
+
 def train_gru4rec(data: SeqData, cfg: ExplainConfig, log=print) -> tuple[GRU4Rec, pl.DataFrame]:
     """Train on ``train`` rows, stop early on dev nDCG@5, return the best model and the epoch log."""
     train = build_instances(data, "train", cfg.history_max)
     dev = build_instances(data, "dev", cfg.history_max)
     if len(train) == 0:
         raise InputError(f"{data.source}: no training rows with a history (every user needs >= 2 train interactions)")
-    keys = clicked_keys(data.interactions[USER].to_numpy(), data.interactions[ITEM].to_numpy(), data.n_items)
+    keys = training_negative_exclusions(data)
     rows = []
     with deterministic_torch():
         model = GRU4Rec(data.n_items, cfg.emb_size, cfg.hidden_size, seed=cfg.seed)
@@ -201,7 +197,8 @@ def model_metrics(model: GRU4Rec, data: SeqData, cfg: ExplainConfig) -> pl.DataF
             known = known_interactions(data, split)
 
             def gru_scores(r, inst=inst):
-                return model.score_all(_t(inst.histories[r]), _t(inst.lengths[r])).double().numpy()
+                # a loaded checkpoint may hold more item embeddings than the data has items
+                return model.score_all(_t(inst.histories[r]), _t(inst.lengths[r]))[:, : data.n_items].double().numpy()
 
             for name, fn in (("GRU4Rec", gru_scores), ("POP", lambda r: np.broadcast_to(pop, (len(r), len(pop))))):
                 pos = full_ranking_positions(fn, inst, known, data.n_items, cfg.eval_batch_size)
