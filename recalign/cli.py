@@ -2,6 +2,7 @@
 
     recalign synth ebnerd|ml|sequences --out DIR [--size tiny|small|paper] [--seed N]   # synthetic data sets
     recalign export AlignFlow/1234 --out DIR                               # tables, figures, submissions, card
+                                        # (DIR: new, empty, or an earlier export, which is replaced)
     recalign compare AlignFlow/1234 AlignFlow/1240 [--out deltas.csv]      # metric deltas between two runs
 """
 
@@ -121,38 +122,51 @@ def _frames(run) -> dict[str, pl.DataFrame]:
     return out
 
 
+def _check_export_folder(out: Path) -> None:
+    """``--out`` must be new, empty, or an earlier export (it holds ``run.json``), which is replaced
+    whole: a second export never mixes with the first one's files, and no other folder is deleted."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"recalign export: --out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "run.json").is_file():
+        raise SystemExit(
+            f"recalign export: --out {out} is not empty and holds no earlier export (no run.json); "
+            "choose a new or empty folder"
+        )
+
+
 def cmd_export(args) -> int:
     from metaflow.cards import get_cards
-
-    from steps.storage import download, is_remote
-
-    run = _run(args.run)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    frames = _frames(run)
-    for name, df in tqdm(frames.items(), desc="tables", unit="table"):
-        df.write_csv(out / f"{name}.csv")
-    exported = getattr(run.data, "export_dir", None) if "export_dir" in run.data else None
-    if exported:
-        if is_remote(exported):
-            download(exported, out / "export")
-        elif Path(exported).exists():
-            files = [p for p in Path(exported).rglob("*") if p.is_file()]
-            for p in tqdm(files, desc="files", unit="file"):
-                dst = out / "export" / p.relative_to(exported)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(p, dst)
     from metaflow.plugins.cards.exception import CardNotPresentException
 
-    for step in run:
-        for task in step:
-            try:
-                cards = list(get_cards(task))
-            except CardNotPresentException:
-                continue
-            for card in cards:
-                (out / f"card_{step.id}_{card.id or card.type}.html").write_text(card.get())
-    (out / "run.json").write_text(json.dumps({"run": run.pathspec, "tables": sorted(frames), "export_dir": exported}, indent=2))
+    from steps.storage import atomic_export_dir, download, is_remote
+
+    out = Path(args.out)
+    _check_export_folder(out)
+    run = _run(args.run)
+    frames = _frames(run)
+    exported = getattr(run.data, "export_dir", None) if "export_dir" in run.data else None
+    # everything is written into a fresh sibling folder that replaces --out in one rename at the end
+    with atomic_export_dir(out) as tmp:
+        for name, df in tqdm(frames.items(), desc="tables", unit="table"):
+            df.write_csv(tmp / f"{name}.csv")
+        if exported:
+            if is_remote(exported):
+                download(exported, tmp / "export")
+            elif Path(exported).exists():
+                files = [p for p in Path(exported).rglob("*") if p.is_file()]
+                for p in tqdm(files, desc="files", unit="file"):
+                    dst = tmp / "export" / p.relative_to(exported)
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(p, dst)
+        for step in run:
+            for task in step:
+                try:
+                    cards = list(get_cards(task))
+                except CardNotPresentException:
+                    continue
+                for card in cards:
+                    (tmp / f"card_{step.id}_{card.id or card.type}.html").write_text(card.get())
+        (tmp / "run.json").write_text(json.dumps({"run": run.pathspec, "tables": sorted(frames), "export_dir": exported}, indent=2))
     print(out.absolute())
     return 0
 
@@ -193,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(func=cmd_synth)
     e = sub.add_parser("export", help="export a finished run's tables, figures, submissions and cards")
     e.add_argument("run", help="Flow/run_id")
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="a new or empty folder, or an earlier export (replaced whole)")
     e.set_defaults(func=cmd_export)
     c = sub.add_parser("compare", help="metric deltas between two runs (b - a)")
     c.add_argument("run_a")

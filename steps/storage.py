@@ -210,11 +210,6 @@ def localize_tree(uri: str) -> str:
     return str(local)
 
 
-def run_dir(flow_name: str, run_id: str, *parts: str, root: str | os.PathLike | None = None) -> Path:
-    """Local folder ``<root>/<flow>/<run_id>/<parts...>`` (created), for a local storage root."""
-    return RunStorage.for_run(flow_name, run_id, root).dir(*parts)
-
-
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:

@@ -64,6 +64,56 @@ def test_export_and_compare_a_finished_run(quick_run, flow_runner, tmp_path):
     assert r.returncode != 0 and "AlignFlow/999999 not found" in r.stderr
 
 
+class _FakeRun:
+    """What ``cmd_export`` reads of a Metaflow run: pathspec, data (``export_dir``), steps (none here)."""
+
+    def __init__(self, pathspec, export_dir):
+        self.pathspec = pathspec
+        self.data = type("Data", (), {"export_dir": export_dir, "__contains__": lambda self, k: k == "export_dir"})()
+
+    def __iter__(self):
+        return iter(())
+
+
+def test_export_replaces_an_earlier_export_and_refuses_other_folders(tmp_path, monkeypatch):
+    import json
+
+    import recalign.cli as cli
+
+    exported = tmp_path / "artifacts"
+    (exported / "submissions").mkdir(parents=True)
+    (exported / "submissions" / "a.zip").write_bytes(b"zip")
+    tables = {"AlignFlow/1": {"results": pl.DataFrame({"x": [1]}), "extra": pl.DataFrame({"y": [2]})},
+              "AlignFlow/2": {"results": pl.DataFrame({"x": [3]})}}
+    monkeypatch.setattr(cli, "_run", lambda spec: _FakeRun(spec, str(exported)))
+    monkeypatch.setattr(cli, "_frames", lambda run: tables[run.pathspec])
+    out = tmp_path / "out"
+    assert main(["export", "AlignFlow/1", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["export", "extra.csv", "results.csv", "run.json"]
+    # a second run into the same folder: run 1's files (extra.csv) do not survive next to run 2's
+    (exported / "submissions" / "a.zip").unlink()
+    (exported / "b.png").write_bytes(b"png")
+    assert main(["export", "AlignFlow/2", "--out", str(out)]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "export/b.png", "results.csv", "run.json"]
+    assert pl.read_csv(out / "results.csv")["x"].to_list() == [3]
+    assert json.loads((out / "run.json").read_text())["run"] == "AlignFlow/2"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+    # a non-empty folder that is not an export is never replaced
+    other = tmp_path / "home"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(SystemExit, match=r"--out .*home is not empty and holds no earlier export \(no run.json\)"):
+        main(["export", "AlignFlow/2", "--out", str(other)])
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="is a file, not a folder"):
+        main(["export", "AlignFlow/2", "--out", str(tmp_path / "file")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["export", "AlignFlow/2", "--out", str(empty)]) == 0 and (empty / "run.json").exists()
+
+
 def test_metric_deltas_hand_checked():
     a = pl.DataFrame({"distribution": ["E", "E"], "lambda": [0.0, 0.5], "kl_at_n": [0.5, 0.2], "n_repeats": [1, 1]})
     b = pl.DataFrame({"distribution": ["E", "E"], "lambda": [0.0, 0.5], "kl_at_n": [0.4, 0.3], "n_repeats": [1, 1]})

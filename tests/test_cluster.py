@@ -88,3 +88,43 @@ def test_cluster_align_flow_on_an_s3_datastore_matches_a_local_run(s3, flow_runn
     expected = pl.read_csv(io.BytesIO(local.run.data.results.write_csv().encode()))
     assert_frame_equal(remote, expected)
     assert s3c.get_object(Bucket=BUCKET, Key=f"exports/AlignFlow/{run_id}/summary.json")["ContentLength"] > 0
+
+
+def test_cluster_saved_weights_published_to_s3_load_back(s3, monkeypatch):
+    """NewsRecFlow's dump step on an S3 datastore: the weights' FileRef names ``s3://...``; load_best
+    downloads it (checksum verified) before loading, not ``Path("s3://...")``."""
+    import os
+    import shutil
+    import uuid
+    from dataclasses import replace
+
+    import numpy as np
+
+    from steps.errors import InputError
+    from steps.newsrec.config import ModelConfig, TrainConfig
+    from steps.newsrec.prepare import PreparedNewsData
+    from steps.newsrec.train import build_for, load_best, save_best
+    from steps.storage import FileRef, RunStorage, map_refs
+
+    env_extra, _ = s3
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "METAFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.setenv(key, env_extra[key])
+    hp = ModelConfig(head_num=2, head_dim=3, attention_hidden_dim=5, units=(8,))
+    training = TrainConfig(history_size=3, npratio=2)
+    prepared = PreparedNewsData("", "x", True, "", FileRef("ids", "", 0, (10,)), None, None, 0,
+                                FileRef("vectors", "", 0, (12, 6), "float32"))
+    rec = build_for(prepared, "nrms_docvec", hp, training, seed=3)
+    run_id = uuid.uuid4().hex
+    storage = RunStorage(f"s3://{BUCKET}/weights-test", "NewsRecFlow", run_id)
+    artifact = save_best(rec, storage.dir("models"), 2, hp, training, seed=3)
+    published = map_refs(artifact, storage.publish)
+    shutil.rmtree(storage.dir())  # the local staging copy is gone: only the S3 copy is left
+    assert published.weights.path == f"s3://{BUCKET}/weights-test/NewsRecFlow/{run_id}/models/nrms_docvec.weights.h5"
+    with pytest.raises(InputError, match="file is missing"):  # what load_best used to check
+        published.weights.verify()
+    assert not os.path.exists(artifact.weights.path)
+    loaded = load_best(prepared, published, training)
+    assert all(np.array_equal(a, b) for a, b in zip(rec.train_model.get_weights(), loaded.train_model.get_weights()))
+    # the downloaded copy is verified against the artifact's checksum before loading
+    with pytest.raises(InputError, match="checksum mismatch"):
+        load_best(prepared, replace(published, weights=replace(published.weights, sha256="0" * 64)), training)

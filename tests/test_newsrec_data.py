@@ -143,6 +143,23 @@ def test_document_vectors_in_article_index_order(tmp_path):
         load_document_vectors(tmp_path / "bad.parquet", np.array([10, 20]))
 
 
+def test_document_vectors_reject_null_repeated_and_foreign_ids(tmp_path):
+    vec = pa.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], pa.list_(pa.float32()))
+    for name, ids, message in [
+        ("null", [20, None, 10], r"null.parquet: column 'article_id' is null in row 1"),
+        # article 20 in rows 0 and 2 (which vector would it get?)
+        ("rep", [20, 10, 20], r"rep.parquet: column 'article_id' repeats article_id 20 \(rows 0 and 2\)"),
+        # ids of another data set: no id is one of the articles 10, 20, 30 -> the table would be all zeros
+        ("foreign", [7, 8, 9], r"foreign.parquet: column 'article_id' matches no article .*row 0 holds article_id 7"),
+    ]:
+        pq.write_table(pa.table({"article_id": pa.array(ids, pa.int32()), "v": vec}), tmp_path / f"{name}.parquet")
+        with pytest.raises(InputError, match=message):
+            load_document_vectors(tmp_path / f"{name}.parquet", np.array([10, 20, 30]))
+    # one matching id is enough (other ids are articles of no split and are ignored)
+    pq.write_table(pa.table({"article_id": pa.array([7, 30, 9], pa.int32()), "v": vec}), tmp_path / "one.parquet")
+    assert load_document_vectors(tmp_path / "one.parquet", np.array([10, 20, 30]))[4].tolist() == [3.0, 4.0]
+
+
 def test_read_behaviors_writes_flat_arrays(bundle, tmp_path):
     ids = _ids(bundle)
     d = S.split_dir(bundle, BUNDLE, "validation")
@@ -189,6 +206,47 @@ def test_bad_behaviors_give_clear_errors(bundle, tmp_path, split, mutate, messag
     assert not list((tmp_path / "out").rglob("*.bin"))  # nothing half-written looks complete
 
 
+def _set_list(t: pa.Table, column: str, row: int, value: list) -> pa.Table:
+    rows = t[column].to_pylist()
+    rows[row] = value
+    return t.set_column(t.schema.get_field_index(column), column, pa.array(rows, t.schema.field(column).type))
+
+
+def test_an_article_twice_in_one_inview_list_is_an_error_with_or_without_labels(bundle, tmp_path):
+    ids = _ids(bundle)
+    d = S.split_dir(bundle, BUNDLE, "validation")
+    src = pq.read_table(d / "behaviors.parquet")
+    inview3 = src["article_ids_inview"].to_pylist()[3]
+    imp3 = src["impression_id"].to_pylist()[3]
+    # row 3 lists its first article again at the end: positions 0 and len(inview3)
+    twice = _set_list(src, "article_ids_inview", 3, inview3 + [inview3[0]])
+    hist = load_histories(d / "history.parquet", ids, 10)
+    message = (rf"row 3 \(impression_id {imp3}\): column 'article_ids_inview' lists article {inview3[0]} twice "
+               rf"\(positions 0 and {len(inview3)}\)")
+    pq.write_table(twice, tmp_path / "labelled.parquet")
+    with pytest.raises(InputError, match=message):
+        read_behaviors(tmp_path / "labelled.parquet", "validation", ids, hist, tmp_path / "o", batch_rows=2)
+    pq.write_table(twice.drop_columns(["article_ids_clicked"]), tmp_path / "unlabelled.parquet")
+    with pytest.raises(InputError, match="unlabelled.parquet: " + message):
+        read_behaviors(tmp_path / "unlabelled.parquet", "test", ids, hist, tmp_path / "o", labels="optional")
+    assert not list((tmp_path / "o").rglob("*.bin"))
+
+
+@pytest.mark.parametrize("batch_rows", [100, 2])  # rows 1 and 5: in one batch, and in batches 0 and 2
+def test_a_repeated_impression_id_is_an_error_naming_both_rows(bundle, tmp_path, batch_rows):
+    ids = _ids(bundle)
+    d = S.split_dir(bundle, BUNDLE, "validation")
+    src = pq.read_table(d / "behaviors.parquet")
+    imp = src["impression_id"].to_pylist()
+    imp[5] = imp[1]
+    bad = src.set_column(0, "impression_id", pa.array(imp, pa.uint32()))
+    pq.write_table(bad, tmp_path / "b.parquet")
+    hist = load_histories(d / "history.parquet", ids, 10)
+    with pytest.raises(InputError, match=rf"b.parquet: column 'impression_id' repeats impression_id {imp[1]} \(rows 1 and 5\)"):
+        read_behaviors(tmp_path / "b.parquet", "validation", ids, hist, tmp_path / "o", batch_rows=batch_rows)
+    assert not list((tmp_path / "o").rglob("*.bin"))
+
+
 def test_impressions_without_negatives_can_be_dropped(bundle, tmp_path):
     ids = _ids(bundle)
     d = S.split_dir(bundle, BUNDLE, "validation")
@@ -201,6 +259,39 @@ def test_impressions_without_negatives_can_be_dropped(bundle, tmp_path):
     bad = _rewrite(d / "behaviors.parquet", tmp_path / "b.parquet", all_clicked)
     ref = read_behaviors(bad, "validation", ids, load_histories(d / "history.parquet", ids, 10), tmp_path / "o", drop_without_negative=True)
     assert ref.n_dropped_without_negative == 1 and ref.n_impressions == TINY.n_validation_impressions - 1
+
+
+def test_test_impressions_without_negatives_are_kept_unlabelled(bundle, tmp_path):
+    """The submission must rank every test impression: with drop_without_negative the test split
+    keeps such impressions, without their clicks (scored and dumped, left out of the metrics)."""
+    from steps.align.data import prepare_dump
+
+    ids = _ids(bundle)
+    d = S.split_dir(bundle, BUNDLE, "test")
+    src = pq.read_table(d / "behaviors.parquet")
+    assert src["impression_id"][0].as_py() > 0  # row 0 is an ordinary impression
+    # row 0 shows only its clicked articles: no negative
+    bad = _rewrite(d / "behaviors.parquet", tmp_path / "b.parquet",
+                   lambda t: _set_list(t, "article_ids_inview", 0, t["article_ids_clicked"].to_pylist()[0]))
+    hist = load_histories(d / "history.parquet", ids, 5)
+    with pytest.raises(InputError, match=r"row 0 \(impression_id \d+\): every in-view article is clicked.*keep such test "
+                                         "impressions without their labels"):
+        read_behaviors(bad, "test", ids, hist, tmp_path / "x", labels="optional")
+    ref = read_behaviors(bad, "test", ids, hist, tmp_path / "o", labels="optional", drop_without_negative=True)
+    assert ref.n_impressions == TINY.n_test_impressions + TINY.n_ba_rows  # nothing dropped
+    assert ref.n_dropped_without_negative == 0 and ref.n_unlabelled_without_negative == 1
+    split = load_split(ref)
+    n0 = len(src["article_ids_clicked"].to_pylist()[0])
+    assert split.offsets[1] == n0 and not split.clicked[:n0].any()  # row 0: its articles, no click left
+    n_clicks = np.array([len(c) for c in src["article_ids_clicked"].to_pylist()[1:]])
+    assert np.array_equal(np.add.reduceat(split.clicked.astype(int), split.offsets[:-1])[1:], n_clicks)  # others unchanged
+    scores = np.linspace(-1, 1, len(split.inview_index)).astype(np.float32)
+    metrics = evaluate_scores(split, scores)
+    assert metrics["impressions"] == TINY.n_test_impressions - 1 and np.isfinite(metrics["auc"])
+    dump, sub = write_dump(split, scores, tmp_path / "dump.parquet", tmp_path / "sub.zip")
+    assert dump.shape == sub.shape == (TINY.n_test_impressions + TINY.n_ba_rows,)
+    prepared = prepare_dump(dump.path, bundle / "ebnerd_testset" / "articles.parquet", tmp_path / "prep")
+    assert prepared.n_impressions == TINY.n_test_impressions and prepared.n_labelled == TINY.n_test_impressions - 1
 
 
 def test_bad_history_and_missing_files(bundle, tmp_path):
@@ -227,6 +318,34 @@ def test_prepare_news_data_on_the_synthetic_bundle(bundle, tmp_path):
     assert data.tokens.shape == (TINY.n_articles + 2, 8) and data.vectors.shape == (TINY.n_articles + 2, TINY.vector_dim)
     assert data.histories("train").matrix.shape == (TINY.n_users, 6)
     assert data.splits["test"].has_labels
+    assert s["train_dropped_without_negative"] == s["validation_dropped_without_negative"] == 0
+    assert s["test_dropped_without_negative"] == s["test_unlabelled_without_negative"] == 0
+    assert data.articles_path == str((bundle / "ebnerd_testset" / "articles.parquet").absolute())
+
+
+def test_prepare_without_test_articles_reads_the_bundles_and_counts_impressions_without_negatives(bundle, tmp_path):
+    import shutil
+
+    from steps.newsrec.prepare import publish_news_data
+    from steps.storage import RunStorage
+
+    root = tmp_path / "root"
+    shutil.copytree(bundle, root)
+    (root / "ebnerd_testset" / "articles.parquet").unlink()  # the grid then reads the bundle's articles
+    for split in ("validation", "test"):  # row 0 of each: no negative
+        f = S.split_dir(root, BUNDLE, split) / "behaviors.parquet"
+        _rewrite(f, f, lambda t: _set_list(t, "article_ids_inview", 0, t["article_ids_clicked"].to_pylist()[0]))
+    cfg = NewsRecConfig.from_dict({"models": {"nrms_docvec": {}}, "training": {"history_size": 4},
+                                   "data": {"drop_without_negative": True}})
+    data = prepare_news_data(root, BUNDLE, True, cfg, tmp_path / "prepared")
+    assert data.articles_path == str((root / BUNDLE / "articles.parquet").absolute())
+    s = data.summary()
+    assert s["validation_dropped_without_negative"] == 1 and s["validation_impressions"] == TINY.n_validation_impressions - 1
+    assert s["test_unlabelled_without_negative"] == 1 and s["test_dropped_without_negative"] == 0
+    assert s["test_impressions"] == TINY.n_test_impressions + TINY.n_ba_rows
+    assert s["train_dropped_without_negative"] == 0
+    published = publish_news_data(data, RunStorage(str(tmp_path / "store"), "NewsRecFlow", "1"))
+    assert pl.read_parquet(published.articles_path).equals(pl.read_parquet(root / BUNDLE / "articles.parquet"))
 
 
 def test_resolve_data_root_checks_the_folder(bundle, tmp_path):
@@ -302,6 +421,10 @@ def test_plateau_reduces_the_rate_then_stops():
     q.update(1, 0.5)
     q.update(2, 0.4)
     assert q.lr == 1e-5  # never below min_lr
+    r = Plateau(lr=1e-6, factor=0.2, lr_patience=1, min_lr=1e-5, stop_patience=9)  # already below the floor
+    r.update(1, 0.5)
+    r.update(2, 0.4)  # a plateau: a reduction is due, but max(2e-7, 1e-5) would raise the rate to 1e-5
+    assert r.lr == 1e-6
 
 
 # --------------------------------------------------------------------------- config
@@ -314,6 +437,8 @@ def test_config_rejects_bad_values_with_key_and_value():
         ({"models": {"nrms_docvec": {"units": [512, "x"]}}}, "models.nrms_docvec.units: expected a non-empty list of int"),
         ({"training": {"npratio": 1.5}}, "training.npratio: expected int, got 1.5"),
         ({"training": {"lr_factor": 1.0}}, "training.lr_factor: 1.0 is out of range"),
+        ({"training": {"learning_rate": 1e-4, "min_lr": 1e-3}},
+         r"training.min_lr: 0.001 is above training.learning_rate 0.0001"),
         ({"data": {"unknown_article": "drop"}}, "data.unknown_article: expected one of"),
         ({"text": {"tokenizer": "transformers"}}, "text.transformers_path: required"),
         ({"synthetic": {"n_users": "many"}}, "synthetic.n_users: expected a int"),

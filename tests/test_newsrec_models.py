@@ -57,6 +57,17 @@ def test_self_attention_shapes_weights_and_masked_keys():
     assert np.allclose(np.asarray(layer([x2, valid]))[0, :3], out[0, :3], atol=1e-5)
 
 
+def test_projection_weights_start_different_and_reproducible():
+    """Each weight of a seeded layer gets its own initial values (a shared seeded initialiser would
+    start W_Q = W_K = W_V), and the same seed gives the same start."""
+    x, valid = np.ones((1, 4, 6), np.float32), _valid([[1, 1, 1, 1]])
+    a, b = MultiHeadSelfAttention(2, 3, seed=4), MultiHeadSelfAttention(2, 3, seed=4)
+    a([x, valid]), b([x, valid])
+    wq, wk, wv = (np.asarray(w) for w in (a.wq, a.wk, a.wv))
+    assert not np.array_equal(wq, wk) and not np.array_equal(wq, wv) and not np.array_equal(wk, wv)
+    assert all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a.weights, b.weights))
+
+
 def test_user_encoder_ignores_padded_history_slots():
     rec = build_recommender("nrms_docvec", HP, 4, seed=3, vector_dim=7)
     d = rec.dim

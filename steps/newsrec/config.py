@@ -79,7 +79,12 @@ class DataConfig:
     bundle: str = "ebnerd_small"  # ebnerd_demo / ebnerd_small / ebnerd_large (with --data-root)
     document_vectors: str = DEFAULT_DOCUMENT_VECTORS  # relative to the data root
     vector_column: str = "auto"
+    # zeros: an article missing from articles.parquet gets the zero *input* (an all-padding token row
+    # for NRMS, a zero document vector for NRMSDocVec, whose dense layers still give it a non-zero
+    # encoding); error: reject it
     unknown_article: str = "zeros"
+    # impressions whose every in-view article is clicked: skipped in train/validation; in the test
+    # split kept without their labels (scored and submitted, not evaluated). False: an error
     drop_without_negative: bool = False
     train_fraction: float = 1.0
     batch_rows: int = 100_000
@@ -156,6 +161,11 @@ class TrainConfig:
             _positive(f"{key}.{k}", getattr(self, k))
         _positive(f"{key}.learning_rate", self.learning_rate)
         _positive(f"{key}.min_lr", self.min_lr, strict=False)
+        if self.min_lr > self.learning_rate:
+            raise ConfigError(
+                f"{key}.min_lr: {self.min_lr!r} is above {key}.learning_rate {self.learning_rate!r}; the floor of the "
+                "learning-rate reduction must not exceed the starting rate"
+            )
         if not 0.0 < self.lr_factor < 1.0:
             raise ConfigError(f"{key}.lr_factor: {self.lr_factor!r} is out of range (0, 1)")
 

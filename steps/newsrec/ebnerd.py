@@ -2,8 +2,11 @@
 histories and behaviors, each validated against the published schema.
 
 Articles are addressed by a dense index: ``0`` = padding (masked out), ``1`` = an article that is
-not in ``articles.parquet`` (it gets the zero representation, or an error with
-``unknown_article: error``), ``k + 2`` = the k-th article of ``articles.parquet`` in id order.
+not in ``articles.parquet``, ``k + 2`` = the k-th article of ``articles.parquet`` in id order.
+An unknown article (``unknown_article: zeros``, the default; ``error`` rejects it) gets the zero
+*input*: an all-padding token row for NRMS (its encoding is then the zero vector) and a zero
+document vector for NRMSDocVec — which the dense layers (biases, batch norm) still map to a
+learned, non-zero encoding shared by every unknown article. It is not masked like padding.
 Behaviors are streamed in record batches and written as flat memory-mappable arrays.
 """
 
@@ -70,14 +73,19 @@ def _check_unknown(policy: str, index: np.ndarray, ids: np.ndarray, offsets: np.
         row = row0 + int(np.searchsorted(offsets, flat, side="right") - 1)
         raise InputError(
             f"{path}: row {row}: column {column!r} holds article_id {int(ids[flat])}, which is not in the articles "
-            "file (set unknown_article: zeros to give unknown articles the zero representation)"
+            "file (set unknown_article: zeros to give unknown articles the zero input: an all-padding token row, a zero "
+            "document vector)"
         )
 
 
 # --------------------------------------------------------------------------- document vectors
 def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarray, column: str = "auto") -> np.ndarray:
     """The embedding artifact (``article_id`` + one vector column) as a ``(N + 2, D)`` float32 table in
-    article-index order; padding, unknown articles and articles without a vector get zeros."""
+    article-index order; padding, unknown articles and articles without a vector get zeros.
+
+    ``InputError`` (naming the file, row and value) for a null or repeated ``article_id``, a null,
+    ragged or non-finite vector, and a file none of whose ids is an article of ``articles.parquet``
+    (ids of other articles are ignored, but a file of another data set would give an all-zero table)."""
     schema = S.read_checked_schema(path, [S.ARTICLE_ID], {S.ARTICLE_ID: pa.int32()}, "document-vector file")
     others = [n for n in schema.names if n != S.ARTICLE_ID]
     if column == "auto":
@@ -90,7 +98,18 @@ def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarra
     if not ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and pa.types.is_floating(t.value_type)):
         raise InputError(f"{path}: column {column!r} has dtype {S.polars_name(t)}, expected list[f32]")
     table = pq.read_table(path, columns=[S.ARTICLE_ID, column])
-    ids = table.column(S.ARTICLE_ID).to_numpy().astype(np.int64)
+    id_col = table.column(S.ARTICLE_ID).combine_chunks()
+    if id_col.null_count:
+        row = int(np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{path}: column 'article_id' is null in row {row}")
+    ids = id_col.to_numpy().astype(np.int64)
+    order = np.argsort(ids, kind="stable")
+    dup = np.flatnonzero(np.diff(ids[order]) == 0)
+    if len(dup):
+        second = order[dup + 1]  # later row of each repeated pair (stable sort: order[d] < order[d + 1])
+        row = int(second.min())
+        first = int(np.flatnonzero(ids == ids[row])[0])
+        raise InputError(f"{path}: column 'article_id' repeats article_id {ids[row]} (rows {first} and {row})")
     vec_col = table.column(column).combine_chunks()
     if vec_col.null_count:
         row = int(np.flatnonzero(vec_col.is_null().to_numpy(zero_copy_only=False))[0])
@@ -113,6 +132,12 @@ def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarra
     out = np.zeros((len(article_ids_sorted) + FIRST_ARTICLE, dim), dtype=np.float32)
     idx = article_index(article_ids_sorted, ids)
     known = idx != UNKNOWN
+    if not known.any():
+        raise InputError(
+            f"{path}: column 'article_id' matches no article of the articles file (none of its {len(ids)} rows does; "
+            f"row 0 holds article_id {ids[0]}), so every article would get a zero vector; is it the document-vector "
+            "file of this data set?"
+        )
     out[idx[known]] = vectors[known]
     return out
 
@@ -219,7 +244,8 @@ class SplitArrays:
     inview_ids: FileRef  # (nnz,) int32 article ids
     inview_index: FileRef  # (nnz,) int32 article indices
     clicked: FileRef  # (nnz,) bool
-    n_dropped_without_negative: int = 0
+    n_dropped_without_negative: int = 0  # train/validation impressions skipped (drop_without_negative)
+    n_unlabelled_without_negative: int = 0  # test impressions kept with their clicks removed (drop_without_negative)
 
 
 @dataclass(frozen=True)
@@ -262,8 +288,14 @@ def read_behaviors(
     ``labels``: ``required`` (train/validation: ``article_ids_clicked`` must exist, every ordinary
     impression needs a click and a non-clicked article) or ``optional`` (test: used when present).
     Errors name the file, row, impression and value: missing file/column, wrong dtype, null values,
-    empty in-view list, user without history, unknown article (``unknown_article: error``),
-    clicked article not in view, impression without a negative (unless ``drop_without_negative``).
+    empty in-view list, an article listed twice in one in-view list, a repeated non-zero
+    ``impression_id``, user without history, unknown article (``unknown_article: error``), clicked
+    article not in view, impression without a negative (unless ``drop_without_negative``).
+
+    ``drop_without_negative``: with ``labels="required"`` such impressions are skipped (counted in
+    ``n_dropped_without_negative``); with ``labels="optional"`` (the test split) they are kept — the
+    submission must rank every impression — but their clicks are removed, so they are scored and
+    dumped without labels and left out of the metrics (counted in ``n_unlabelled_without_negative``).
     """
     path = Path(path)
     if labels not in ("required", "optional"):
@@ -282,8 +314,9 @@ def read_behaviors(
         "clicked": ArrayAppender(out / "clicked", np.bool_),
     }
     writers["offsets"].append(np.zeros(1, np.int64))
-    nnz = n_rows = n_ba = n_dropped = 0
+    nnz = n_rows = n_ba = n_dropped = n_unlabelled = 0
     row0 = 0
+    impression_parts: list[np.ndarray] = []  # every row's impression_id, for the repeat check
     try:
         for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows, columns=columns):
             n = batch.num_rows
@@ -298,6 +331,12 @@ def read_behaviors(
             if (lens == 0).any():
                 r = int(np.flatnonzero(lens == 0)[0])
                 raise InputError(f"{path}: row {row0 + r} (impression_id {imp[r]}): empty {S.INVIEW!r} list")
+            view_rows = ragged.row_ids(off)
+            view_key = (view_rows << 32) | (ids & 0xFFFFFFFF)
+            view_sorted = np.sort(view_key)
+            if (np.diff(view_sorted) == 0).any():
+                _raise_inview_repeat(view_key, ids, off, imp, path, row0)
+            impression_parts.append(imp.astype(np.uint32))
             uidx = histories.user_index(users)
             if (uidx < 0).any():
                 r = int(np.flatnonzero(uidx < 0)[0])
@@ -311,14 +350,11 @@ def read_behaviors(
             keep = np.ones(n, dtype=bool)
             if has_labels:
                 off_c, click_ids = _list_values(batch.column(S.CLICKED), S.CLICKED, path, row0, "impression_id", imp)
-                view_rows = ragged.row_ids(off)
                 click_rows = ragged.row_ids(off_c)
-                view_key = (view_rows << 32) | (ids & 0xFFFFFFFF)
                 click_key = np.unique((click_rows << 32) | (click_ids & 0xFFFFFFFF))
                 pos = np.minimum(np.searchsorted(click_key, view_key), max(len(click_key) - 1, 0))
                 clicked = (click_key[pos] == view_key) if len(click_key) else clicked
                 found = np.bincount(view_rows[clicked], minlength=n)
-                view_sorted = np.unique(view_key)
                 present = view_sorted[np.minimum(np.searchsorted(view_sorted, click_key), len(view_sorted) - 1)] == click_key
                 if not present.all():
                     key = int(click_key[~present][0])
@@ -337,13 +373,18 @@ def read_behaviors(
                 if no_neg.any():
                     if not drop_without_negative:
                         r = int(np.flatnonzero(no_neg)[0])
+                        remedy = ("skip such impressions" if labels == "required" else
+                                  "keep such test impressions without their labels: scored and submitted, not evaluated")
                         raise InputError(
                             f"{path}: row {row0 + r} (impression_id {imp[r]}): every in-view article is clicked, so the "
-                            "impression has no negative to train or evaluate on (set drop_without_negative: true to skip "
-                            "such impressions)"
+                            f"impression has no negative to train or evaluate on (set drop_without_negative: true to {remedy})"
                         )
-                    keep &= ~no_neg
-                    n_dropped += int(no_neg.sum())
+                    if labels == "required":
+                        keep &= ~no_neg
+                        n_dropped += int(no_neg.sum())
+                    else:  # the test split: every impression must stay in the submission
+                        clicked &= ~no_neg[view_rows]
+                        n_unlabelled += int(no_neg.sum())
             rows = np.flatnonzero(keep)
             idx, valid = ragged.padded_index(off, rows, int(lens[rows].max()) if len(rows) else 0)
             flat = idx[valid]
@@ -358,6 +399,8 @@ def read_behaviors(
             n_rows += len(rows)
             n_ba += int((imp[rows] == 0).sum())
             row0 += n
+        if impression_parts:
+            _check_impression_ids_unique(np.concatenate(impression_parts), path)
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -369,5 +412,31 @@ def read_behaviors(
     refs = {k: w.close() for k, w in writers.items()}
     return SplitArrays(
         name=split, behaviors_path=str(path.absolute()), n_impressions=n_rows, n_ba_rows=n_ba, has_labels=has_labels,
-        n_dropped_without_negative=n_dropped, **refs,
+        n_dropped_without_negative=n_dropped, n_unlabelled_without_negative=n_unlabelled, **refs,
     )
+
+
+def _raise_inview_repeat(view_key: np.ndarray, ids: np.ndarray, offsets: np.ndarray, imp: np.ndarray, path, row0: int) -> None:
+    """An article is listed twice in one impression's in-view list (``view_key`` = row << 32 | article
+    id repeats): name the earliest such row, the article and both positions."""
+    order = np.argsort(view_key, kind="stable")
+    dup = np.flatnonzero(np.diff(view_key[order]) == 0)
+    if len(dup):  # keys sort by row first: the first repeat is in the earliest row
+        first, second = int(order[dup[0]]), int(order[dup[0] + 1])
+        r = int(np.searchsorted(offsets, first, side="right") - 1)
+        raise InputError(
+            f"{path}: row {row0 + r} (impression_id {imp[r]}): column {S.INVIEW!r} lists article {int(ids[first])} "
+            f"twice (positions {first - int(offsets[r])} and {second - int(offsets[r])})"
+        )
+
+
+def _check_impression_ids_unique(imp: np.ndarray, path) -> None:
+    """Every non-zero ``impression_id`` of the file (all batches) once; 0 marks the beyond-accuracy rows."""
+    order = np.argsort(imp, kind="stable")
+    s = imp[order]
+    dup = np.flatnonzero((np.diff(s) == 0) & (s[1:] != 0))
+    if len(dup):
+        second = order[dup + 1]  # the later row of each repeated pair
+        row = int(second.min())
+        first = int(np.flatnonzero(imp == imp[row])[0])
+        raise InputError(f"{path}: column 'impression_id' repeats impression_id {int(imp[row])} (rows {first} and {row})")

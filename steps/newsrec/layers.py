@@ -28,6 +28,13 @@ def masked_softmax(logits, valid, axis: int = -1):
     return w / ops.maximum(ops.sum(w, axis=axis, keepdims=True), 1e-12)
 
 
+def glorot(seed: int | None, offset: int) -> keras.initializers.Initializer:
+    """Glorot-uniform initialiser for the ``offset``-th weight of a layer. A seeded Keras 3
+    initialiser returns the same values on every call, so each weight gets its own seed (one
+    shared instance would start W_Q, W_K and W_V equal)."""
+    return keras.initializers.GlorotUniform(seed=None if seed is None else seed * 7919 + offset)
+
+
 @keras.saving.register_keras_serializable(package="recalign")
 class AdditiveAttention(keras.layers.Layer):
     """NRMS's additive attention pooling (``AttLayer2`` of the reference implementation)."""
@@ -39,10 +46,9 @@ class AdditiveAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         dim = input_shape[0][-1]
-        init = keras.initializers.GlorotUniform(seed=self.seed)
-        self.w = self.add_weight(shape=(dim, self.hidden_dim), initializer=init, name="w")
+        self.w = self.add_weight(shape=(dim, self.hidden_dim), initializer=glorot(self.seed, 0), name="w")
         self.b = self.add_weight(shape=(self.hidden_dim,), initializer="zeros", name="b")
-        self.q = self.add_weight(shape=(self.hidden_dim, 1), initializer=init, name="q")
+        self.q = self.add_weight(shape=(self.hidden_dim, 1), initializer=glorot(self.seed, 1), name="q")
 
     def attention_weights(self, x, valid):
         """(batch, length) weights."""
@@ -73,10 +79,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def build(self, input_shape):
         dim = input_shape[0][-1]
         out = self.head_num * self.head_dim
-        init = keras.initializers.GlorotUniform(seed=self.seed)
-        self.wq = self.add_weight(shape=(dim, out), initializer=init, name="wq")
-        self.wk = self.add_weight(shape=(dim, out), initializer=init, name="wk")
-        self.wv = self.add_weight(shape=(dim, out), initializer=init, name="wv")
+        self.wq = self.add_weight(shape=(dim, out), initializer=glorot(self.seed, 0), name="wq")
+        self.wk = self.add_weight(shape=(dim, out), initializer=glorot(self.seed, 1), name="wk")
+        self.wv = self.add_weight(shape=(dim, out), initializer=glorot(self.seed, 2), name="wv")
 
     def _heads(self, x, w):
         b, n = ops.shape(x)[0], ops.shape(x)[1]

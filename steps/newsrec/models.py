@@ -33,7 +33,6 @@ class Recommender:
     news_encoder: keras.Model  # article features -> (d,)
     user_encoder: keras.Model  # [(H, d) history vectors, (H,) valid] -> (d,)
     train_model: keras.Model  # [(H, F) history features, (H,) valid, (K, F) candidates] -> (K,) logits
-    feature_dtype: str  # "int32" (tokens) or "float32" (vectors)
     _compiled: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -122,4 +121,4 @@ def build_recommender(
         raise ValueError(f"unknown model {name!r}")
     dim = int(news.output.shape[-1])
     users = user_encoder(hp, history_size, dim, seed)
-    return Recommender(name, news, users, _compose(name, news, users, history_size, n_candidates, shape, dtype), dtype)
+    return Recommender(name, news, users, _compose(name, news, users, history_size, n_candidates, shape, dtype))

@@ -27,7 +27,7 @@ class PreparedNewsData:
     data_root: str
     bundle: str
     synthetic: bool
-    articles_path: str  # the test bundle's articles (categories for the alignment grid)
+    articles_path: str  # the test bundle's articles, else the train bundle's (categories for the alignment grid)
     article_ids: FileRef  # (N,) int64 sorted: article index k + 2
     tokens: FileRef | None  # (N + 2, title_size) int32, for NRMS
     word_embeddings: FileRef | None  # (vocab, dim) float32 from a transformers model, or None
@@ -46,6 +46,8 @@ class PreparedNewsData:
             "articles": int(self.article_ids.shape[0]), "vocab_size": self.vocab_size,
             **{f"{s}_impressions": a.n_impressions for s, a in self.splits.items()},
             **{f"{s}_beyond_accuracy_rows": a.n_ba_rows for s, a in self.splits.items()},
+            **{f"{s}_dropped_without_negative": a.n_dropped_without_negative for s, a in self.splits.items()},
+            **({"test_unlabelled_without_negative": self.splits["test"].n_unlabelled_without_negative} if "test" in self.splits else {}),
             **{f"{s}_users": int(self.history_users[s].shape[0]) for s in self.history_users},
             "test_has_labels": self.splits["test"].has_labels if "test" in self.splits else False,
         }
@@ -69,13 +71,17 @@ def resolve_data_root(data_root: str, cfg: NewsRecConfig, synthetic_dir: str | o
     return Path(synthetic_dir).absolute(), BUNDLE, True
 
 
-def _articles(root: Path, bundle: str, text_columns) -> pl.DataFrame:
-    """Articles of the train/validation bundle and of the test set, one row per id (test wins)."""
+def _articles(root: Path, bundle: str, text_columns) -> tuple[pl.DataFrame, Path]:
+    """Articles of the train/validation bundle and of the test set, one row per id (test wins), and
+    the file the alignment grid reads categories from: the test set's, or the bundle's when the test
+    set ships none."""
     paths = [S.articles_path(root, bundle, "test"), S.articles_path(root, bundle, "train")]
-    frames = [read_articles(p, text_columns) for p in dict.fromkeys(paths) if p.exists()]
-    if not frames:
+    found = [p for p in dict.fromkeys(paths) if p.exists()]
+    if not found:
         raise InputError(f"{paths[0]}: articles file not found (nor {paths[1]})")
-    return pl.concat(frames, how="vertical_relaxed").unique(S.ARTICLE_ID, keep="first", maintain_order=True).sort(S.ARTICLE_ID)
+    frames = [read_articles(p, text_columns) for p in found]
+    merged = pl.concat(frames, how="vertical_relaxed").unique(S.ARTICLE_ID, keep="first", maintain_order=True).sort(S.ARTICLE_ID)
+    return merged, found[0]
 
 
 def prepare_news_data(root: Path, bundle: str, synthetic: bool, cfg: NewsRecConfig, out_dir: str | os.PathLike) -> PreparedNewsData:
@@ -83,7 +89,7 @@ def prepare_news_data(root: Path, bundle: str, synthetic: bool, cfg: NewsRecConf
     out = Path(out_dir)
     wants_tokens = "nrms" in cfg.models
     wants_vectors = "nrms_docvec" in cfg.models
-    articles = _articles(root, bundle, cfg.text.columns if wants_tokens else ())
+    articles, articles_file = _articles(root, bundle, cfg.text.columns if wants_tokens else ())
     ids = articles[S.ARTICLE_ID].to_numpy()
     tokens_ref = emb_ref = vectors_ref = None
     vocab_size = 0
@@ -112,15 +118,15 @@ def prepare_news_data(root: Path, bundle: str, synthetic: bool, cfg: NewsRecConf
             cfg.data.drop_without_negative, cfg.data.batch_rows,
         )
     return PreparedNewsData(
-        data_root=str(root), bundle=bundle, synthetic=synthetic, articles_path=str(S.articles_path(root, bundle, "test").absolute()),
+        data_root=str(root), bundle=bundle, synthetic=synthetic, articles_path=str(articles_file.absolute()),
         article_ids=save_array(out / "article_ids.npy", ids), tokens=tokens_ref, word_embeddings=emb_ref, vocab_size=vocab_size,
         vectors=vectors_ref, history_users=users, history_matrix=matrices, splits=splits,
     )
 
 
 def publish_news_data(data: PreparedNewsData, storage: RunStorage) -> PreparedNewsData:
-    """Make the prepared inputs visible to every task: every array, and a copy of the test
-    bundle's ``articles.parquet`` (the alignment grid reads its categories)."""
+    """Make the prepared inputs visible to every task: every array, and a copy of the
+    ``articles.parquet`` that ``data.articles_path`` names (the alignment grid reads its categories)."""
     copy = storage.dir("prepared") / "articles.parquet"
     if Path(data.articles_path).absolute() != copy.absolute():
         link_or_copy(data.articles_path, copy)

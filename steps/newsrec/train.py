@@ -54,7 +54,8 @@ class Plateau:
     After each epoch :meth:`update` gets the monitored value: a strictly larger value than the best
     so far is an improvement (both wait counters reset); otherwise both counters grow, the learning
     rate becomes ``max(lr · factor, min_lr)`` when the LR counter reaches ``lr_patience`` (and that
-    counter resets), and training stops when the stop counter reaches ``stop_patience``.
+    counter resets) — only while it is above ``min_lr``, so a reduction never raises it — and
+    training stops when the stop counter reaches ``stop_patience``.
     """
 
     lr: float
@@ -75,7 +76,8 @@ class Plateau:
         self.lr_wait += 1
         self.stop_wait += 1
         if self.lr_wait >= self.lr_patience:
-            self.lr = max(self.lr * self.factor, self.min_lr)
+            if self.lr > self.min_lr:
+                self.lr = max(self.lr * self.factor, self.min_lr)
             self.lr_wait = 0
         return False, self.stop_wait >= self.stop_patience
 
@@ -192,8 +194,11 @@ def save_best(rec: Recommender, out_dir: str | os.PathLike, best_epoch: int, hp:
 
 
 def load_best(prepared: PreparedNewsData, artifact: ModelArtifact, training: TrainConfig) -> Recommender:
-    artifact.weights.verify()
+    """The model of ``artifact`` with its saved weights; a published (``s3://``) weights file is
+    downloaded first, and the local copy's checksum is verified before loading."""
+    weights = localize(artifact.weights)
+    weights.verify()
     rec = build_for(prepared, artifact.model, ModelConfig(**{**artifact.hparams, "units": tuple(artifact.hparams["units"])}),
                     training, artifact.seed)
-    rec.train_model.load_weights(localize(artifact.weights).path)
+    rec.train_model.load_weights(weights.path)
     return rec
