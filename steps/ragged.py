@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+
+from steps.errors import InputError
 
 # Rows are grouped by length into these ranges (upper bounds); longer rows go to the last bucket.
 DEFAULT_BUCKET_EDGES = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -81,3 +84,48 @@ def gather_padded(values: np.ndarray, idx: np.ndarray, valid: np.ndarray, fill) 
     out = values[idx]
     out[~valid] = fill
     return out
+
+
+def arrow_list_parts(
+    arr: pa.Array, name: str, where: object, row0: int = 0, key: str | None = None, keys: np.ndarray | None = None
+) -> tuple[np.ndarray, pa.Array]:
+    """``(offsets rebased to 0, flat values)`` of a pyarrow list column read in batches.
+
+    A null list or a null value inside one is an :class:`InputError` naming ``where`` (the file),
+    the column, the row in the file (``row0`` + row in the batch) and, with ``key``/``keys``, the
+    row's key (e.g. ``impression_id 7``).
+    """
+
+    def row_text(r: int) -> str:
+        return f"row {row0 + r}" + (f" ({key} {keys[r]})" if key is not None and keys is not None else "")
+
+    if arr.null_count:
+        r = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{where}: {row_text(r)}: column {name!r} is null")
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    offsets = offsets - offsets[0]
+    values = arr.flatten()
+    if values.null_count:
+        flat = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        r = int(np.searchsorted(offsets, flat, side="right") - 1)
+        raise InputError(f"{where}: {row_text(r)}: column {name!r} holds a null value")
+    return offsets, values
+
+
+def first_repeat_in_rows(offsets: np.ndarray, values: np.ndarray) -> tuple[int, int, int] | None:
+    """The first element (in row, then position order) whose value already occurred earlier in its
+    row, as ``(row, position of the value's first occurrence, position of this element)``
+    (positions within the row); ``None`` when every row's values are distinct. Values must fit in
+    32 bits (article ids)."""
+    rows = row_ids(offsets)
+    key = (rows << 32) | (np.asarray(values, dtype=np.int64) & 0xFFFFFFFF)
+    order = np.argsort(key, kind="stable")
+    dup = np.flatnonzero(np.diff(key[order]) == 0)
+    if not len(dup):
+        return None
+    # equal keys sit together in position order; the repeat that comes first is the smallest second
+    # element of a pair, and its partner is then the value's first occurrence
+    d = dup[np.argmin(order[dup + 1])]
+    first, second = int(order[d]), int(order[d + 1])
+    r = int(rows[first])
+    return r, first - int(offsets[r]), second - int(offsets[r])

@@ -95,6 +95,10 @@ def test_ba_rows_in_another_order_are_realigned(files):
         ([GOOD[0], (0, [1, 2, 3, 4, 5, 7], [0.0] * 6)], r"row 1 \(impression_id 0\) ranks a different candidate list than row 0"),
         ([GOOD[0], (0, [1, 2], [0.0] * 2)], r"row 1 \(impression_id 0\) has 2 candidates"),
         ([GOOD[0], (5, [1, 99], [0.1, 0.2])], r"1 article\(s\) referenced by .* have no category \(e.g. article_id 99, first seen in row 1\)"),
+        ([GOOD[0], (5, [1, None], [0.1, 0.2])], r"row 1 \(impression_id 5\): column 'article_ids_inview' holds a null value"),
+        ([GOOD[0], (5, [1, 2], None)], r"row 1 \(impression_id 5\): column 'scores' is null"),
+        ([GOOD[0], (5, [1, 2], [0.1, 0.2], [None])], r"row 1 \(impression_id 5\): column 'article_ids_clicked' holds a null value"),
+        ([GOOD[0], (5, [2, 1, 2], [0.1, 0.2, 0.3], [1])], r"row 1 \(impression_id 5\): article 2 appears twice in 'article_ids_inview' \(positions 0 and 2\)"),
     ],
 )
 def test_bad_rows_name_row_impression_and_value(files, rows, message):

@@ -173,22 +173,6 @@ class _Accumulators:
     ba_first_row: int = -1
 
 
-def _list_column(batch: pa.RecordBatch, name: str, path: Path, row0: int) -> tuple[np.ndarray, pa.Array]:
-    """(offsets rebased to 0, flat values array) of a list column; errors on null lists/values."""
-    arr = batch.column(name)
-    if arr.null_count:
-        row = row0 + int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{path}: column {name!r} is null in row {row}")
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    offsets = offsets - offsets[0]
-    values = arr.flatten()
-    if values.null_count:
-        flat = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-        row = row0 + int(np.searchsorted(offsets, flat, side="right") - 1)
-        raise InputError(f"{path}: column {name!r} holds a null value in row {row}")
-    return offsets, values
-
-
 def _article_category_lookup(articles: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
     cats = sorted(articles["category"].drop_nulls().unique().to_list())
     df = articles.sort(ARTICLE_ID).with_columns(
@@ -268,8 +252,8 @@ def prepare_dump(
                 raise InputError(
                     f"{predictions_path}: column {IMPRESSION_ID!r} has value {imp[row]} in row {row0 + row}, outside u32"
                 )
-            off, inview_vals = _list_column(batch, INVIEW, predictions_path, row0)
-            off_s, score_vals = _list_column(batch, SCORES, predictions_path, row0)
+            off, inview_vals = ragged.arrow_list_parts(batch.column(INVIEW), INVIEW, predictions_path, row0, IMPRESSION_ID, imp)
+            off_s, score_vals = ragged.arrow_list_parts(batch.column(SCORES), SCORES, predictions_path, row0, IMPRESSION_ID, imp)
             lens = np.diff(off)
             lens_s = np.diff(off_s)
             if (lens != lens_s).any():
@@ -282,6 +266,13 @@ def prepare_dump(
                 r = int(np.flatnonzero(lens == 0)[0])
                 raise InputError(f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): empty {INVIEW!r} list")
             aids = inview_vals.to_numpy().astype(np.int64)
+            repeat = ragged.first_repeat_in_rows(off, aids)
+            if repeat is not None:
+                r, a, b = repeat
+                raise InputError(
+                    f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): article {aids[off[r] + a]} appears "
+                    f"twice in {INVIEW!r} (positions {a} and {b})"
+                )
             scores = score_vals.to_numpy().astype(np.float64)
             bad = ~np.isfinite(scores)
             if bad.any():
@@ -303,7 +294,7 @@ def prepare_dump(
             clicked = np.zeros(len(aids), dtype=bool)
             n_click = np.zeros(n, dtype=np.int64)
             if has_clicks:
-                off_c, click_vals = _list_column(batch, CLICKED, predictions_path, row0)
+                off_c, click_vals = ragged.arrow_list_parts(batch.column(CLICKED), CLICKED, predictions_path, row0, IMPRESSION_ID, imp)
                 click_ids = click_vals.to_numpy().astype(np.int64)
                 click_rows = ragged.row_ids(off_c)
                 n_click = np.diff(off_c)

@@ -143,18 +143,8 @@ def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarra
 
 
 def _list_values(arr: pa.Array, name: str, path, row0: int, key: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets rebased to 0, int64 values) of a list column; nulls are an error naming the row and
-    its ``key`` (impression_id or user_id)."""
-    if arr.null_count:
-        r = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{path}: row {row0 + r} ({key} {keys[r]}): column {name!r} is null")
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    offsets = offsets - offsets[0]
-    values = arr.flatten()
-    if values.null_count:
-        flat = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-        r = int(np.searchsorted(offsets, flat, side="right") - 1)
-        raise InputError(f"{path}: row {row0 + r} ({key} {keys[r]}): column {name!r} holds a null")
+    """(offsets rebased to 0, int64 values) of a list column (see :func:`ragged.arrow_list_parts`)."""
+    offsets, values = ragged.arrow_list_parts(arr, name, path, row0, key, keys)
     return offsets, values.to_numpy().astype(np.int64)
 
 
@@ -335,7 +325,7 @@ def read_behaviors(
             view_key = (view_rows << 32) | (ids & 0xFFFFFFFF)
             view_sorted = np.sort(view_key)
             if (np.diff(view_sorted) == 0).any():
-                _raise_inview_repeat(view_key, ids, off, imp, path, row0)
+                _raise_inview_repeat(ids, off, imp, path, row0)
             impression_parts.append(imp.astype(np.uint32))
             uidx = histories.user_index(users)
             if (uidx < 0).any():
@@ -416,17 +406,15 @@ def read_behaviors(
     )
 
 
-def _raise_inview_repeat(view_key: np.ndarray, ids: np.ndarray, offsets: np.ndarray, imp: np.ndarray, path, row0: int) -> None:
-    """An article is listed twice in one impression's in-view list (``view_key`` = row << 32 | article
-    id repeats): name the earliest such row, the article and both positions."""
-    order = np.argsort(view_key, kind="stable")
-    dup = np.flatnonzero(np.diff(view_key[order]) == 0)
-    if len(dup):  # keys sort by row first: the first repeat is in the earliest row
-        first, second = int(order[dup[0]]), int(order[dup[0] + 1])
-        r = int(np.searchsorted(offsets, first, side="right") - 1)
+def _raise_inview_repeat(ids: np.ndarray, offsets: np.ndarray, imp: np.ndarray, path, row0: int) -> None:
+    """An article listed twice in one impression's in-view list: name the earliest such row, the
+    article and both positions."""
+    repeat = ragged.first_repeat_in_rows(offsets, ids)
+    if repeat is not None:
+        r, a, b = repeat
         raise InputError(
-            f"{path}: row {row0 + r} (impression_id {imp[r]}): column {S.INVIEW!r} lists article {int(ids[first])} "
-            f"twice (positions {first - int(offsets[r])} and {second - int(offsets[r])})"
+            f"{path}: row {row0 + r} (impression_id {imp[r]}): column {S.INVIEW!r} lists article "
+            f"{int(ids[offsets[r] + a])} twice (positions {a} and {b})"
         )
 
 
