@@ -139,6 +139,7 @@ def cmd_export(args) -> int:
     from metaflow.plugins.cards.exception import CardNotPresentException
 
     from steps.storage import atomic_export_dir, download, is_remote
+    from steps.tables import lists_as_text
 
     out = Path(args.out)
     _check_export_folder(out)
@@ -148,7 +149,7 @@ def cmd_export(args) -> int:
     # everything is written into a fresh sibling folder that replaces --out in one rename at the end
     with atomic_export_dir(out) as tmp:
         for name, df in tqdm(frames.items(), desc="tables", unit="table"):
-            df.write_csv(tmp / f"{name}.csv")
+            lists_as_text(df).write_csv(tmp / f"{name}.csv")
         if exported:
             if is_remote(exported):
                 download(exported, tmp / "export")

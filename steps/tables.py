@@ -33,3 +33,10 @@ def table_rows(results: pl.DataFrame, columns: Sequence[str] | None = None, digi
     for row in results.select(cols).iter_rows():
         out.append([f"{v:.{digits}f}" if isinstance(v, float) else ("–" if v is None else str(v)) for v in row])
     return out
+
+
+def lists_as_text(df: pl.DataFrame, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """``df`` with its list columns (or the given ones) written as text like ``[3, 17]``, as CSV
+    needs (Polars' CSV writer rejects nested columns); other columns are unchanged."""
+    names = [c for c, t in df.schema.items() if isinstance(t, pl.List)] if columns is None else list(columns)
+    return df.with_columns(pl.format("[{}]", pl.col(c).cast(pl.List(pl.String)).list.join(", ")).alias(c) for c in names)

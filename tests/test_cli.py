@@ -83,13 +83,14 @@ def test_export_replaces_an_earlier_export_and_refuses_other_folders(tmp_path, m
     exported = tmp_path / "artifacts"
     (exported / "submissions").mkdir(parents=True)
     (exported / "submissions" / "a.zip").write_bytes(b"zip")
-    tables = {"AlignFlow/1": {"results": pl.DataFrame({"x": [1]}), "extra": pl.DataFrame({"y": [2]})},
+    tables = {"AlignFlow/1": {"results": pl.DataFrame({"x": [1]}), "extra": pl.DataFrame({"y": [2], "top_k_items": [[3, 17]]})},
               "AlignFlow/2": {"results": pl.DataFrame({"x": [3]})}}
     monkeypatch.setattr(cli, "_run", lambda spec: _FakeRun(spec, str(exported)))
     monkeypatch.setattr(cli, "_frames", lambda run: tables[run.pathspec])
     out = tmp_path / "out"
     assert main(["export", "AlignFlow/1", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["export", "extra.csv", "results.csv", "run.json"]
+    assert pl.read_csv(out / "extra.csv").row(0) == (2, "[3, 17]")  # list columns written as text
     # a second run into the same folder: run 1's files (extra.csv) do not survive next to run 2's
     (exported / "submissions" / "a.zip").unlink()
     (exported / "b.png").write_bytes(b"png")

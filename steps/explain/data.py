@@ -27,6 +27,7 @@ import polars as pl
 
 from steps.errors import InputError
 from steps.seeding import rng_for
+from steps.tables import lists_as_text
 
 USER = "user_id"
 ITEM = "item_id"
@@ -244,11 +245,9 @@ def write_rechorus(folder: str | os.PathLike, data: SeqData) -> dict[str, str]:
     paths = {}
     for s in SPLITS:
         part = data.split(s)
-        cols = [pl.col(USER), pl.col(ITEM), pl.col(TIME)]
-        if s != "train":
-            cols.append(pl.format("[{}]", pl.col(NEG).cast(pl.List(pl.String)).list.join(", ")).alias(NEG))
+        cols = [USER, ITEM, TIME] + ([NEG] if s != "train" else [])
         path = folder / f"{s}.csv"
-        part.select(cols).write_csv(path, separator="\t", quote_style="never")
+        lists_as_text(part.select(cols)).write_csv(path, separator="\t", quote_style="never")
         paths[s] = str(path)
     if data.item_features is not None:
         path = folder / "item_meta.csv"

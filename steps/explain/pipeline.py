@@ -12,7 +12,7 @@ from typing import Sequence
 import polars as pl
 import torch
 
-from steps.tables import concat, json_default
+from steps.tables import concat, json_default, lists_as_text
 from steps.align.plots import save as save_figure
 from steps.errors import ConfigError, InputError
 from steps.explain import plots
@@ -189,9 +189,7 @@ def export_run(export_dir: str | os.PathLike, tables: dict[str, pl.DataFrame], f
     with atomic_export(export_dir, staging_dir) as tmp:
         for name, df in tables.items():
             df.write_parquet(tmp / f"{name}.parquet")
-            lists = [c for c, t in df.schema.items() if isinstance(t, pl.List)]
-            df.with_columns(pl.format("[{}]", pl.col(c).cast(pl.List(pl.String)).list.join(", ")).alias(c) for c in lists
-                            ).write_csv(tmp / f"{name}.csv")
+            lists_as_text(df).write_csv(tmp / f"{name}.csv")
         for name, fig in figures.items():
             save_figure(fig, tmp / name)
         link_or_copy(localize(model_file).path, tmp / "gru4rec.pt")
