@@ -11,7 +11,7 @@ from steps.align.synthetic import SyntheticDumpSpec
 from steps.align.targets import BUILTIN_TARGETS
 from steps.configtools import integer as _integer
 from steps.configtools import number as _number
-from steps.configtools import DEFAULT_RUN, common_fields, yaml_mapping
+from steps.configtools import DEFAULT_RUN, choice, common_fields, yaml_mapping
 from steps.errors import ConfigError
 
 METHODS = ("nails", "steck", "nails_steck")
@@ -28,25 +28,110 @@ BEST_LAMBDA_KEYS = ("nails_det", "nails_stoch", "steck", "nails_steck")
 AUTO = "auto"
 
 
+#: Per-user targets (candidate-list datasets with histories): the user's own history, or its mix
+#: with a global target.
+PER_USER_TARGETS = ("history", "history_mix")
+TARGET_HELP = (
+    "Editorial, Uniform, history, {name, distribution: {CATEGORY: probability}}, "
+    "{name, kind: history, half_life_days: D} or {name, kind: history_mix, weight: W, mix_with: Uniform|Editorial}"
+)
+
+
+def _per_user_target(spec: Mapping, i: int, name: str) -> None:
+    kind = spec.get("kind")
+    allowed = {"name", "kind", "half_life_days"} | ({"weight", "mix_with"} if kind == "history_mix" else set())
+    if kind not in PER_USER_TARGETS:
+        raise ConfigError(f"targets[{i}] ({name}).kind: expected one of {list(PER_USER_TARGETS)}, got {kind!r}")
+    extra = set(spec) - allowed
+    if extra:
+        raise ConfigError(f"targets[{i}] ({name}): unknown key(s) {sorted(extra)} for kind {kind}; expected {sorted(allowed)}")
+    if spec.get("half_life_days") is not None:
+        _number(f"targets[{i}] ({name}).half_life_days", spec["half_life_days"], 0.0, lo_open=True)
+    if kind == "history_mix":
+        if "weight" not in spec:
+            raise ConfigError(f"targets[{i}] ({name}): history_mix needs a weight in [0, 1] (the global target's share)")
+        _number(f"targets[{i}] ({name}).weight", spec["weight"], 0.0, 1.0)
+        other = spec.get("mix_with", "Uniform")
+        if other not in BUILTIN_TARGETS:
+            raise ConfigError(f"targets[{i}] ({name}).mix_with: expected {' or '.join(BUILTIN_TARGETS)}, got {other!r}")
+
+
+def is_per_user_target(spec: Any) -> bool:
+    return spec == "history" or (isinstance(spec, Mapping) and spec.get("kind") in PER_USER_TARGETS)
+
+
 def _target_name(spec: Any, i: int) -> str:
     if isinstance(spec, str):
-        if spec not in BUILTIN_TARGETS:
-            raise ConfigError(
-                f"targets[{i}]: unknown target {spec!r}; use {' or '.join(BUILTIN_TARGETS)}, or a mapping "
-                "{name: ..., distribution: {CATEGORY: probability, ...}}"
-            )
+        if spec not in (*BUILTIN_TARGETS, "history"):
+            raise ConfigError(f"targets[{i}]: unknown target {spec!r}; use {TARGET_HELP}")
         return spec
-    if not isinstance(spec, Mapping) or set(spec) != {"name", "distribution"}:
-        raise ConfigError(f"targets[{i}]: expected Editorial, Uniform or {{name, distribution}}, got {spec!r}")
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise ConfigError(f"targets[{i}]: expected {TARGET_HELP}; got {spec!r}")
     name = spec["name"]
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"targets[{i}].name: expected a name of letters, digits, '-' or '_', got {name!r}")
+    if "kind" in spec:
+        _per_user_target(spec, i, name)
+        return name
+    if set(spec) != {"name", "distribution"}:
+        raise ConfigError(f"targets[{i}]: expected {TARGET_HELP}; got {spec!r}")
     dist = spec["distribution"]
     if not isinstance(dist, Mapping) or not dist:
         raise ConfigError(f"targets[{i}] ({name}).distribution: expected a non-empty mapping category -> probability")
     for cat, p in dist.items():
         _number(f"targets[{i}] ({name}).distribution.{cat}", p, lo=0.0)
     return name
+
+
+STECK_RELEVANCE = ("probability", "score")
+DATASET_KINDS = ("ebnerd", "candidates", "ml100k_ease")
+_DATASET_KEYS = {
+    "ebnerd": {"name", "kind", "predictions", "articles", "from_run"},
+    "candidates": {"name", "kind", "path", "from_run", "synthetic"},
+    "ml100k_ease": {"name", "kind", "source", "top_m", "split", "test_fraction", "positive_rating", "l2", "seed"},
+}
+
+
+def parse_datasets(raw: Any) -> tuple[dict, ...]:
+    """``datasets:`` — a list of {name, kind, ...}; kinds ``ebnerd`` (a NAILS dump: predictions +
+    articles, a NewsRecFlow run, or synthetic when neither is given), ``candidates`` (a candidate
+    bundle folder, a TailFlow/ExplainFlow run, or synthetic) and ``ml100k_ease`` (real MovieLens-100K
+    → EASE → top-M, built in the flow)."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"datasets: expected a non-empty list of {{name, kind, ...}}, got {raw!r}")
+    out, names = [], set()
+    for i, ds in enumerate(raw):
+        if not isinstance(ds, Mapping) or "name" not in ds or "kind" not in ds:
+            raise ConfigError(f"datasets[{i}]: expected a mapping with name and kind, got {ds!r}")
+        name, kind = ds["name"], ds["kind"]
+        if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"datasets[{i}].name: expected letters, digits, '-' or '_', got {name!r}")
+        if name in names:
+            raise ConfigError(f"datasets[{i}].name: {name!r} is used twice")
+        names.add(name)
+        if kind not in DATASET_KINDS:
+            raise ConfigError(f"datasets[{i}] ({name}).kind: expected one of {list(DATASET_KINDS)}, got {kind!r}")
+        extra = set(ds) - _DATASET_KEYS[kind]
+        if extra:
+            raise ConfigError(f"datasets[{i}] ({name}): unknown key(s) {sorted(extra)} for kind {kind}; expected {sorted(_DATASET_KEYS[kind])}")
+        d = dict(ds)
+        if kind == "ebnerd" and bool(d.get("predictions")) != bool(d.get("articles")):
+            raise ConfigError(f"datasets[{i}] ({name}): give both predictions and articles, or neither (synthetic)")
+        if kind == "candidates":
+            given = [k for k in ("path", "from_run", "synthetic") if d.get(k) is not None]
+            if len(given) != 1:
+                raise ConfigError(f"datasets[{i}] ({name}): give exactly one of path, from_run or synthetic, got {given or 'none'}")
+            if "synthetic" in d:
+                from steps.align.synthetic_lists import SyntheticListsSpec
+
+                d["synthetic"] = SyntheticListsSpec.from_dict(d["synthetic"], f"datasets[{i}] ({name}).synthetic").as_dict()
+        if kind == "ml100k_ease":
+            from steps.align.ease_candidates import EaseCandidatesSpec
+
+            d = {"name": name, "kind": kind, **EaseCandidatesSpec.from_dict({k: v for k, v in d.items() if k not in ("name", "kind")},
+                                                                            f"datasets[{i}] ({name})").as_dict()}
+        out.append(d)
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -74,6 +159,12 @@ class AlignConfig:
     ba_chunk_rows: int = 20_000
     batch_impressions: int = 100_000
     synthetic: SyntheticDumpSpec = field(default_factory=SyntheticDumpSpec)
+    # candidate-list datasets (steps.align.lists)
+    datasets: tuple = ()
+    calibration_alpha: float = 0.01
+    steck_relevance: str = "probability"
+    missing_history: str = "error"
+    list_chunk_cells: int = 4_000_000
     resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
     run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
 
@@ -142,7 +233,24 @@ class AlignConfig:
             )
         if "synthetic" in raw:
             d["synthetic"] = SyntheticDumpSpec.from_dict(raw["synthetic"])
+        if "calibration_alpha" in raw:
+            d["calibration_alpha"] = _number("calibration_alpha", raw["calibration_alpha"], 0.0, 1.0, lo_open=True)
+        if "steck_relevance" in raw:
+            d["steck_relevance"] = choice("steck_relevance", raw["steck_relevance"], STECK_RELEVANCE)
+        if "missing_history" in raw:
+            d["missing_history"] = choice("missing_history", raw["missing_history"], ("error", "skip"))
+        if "list_chunk_cells" in raw:
+            d["list_chunk_cells"] = _integer("list_chunk_cells", raw["list_chunk_cells"], 1000)
+        if "datasets" in raw:
+            d["datasets"] = parse_datasets(raw["datasets"])
         cfg = cls(**d)
+        news = [ds["name"] for ds in cfg.datasets if ds["kind"] == "ebnerd"]
+        per_user = [n for n, t in zip(cfg.target_names, cfg.targets) if is_per_user_target(t)]
+        if per_user and news:
+            raise ConfigError(
+                f"targets: {per_user[0]!r} is a per-user target, which needs candidate-list datasets with histories; "
+                f"dataset {news[0]!r} is an EB-NeRD dump (give per-user targets to candidate-list datasets only)"
+            )
         target_names = cfg.target_names
         if "best_lambda" in raw:
             bl = raw["best_lambda"]
@@ -204,6 +312,7 @@ class AlignConfig:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["synthetic"] = self.synthetic.as_dict()
+        d["datasets"] = [dict(x) for x in self.datasets]
         for k, v in list(d.items()):
             if isinstance(v, tuple):
                 d[k] = list(v)

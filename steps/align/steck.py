@@ -83,7 +83,8 @@ def steck_greedy(
     """Run the greedy calibrated selection; returns (B, n_select) column indices in the order
     chosen (-1 once a row has no candidates left).
 
-    ``p_star`` (n_slots,) is the target over the queues' category slots. The queues must be
+    ``p_star`` (n_slots,) is the target over the queues' category slots, or (B, n_slots) one
+    target per row (per-user calibration). The queues must be
     sorted by relevance (then position), except at λ = 1, where relevance drops out of the
     objective and they must be sorted by position alone (see :func:`queue_relevance`).
     """
@@ -91,6 +92,8 @@ def steck_greedy(
         raise ValueError(f"Steck selection smoothing must be in (0, 1], got {smoothing!r}")
     b, c, d = queue_scores.shape
     p = np.asarray(p_star, dtype=np.float64)
+    per_row = p.ndim == 2
+    p = p if per_row else p[None, :]  # (1 or B, C)
     pos = p > 0
     log_p = np.where(pos, np.log(np.where(pos, p, 1.0)), 0.0)
     rows = np.arange(b)
@@ -110,11 +113,15 @@ def steck_greedy(
         # KL(p*‖q~) = Σ_c term[c, count_c] for a list of t + 1 items; adding one item of category c
         # changes it by delta[c, count_c]. The sum over the current counts is the same for every
         # candidate of a row, so the greedy choice only needs the delta.
-        q = (1.0 - smoothing) * j / (t + 1.0) + smoothing * p[:, None]
+        q = (1.0 - smoothing) * j[None] / (t + 1.0) + smoothing * p[:, :, None]
         with np.errstate(divide="ignore", invalid="ignore"):
-            term = np.where(pos[:, None], p[:, None] * (log_p[:, None] - np.log(q)), 0.0)
-        delta = term[:, 1:] - term[:, :-1]
-        value = head_value - lam * delta[slots, counts]
+            term = np.where(pos[:, :, None], p[:, :, None] * (log_p[:, :, None] - np.log(q)), 0.0)
+        delta = term[:, :, 1:] - term[:, :, :-1]  # (1 or B, C, n + 1)
+        if per_row:
+            step_delta = np.take_along_axis(delta, counts[:, :, None], axis=2)[:, :, 0]
+        else:
+            step_delta = delta[0][slots, counts]
+        value = head_value - lam * step_delta
         slot = np.argmax(value, axis=1)
         best = value[rows, slot]
         active = np.isfinite(best)

@@ -1,0 +1,374 @@
+"""Aligning any recommender's candidate lists (:mod:`steps.candidates`) toward global or per-user
+targets with NAILS, Steck and both, over the λ grid (the maths: :mod:`steps.align.calibration`).
+
+For every (selection, λ) cell of a method, each user's M candidates are re-ranked and the top-N
+kept; the table reports, next to AlignFlow's news metrics of the same names,
+
+* ``c_kl_mean`` / ``c_kl_std`` — Steck's miscalibration C_KL(p_u, q_u) of each user's top-N
+  (smoothing ``calibration_alpha``, Steck's 0.01), mean and standard deviation over users;
+* ``user_kl_mean`` / ``user_kl_std`` — the same KL with AlignFlow's metric smoothing ``alpha``;
+* ``kl_at_n`` — KL between the mean target and the aggregate top-N genre mix; ``kl_all`` (NAILS)
+  the same for the summed re-weighted probabilities; ``coverage_at_n`` — distinct items in the
+  top-N lists / distinct candidate items;
+* ``precision_at_n``, ``recall_at_n`` (Liang et al.'s normalisation: hits / min(N, #held-out)) and
+  ``ndcg_at_n`` against the held-out items, for users that have any.
+
+Users are processed in chunks, so memory stays bounded at any number of users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import polars as pl
+
+from steps import metrics
+from steps.align.calibration import (
+    ItemGenres,
+    candidate_mass,
+    dense_genres,
+    history_targets,
+    list_mix,
+    mixed_targets,
+    nails_reweight_lists,
+    nails_user_ratio,
+    steck_multigenre,
+)
+from steps.align.evaluate import HIST_BINS, MIX_SCHEMA, RESULT_COLUMNS, RESULT_SCHEMA, RunningStats, _mean_sd
+from steps.align.selection import stochastic_top_n, top_n_indices
+from steps.align.steck import queue_relevance, queues_padded, steck_greedy
+from steps.candidates import CandidateSet
+from steps.errors import ConfigError, InputError
+from steps.seeding import rng_for
+
+LIST_METRICS = ("c_kl_mean", "c_kl_std", "precision_at_n", "recall_at_n", "ndcg_at_n")
+LIST_RESULT_COLUMNS = (*RESULT_COLUMNS, *LIST_METRICS, *(f"{m}_sd" for m in LIST_METRICS if m != "c_kl_std"))
+LIST_RESULT_SCHEMA = {**RESULT_SCHEMA, **{c: pl.Float64 for c in LIST_RESULT_COLUMNS if c not in RESULT_SCHEMA}}
+PER_USER_KINDS = ("history", "history_mix")
+
+
+# --------------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class ListTarget:
+    """A resolved target: ``probs`` (G,) for a global one, (U, G) for a per-user one."""
+
+    name: str
+    kind: str  # "global" | "history" | "history_mix"
+    genres: tuple[str, ...]
+    probs: np.ndarray
+    users: np.ndarray  # (U',) rows of the candidate set that are evaluated (all but skipped ones)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def per_user(self) -> bool:
+        return self.probs.ndim == 2
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.probs.mean(axis=0) if self.per_user else self.probs
+
+    def rows_for(self, local: np.ndarray) -> np.ndarray:
+        """The target of the evaluated users ``local`` (indices into ``users``)."""
+        return self.probs[local] if self.per_user else self.probs
+
+
+def candidate_frequencies(cs: CandidateSet) -> np.ndarray:
+    """Σ p(g|i) over the distinct candidate items, normalised (the candidate set's genre mix)."""
+    items = np.unique(cs.candidate_rows)
+    mix = np.asarray(cs.item_genre[items].sum(axis=0)).ravel()
+    return mix / mix.sum()
+
+
+def _global_target(spec, cs: CandidateSet, where: str) -> np.ndarray:
+    present = candidate_frequencies(cs) > 0
+    if spec == "Editorial":
+        return candidate_frequencies(cs)
+    if spec == "Uniform":
+        return present / present.sum()
+    if isinstance(spec, Mapping) and "distribution" in spec:
+        dist = dict(spec["distribution"])
+        unknown = [g for g in dist if str(g) not in cs.genres]
+        if unknown:
+            raise InputError(
+                f"{where}: genre {unknown[0]!r} is not in the item table of {cs.path} (its genres: {', '.join(cs.genres)}); "
+                "the target and the items must use the same genre names"
+            )
+        vec = np.array([float(dist.get(g, 0.0)) for g in cs.genres])
+        if abs(vec.sum() - 1.0) > 1e-6:
+            raise ConfigError(f"{where}: probabilities sum to {vec.sum():.8g}, expected 1")
+        return vec / vec.sum()
+    raise ConfigError(f"{where}: expected Editorial, Uniform or a distribution, got {spec!r}")
+
+
+def resolve_list_target(spec, cs: CandidateSet, missing_history: str = "error") -> ListTarget:
+    """``"Editorial"``, ``"Uniform"``, ``"history"``, ``{name, distribution}``,
+    ``{name, kind: history, half_life_days}`` or ``{name, kind: history_mix, weight, mix_with}``."""
+    if isinstance(spec, str) and spec != "history":
+        return ListTarget(spec, "global", cs.genres, _global_target(spec, cs, f"target {spec!r}"), np.arange(cs.n_users))
+    if isinstance(spec, Mapping) and "distribution" in spec:
+        name = str(spec["name"])
+        return ListTarget(name, "global", cs.genres, _global_target(spec, cs, f"target {name!r}"), np.arange(cs.n_users))
+    spec = {"name": "history", "kind": "history"} if spec == "history" else dict(spec)
+    name, kind = str(spec["name"]), spec.get("kind", "history")
+    if cs.history_offsets is None:
+        raise InputError(f"target {name!r} ({kind}) needs users' histories, but {cs.path} has no history.parquet")
+    p_user, has = history_targets(cs.history_offsets, cs.history_rows, cs.item_genre, cs.history_times, spec.get("half_life_days"))
+    notes: list[str] = []
+    users = np.arange(cs.n_users)
+    if not has.all():
+        r = int(np.flatnonzero(~has)[0])
+        if missing_history == "error":
+            raise InputError(
+                f"{cs.path}/history.parquet: user_id {cs.user_ids[r]} (candidates row {r}) has no history, so target "
+                f"{name!r} is undefined for it ({int((~has).sum())} user(s) without history); add their history or set "
+                "missing_history: skip"
+            )
+        users = np.flatnonzero(has)
+        notes.append(f"target {name!r}: {int((~has).sum())} user(s) without history were skipped (missing_history: skip)")
+        p_user = p_user[has]
+    if kind == "history_mix":
+        other = _global_target(spec.get("mix_with", "Uniform"), cs, f"target {name!r}.mix_with")
+        p_user = mixed_targets(p_user, other, float(spec["weight"]))
+    return ListTarget(name, kind, cs.genres, p_user, users, tuple(notes))
+
+
+# --------------------------------------------------------------------------- statistics
+@dataclass
+class _CellStats:
+    n_genres: int
+    n_items: int
+    edges: np.ndarray
+    mix_sum: np.ndarray = None
+    covered: np.ndarray = None
+    c_kl: RunningStats = field(default_factory=RunningStats)
+    user_kl: RunningStats = field(default_factory=RunningStats)
+    hist: np.ndarray = None
+    acc_sum: dict = field(default_factory=lambda: {"precision_at_n": 0.0, "recall_at_n": 0.0, "ndcg_at_n": 0.0})
+    acc_n: int = 0
+    n_users: int = 0
+
+    def __post_init__(self):
+        self.mix_sum = np.zeros(self.n_genres)
+        self.covered = np.zeros(self.n_items, dtype=bool)
+        self.hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
+
+    def add(self, top_rows, p_t, genres, alpha, calib_alpha, heldout, n):
+        q = list_mix(top_rows, genres)
+        p = np.broadcast_to(p_t, q.shape)
+        ckl = metrics.smoothed_kl(p, q, calib_alpha)
+        self.c_kl.update(ckl)
+        self.user_kl.update(metrics.smoothed_kl(p, q, alpha))
+        self.hist += np.histogram(ckl, self.edges)[0]
+        self.mix_sum += q.sum(axis=0)
+        self.n_users += len(q)
+        self.covered[top_rows.ravel()] = True
+        if heldout is not None:
+            off, rows_local, items = heldout
+            if len(items):
+                known = items >= 0  # held-out ids outside the item table can never be hit
+                pos = np.full(len(items), n, dtype=np.int64)
+                pos[known] = metrics.heldout_positions(top_rows, rows_local[known], items[known])
+                has = np.diff(off) > 0
+                hits = np.bincount(rows_local, weights=(pos < n).astype(float), minlength=len(q))
+                self.acc_sum["precision_at_n"] += float((hits / n)[has].sum())
+                self.acc_sum["recall_at_n"] += float(np.nansum(metrics.recall_at_k(off, pos, n)))
+                self.acc_sum["ndcg_at_n"] += float(np.nansum(metrics.ndcg_at_k(off, pos, n)))
+                self.acc_n += int(has.sum())
+
+
+def _heldout_chunk(cs: CandidateSet, users: np.ndarray, item_row_of_id):
+    """Held-out items of ``users`` as (offsets, local row, item row or -2 for unknown ids)."""
+    if cs.heldout_offsets is None:
+        return None
+    off = cs.heldout_offsets
+    lens = off[users + 1] - off[users]
+    new_off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    flat = np.repeat(off[users] - new_off[:-1], lens) + np.arange(int(new_off[-1]))
+    items = item_row_of_id(cs.heldout_ids[flat])
+    return new_off, np.repeat(np.arange(len(users)), lens), items
+
+
+@dataclass
+class ListOutcome:
+    results: pl.DataFrame
+    category_mix: pl.DataFrame
+    user_kl_hist: pl.DataFrame
+    submissions: list = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def global_ratio(cs: CandidateSet, genres: ItemGenres, p_target: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """NAILS' global ratio and p(E): p(E) = mean over users of p_u(g); r solves Ḡ·r = p* with Ḡ the
+    mean of the users' AᵀΠA (for one-genre items Ḡ = diag p(E), so r = p*/p(E), NAILS' formula)."""
+    g = genres.n_genres
+    p_model, gram = np.zeros(g), np.zeros((g, g))
+    for s in range(0, cs.n_users, chunk):
+        rows = cs.candidate_rows[s : s + chunk]
+        probs = _softmax(cs.scores[s : s + chunk])
+        p_model += candidate_mass(probs, rows, genres).sum(axis=0)
+        if not genres.single:
+            a = dense_genres(rows, genres)
+            gram += np.einsum("bmg,bm,bmh->gh", a, probs, a)
+    p_model /= cs.n_users
+    if np.any((p_model <= 0) & (p_target > 0)):
+        bad = [cs.genres[i] for i in np.flatnonzero((p_model <= 0) & (p_target > 0))]
+        raise InputError(f"{cs.path}: the model gives no probability to target genre(s) {', '.join(bad)}; NAILS cannot re-weight them")
+    if genres.single:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(p_model > 0, p_target / np.where(p_model > 0, p_model, 1.0), 0.0), p_model
+    r = np.linalg.pinv(gram / cs.n_users, hermitian=True) @ p_target
+    return r / float(p_model @ r), p_model
+
+
+def _steck_select(rel, rows, genres, p_t, lam, n, smoothing):
+    if lam == 0.0:
+        return top_n_indices(rel, n)
+    if genres.single:
+        cat = genres.index[rows][:, :, 0]
+        q = queues_padded(queue_relevance(rel, lam), cat, np.ones(rel.shape, dtype=bool), genres.n_genres)
+        p = np.broadcast_to(p_t, (rel.shape[0], genres.n_genres)) if np.ndim(p_t) == 2 else p_t
+        return steck_greedy(*q, p, lam, n, smoothing)
+    return steck_multigenre(rel, rows, genres, p_t, lam, n, smoothing)
+
+
+def evaluate_lists(cs: CandidateSet, target: ListTarget, method: str, cfg, dataset: str = "") -> ListOutcome:
+    """``method`` toward ``target`` over ``cfg``'s λ grid on candidate set ``cs`` (module docstring)."""
+    if method not in ("nails", "steck", "nails_steck"):
+        raise ValueError(f"unknown method {method!r}")
+    n = cfg.top_n
+    if n > cs.n_candidates:
+        raise InputError(f"top_n = {n} is larger than the {cs.n_candidates} candidates per user of {cs.path}")
+    genres = ItemGenres.from_csr(cs.item_genre)
+    cells = cfg.cells(method)
+    n_rep = {c: (cfg.repeats if c[0] == "stoch" else 1) for c in cells}
+    edges = np.linspace(0.0, np.log(1.0 / cfg.calibration_alpha) * (1 + 1e-9), HIST_BINS + 1)
+    n_items = len(cs.item_ids_sorted)
+    stats = {c: [_CellStats(genres.n_genres, n_items, edges) for _ in range(n_rep[c])] for c in cells}
+    mass = {lam: np.zeros(genres.n_genres) for lam in cfg.lambdas}
+    # the widest per-user arrays: (M, K) genre slots for Steck, (M, G) dense genres for NAILS
+    width = cs.n_candidates * (genres.index.shape[1] if method == "steck" or genres.single else genres.n_genres)
+    chunk = max(1, int(cfg.list_chunk_cells // width))
+    notes = list(target.notes)
+    global_r = None
+    if method in ("nails", "nails_steck") and not target.per_user:
+        global_r, _ = global_ratio(cs, genres, target.probs, chunk)
+    restricted = 0
+    nails_err = 0.0
+
+    def item_row_of_id(ids):
+        pos = np.minimum(np.searchsorted(cs.item_ids_sorted, ids), n_items - 1)
+        return np.where(cs.item_ids_sorted[pos] == ids, pos, -2)
+
+    for ci, s in enumerate(range(0, len(target.users), chunk)):
+        local = np.arange(s, min(s + chunk, len(target.users)))
+        users = target.users[local]
+        rows = cs.candidate_rows[users]
+        probs = _softmax(cs.scores[users])
+        p_t = target.rows_for(local)
+        heldout = _heldout_chunk(cs, users, item_row_of_id)
+        ratio = global_r
+        if method in ("nails", "nails_steck") and target.per_user:
+            nr = nails_user_ratio(probs, rows, genres, p_t)
+            ratio, restricted, nails_err = nr.ratio, restricted + int(nr.restricted.sum()), max(nails_err, nr.max_error)
+        if method == "steck" or method == "nails_steck":
+            if method == "steck":
+                rel = probs if cfg.steck_relevance == "probability" else cs.scores[users]
+            else:
+                rel = nails_reweight_lists(probs, rows, genres, ratio, cfg.nails_lambda_for(target.name))
+            for lam in cfg.lambdas:
+                pick = _steck_select(rel, rows, genres, p_t, lam, n, cfg.steck_smoothing_select)
+                stats[("det", lam)][0].add(np.take_along_axis(rows, pick, axis=1), p_t, genres, cfg.alpha,
+                                           cfg.calibration_alpha, heldout, n)
+            continue
+        for lam in cfg.lambdas:
+            adj = nails_reweight_lists(probs, rows, genres, ratio, lam)
+            mass[lam] += candidate_mass(adj, rows, genres).sum(axis=0)
+            for sel in cfg.selections:
+                for r, st in enumerate(stats[(sel, lam)]):
+                    if sel == "det":
+                        pick = top_n_indices(adj, n)
+                    else:
+                        pick = stochastic_top_n(adj, n, rng_for(cfg.seed, dataset, target.name, method, sel, lam, r, ci))
+                    st.add(np.take_along_axis(rows, pick, axis=1), p_t, genres, cfg.alpha, cfg.calibration_alpha, heldout, n)
+    if restricted:
+        notes.append(f"target {target.name!r}: {restricted} user(s) asked for genres none of their candidates carry; "
+                     "NAILS re-weighted toward the target restricted to the candidates' genres")
+    if nails_err > 1e-6:
+        notes.append(f"target {target.name!r}: with multi-genre items NAILS at λ = 1 reaches the users' targets up to "
+                     f"{nails_err:.3g} (largest |mix − target|: the rest is outside what the candidates can reach)")
+
+    n_cand_items = len(np.unique(cs.candidate_rows))
+    p_mean = target.mean
+    rows_out, mixes, hists = [], [], []
+    for sel, lam in cells:
+        reps = stats[(sel, lam)]
+        row = {"distribution": target.name, "method": method, "selection": sel, "lambda": lam, "n_repeats": n_rep[(sel, lam)]}
+        mix_each = [s.mix_sum / s.n_users for s in reps]
+        vals = {
+            "kl_at_n": [metrics.smoothed_kl(p_mean, m, cfg.alpha) for m in mix_each],
+            "coverage_at_n": [float(s.covered.sum()) / n_cand_items for s in reps],
+            "user_kl_mean": [s.user_kl.mean for s in reps],
+            "c_kl_mean": [s.c_kl.mean for s in reps],
+        }
+        if reps[0].acc_n:
+            for m in ("precision_at_n", "recall_at_n", "ndcg_at_n"):
+                vals[m] = [s.acc_sum[m] / s.acc_n for s in reps]
+        for name, v in vals.items():
+            row[name], row[f"{name}_sd"] = _mean_sd(v)
+        row["user_kl_std"] = _mean_sd([s.user_kl.std for s in reps])[0]
+        row["c_kl_std"] = _mean_sd([s.c_kl.std for s in reps])[0]
+        if method == "nails":
+            all_mix = mass[lam] / len(target.users)
+            row["kl_all"] = metrics.smoothed_kl(p_mean, all_mix, cfg.alpha)
+            if sel == cfg.selections[0]:
+                mixes += _mix_rows(target, method, "all", lam, "all", all_mix)
+        mixes += _mix_rows(target, method, sel, lam, "top_n", np.mean(mix_each, axis=0))
+        hist = np.sum([s.hist for s in reps], axis=0)
+        hists += [{"distribution": target.name, "method": method, "selection": sel, "lambda": lam,
+                   "bin_left": float(edges[i]), "bin_right": float(edges[i + 1]), "count": int(hist[i])}
+                  for i in np.flatnonzero(hist)]
+        rows_out.append(row)
+    results = pl.DataFrame([{c: r.get(c) for c in LIST_RESULT_COLUMNS} for r in rows_out], schema=LIST_RESULT_SCHEMA)
+    return ListOutcome(
+        results=results,
+        category_mix=pl.DataFrame(mixes, schema=MIX_SCHEMA),
+        user_kl_hist=pl.DataFrame(hists, schema={"distribution": pl.String, "method": pl.String, "selection": pl.String,
+                                                 "lambda": pl.Float64, "bin_left": pl.Float64, "bin_right": pl.Float64,
+                                                 "count": pl.Int64}),
+        notes=tuple(notes),
+    )
+
+
+def _mix_rows(target: ListTarget, method, sel, lam, basis, mix) -> list[dict]:
+    return [{"distribution": target.name, "method": method, "selection": sel, "lambda": lam, "basis": basis,
+             "category": g, "share": float(s)} for g, s in zip(target.genres, mix)]
+
+
+def list_target_mix(target: ListTarget, cs: CandidateSet) -> pl.DataFrame:
+    """The (mean) target and the model's own mix p(E), as category-mix rows."""
+    genres = ItemGenres.from_csr(cs.item_genre)
+    p_model = np.zeros(genres.n_genres)
+    for s in range(0, cs.n_users, 20_000):
+        p_model += candidate_mass(_softmax(cs.scores[s : s + 20_000]), cs.candidate_rows[s : s + 20_000], genres).sum(axis=0)
+    rows = _mix_rows(target, "target", "-", float("nan"), "target", target.mean)
+    rows += _mix_rows(target, "model", "-", float("nan"), "all", p_model / cs.n_users)
+    return pl.DataFrame(rows, schema=MIX_SCHEMA)
+
+
+def user_list_mix(cs: CandidateSet, target: ListTarget, user_row: int, picks: Mapping[str, np.ndarray]) -> pl.DataFrame:
+    """One user's genre mix: the target and each named list (candidate columns), for the card."""
+    genres = ItemGenres.from_csr(cs.item_genre)
+    local = int(np.flatnonzero(target.users == user_row)[0]) if target.per_user else user_row
+    out = [{"list": "target", "category": g, "share": float(v)}
+           for g, v in zip(cs.genres, target.rows_for(np.array([local]))[0] if target.per_user else target.probs)]
+    for name, cols in picks.items():
+        q = list_mix(cs.candidate_rows[user_row][cols][None, :], genres)[0]
+        out += [{"list": name, "category": g, "share": float(v)} for g, v in zip(cs.genres, q)]
+    return pl.DataFrame(out, schema={"list": pl.String, "category": pl.String, "share": pl.Float64})
