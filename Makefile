@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# MovieLens-100K as data only: the RecBole 1.2.1 wheel (MIT) ships ml-100k.inter/.item; --no-deps
+	# keeps its torch/scipy pins out (nothing imports recbole; steps/movielens.py only reads its files).
+	$(PY) -m pip install --quiet --no-deps recbole==1.2.1
 	touch $(STAMP)
 
 run: $(STAMP)

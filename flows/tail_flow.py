@@ -16,6 +16,7 @@ from metaflow.cards import Image, Markdown, Table
 from configs import config_path
 from recalign.flowtools import catch_cells, resources_from, retry_from_config, timeout_from_config
 from steps.faults import failed_cells, maybe_fail
+from steps.bundles import publish_bundle
 from steps.storage import RunStorage, map_refs
 from steps.tables import concat, table_rows
 from steps.tail.config import TailConfig
@@ -75,6 +76,7 @@ class TailFlow(FlowSpec):
         self.part_buckets = outcome.buckets
         self.part_history = outcome.history
         self.part_files = map_refs({"lists": outcome.lists, "model": outcome.model}, self.storage.publish)
+        self.part_candidates = publish_bundle(outcome.candidates, self.storage.publish) if outcome.candidates else None
         print(outcome.results.select(RESULT_COLUMNS[:11]))
         self.next(self.join_methods)
 
@@ -89,6 +91,8 @@ class TailFlow(FlowSpec):
         self.part_buckets = concat([i.part_buckets for i in done])
         self.part_history = concat([i.part_history for i in done])
         self.part_files = {f"{self.prepared.name}/{i.input}": i.part_files for i in done}
+        self.part_candidates = {f"{self.prepared.name}/{i.input}": i.part_candidates for i in done
+                                if getattr(i, "part_candidates", None) is not None}
         self.next(self.join_datasets)
 
     @resources_from("join")
@@ -100,6 +104,10 @@ class TailFlow(FlowSpec):
         self.buckets = sort_results(concat([i.part_buckets for i in inputs]), self.dataset_names, self.method_names)
         self.history = concat([i.part_history for i in inputs])
         self.files = {k: v for i in inputs for k, v in i.part_files.items()}
+        # candidate bundles for AlignFlow: {"<dataset>/<method>": FileRef of manifest.json} (steps.bundles)
+        self.candidates = {k: v for i in inputs for k, v in i.part_candidates.items()}
+        self.candidates_notes = [f"{i.prepared.name} ({i.prepared.source}): no item genres, no candidate bundles"
+                                 for i in inputs if i.prepared.items is None]
         self.data_summary = {i.prepared.name: i.data_summary for i in inputs}
         self.failed_cells = [f for i in inputs for f in i.part_failed]
         self.next(self.report)

@@ -32,7 +32,7 @@ DEFAULT_RESOURCES = {
     "join": {"cpu": 1, "memory": 4096, "gpu": 0},
 }
 
-SOURCES = ("synthetic", "ml20m", "netflix", "msd")
+SOURCES = ("synthetic", "ml20m", "netflix", "msd", "ml100k")
 METHODS = ("ease", "ease_gd", "ipw", "tail_opt", "adversarial", "pop_rerank")
 #: Methods trained by the shared gradient loop (the others are closed-form).
 TRAINED_METHODS = ("ease_gd", "ipw", "tail_opt", "adversarial")
@@ -95,7 +95,9 @@ class SyntheticSpec:
 class DatasetSpec:
     name: str
     source: str = "synthetic"
-    path: str = ""  # ML-20M ratings.csv; Netflix training_set/ folder or combined_data_*.txt; MSD train_triplets.txt
+    path: str = ""  # ML-20M ratings.csv; Netflix training_set/ folder or combined_data_*.txt; MSD train_triplets.txt;
+    # ML-100K: "" or "recbole" (the RecBole wheel's copy) or GroupLens' ml-100k/ folder
+    items_path: str = ""  # ML-20M movies.csv: item genres for the candidate bundles (optional)
     protocol: Protocol = field(default_factory=Protocol)
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
 
@@ -104,6 +106,8 @@ def _protocol(key: str, raw: Any, source: str) -> Protocol:
     raw = _mapping(key, raw)
     _reject_unknown(key, raw, Protocol)
     base = Protocol(min_rating=0.0, min_item_users=200, min_user_items=20, heldout_users=50_000) if source == "msd" else Protocol()
+    if source == "ml100k":  # 943 users: 100 validation and 100 test users by default
+        base = Protocol(heldout_users=100)
     d: dict[str, Any] = {}
     if "min_rating" in raw:
         d["min_rating"] = _number(f"{key}.min_rating", raw["min_rating"])
@@ -155,14 +159,20 @@ def _dataset(i: int, raw: Any) -> DatasetSpec:
     path = raw.get("path", "")
     if not isinstance(path, str):
         raise ConfigError(f"{key}.path: expected a file or folder path, got {path!r}")
-    if source != "synthetic" and not path:
+    if source not in ("synthetic", "ml100k") and not path:
         raise ConfigError(f"{key}.path: a {source} dataset needs the path of its raw file(s)")
+    items_path = raw.get("items_path", "")
+    if not isinstance(items_path, str):
+        raise ConfigError(f"{key}.items_path: expected the path of ML-20M's movies.csv, got {items_path!r}")
+    if items_path and source != "ml20m":
+        raise ConfigError(f"{key}.items_path: {items_path!r} is set but source is {source!r}; only an ml20m dataset "
+                          "takes an items file (movies.csv)")
     if source == "synthetic" and path:
         raise ConfigError(f"{key}.path: {path!r} is set but source is 'synthetic'; set {key}.source to ml20m, netflix or msd")
     if source != "synthetic" and "synthetic" in raw:
         raise ConfigError(f"{key}.synthetic: only a synthetic dataset takes synthetic settings")
     return DatasetSpec(
-        name=name, source=source, path=path, protocol=_protocol(f"{key}.protocol", raw.get("protocol"), source),
+        name=name, source=source, path=path, items_path=items_path, protocol=_protocol(f"{key}.protocol", raw.get("protocol"), source),
         synthetic=_synthetic(f"{key}.synthetic", raw.get("synthetic")),
     )
 
@@ -336,6 +346,7 @@ class TailConfig:
     methods: tuple[MethodSpec, ...] = ()
     evaluation: Evaluation = field(default_factory=Evaluation)
     save_models: bool = False  # also write every item-item matrix B as .npy (n² floats each)
+    candidates_top_m: int = 100  # each method's top-M for the test users as a candidate bundle (0: none)
     resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
     run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
 
@@ -347,6 +358,8 @@ class TailConfig:
             d["device"] = _choice("device", raw["device"], DEVICES)
         if "save_models" in raw:
             d["save_models"] = _bool("save_models", raw["save_models"])
+        if "candidates_top_m" in raw:
+            d["candidates_top_m"] = _integer("candidates_top_m", raw["candidates_top_m"], 0)
         ds = raw.get("datasets")
         if not isinstance(ds, list) or not ds:
             raise ConfigError(f"datasets: expected a non-empty list of datasets, got {ds!r}")
@@ -391,6 +404,7 @@ class TailConfig:
             return x
 
         out = {"name": self.name, "seed": self.seed, "device": self.device, "save_models": self.save_models,
+               "candidates_top_m": self.candidates_top_m,
                "datasets": [clean(asdict(d)) for d in self.datasets],
                "training": clean(asdict(self.training)), "methods": {}, "evaluation": clean(asdict(self.evaluation)),
                "resources": {k: dict(v) for k, v in self.resources.items()}, "run": dict(self.run)}
@@ -402,6 +416,8 @@ class TailConfig:
         for d in out["datasets"]:
             if d["source"] != "synthetic":
                 del d["synthetic"]
+            if d["source"] != "ml20m":
+                del d["items_path"]
         return out
 
 

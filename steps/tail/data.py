@@ -6,7 +6,9 @@ Loaders (each returns a Polars frame ``user, item, rating`` of integer ids and a
 * :func:`read_netflix` — Netflix Prize ``training_set/mv_*.txt`` (a folder) or
   ``combined_data_*.txt`` files: blocks ``MovieID:`` followed by ``CustomerID,Rating,Date`` lines;
 * :func:`read_msd` — Million Song Dataset taste profile ``train_triplets.txt``
-  (``user<TAB>song<TAB>play_count``; user and song are strings, mapped to integer codes).
+  (``user<TAB>song<TAB>play_count``; user and song are strings, mapped to integer codes);
+* :func:`read_ml100k` — MovieLens-100K from the RecBole wheel (path ``""``/``recbole``) or
+  GroupLens' ``ml-100k/`` folder (:mod:`steps.movielens`), with a ``timestamp`` column too.
 
 :func:`split_strong_generalisation` then binarises (rating ≥ ``min_rating``), drops repeated pairs,
 keeps items with ≥ ``min_item_users`` users and then users with ≥ ``min_user_items`` items, shuffles
@@ -21,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ from steps.tail.config import DatasetSpec, Protocol
 from steps.tail.synthetic import write_synthetic_ratings
 
 MATRICES = ("train", "valid_tr", "valid_te", "test_tr", "test_te")
-CACHE_VERSION = 3  # 3: the test users' fold-in draw no longer depends on numpy's print options
+CACHE_VERSION = 4  # 3: the test users' fold-in draw no longer depends on numpy's print options; 4: test user ids, item genres
 
 
 # --------------------------------------------------------------------------- loaders
@@ -156,7 +158,14 @@ def read_msd(path: str | os.PathLike) -> pl.DataFrame:
     })
 
 
-READERS = {"ml20m": read_ml20m, "netflix": read_netflix, "msd": read_msd, "synthetic": read_ml20m}
+def read_ml100k(path: str | os.PathLike) -> pl.DataFrame:
+    """MovieLens-100K: ``user, item, rating, timestamp`` (``path``: ``""``/``recbole`` or a GroupLens folder)."""
+    from steps.movielens import load_ml100k
+
+    return load_ml100k(str(path) or "recbole").ratings.rename({"user_id": "user", "item_id": "item"})
+
+
+READERS = {"ml20m": read_ml20m, "netflix": read_netflix, "msd": read_msd, "synthetic": read_ml20m, "ml100k": read_ml100k}
 
 
 # --------------------------------------------------------------------------- protocol
@@ -171,6 +180,7 @@ class Split:
     test_te: sp.csr_matrix
     item_ids: np.ndarray
     stats: dict = field(default_factory=dict)
+    test_user_ids: np.ndarray | None = None  # the dataset's user id of each test_tr/test_te row
 
 
 def _csr(users: np.ndarray, items: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
@@ -241,7 +251,7 @@ def split_strong_generalisation(ratings: pl.DataFrame, protocol: Protocol, seed:
             )
         stats[f"{name}_users_evaluable"] = evaluable
         stats[f"{name}_heldout_interactions"] = int(is_te.sum())
-    return Split(item_ids=item_ids, stats=stats, **out)
+    return Split(item_ids=item_ids, stats=stats, test_user_ids=perm[len(users) - h:], **out)
 
 
 # --------------------------------------------------------------------------- cache
@@ -258,6 +268,9 @@ class PreparedData:
     item_counts: np.ndarray  # training users per item
     n_train_users: int
     stats: dict
+    test_user_ids: np.ndarray | None = None  # user id of each test row (candidate bundles)
+    items: FileRef | None = None  # item_id, categories (datasets with genres; see steps.tail.candidates)
+    test_times: FileRef | None = None  # user, item, timestamp of the test users' ratings (ML-100K)
 
     @property
     def n_items(self) -> int:
@@ -283,12 +296,29 @@ def _fingerprint(spec: DatasetSpec, seed: int, raw_paths: list[Path]) -> str:
 
 def _raw_path(spec: DatasetSpec) -> Path:
     """The dataset's file (or Netflix folder) on local disk (``s3://`` inputs are downloaded)."""
+    if spec.source == "ml100k":
+        from steps.movielens import recbole_ml100k_files
+
+        if spec.path in ("", "recbole"):
+            return recbole_ml100k_files()["ml-100k.inter"].parent
+        return Path(localize_tree(spec.path))
     return Path(localize_tree(spec.path) if spec.source == "netflix" else localize_input(spec.path))
 
 
 def _raw_files(spec: DatasetSpec, p: Path) -> list[Path]:
     if spec.source == "netflix":
         return _netflix_files(p)
+    if spec.source == "ml100k":
+        from steps.movielens import ml100k_files
+
+        return ml100k_files(spec.path or "recbole")
+    if spec.source == "ml20m" and spec.items_path:
+        items = Path(localize_input(spec.items_path))
+        if not items.is_file():
+            raise InputError(f"{items}: movies file not found (datasets[{spec.name}].items_path)")
+        if not p.is_file():
+            raise InputError(f"{p}: {spec.source} file not found (datasets[{spec.name}].path)")
+        return [p, items]
     if not p.is_file():
         raise InputError(f"{p}: {spec.source} file not found (datasets[{spec.name}].path)")
     return [p]
@@ -312,19 +342,33 @@ def prepare_dataset(spec: DatasetSpec, seed: int, cache_root: str | os.PathLike)
     cache = cache_root / f"{spec.name}-{key}"
     manifest = cache / "manifest.json"
     if not manifest.exists():
-        ratings = READERS[spec.source](raw_path)
+        from steps.tail.candidates import ITEMS_FILE, TEST_USERS_FILE, TIMES_FILE, dataset_items, rating_times
+
+        local = spec if spec.source == "synthetic" else replace(  # the files as read here (s3:// inputs downloaded)
+            spec, path="recbole" if spec.source == "ml100k" and spec.path in ("", "recbole") else str(raw_path),
+            items_path=str(raw_files[-1]) if spec.items_path else "")
+        ratings = READERS[spec.source](local.path if spec.source == "ml100k" else raw_path)
         split = split_strong_generalisation(ratings, spec.protocol, seed, source=str(raw_path), key=spec.name)
+        times = rating_times(ratings, split.test_user_ids)
         del ratings
+        items = dataset_items(local)
         with atomic_export_dir(cache) as tmp:
             for name in MATRICES:
                 sp.save_npz(tmp / f"{name}.npz", getattr(split, name), compressed=False)
             np.save(tmp / "item_ids.npy", split.item_ids)
+            np.save(tmp / TEST_USERS_FILE, split.test_user_ids)
+            if items is not None:
+                items.write_parquet(tmp / ITEMS_FILE)
+            if times is not None:
+                times.write_parquet(tmp / TIMES_FILE)
             (tmp / "manifest.json").write_text(json.dumps({"stats": split.stats, "raw": str(raw_path)}, indent=1))
     meta = json.loads(manifest.read_text())
     files = {name: file_ref(cache / f"{name}.npz") for name in MATRICES}
     train = sp.load_npz(files["train"].path).tocsc()
     counts = np.diff(train.indptr).astype(np.int64)
+    side = {k: file_ref(cache / f) for k, f in (("items", "items.parquet"), ("test_times", "test_times.parquet")) if (cache / f).exists()}
     return PreparedData(
         name=spec.name, source=spec.source, raw_path=str(Path(raw_path).absolute()), cache_dir=str(cache), files=files,
         item_ids=np.load(cache / "item_ids.npy"), item_counts=counts, n_train_users=int(train.shape[0]), stats=meta["stats"],
+        test_user_ids=np.load(cache / "test_user_ids.npy"), **side,
     )

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from steps.storage import FileRef, save_array
+from steps.tail.candidates import write_tail_candidates
 from steps.tail.config import MethodSpec, TailConfig
 from steps.tail.data import PreparedData
 from steps.tail.evaluate import bucket_table, evaluate_lists, popularity_buckets, popularity_penalty, tail_items, topk_lists
@@ -53,6 +54,7 @@ class MethodOutcome:
     lists: FileRef  # test users' top-k lists (users × k_max, int32, −1 = empty slot)
     model: FileRef | None  # B as float32 .npy when save_models
     item_weights: np.ndarray | None
+    candidates: Path | None = None  # manifest.json of the test users' candidate bundle (steps.tail.candidates)
 
 
 def run_method(prepared: PreparedData, groups: ItemGroups, method: MethodSpec, cfg: TailConfig, out_dir: str | Path,
@@ -86,10 +88,13 @@ def run_method(prepared: PreparedData, groups: ItemGroups, method: MethodSpec, c
     out_dir = Path(out_dir)
     lists_ref = save_array(out_dir / f"{prepared.name}_{method.name}_test_top{ev.k_max}.npy", test_lists)
     model_ref = save_array(out_dir / f"{prepared.name}_{method.name}_B.npy", B) if cfg.save_models else None
+    candidates = write_tail_candidates(prepared, method.name, B, cfg.candidates_top_m,
+                                       out_dir / "candidates" / f"{prepared.name}_{method.name}", ev.batch_users, device,
+                                       penalty, gamma)
     results = pl.DataFrame(rows).select(RESULT_COLUMNS).with_columns(pl.col("epochs", "best_epoch", "users").cast(pl.Int64))
     if not history.is_empty():
         history = history.select(pl.lit(prepared.name).alias("dataset"), pl.lit(method.name).alias("method"), pl.all())
-    return MethodOutcome(results, pl.concat(bucket_frames), history, lists_ref, model_ref, weights)
+    return MethodOutcome(results, pl.concat(bucket_frames), history, lists_ref, model_ref, weights, candidates)
 
 
 def sort_results(results: pl.DataFrame, datasets: list[str], methods: list[str]) -> pl.DataFrame:
