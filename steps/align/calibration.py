@@ -295,13 +295,20 @@ def nails_user_ratio(
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(p_model[sub] > 0, t_sub / np.where(p_model[sub] > 0, p_model[sub], 1.0), 0.0)
         m_s, total = _reweighted_mix(pr_s, gi_s, gw_s, r, genres.n_genres)
-        while np.abs(m_s - t_sub).max(initial=0.0) > tol and it < max_iter:
+        r = np.divide(r, total[:, None], out=np.zeros_like(r), where=total[:, None] > 0)
+        active = np.flatnonzero(np.abs(m_s - t_sub).max(axis=1) > tol)
+        while len(active) and it < max_iter:  # iterate only the rows not yet converged
+            a_ = active
             with np.errstate(divide="ignore", invalid="ignore"):
-                r = np.where(m_s > 0, r * t_sub / np.where(m_s > 0, m_s, 1.0), 0.0)
-            m_s, total = _reweighted_mix(pr_s, gi_s, gw_s, r, genres.n_genres)
-            r = np.divide(r, total[:, None], out=np.zeros_like(r), where=total[:, None] > 0)
-            total = np.where(total > 0, 1.0, 0.0)
+                r_a = np.where(m_s[a_] > 0, r[a_] * t_sub[a_] / np.where(m_s[a_] > 0, m_s[a_], 1.0), 0.0)
+            m_a, tot_a = _reweighted_mix(pr_s[a_], gi_s[a_], gw_s[a_], r_a, genres.n_genres)
+            r[a_] = np.divide(r_a, tot_a[:, None], out=np.zeros_like(r_a), where=tot_a[:, None] > 0)
+            moved = np.abs(m_a - m_s[a_]).max(axis=1)
+            m_s[a_] = m_a
+            # a row stops when it reaches the target, or stops moving (a target it cannot reach)
+            active = a_[(np.abs(m_a - t_sub[a_]).max(axis=1) > tol) & (moved > 1e-9)]
             it += 1
+        total = np.ones(len(sub))
         ratio[sub] = np.divide(r, total[:, None], out=np.zeros_like(r), where=total[:, None] > 0)
         ratio = np.maximum(ratio, 0.0)
         mix[sub] = m_s

@@ -86,10 +86,19 @@ def _target_name(spec: Any, i: int) -> str:
 STECK_RELEVANCE = ("probability", "score")
 DATASET_KINDS = ("ebnerd", "candidates", "ml100k_ease")
 _DATASET_KEYS = {
-    "ebnerd": {"name", "kind", "predictions", "articles", "from_run"},
-    "candidates": {"name", "kind", "path", "from_run", "synthetic"},
-    "ml100k_ease": {"name", "kind", "source", "top_m", "split", "test_fraction", "positive_rating", "l2", "seed"},
+    "ebnerd": {"name", "kind", "predictions", "articles", "from_run", "targets"},
+    "candidates": {"name", "kind", "path", "from_run", "synthetic", "targets"},
+    "ml100k_ease": {"name", "kind", "source", "top_m", "split", "test_fraction", "positive_rating", "l2", "seed", "targets"},
 }
+
+
+def parse_targets(t: Any, where: str = "targets") -> tuple:
+    if not isinstance(t, list) or not t:
+        raise ConfigError(f"{where}: expected a non-empty list, got {t!r}")
+    names = [_target_name(s, i) for i, s in enumerate(t)]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: names must be unique, got {names}")
+    return tuple(dict(s) if isinstance(s, Mapping) else s for s in t)
 
 
 def parse_datasets(raw: Any) -> tuple[dict, ...]:
@@ -115,6 +124,14 @@ def parse_datasets(raw: Any) -> tuple[dict, ...]:
         if extra:
             raise ConfigError(f"datasets[{i}] ({name}): unknown key(s) {sorted(extra)} for kind {kind}; expected {sorted(_DATASET_KEYS[kind])}")
         d = dict(ds)
+        if "targets" in d:
+            try:
+                d["targets"] = list(parse_targets(d["targets"]))
+            except ConfigError as exc:
+                raise ConfigError(f"datasets[{i}] ({name}).{exc}") from None
+            if kind == "ebnerd" and any(is_per_user_target(t) for t in d["targets"]):
+                raise ConfigError(f"datasets[{i}] ({name}).targets: per-user targets need candidate lists with histories, "
+                                  "not an EB-NeRD dump")
         if kind == "ebnerd" and bool(d.get("predictions")) != bool(d.get("articles")):
             raise ConfigError(f"datasets[{i}] ({name}): give both predictions and articles, or neither (synthetic)")
         if kind == "candidates":
@@ -128,8 +145,9 @@ def parse_datasets(raw: Any) -> tuple[dict, ...]:
         if kind == "ml100k_ease":
             from steps.align.ease_candidates import EaseCandidatesSpec
 
-            d = {"name": name, "kind": kind, **EaseCandidatesSpec.from_dict({k: v for k, v in d.items() if k not in ("name", "kind")},
-                                                                            f"datasets[{i}] ({name})").as_dict()}
+            own = {k: v for k, v in d.items() if k not in ("name", "kind", "targets")}
+            d = {"name": name, "kind": kind, **EaseCandidatesSpec.from_dict(own, f"datasets[{i}] ({name})").as_dict(),
+                 **({"targets": d["targets"]} if "targets" in d else {})}
         out.append(d)
     return tuple(out)
 
@@ -174,13 +192,7 @@ class AlignConfig:
         raw = dict(raw or {})
         d = common_fields(raw, set(cls.__dataclass_fields__), DEFAULT_RESOURCES)
         if "targets" in raw:
-            t = raw["targets"]
-            if not isinstance(t, list) or not t:
-                raise ConfigError(f"targets: expected a non-empty list, got {t!r}")
-            names = [_target_name(s, i) for i, s in enumerate(t)]
-            if len(set(names)) != len(names):
-                raise ConfigError(f"targets: names must be unique, got {names}")
-            d["targets"] = tuple(dict(s) if isinstance(s, Mapping) else s for s in t)
+            d["targets"] = parse_targets(raw["targets"])
         for key, choices in (("methods", METHODS), ("selections", SELECTIONS)):
             if key in raw:
                 v = raw[key]
@@ -244,14 +256,14 @@ class AlignConfig:
         if "datasets" in raw:
             d["datasets"] = parse_datasets(raw["datasets"])
         cfg = cls(**d)
-        news = [ds["name"] for ds in cfg.datasets if ds["kind"] == "ebnerd"]
+        news = [ds["name"] for ds in cfg.datasets if ds["kind"] == "ebnerd" and "targets" not in ds]
         per_user = [n for n, t in zip(cfg.target_names, cfg.targets) if is_per_user_target(t)]
         if per_user and news:
             raise ConfigError(
                 f"targets: {per_user[0]!r} is a per-user target, which needs candidate-list datasets with histories; "
                 f"dataset {news[0]!r} is an EB-NeRD dump (give per-user targets to candidate-list datasets only)"
             )
-        target_names = cfg.target_names
+        target_names = sorted({*cfg.target_names, *(n for ds in cfg.datasets for n in cfg.target_names_for(ds['name']))})
         if "best_lambda" in raw:
             bl = raw["best_lambda"]
             if not isinstance(bl, Mapping):
@@ -290,6 +302,19 @@ class AlignConfig:
     @property
     def target_names(self) -> list[str]:
         return [t if isinstance(t, str) else t["name"] for t in self.targets]
+
+    def targets_for(self, dataset: str) -> tuple:
+        """The dataset's own ``targets`` list, or the run's."""
+        for ds in self.datasets:
+            if ds["name"] == dataset and "targets" in ds:
+                return tuple(ds["targets"])
+        return self.targets
+
+    def target_names_for(self, dataset: str) -> list[str]:
+        return [t if isinstance(t, str) else t["name"] for t in self.targets_for(dataset)]
+
+    def target_spec_for(self, dataset: str, name: str):
+        return self.targets_for(dataset)[self.target_names_for(dataset).index(name)]
 
     def target_spec(self, name: str):
         for t in self.targets:

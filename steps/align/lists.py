@@ -372,3 +372,16 @@ def user_list_mix(cs: CandidateSet, target: ListTarget, user_row: int, picks: Ma
         q = list_mix(cs.candidate_rows[user_row][cols][None, :], genres)[0]
         out += [{"list": name, "category": g, "share": float(v)} for g, v in zip(cs.genres, q)]
     return pl.DataFrame(out, schema={"list": pl.String, "category": pl.String, "share": pl.Float64})
+
+
+def example_user_mix(cs: CandidateSet, target: ListTarget, cfg, lam: float, method: str = "steck") -> tuple[int, pl.DataFrame]:
+    """The first evaluated user's genre mix before (λ = 0) and after Steck at ``lam``: ``(user_id, rows)``."""
+    genres = ItemGenres.from_csr(cs.item_genre)
+    user = int(target.users[0])
+    rows = cs.candidate_rows[user : user + 1]
+    probs = _softmax(cs.scores[user : user + 1])
+    rel = probs if cfg.steck_relevance == "probability" else cs.scores[user : user + 1]
+    p_t = target.rows_for(np.array([0]))
+    picks = {"top-N (λ = 0)": top_n_indices(rel, cfg.top_n)[0],
+             f"{method} λ = {lam:g}": _steck_select(rel, rows, genres, p_t, lam, cfg.top_n, cfg.steck_smoothing_select)[0]}
+    return int(cs.user_ids[user]), user_list_mix(cs, target, user, picks)

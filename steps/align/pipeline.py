@@ -94,7 +94,7 @@ def gather_method_outputs(tasks, target_mix_rows: pl.DataFrame) -> MethodOutputs
         category_mix=concat([target_mix_rows] + [o.category_mix for o in done]),
         user_kl_hist=concat([o.user_kl_hist for o in done]),
         submissions=[s for o in done for s in o.submissions],
-        failed=failed_cells(tasks, lambda t: f"{t.layout.target.name}/{t.input}"),
+        failed=failed_cells(tasks, lambda t: f"{getattr(t, 'target_name', None) or t.layout.target.name}/{t.input}"),
     )
 
 
@@ -158,15 +158,43 @@ class Report:
     figures: dict  # file name -> matplotlib Figure
 
 
-def build_report(results: pl.DataFrame, category_mix: pl.DataFrame, user_kl_hist: pl.DataFrame, cfg: AlignConfig) -> Report:
+def build_report(results: pl.DataFrame, category_mix: pl.DataFrame, user_kl_hist: pl.DataFrame, cfg: AlignConfig,
+                 lists: bool = False) -> Report:
+    """Best λ, comparison and figures of one dataset (``lists``: a candidate-list dataset, which
+    adds Steck's calibration figure and plots accuracy as precision@N)."""
     best = best_lambdas(results, cfg)
     comparison = comparison_table(results, category_mix, best)
     figures = {
         "kl_vs_lambda.png": plots.kl_vs_lambda(results),
         "category_mix.png": plots.category_mix_bars(comparison),
         "user_kl_density.png": plots.user_kl_density(user_kl_hist),
-        "accuracy_vs_kl.png": plots.accuracy_vs_kl(results),
+        "accuracy_vs_kl.png": plots.accuracy_vs_kl(results, "precision_at_n" if lists else "ndcg_at_10"),
     }
+    if lists:
+        figures["calibration_vs_lambda.png"] = plots.calibration_curve(results)
+    return Report(best, comparison, figures)
+
+
+def with_dataset(df: pl.DataFrame, dataset: str) -> pl.DataFrame:
+    """``df`` with a leading ``dataset`` column."""
+    return df.with_columns(pl.lit(dataset, dtype=pl.String).alias("dataset")).select(["dataset", *df.columns])
+
+
+def build_reports(results: pl.DataFrame, category_mix: pl.DataFrame, user_kl_hist: pl.DataFrame, cfg: AlignConfig,
+                  list_datasets: Sequence[str], extra_figures: Mapping[str, dict] | None = None) -> Report:
+    """:func:`build_report` per dataset, tables joined with a ``dataset`` column; figure names get a
+    ``<dataset>__`` prefix when there is more than one dataset."""
+    names = results["dataset"].unique(maintain_order=True).to_list() if results.height else []
+    parts, figures = [], {}
+    for ds in names:
+        sel = pl.col("dataset") == ds
+        rep = build_report(results.filter(sel).drop("dataset"), category_mix.filter(sel).drop("dataset"),
+                           user_kl_hist.filter(sel).drop("dataset"), cfg, lists=ds in list_datasets)
+        parts.append(rep)
+        prefix = f"{ds}__" if len(names) > 1 else ""
+        figures.update({prefix + k: v for k, v in {**rep.figures, **dict((extra_figures or {}).get(ds, {}))}.items()})
+    best = concat([with_dataset(r.best_lambda, ds) for r, ds in zip(parts, names)])
+    comparison = concat([with_dataset(r.comparison, ds) for r, ds in zip(parts, names)])
     return Report(best, comparison, figures)
 
 
@@ -183,8 +211,11 @@ def export_run(
     with atomic_export(export_dir, staging_dir) as tmp:
         for name, df in tables.items():
             df.write_csv(tmp / f"{name}.csv")
-        for dist in report.comparison["distribution"].unique(maintain_order=True).to_list():
-            comparison_wide(report.comparison, dist).write_csv(tmp / f"comparison_{dist}.csv")
+        comp = report.comparison if "dataset" in report.comparison.columns else with_dataset(report.comparison, "")
+        several = comp["dataset"].n_unique() > 1
+        for (ds, dist), part in comp.group_by(["dataset", "distribution"], maintain_order=True):
+            name = f"comparison_{ds}__{dist}.csv" if several else f"comparison_{dist}.csv"
+            comparison_wide(part.drop("dataset"), dist).write_csv(tmp / name)
         for name, fig in report.figures.items():
             plots.save(fig, tmp / name)
         for sub in submissions:
@@ -194,8 +225,8 @@ def export_run(
     return str(export_dir) if is_remote(export_dir) else str(Path(export_dir).absolute())
 
 
-SUMMARY_COLUMNS = ["distribution", "method", "selection", "lambda", "kl_at_n", "kl_all", "user_kl_mean",
-                   "coverage_at_n", "auc", "ndcg_at_10"]
+SUMMARY_COLUMNS = ["dataset", "distribution", "method", "selection", "lambda", "kl_at_n", "kl_all", "user_kl_mean",
+                   "c_kl_mean", "coverage_at_n", "auc", "ndcg_at_10", "precision_at_n", "recall_at_n"]
 
 
 def summary_text(results: pl.DataFrame, comparison: pl.DataFrame) -> str:
@@ -203,8 +234,32 @@ def summary_text(results: pl.DataFrame, comparison: pl.DataFrame) -> str:
     parts = []
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, float_precision=4, tbl_hide_dataframe_shape=True,
                    tbl_hide_column_data_types=True):
-        parts.append(str(results.select([c for c in SUMMARY_COLUMNS if c in results.columns])))
-        for dist in comparison["distribution"].unique(maintain_order=True).to_list():
-            parts.append(f"Category mix at the best λ — {dist}:")
-            parts.append(str(comparison_wide(comparison, dist)))
+        shown = [c for c in SUMMARY_COLUMNS if c in results.columns and results[c].null_count() < results.height]
+        parts.append(str(results.select(shown)))
+        comp = comparison if "dataset" in comparison.columns else with_dataset(comparison, "")
+        for (ds, dist), part in comp.group_by(["dataset", "distribution"], maintain_order=True):
+            parts.append(f"Category mix at the best λ — {ds + ' / ' if ds else ''}{dist}:")
+            parts.append(str(comparison_wide(part.drop("dataset"), dist)))
     return "\n".join(parts)
+
+
+def dataset_line(summary: dict) -> str:
+    if summary.get("kind") == "candidates":
+        return (f"{summary['users']:,} users × {summary['candidates_per_user']} candidates, {len(summary['genres'])} genres "
+                f"({'one' if summary['single_genre'] else 'several'} per item) — {summary['source']}.")
+    return (f"{summary['beyond_accuracy_rows']:,} beyond-accuracy rows × {summary['candidates']} candidates, "
+            f"{summary['impressions']:,} impressions ({summary['labelled_impressions']:,} labelled).")
+
+
+def example_user_figure(prepared, cfg: AlignConfig, results: pl.DataFrame, dataset: str):
+    """The first user's genre mix before/after Steck at its best (lowest C_KL) λ toward the first
+    target: ``(user_id, mix rows, figure)``."""
+    from steps.align.lists import example_user_mix, resolve_list_target
+
+    cs = prepared.load()
+    target = resolve_list_target(cfg.targets_for(dataset)[0], cs, cfg.missing_history)
+    steck = results.filter((results["dataset"] == dataset) & (results["method"] == "steck")
+                           & (results["distribution"] == target.name)).sort("c_kl_mean")
+    lam = float(steck["lambda"][0]) if steck.height else 0.9
+    user, mix = example_user_mix(cs, target, cfg, lam)
+    return user, mix, plots.user_mix_bars(mix, f"{dataset}: user {user}, target {target.name}")

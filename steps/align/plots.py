@@ -126,6 +126,48 @@ def accuracy_vs_kl(results: pl.DataFrame, accuracy: str = "ndcg_at_10") -> plt.F
     return fig
 
 
+def calibration_curve(results: pl.DataFrame, accuracy: str = "precision_at_n") -> plt.Figure:
+    """Steck's figure: mean miscalibration C_KL and accuracy against λ, one column per target."""
+    dists = results["distribution"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(2, len(dists), figsize=(5.5 * len(dists), 6.5), squeeze=False, sharex=True)
+    for j, dist in enumerate(dists):
+        sub = results.filter(pl.col("distribution") == dist)
+        for (method, sel), grp in sub.group_by(["method", "selection"], maintain_order=True):
+            grp = grp.sort("lambda")
+            style = dict(color=COLORS.get((method, sel)), label=_label(method, sel), ms=4)
+            axes[0, j].plot(grp["lambda"], grp["c_kl_mean"], "o-", **style)
+            if grp[accuracy].null_count() < grp.height:
+                axes[1, j].plot(grp["lambda"], grp[accuracy], "o-", **style)
+        axes[0, j].set_title(dist)
+        axes[0, j].set_ylabel("mean C_KL (miscalibration)")
+        axes[1, j].set_ylabel(accuracy)
+        axes[1, j].set_xlabel("λ")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+        axes[0, j].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def user_mix_bars(mix: pl.DataFrame, title: str) -> plt.Figure:
+    """One user's genre mix: the target and each list (``list``, ``category``, ``share`` rows)."""
+    cats = mix.filter(pl.col("list") == "target").sort("share", descending=True)["category"].to_list()
+    lists = mix["list"].unique(maintain_order=True).to_list()
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    width = 0.8 / max(len(lists), 1)
+    x = np.arange(len(cats))
+    for i, name in enumerate(lists):
+        m = dict(mix.filter(pl.col("list") == name).select("category", "share").iter_rows())
+        ax.bar(x + (i - (len(lists) - 1) / 2) * width, [m.get(c, 0.0) for c in cats], width, label=name)
+    ax.set_xticks(x, cats, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("share of the top-N")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: plt.Figure, path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
