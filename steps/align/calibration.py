@@ -203,7 +203,8 @@ def steck_reference(relevance, rows, item_genre_dense, p_target, lam, n_select, 
                 lst = chosen + [c]
                 q = item_genre_dense[rows[u, lst]].mean(axis=0)
                 qt = (1 - smoothing) * q + smoothing * p
-                kl = float(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / qt), 0.0)))
+                pos = p > 0
+                kl = float(np.sum(p[pos] * np.log(p[pos] / qt[pos])))
                 v = (1 - lam) * float(np.sum(relevance[u, lst])) - lam * kl
                 if v > best_v + 1e-12 * max(1.0, abs(v)):
                     best, best_v = c, v
