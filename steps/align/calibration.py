@@ -136,6 +136,63 @@ def candidate_mass(probs: np.ndarray, rows: np.ndarray, genres: ItemGenres) -> n
 
 
 # --------------------------------------------------------------------------- Steck, multi-genre
+class MultiGenreSteck:
+    """Steck's greedy selection over multi-genre candidates, set up once per chunk of users (the
+    (candidate, genre) pairs that can move the KL) and run for any relevance and λ.
+
+    Only pairs whose genre the row's target gives mass change the KL, so the step's gain
+    Σ_g p_g·log(q̃_g(L ∪ {i}) / q̃_g(L)) = Σ_{g ∈ genres(i)} p_g·log1p((1 − α)·p(g|i) /
+    ((t + 1)·b_g)), with b = (1 − α)·q_sum/(t + 1) + α·p, is summed over those pairs only.
+    """
+
+    def __init__(self, rows: np.ndarray, genres: ItemGenres, p_target: np.ndarray, smoothing: float) -> None:
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"Steck smoothing must be in (0, 1], got {smoothing!r}")
+        b, m = rows.shape
+        g = genres.n_genres
+        self.shape, self.n_genres, self.smoothing = (b, m), g, smoothing
+        self.p_flat = np.broadcast_to(np.asarray(p_target, dtype=np.float64), (b, g)).ravel()
+        self.gi = genres.index[rows]  # (B, M, K)
+        self.gw = genres.weight[rows]
+        user = np.arange(b)[:, None, None]
+        flat_key = user * g + self.gi
+        pg = self.p_flat[flat_key]
+        live = (self.gw > 0) & (pg > 0)
+        self.cell = np.broadcast_to(np.arange(b * m).reshape(b, m, 1), self.gi.shape)[live]
+        self.key = flat_key[live]
+        self.cw = (1.0 - smoothing) * self.gw[live]
+        self.p_live = pg[live]
+
+    def select(self, relevance: np.ndarray, lam: float, n_select: int) -> np.ndarray:
+        """(B, n_select) candidate columns in the order chosen; ties go to the first listed."""
+        b, m = self.shape
+        if not 0 < n_select <= m:
+            raise ValueError(f"n_select must be in [1, {m}], got {n_select}")
+        g, a = self.n_genres, self.smoothing
+        rel = ((1.0 - lam) * np.asarray(relevance, dtype=np.float64)).ravel()
+        q_sum = np.zeros(b * g)
+        used = np.zeros(b * m, dtype=bool)
+        chosen = np.empty((b, n_select), dtype=np.int64)
+        rr = np.arange(b)
+        x = np.empty(len(self.key))
+        for t in range(n_select):
+            # base·(t + 1) = (1 − α)·q_sum + α·(t + 1)·p; x = p_g·log1p((1 − α)·w / ((t + 1)·base_g)), in place
+            base = (1.0 - a) * q_sum + (a * (t + 1.0)) * self.p_flat
+            np.take(base, self.key, out=x)
+            np.divide(self.cw, x, out=x)
+            np.log1p(x, out=x)
+            x *= self.p_live
+            value = np.bincount(self.cell, weights=x, minlength=b * m)
+            value *= lam
+            value += rel
+            value[used] = -np.inf
+            pick = np.argmax(value.reshape(b, m), axis=1)
+            chosen[:, t] = pick
+            used[rr * m + pick] = True
+            np.add.at(q_sum, (rr[:, None] * g + self.gi[rr, pick]).ravel(), self.gw[rr, pick].ravel())
+        return chosen
+
+
 def steck_multigenre(
     relevance: np.ndarray,
     rows: np.ndarray,
@@ -145,46 +202,10 @@ def steck_multigenre(
     n_select: int,
     smoothing: float,
 ) -> np.ndarray:
-    """Steck's greedy selection of ``n_select`` of the M candidates of every row.
-
-    ``relevance`` (B, M); ``rows`` (B, M) item rows; ``p_target`` (B, G) per-user or (G,) global.
-    Returns (B, n_select) candidate columns in the order chosen.
-
-    Only (candidate, genre) pairs whose genre the row's target gives mass change the KL, so the
-    step's gain Σ_g p_g·log(q̃_g(L ∪ {i}) / q̃_g(L)) = Σ_{g ∈ genres(i)} p_g·log1p((1 − α)·p(g|i) /
-    ((t + 1)·b_g)), with b = (1 − α)·q_sum/(t + 1) + α·p, is summed over those pairs only.
-    """
-    if not 0.0 < smoothing <= 1.0:
-        raise ValueError(f"Steck smoothing must be in (0, 1], got {smoothing!r}")
-    b, m = relevance.shape
-    if not 0 < n_select <= m:
-        raise ValueError(f"n_select must be in [1, {m}], got {n_select}")
-    g = genres.n_genres
-    p = np.broadcast_to(np.asarray(p_target, dtype=np.float64), (b, g))
-    gi = genres.index[rows]  # (B, M, K)
-    gw = genres.weight[rows]
-    user = np.broadcast_to(np.arange(b)[:, None, None], gi.shape)
-    pg = p[user, gi]
-    live = (gw > 0) & (pg > 0)
-    cell = np.broadcast_to(np.arange(b * m).reshape(b, m, 1), gi.shape)[live]
-    key = (user * g + gi)[live]
-    w_live, p_live = gw[live], pg[live]
-    rel = ((1.0 - lam) * np.asarray(relevance, dtype=np.float64)).ravel()
-    q_sum = np.zeros(b * g)
-    used = np.zeros(b * m, dtype=bool)
-    chosen = np.empty((b, n_select), dtype=np.int64)
-    rr = np.arange(b)
-    p_flat = p.ravel()
-    for t in range(n_select):
-        base = (1.0 - smoothing) / (t + 1.0) * q_sum + smoothing * p_flat
-        gain = p_live * np.log1p(((1.0 - smoothing) / (t + 1.0)) * w_live / base[key])
-        value = rel + lam * np.bincount(cell, weights=gain, minlength=b * m)
-        value[used] = -np.inf
-        pick = np.argmax(value.reshape(b, m), axis=1)
-        chosen[:, t] = pick
-        used[rr * m + pick] = True
-        np.add.at(q_sum, (rr[:, None] * g + gi[rr, pick]).ravel(), gw[rr, pick].ravel())
-    return chosen
+    """Steck's greedy selection of ``n_select`` of the M candidates of every row (see
+    :class:`MultiGenreSteck`). ``relevance`` (B, M); ``rows`` (B, M) item rows; ``p_target`` (B, G)
+    per-user or (G,) global. Returns (B, n_select) candidate columns in the order chosen."""
+    return MultiGenreSteck(rows, genres, p_target, smoothing).select(relevance, lam, n_select)
 
 
 def steck_reference(relevance, rows, item_genre_dense, p_target, lam, n_select, smoothing) -> np.ndarray:

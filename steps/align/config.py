@@ -32,8 +32,8 @@ AUTO = "auto"
 #: with a global target.
 PER_USER_TARGETS = ("history", "history_mix")
 TARGET_HELP = (
-    "Editorial, Uniform, history, {name, distribution: {CATEGORY: probability}}, "
-    "{name, kind: history, half_life_days: D} or {name, kind: history_mix, weight: W, mix_with: Uniform|Editorial}"
+    "Editorial, Uniform or {name, distribution} (distribution: {CATEGORY: probability}), or a per-user target: "
+    "history, {name, kind: history, half_life_days: D} or {name, kind: history_mix, weight: W, mix_with: Uniform|Editorial}"
 )
 
 
@@ -65,7 +65,7 @@ def _target_name(spec: Any, i: int) -> str:
         if spec not in (*BUILTIN_TARGETS, "history"):
             raise ConfigError(f"targets[{i}]: unknown target {spec!r}; use {TARGET_HELP}")
         return spec
-    if not isinstance(spec, Mapping) or "name" not in spec:
+    if not isinstance(spec, Mapping) or "name" not in spec or set(spec) == {"name"}:
         raise ConfigError(f"targets[{i}]: expected {TARGET_HELP}; got {spec!r}")
     name = spec["name"]
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
@@ -253,7 +253,7 @@ class AlignConfig:
             d["missing_history"] = choice("missing_history", raw["missing_history"], ("error", "skip"))
         if "list_chunk_cells" in raw:
             d["list_chunk_cells"] = _integer("list_chunk_cells", raw["list_chunk_cells"], 1000)
-        if "datasets" in raw:
+        if raw.get("datasets"):  # an empty list (as as_dict writes it) means: one dataset from the parameters
             d["datasets"] = parse_datasets(raw["datasets"])
         cfg = cls(**d)
         news = [ds["name"] for ds in cfg.datasets if ds["kind"] == "ebnerd" and "targets" not in ds]

@@ -34,7 +34,7 @@ from steps.align.calibration import (
     mixed_targets,
     nails_reweight_lists,
     nails_user_ratio,
-    steck_multigenre,
+    MultiGenreSteck,
 )
 from steps.align.evaluate import HIST_BINS, MIX_SCHEMA, RESULT_COLUMNS, RESULT_SCHEMA, RunningStats, _mean_sd
 from steps.align.selection import stochastic_top_n, top_n_indices
@@ -227,15 +227,30 @@ def global_ratio(cs: CandidateSet, genres: ItemGenres, p_target: np.ndarray, chu
     return r / float(p_model @ r), p_model
 
 
+class _SteckChunk:
+    """Steck's selection for one chunk of users, with the set-up shared by every λ: per-category
+    queues (one genre per item) or the multi-genre pairs (:class:`MultiGenreSteck`)."""
+
+    def __init__(self, rel, rows, genres: ItemGenres, p_t, smoothing: float) -> None:
+        self.rel, self.rows, self.genres, self.p_t, self.smoothing = rel, rows, genres, p_t, smoothing
+        self._queues: dict[bool, tuple] = {}
+        self._multi = None if genres.single else MultiGenreSteck(rows, genres, p_t, smoothing)
+
+    def select(self, lam: float, n: int) -> np.ndarray:
+        if lam == 0.0:
+            return top_n_indices(self.rel, n)
+        if self._multi is not None:
+            return self._multi.select(self.rel, lam, n)
+        full = lam >= 1.0
+        if full not in self._queues:
+            cat = self.genres.index[self.rows][:, :, 0]
+            self._queues[full] = queues_padded(queue_relevance(self.rel, lam), cat, np.ones(self.rel.shape, dtype=bool),
+                                               self.genres.n_genres)
+        return steck_greedy(*self._queues[full], self.p_t, lam, n, self.smoothing)
+
+
 def _steck_select(rel, rows, genres, p_t, lam, n, smoothing):
-    if lam == 0.0:
-        return top_n_indices(rel, n)
-    if genres.single:
-        cat = genres.index[rows][:, :, 0]
-        q = queues_padded(queue_relevance(rel, lam), cat, np.ones(rel.shape, dtype=bool), genres.n_genres)
-        p = np.broadcast_to(p_t, (rel.shape[0], genres.n_genres)) if np.ndim(p_t) == 2 else p_t
-        return steck_greedy(*q, p, lam, n, smoothing)
-    return steck_multigenre(rel, rows, genres, p_t, lam, n, smoothing)
+    return _SteckChunk(rel, rows, genres, p_t, smoothing).select(lam, n)
 
 
 def evaluate_lists(cs: CandidateSet, target: ListTarget, method: str, cfg, dataset: str = "") -> ListOutcome:
@@ -282,8 +297,9 @@ def evaluate_lists(cs: CandidateSet, target: ListTarget, method: str, cfg, datas
                 rel = probs if cfg.steck_relevance == "probability" else cs.scores[users]
             else:
                 rel = nails_reweight_lists(probs, rows, genres, ratio, cfg.nails_lambda_for(target.name))
+            steck = _SteckChunk(rel, rows, genres, p_t, cfg.steck_smoothing_select)
             for lam in cfg.lambdas:
-                pick = _steck_select(rel, rows, genres, p_t, lam, n, cfg.steck_smoothing_select)
+                pick = steck.select(lam, n)
                 stats[("det", lam)][0].add(np.take_along_axis(rows, pick, axis=1), p_t, genres, cfg.alpha,
                                            cfg.calibration_alpha, heldout, n)
             continue
