@@ -38,11 +38,14 @@ from steps.explain.pipeline import (
     store_dataset,
 )
 from steps.explain.train import model_metrics
+from steps.bundles import publish_bundle
+from steps.explain.candidates import store_candidate_items, write_gru4rec_candidates
 from steps.faults import failed_cells, maybe_fail
 from steps.storage import RunStorage, map_refs
 
 DEFAULT_CONFIG = config_path("explain_synthetic.yaml")
-CARRIED = ["storage", "data", "data_summary", "model_file", "model_spec", "training_log", "model_metrics", "explain_user_ids"]
+CARRIED = ["storage", "data", "data_summary", "model_file", "model_spec", "training_log", "model_metrics", "explain_user_ids",
+           "candidates"]
 
 
 class ExplainFlow(FlowSpec):
@@ -70,6 +73,9 @@ class ExplainFlow(FlowSpec):
         data = resolve_dataset(cfg, self.data_dir, self.ml1m_ratings, self.ml1m_movies, self.storage.dir("input"))
         check_settings_against_data(data, cfg)
         self.data = map_refs(store_dataset(data, self.storage.dir("data")), self.storage.publish)
+        items = store_candidate_items(data, self.storage.dir("data"),
+                                      self.storage.dir("input", "ml100k") if cfg.data.source == "ml100k" else None)
+        self.candidate_items = self.storage.publish(items) if items is not None else None
         self.data_summary = data.summary()
         print(self.data_summary)
         self.next(self.train)
@@ -91,8 +97,13 @@ class ExplainFlow(FlowSpec):
     def evaluate(self):
         """HR@K / nDCG@K of GRU4Rec and the popularity ranker; choose the users to explain."""
         cfg, data = self._cfg(), self.data.load()
-        self.model_metrics = model_metrics(load_model(self.model_file), data, cfg)
+        model = load_model(self.model_file)
+        self.model_metrics = model_metrics(model, data, cfg)
         print(self.model_metrics)
+        # GRU4Rec's top-M for the test rows, for AlignFlow: {"gru4rec": FileRef of manifest.json} (steps.bundles)
+        manifest = write_gru4rec_candidates(model, data, cfg.history_max, cfg.candidates_top_m, self.candidate_items,
+                                            self.storage.dir("candidates", "gru4rec"), cfg.eval_batch_size)
+        self.candidates = {"gru4rec": publish_bundle(manifest, self.storage.publish)} if manifest else {}
         self.explain_user_ids = choose_users(data, cfg)
         self.next(self.explain, foreach="explain_user_ids")
 

@@ -90,3 +90,21 @@ def test_failed_explain_task_then_resume_matches_uninterrupted_run(quick_run, fl
     assert_frame_equal(data.feature_attributions, ref.feature_attributions)
     assert_frame_equal(data.explained_users.drop("seconds"), ref.explained_users.drop("seconds"))
     assert_frame_equal(data.model_metrics, ref.model_metrics)
+
+
+def test_candidates_artifact_reads_back(quick_run):
+    """GRU4Rec's bundle (artifact ``candidates``): one row per test user, the test item held out,
+    nothing the user consumed before among the candidates; genres from the synthetic item_meta."""
+    from steps.bundles import bundle_of_run
+    from steps.candidates import read_candidate_bundle
+
+    data = quick_run.run.data
+    assert list(data.candidates) == ["gru4rec"]
+    c = read_candidate_bundle(bundle_of_run(f"ExplainFlow/{quick_run.run_id}", data.candidates, None))
+    seq = data.data.load()
+    test = seq.split("test").sort("user_id")
+    assert c.user_ids.tolist() == test["user_id"].to_list() and c.heldout_ids.tolist() == test["item_id"].to_list()
+    r = 0
+    hist = set(c.item_id_of(c.history_rows[c.history_offsets[r]:c.history_offsets[r + 1]]).tolist())
+    assert hist and not hist & set(c.item_id_of(c.candidate_rows[r]).tolist())
+    assert c.meta["model"] == "gru4rec" and set(c.genres) == {f"genre{g}" for g in range(4)}  # synthetic n_genres: 4

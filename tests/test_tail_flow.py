@@ -81,3 +81,24 @@ def test_failed_train_task_then_resume_matches_uninterrupted_run(quick_run, flow
     assert resumed.ok, resumed.stderr[-3000:]
     assert_frame_equal(_deterministic(resumed.run.data.results), _deterministic(quick_run.run.data.results))
     assert_frame_equal(resumed.run.data.buckets, quick_run.run.data.buckets)
+
+
+def test_candidates_artifact_reads_back(quick_run):
+    """Each method's candidate bundle (artifact ``candidates``) reads back through the resolver and
+    holds the evaluated test lists of the evaluable test users, as item ids."""
+    import numpy as np
+
+    from steps.bundles import bundle_of_run
+    from steps.candidates import read_candidate_bundle
+
+    data = quick_run.run.data
+    assert list(data.candidates) == [f"synthetic/{m}" for m in METHODS] and data.candidates_notes == []
+    prepared = quick_run.run["prepare"].task.data.prepared
+    lists = load_array(data.files["synthetic/pop_rerank"]["lists"])
+    c = read_candidate_bundle(bundle_of_run(f"TailFlow/{quick_run.run_id}/pop_rerank", data.candidates, "pop_rerank"))
+    assert c.meta["model"] == "pop_rerank" and c.meta["dataset"] == "synthetic"
+    assert c.n_users == data.data_summary["synthetic"]["test_users_evaluable"] and c.n_candidates == 100
+    keep = np.isin(prepared.test_user_ids, c.user_ids)
+    assert np.array_equal(prepared.test_user_ids[keep], c.user_ids)
+    assert np.array_equal(prepared.item_ids[lists[keep]], c.item_id_of(c.candidate_rows))
+    assert c.heldout_offsets is not None and c.history_offsets is not None and len(c.genres) == 10

@@ -11,6 +11,7 @@ from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
 from steps.configtools import number as _number
 from steps.errors import ConfigError
+from steps.explain.candidates import DataSpec
 from steps.explain.synthetic import SyntheticSeqSpec
 
 LOSSES = ("bpr", "ce")
@@ -86,6 +87,9 @@ class ExplainConfig:
     feature_level: bool = True
     explain_dtype: str = "float64"
     synthetic: SyntheticSeqSpec = field(default_factory=SyntheticSeqSpec)
+    # data: {source: ml100k, path: ""} converts MovieLens-100K (steps/explain/candidates.py)
+    data: DataSpec = field(default_factory=DataSpec)
+    candidates_top_m: int = 100  # GRU4Rec's top-M for the test rows as a candidate bundle (0: none)
     resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
     run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
 
@@ -131,6 +135,10 @@ class ExplainConfig:
             d["estimators"] = tuple(v)
         if "synthetic" in raw:
             d["synthetic"] = SyntheticSeqSpec.from_dict(raw["synthetic"])
+        if "data" in raw:
+            d["data"] = DataSpec.from_dict(raw["data"])
+        if "candidates_top_m" in raw:
+            d["candidates_top_m"] = _integer("candidates_top_m", raw["candidates_top_m"], 0)
         cfg = cls(**d)
         exact_like = {"exact", "pruned"} & set(cfg.estimators)
         if exact_like and cfg.history_max > MAX_EXACT_EVENTS:

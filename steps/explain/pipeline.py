@@ -16,6 +16,7 @@ from steps.tables import concat, json_default, lists_as_text
 from steps.align.plots import save as save_figure
 from steps.errors import ConfigError, InputError
 from steps.explain import plots
+from steps.explain.candidates import resolve_ml100k
 from steps.explain.config import ExplainConfig
 from steps.explain.data import NEG, SPLIT, USER, SeqData, convert_ml1m, read_rechorus, user_histories, write_rechorus
 from steps.explain.explain import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
@@ -32,6 +33,10 @@ TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 def resolve_dataset(cfg: ExplainConfig, data_dir: str, ml1m_ratings: str, ml1m_movies: str, work_dir: str | os.PathLike) -> SeqData:
     """A ReChorus folder, MovieLens-1M converted into ``work_dir``, or synthetic data written to
     ``work_dir`` in ReChorus' format; every path reads the files back through the same checks."""
+    ml100k = resolve_ml100k(cfg.data, data_dir, ml1m_ratings, work_dir, cfg.n_neg, cfg.seed)
+    if ml100k is not None:  # data: {source: ml100k} in the config
+        data = read_rechorus(ml100k)
+        return SeqData(data.interactions, data.n_items, data.item_features, data.feature_name, source="MovieLens-100K")
     if data_dir and ml1m_ratings:
         raise InputError("--data-dir and --ml1m-ratings are alternatives: give one of them")
     if ml1m_movies and not ml1m_ratings:

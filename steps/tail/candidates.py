@@ -57,12 +57,6 @@ def dataset_items(spec: DatasetSpec) -> pl.DataFrame | None:
     return None
 
 
-def read_ml100k_ratings(path: str | os.PathLike) -> pl.DataFrame:
-    """TailFlow's loader for ML-100K: ``user, item, rating, timestamp`` (``path``: "recbole" or a folder)."""
-    r = load_ml100k(str(path) or "recbole").ratings
-    return r.rename({"user_id": "user", "item_id": "item"})
-
-
 def rating_times(ratings: pl.DataFrame, test_user_ids: np.ndarray) -> pl.DataFrame | None:
     """``user, item, timestamp`` (earliest) of the test users' ratings, when the loader gave timestamps."""
     if "timestamp" not in ratings.columns:

@@ -311,7 +311,7 @@ def _raw_files(spec: DatasetSpec, p: Path) -> list[Path]:
     if spec.source == "ml100k":
         from steps.movielens import ml100k_files
 
-        return ml100k_files(spec.path or "recbole")
+        return ml100k_files("recbole" if spec.path in ("", "recbole") else p)
     if spec.source == "ml20m" and spec.items_path:
         items = Path(localize_input(spec.items_path))
         if not items.is_file():
