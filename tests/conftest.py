@@ -32,3 +32,13 @@ def quick_run(flow_runner):
     run = flow_runner.run("align_flow.py", CONFIGS / "quick.yaml")
     assert run.ok, run.stderr[-3000:]
     return run
+
+
+@pytest.fixture(scope="session")
+def tail_quick_run(flow_runner):
+    """One TailFlow run of configs/tail_quick.yaml, shared by TailFlow's tests and AlignFlow's chained test."""
+    from tests.flowrun import CONFIGS
+
+    run = flow_runner.run("tail_flow.py", CONFIGS / "tail_quick.yaml")
+    assert run.ok, run.stderr[-3000:]
+    return run

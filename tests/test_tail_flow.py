@@ -17,10 +17,10 @@ METHODS = ["ease", "ease_gd", "ipw", "tail_opt", "adversarial", "pop_rerank"]
 
 
 @pytest.fixture(scope="module")
-def quick_run(flow_runner):
-    run = flow_runner.run("tail_flow.py", QUICK)
-    assert run.ok, run.stderr[-3000:]
-    return run
+def quick_run(tail_quick_run):
+    """The session's TailFlow run of configs/tail_quick.yaml (tests/conftest.py; AlignFlow's
+    chained test reads its candidate bundles too)."""
+    return tail_quick_run
 
 
 def _deterministic(results: pl.DataFrame) -> pl.DataFrame:
