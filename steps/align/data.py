@@ -46,11 +46,11 @@ MISSING_POLICIES = ("error", "exclude")
 
 #: Valid range of every stored field of a dump and of the articles file (what is refused; README).
 FIELDS = fields_table([
-    Field(IMPRESSION_ID, "uint32", 0, None, "0 (beyond-accuracy row) or an impression id, u32"),
-    Field(INVIEW, "int32", 0, None, "article ids, non-negative i32"),
-    Field(CLICKED, "int32", 0, None, "article ids, non-negative i32"),
-    Field(SCORES, "float32", None, None, "finite logits that fit in f32"),
-    Field(ARTICLE_ID, "int32", 0, None, "article ids, non-negative i32"),
+    Field(IMPRESSION_ID, "uint32", 0, None, "impression ids (0: the beyond-accuracy rows)"),
+    Field(INVIEW, "int32", 0, None, "article ids"),
+    Field(CLICKED, "int32", 0, None, "article ids"),
+    Field(SCORES, "float32", None, None, "finite logits"),
+    Field(ARTICLE_ID, "int32", 0, None, "article ids"),
 ])
 
 

@@ -87,12 +87,12 @@ ARTICLES_REQUIRED = (ARTICLE_ID, CATEGORY_STR)
 #: Valid ranges of the values the loaders read (what is refused; README). Beyond these: no nulls in
 #: ``impression_id``, ``impression_time``, ``user_id`` or any list, and the dtypes above exactly.
 FIELDS = fields_table([
-    Field(IMPRESSION_ID, "uint32", 0, None, "0 (beyond-accuracy row) or an impression id, u32"),
-    Field(USER_ID, "uint32", 0, None, "u32"),
-    Field(ARTICLE_ID, "int32", 0, None, "article ids, non-negative i32"),
-    Field(INVIEW, "int32", 0, None, "article ids, non-negative i32"),
-    Field(CLICKED, "int32", 0, None, "article ids, non-negative i32"),
-    Field(HISTORY_ARTICLES, "int32", 0, None, "article ids, non-negative i32"),
+    Field(IMPRESSION_ID, "uint32", 0, None, "impression ids (0: the beyond-accuracy rows)"),
+    Field(USER_ID, "uint32", 0, None, "user ids"),
+    Field(ARTICLE_ID, "int32", 0, None, "article ids"),
+    Field(INVIEW, "int32", 0, None, "article ids"),
+    Field(CLICKED, "int32", 0, None, "article ids"),
+    Field(HISTORY_ARTICLES, "int32", 0, None, "article ids"),
 ])
 SPLITS = ("train", "validation", "test")
 TEST_BUNDLE = "ebnerd_testset"
