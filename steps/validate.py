@@ -171,7 +171,8 @@ def narrow(
                 f"({info.min} to {info.max})"
             )
         return v.astype(dt, copy=False)
-    out = v.astype(dt, copy=False)
+    with np.errstate(over="ignore"):
+        out = v.astype(dt, copy=False)
     if dt.kind == "f":
         bad = ~np.isfinite(out)
         if bad.any():

@@ -154,7 +154,7 @@ class PreparedDump:
     n_labelled: int
     impression_ids: FileRef  # (n,) uint32
     offsets: FileRef  # (n + 1,) int64
-    category_index: FileRef  # (nnz,) int16
+    category_index: FileRef  # (nnz,) int16 (int32 beyond 32,767 categories)
     logits: FileRef  # (nnz,) float32
     clicked: FileRef  # (nnz,) bool
     # distributions over ``categories``
@@ -307,7 +307,8 @@ def _prepare_dump(
                     f"twice in {INVIEW!r} (positions {a} and {b})"
                 )
             scores = score_vals.to_numpy().astype(np.float64)
-            bad = ~np.isfinite(scores.astype(np.float32))  # checked after the cast: 1e300 is inf in f32
+            with np.errstate(over="ignore"):
+                bad = ~np.isfinite(scores.astype(np.float32))  # checked after the cast: 1e300 is inf in f32
             if bad.any():
                 flat = int(np.flatnonzero(bad)[0])
                 r = int(np.searchsorted(off, flat, side="right") - 1)
@@ -372,7 +373,7 @@ def _prepare_dump(
                 sub_off = np.concatenate([[0], np.cumsum(lens[keep])])
                 writers["impression_ids"].append(imp[keep].astype(np.uint32))
                 writers["offsets"].append(sub_off[1:] + nnz_written)
-                writers["category_index"].append(cat[flat].astype(np.int16))
+                writers["category_index"].append(cat[flat].astype(writers["category_index"].dtype))
                 writers["logits"].append(scores[flat].astype(np.float32))
                 writers["clicked"].append(clicked[flat])
                 nnz_written += len(flat)
