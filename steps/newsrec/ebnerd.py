@@ -116,7 +116,8 @@ def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarra
         row = int(np.flatnonzero(vec_col.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{path}: column {column!r} is null in row {row} (article_id {ids[row]})")
     offsets = vec_col.offsets.to_numpy().astype(np.int64) if not pa.types.is_fixed_size_list(vec_col.type) else None
-    values = vec_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused below
+        values = vec_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     if offsets is not None:
         offsets = offsets - offsets[0]
         lens = np.diff(offsets)
