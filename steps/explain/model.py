@@ -160,14 +160,18 @@ def load_rechorus_checkpoint(path: str | os.PathLike, n_items: int | None = None
 
 def _load_error(exc: BaseException) -> str:
     """What ``torch.load(weights_only=True)`` refused, without PyTorch's advice to retry with
-    ``weights_only=False`` (which would run code from the file)."""
+    ``weights_only=False`` or to allow-list the file's classes (either would run code from it)."""
     text = str(exc)
-    if "Weights only load failed" in text or "weights_only" in text:
-        found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
-        detail = found.group(1).strip() if found else "objects other than tensors"
-        return (f"it holds Python objects, not only tensors: {detail}; only a plain state_dict saved with "
+    if "Weights only load failed" not in text and "WeightsUnpickler" not in text:
+        return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    lines = [ln.strip() for ln in after.splitlines() if ln.strip() and not ln.strip().startswith("Check the documentation")]
+    detail = lines[0] if lines else "an unsupported object"
+    detail = re.split(r"\s+(?:was not an allowed global|Please use)", detail)[0]
+    if detail.startswith("Unsupported global"):
+        return (f"it holds Python objects, not only tensors ({detail}); only a plain state_dict saved with "
                 "torch.save(model.state_dict(), path) is loaded")
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    return f"not a state_dict of tensors ({detail}); only a plain state_dict saved with torch.save(model.state_dict(), path) is loaded"
 
 
 def check_checkpoint(path: str | os.PathLike, n_items: int | None = None) -> ModelSpec | None:
