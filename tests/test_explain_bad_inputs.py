@@ -101,7 +101,7 @@ class _NotWeights:
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_non_weights_checkpoint_does_not_advise_weights_only_false(tmp_path):
+def test_non_weights_checkpoint_gets_no_unsafe_advice(tmp_path):
     with open(tmp_path / "obj.pt", "wb") as f:
         pickle.dump({"model": _NotWeights()}, f)
     with pytest.raises(InputError, match="obj.pt: not a readable PyTorch checkpoint .*it holds Python objects") as err:
