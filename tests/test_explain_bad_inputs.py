@@ -100,10 +100,9 @@ class _NotWeights:
     pass
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_non_weights_checkpoint_gets_no_unsafe_advice(tmp_path):
     with open(tmp_path / "obj.pt", "wb") as f:
-        pickle.dump({"model": _NotWeights()}, f)
+        pickle.dump({"model": _NotWeights()}, f, protocol=2)  # torch.save's protocol
     with pytest.raises(InputError, match="obj.pt: not a readable PyTorch checkpoint .*it holds Python objects") as err:
         check_checkpoint(tmp_path / "obj.pt", 30)
     assert "weights_only=False" not in str(err.value) and "weights_only` set to `False" not in str(err.value)
