@@ -133,6 +133,17 @@ def test_symlink_loop_is_not_reported_as_missing(tmp_path, art):
         prepare_dump(write_dump(tmp_path / "ok.parquet", GOOD), symlink_loop(tmp_path, "a.parquet"), tmp_path / "out")
 
 
+def test_flow_inputs_name_a_symlink_loop(tmp_path, art):
+    from steps.align.pipeline import resolve_inputs
+    from steps.align.synthetic import SyntheticDumpSpec
+
+    loop = symlink_loop(tmp_path, "p.parquet")
+    with pytest.raises(InputError, match="p.parquet: file is a symbolic link loop"):
+        resolve_inputs(str(loop), str(art), SyntheticDumpSpec(), tmp_path)
+    with pytest.raises(InputError, match="nope.parquet: file not found"):
+        resolve_inputs(str(tmp_path / "nope.parquet"), str(art), SyntheticDumpSpec(), tmp_path)
+
+
 def test_the_range_table_covers_every_stored_column():
     assert set(FIELDS) == {"impression_id", "article_ids_inview", "article_ids_clicked", "scores", "article_id"}
     assert FIELDS["impression_id"].bounds() == (0, 2**32 - 1)

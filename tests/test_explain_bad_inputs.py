@@ -79,6 +79,12 @@ def test_symlink_loops_are_named(tmp_path):
         read_ml1m_ratings(symlink_loop(tmp_path, "ratings.dat"))
     with pytest.raises(InputError, match="ds: data folder is a symbolic link loop"):
         read_rechorus(symlink_loop(tmp_path, "ds"))
+    # an optional file that is a loop is an error, not silently absent
+    (tmp_path / "sub").mkdir()
+    folder = write_folder(tmp_path / "sub", TRAIN, DEV, TEST)
+    symlink_loop(folder, "item_meta.csv")
+    with pytest.raises(InputError, match="item_meta.csv: file is a symbolic link loop"):
+        read_rechorus(folder)
 
 
 def test_nan_checkpoint_is_refused(tmp_path):

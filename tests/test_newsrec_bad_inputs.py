@@ -97,6 +97,18 @@ def test_symlink_loop_is_named(tmp_path):
         read_behaviors(symlink_loop(tmp_path, "b.parquet"), "validation", IDS, HIST, tmp_path / "out")
 
 
+def test_test_set_articles_that_are_a_loop_are_not_skipped(bundle, tmp_path):  # noqa: F811
+    """The test set's articles.parquet is optional (the bundle's is used without it), but a symlink
+    loop there is an error, not a silent fall-back."""
+    root = tmp_path / "root"
+    shutil.copytree(bundle, root)
+    (root / "ebnerd_testset" / "articles.parquet").unlink()
+    symlink_loop(root / "ebnerd_testset", "articles.parquet")
+    cfg = NewsRecConfig.from_dict({"models": {"nrms_docvec": {}}, "training": {"history_size": 4}})
+    with pytest.raises(InputError, match="ebnerd_testset/articles.parquet: articles file is a symbolic link loop"):
+        prepare_news_data(root, BUNDLE, True, cfg, tmp_path / "prepared")
+
+
 def test_failed_prepare_leaves_no_complete_looking_split(bundle, tmp_path):  # noqa: F811
     """A bad test split fails after train/ and validation/ were written: none of it may stay."""
     root = tmp_path / "root"

@@ -271,7 +271,7 @@ def read_rechorus(folder: str | os.PathLike) -> SeqData:
     check_catalogue(interactions, n_items, folder)
     check_sequences(interactions, n_items, str(folder))
     features, feature_name = None, None
-    if (folder / "item_meta.csv").exists():
+    if (folder / "item_meta.csv").exists() or (folder / "item_meta.csv").is_symlink():  # a broken link is an error
         features, feature_name = read_item_meta(folder / "item_meta.csv", n_items)
     if neg_widths["dev"] != neg_widths["test"]:
         raise InputError(f"{folder}: dev.csv has {neg_widths['dev']} negatives per row but test.csv has {neg_widths['test']}")

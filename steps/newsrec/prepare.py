@@ -80,7 +80,7 @@ def _articles(root: Path, bundle: str, text_columns) -> tuple[pl.DataFrame, Path
     the file the alignment grid reads categories from: the test set's, or the bundle's when the test
     set ships none."""
     paths = [S.articles_path(root, bundle, "test"), S.articles_path(root, bundle, "train")]
-    found = [p for p in dict.fromkeys(paths) if p.exists()]
+    found = [p for p in dict.fromkeys(paths) if p.exists() or p.is_symlink()]  # a broken link or loop is an error
     if not found:
         raise InputError(f"{paths[0]}: articles file not found (nor {paths[1]})")
     frames = [read_articles(p, text_columns) for p in found]
