@@ -22,7 +22,7 @@ from steps.tables import table_rows
 from steps.explain.config import ExplainConfig
 from steps.explain.data import user_consumed_items, user_histories
 from steps.explain.explain import explain_user, feature_codes
-from steps.explain.model import save_checkpoint
+from steps.explain.model import check_checkpoint, save_checkpoint
 from steps.explain.pipeline import (
     build_figures,
     check_settings_against_data,
@@ -72,6 +72,7 @@ class ExplainFlow(FlowSpec):
         self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
         data = resolve_dataset(cfg, self.data_dir, self.ml1m_ratings, self.ml1m_movies, self.storage.dir("input"))
         check_settings_against_data(data, cfg)
+        check_checkpoint(self.checkpoint, data.n_items)  # a bad checkpoint fails here, not in train
         self.data = map_refs(store_dataset(data, self.storage.dir("data")), self.storage.publish)
         items = store_candidate_items(data, self.storage.dir("data"),
                                       self.storage.dir("input", "ml100k") if cfg.data.source == "ml100k" else None)

@@ -9,8 +9,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import shutil
+import uuid
 import sys
 from pathlib import Path
 from typing import Callable
@@ -122,9 +125,42 @@ def _frames(run) -> dict[str, pl.DataFrame]:
     return out
 
 
+def _symlink_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
+def _check_csv_out(command: str, out: Path) -> None:
+    """``--out`` of a CSV: a file name (new, or a file to replace), not a folder or a symlink loop;
+    a missing parent folder is created when the file is written."""
+    if _symlink_loop(out):
+        raise SystemExit(f"recalign {command}: --out {out} is a symbolic link loop")
+    if out.is_dir():
+        raise SystemExit(f"recalign {command}: --out {out} is a folder; give a file name, e.g. {out / 'deltas.csv'}")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists() or p.is_symlink()), None)
+    if parent is not None and (_symlink_loop(parent) or not parent.is_dir()):
+        raise SystemExit(f"recalign {command}: --out {out}: {parent} is not a folder")
+
+
+def _write_csv_atomically(df: pl.DataFrame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        df.write_csv(tmp)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _check_export_folder(out: Path) -> None:
     """``--out`` must be new, empty, or an earlier export (it holds ``run.json``), which is replaced
     whole: a second export never mixes with the first one's files, and no other folder is deleted."""
+    if _symlink_loop(out):
+        raise SystemExit(f"recalign export: --out {out} is a symbolic link loop")
     if out.exists() and not out.is_dir():
         raise SystemExit(f"recalign export: --out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "run.json").is_file():
@@ -186,6 +222,8 @@ def metric_deltas(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
 
 
 def cmd_compare(args) -> int:
+    if args.out:
+        _check_csv_out("compare", Path(args.out))
     a, b = _run(args.run_a), _run(args.run_b)
     if "results" not in a.data or "results" not in b.data:
         raise SystemExit("recalign compare: both runs need a `results` artifact")
@@ -193,7 +231,7 @@ def cmd_compare(args) -> int:
     with pl.Config(tbl_rows=200, tbl_cols=30, tbl_width_chars=200):
         print(deltas.select([c for c in deltas.columns if not c.endswith(("_a", "_b"))]))
     if args.out:
-        deltas.write_csv(args.out)
+        _write_csv_atomically(deltas, Path(args.out))
     return 0
 
 

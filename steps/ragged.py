@@ -115,12 +115,21 @@ def arrow_list_parts(
 def first_repeat_in_rows(offsets: np.ndarray, values: np.ndarray) -> tuple[int, int, int] | None:
     """The first element (in row, then position order) whose value already occurred earlier in its
     row, as ``(row, position of the value's first occurrence, position of this element)``
-    (positions within the row); ``None`` when every row's values are distinct. Values must fit in
-    32 bits (article ids)."""
+    (positions within the row); ``None`` when every row's values are distinct. Any integer values:
+    when they span less than 2**32 they are packed with the row into one int64 key (one sort),
+    otherwise sorted by (row, value) — never compared by their low 32 bits only."""
     rows = row_ids(offsets)
-    key = (rows << 32) | (np.asarray(values, dtype=np.int64) & 0xFFFFFFFF)
-    order = np.argsort(key, kind="stable")
-    dup = np.flatnonzero(np.diff(key[order]) == 0)
+    v = np.asarray(values)
+    if len(v) == 0:
+        return None
+    lo, hi = int(v.min()), int(v.max())
+    if hi - lo < 2**32 and len(offsets) - 1 < 2**31:
+        key = (rows << 32) | (v.astype(np.int64) - lo if v.dtype != np.uint64 else (v - np.uint64(lo)).astype(np.int64))
+        order = np.argsort(key, kind="stable")
+        dup = np.flatnonzero(np.diff(key[order]) == 0)
+    else:
+        order = np.lexsort((v, rows))  # stable: equal (row, value) pairs stay in position order
+        dup = np.flatnonzero((np.diff(rows[order]) == 0) & (v[order][1:] == v[order][:-1]))
     if not len(dup):
         return None
     # equal keys sit together in position order; the repeat that comes first is the smallest second

@@ -359,3 +359,44 @@ def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary folder inside ``out_dir`` to write a step's outputs into; on
+    success each of its entries is moved into ``out_dir`` (replacing an entry of the same name),
+    on an exception the temporary folder is removed. So a failed loader leaves no final-named
+    file that looks complete, and nothing else in ``out_dir`` is touched. FileRefs made inside
+    the temporary folder are moved with :func:`rebase_refs`."""
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".partial-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        for entry in sorted(tmp.iterdir()):
+            dst = out / entry.name
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+            os.replace(entry, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rebase_refs(obj, old_dir: str | os.PathLike, new_dir: str | os.PathLike):
+    """``obj`` with every :class:`FileRef` under ``old_dir`` pointing at the same relative path
+    under ``new_dir`` (see :func:`staged_dir`)."""
+    old, new = Path(old_dir).absolute(), Path(new_dir).absolute()
+
+    def move(ref: FileRef) -> FileRef:
+        p = Path(ref.path).absolute()
+        try:
+            return replace(ref, path=str(new / p.relative_to(old)))
+        except ValueError:
+            return ref
+
+    return map_refs(obj, move)

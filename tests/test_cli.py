@@ -121,3 +121,35 @@ def test_metric_deltas_hand_checked():
     d = metric_deltas(a, b).sort("lambda")
     assert d["kl_at_n_delta"].to_list() == pytest.approx([-0.1, 0.1])
     assert d.columns == ["distribution", "lambda", "kl_at_n_a", "kl_at_n_b", "kl_at_n_delta"]
+
+
+def test_compare_out_must_be_a_file_name(tmp_path, monkeypatch):
+    """--out an existing folder, a file's child or a symlink loop: a clear message before any run is
+    read (these ended in raw tracebacks); a missing parent folder is created, the CSV written whole."""
+    import recalign.cli as cli
+
+    with pytest.raises(SystemExit, match=r"recalign compare: --out .*tmp.* is a folder; give a file name, e.g. .*deltas.csv"):
+        main(["compare", "AlignFlow/1", "AlignFlow/2", "--out", str(tmp_path)])
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(SystemExit, match=r"--out .*plain/x.csv: .*plain is not a folder"):
+        main(["compare", "AlignFlow/1", "AlignFlow/2", "--out", str(tmp_path / "plain" / "x.csv")])
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(tmp_path / "loop2.csv")
+    (tmp_path / "loop2.csv").symlink_to(loop)
+    with pytest.raises(SystemExit, match="--out .*loop.csv is a symbolic link loop"):
+        main(["compare", "AlignFlow/1", "AlignFlow/2", "--out", str(loop)])
+    with pytest.raises(SystemExit, match="--out .*loop.csv is a symbolic link loop"):
+        main(["export", "AlignFlow/1", "--out", str(loop)])
+
+    class Data(dict):
+        __getattr__ = dict.__getitem__
+
+    class Run:
+        def __init__(self, x):
+            self.data = Data(results=pl.DataFrame({"method": ["nails"], "lambda": [0.5], "auc": [x]}))
+
+    monkeypatch.setattr(cli, "_run", lambda spec: Run(0.5 if spec.endswith("1") else 0.75))
+    out = tmp_path / "new" / "deeper" / "d.csv"
+    assert main(["compare", "AlignFlow/1", "AlignFlow/2", "--out", str(out)]) == 0
+    assert pl.read_csv(out)["auc_delta"].to_list() == [0.25]
+    assert [p.name for p in out.parent.iterdir()] == ["d.csv"]  # no temporary file left

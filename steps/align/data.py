@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from steps import ragged
 from steps.align.categories import to_codes
 from steps.errors import ConfigError, InputError
-from steps.storage import ArrayAppender, FileRef, file_ref, read_slice, save_array
+from steps.storage import ArrayAppender, FileRef, file_ref, read_slice, rebase_refs, save_array, staged_dir
+from steps.validate import Field, check_field, fields_table, first_repeat, iter_parquet_batches, require_file, smallest_int_dtype
 
 IMPRESSION_ID = "impression_id"
 INVIEW = "article_ids_inview"
@@ -42,6 +43,15 @@ CATEGORY_STR = "category_str"
 #: Internal name for articles that have no category (see ``missing_category``).
 MISSING_CATEGORY = "<missing>"
 MISSING_POLICIES = ("error", "exclude")
+
+#: Valid range of every stored field of a dump and of the articles file (what is refused; README).
+FIELDS = fields_table([
+    Field(IMPRESSION_ID, "uint32", 0, None, "impression ids (0: the beyond-accuracy rows)"),
+    Field(INVIEW, "int32", 0, None, "article ids"),
+    Field(CLICKED, "int32", 0, None, "article ids"),
+    Field(SCORES, "float32", None, None, "finite logits"),
+    Field(ARTICLE_ID, "int32", 0, None, "article ids"),
+])
 
 
 # --------------------------------------------------------------------------- schema checks
@@ -63,9 +73,7 @@ def _describe(t: pa.DataType) -> str:
 
 def check_prediction_schema(path: str | os.PathLike) -> pa.Schema:
     """Open the dump's schema and check columns and dtypes; returns the schema."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: prediction file not found")
+    path = require_file(path, "prediction file")
     try:
         schema = pq.read_schema(path)
     except Exception as exc:  # pyarrow raises several types for a non-parquet file
@@ -93,9 +101,7 @@ def check_prediction_schema(path: str | os.PathLike) -> pa.Schema:
 
 def load_articles(path: str | os.PathLike) -> pl.DataFrame:
     """``article_id`` (i32) and ``category`` (paper code, or the raw name; null if missing)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: articles file not found")
+    path = require_file(path, "articles file")
     try:
         schema = pq.read_schema(path)
     except Exception as exc:
@@ -108,7 +114,11 @@ def load_articles(path: str | os.PathLike) -> pl.DataFrame:
     t = schema.field(CATEGORY_STR).type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)):
         raise InputError(f"{path}: column {CATEGORY_STR!r} has dtype {_describe(t)}, expected str")
-    df = pl.read_parquet(path, columns=[ARTICLE_ID, CATEGORY_STR])
+    try:
+        df = pl.read_parquet(path, columns=[ARTICLE_ID, CATEGORY_STR])
+    except Exception as exc:  # a corrupt page behind a valid footer
+        raise InputError(f"{path}: cannot read columns {ARTICLE_ID!r}, {CATEGORY_STR!r}: the file is damaged or "
+                         f"truncated ({type(exc).__name__}: {exc})") from exc
     if df[ARTICLE_ID].null_count():
         row = int(df[ARTICLE_ID].is_null().arg_max())
         raise InputError(f"{path}: column {ARTICLE_ID!r} is null in row {row}")
@@ -116,6 +126,7 @@ def load_articles(path: str | os.PathLike) -> pl.DataFrame:
     if dup.any():
         row = int(dup.arg_max())
         raise InputError(f"{path}: column {ARTICLE_ID!r} repeats article_id {df[ARTICLE_ID][row]} (row {row})")
+    check_field(df[ARTICLE_ID].to_numpy(), FIELDS[ARTICLE_ID], path)
     return df.select(
         pl.col(ARTICLE_ID).cast(pl.Int64),
         to_codes(pl.col(CATEGORY_STR).cast(pl.String).str.strip_chars()).replace("", None).alias("category"),
@@ -143,7 +154,7 @@ class PreparedDump:
     n_labelled: int
     impression_ids: FileRef  # (n,) uint32
     offsets: FileRef  # (n + 1,) int64
-    category_index: FileRef  # (nnz,) int16
+    category_index: FileRef  # (nnz,) int16 (int32 beyond 32,767 categories)
     logits: FileRef  # (nnz,) float32
     clicked: FileRef  # (nnz,) bool
     # distributions over ``categories``
@@ -200,12 +211,31 @@ def prepare_dump(
     """Validate the dump row by row and write its compact copy to ``out_dir``.
 
     Raises :class:`InputError` naming the file, column, row, impression and value for: a missing
-    column, a wrong dtype, in-view/scores length mismatch, a NaN or infinite score, an empty in-view
-    list, a clicked article that is not in view, a labelled impression without a non-clicked article,
-    BA rows whose candidate lists differ, and articles without a category (unless
-    ``missing_category="exclude"``, which removes them from the BA candidate list and treats them as
-    outside every target elsewhere).
+    column, a wrong dtype, a value outside its field's range (:data:`FIELDS`: a negative or
+    too-large article id, an impression id outside u32, a score that is not finite in float32), a
+    repeated non-zero ``impression_id``, in-view/scores length mismatch, an empty in-view list, an
+    article twice in one in-view list, a clicked article that is not in view, a labelled impression
+    without a non-clicked article, BA rows whose candidate lists differ, a damaged parquet page,
+    and articles without a category (unless ``missing_category="exclude"``, which removes them
+    from the BA candidate list and treats them as outside every target elsewhere).
+
+    Everything is written into a temporary folder inside ``out_dir`` and moved into place only
+    when the whole dump has been validated, so a failure leaves no final-named file.
     """
+    with staged_dir(out_dir) as tmp:
+        prepared = _prepare_dump(predictions_path, articles_path, tmp, exclude_categories, missing_category, batch_rows)
+    return rebase_refs(prepared, tmp, out_dir)
+
+
+def _prepare_dump(
+    predictions_path: str | os.PathLike,
+    articles_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    exclude_categories: Sequence[str] = ("auto",),
+    missing_category: str = "error",
+    batch_rows: int = 25_000,
+) -> PreparedDump:
+    """:func:`prepare_dump` into ``out_dir`` (a temporary folder)."""
     predictions_path, articles_path = Path(predictions_path), Path(articles_path)
     if missing_category not in MISSING_POLICIES:
         raise ConfigError(f"missing_category must be one of {MISSING_POLICIES}, got {missing_category!r}")
@@ -224,7 +254,8 @@ def prepare_dump(
     writers = {
         "impression_ids": ArrayAppender(out_dir / "impression_ids", np.uint32),
         "offsets": ArrayAppender(out_dir / "offsets", np.int64),
-        "category_index": ArrayAppender(out_dir / "category_index", np.int16),
+        # int16 while the categories fit (EB-NeRD has ~30); a wider index rather than a wrapped one
+        "category_index": ArrayAppender(out_dir / "category_index", smallest_int_dtype(len(categories_all))),
         "logits": ArrayAppender(out_dir / "logits", np.float32),
         "clicked": ArrayAppender(out_dir / "clicked", np.bool_),
     }
@@ -236,22 +267,20 @@ def prepare_dump(
     fallback_mass = np.zeros(len(categories_all))
     fallback_freq = np.zeros(len(categories_all))
     row0 = 0
+    impression_parts: list[np.ndarray] = []  # every row's impression_id, for the repeat check
     try:
-        # pre_buffer=False: with pre-buffering, pyarrow keeps every row group's buffers alive and the
-        # memory grows with the file (seen: +4 MB per 1,000 rows); without it, it stays flat.
-        pf = pq.ParquetFile(predictions_path, pre_buffer=False)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        # pre_buffer=False (in iter_parquet_batches): with pre-buffering, pyarrow keeps every row
+        # group's buffers alive and the memory grows with the file (seen: +4 MB per 1,000 rows).
+        for batch in iter_parquet_batches(predictions_path, batch_rows, columns):
             n = batch.num_rows
             imp_arr = batch.column(IMPRESSION_ID)
             if imp_arr.null_count:
                 row = row0 + int(np.flatnonzero(imp_arr.is_null().to_numpy(zero_copy_only=False))[0])
                 raise InputError(f"{predictions_path}: column {IMPRESSION_ID!r} is null in row {row}")
-            imp = imp_arr.to_numpy().astype(np.int64)
-            if (imp < 0).any() or (imp > np.iinfo(np.uint32).max).any():
-                row = int(np.flatnonzero((imp < 0) | (imp > np.iinfo(np.uint32).max))[0])
-                raise InputError(
-                    f"{predictions_path}: column {IMPRESSION_ID!r} has value {imp[row]} in row {row0 + row}, outside u32"
-                )
+            imp_raw = imp_arr.to_numpy()
+            check_field(imp_raw, FIELDS[IMPRESSION_ID], predictions_path, lambda r: f"row {row0 + r}")
+            imp = imp_raw.astype(np.int64)
+            impression_parts.append(imp.astype(np.uint32))
             off, inview_vals = ragged.arrow_list_parts(batch.column(INVIEW), INVIEW, predictions_path, row0, IMPRESSION_ID, imp)
             off_s, score_vals = ragged.arrow_list_parts(batch.column(SCORES), SCORES, predictions_path, row0, IMPRESSION_ID, imp)
             lens = np.diff(off)
@@ -265,7 +294,11 @@ def prepare_dump(
             if (lens == 0).any():
                 r = int(np.flatnonzero(lens == 0)[0])
                 raise InputError(f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): empty {INVIEW!r} list")
-            aids = inview_vals.to_numpy().astype(np.int64)
+            aids_raw = inview_vals.to_numpy()
+            in_row = lambda flat: int(np.searchsorted(off, flat, side="right") - 1)  # noqa: E731
+            row_text = lambda r: f"row {row0 + r} (impression_id {imp[r]})"  # noqa: E731
+            check_field(aids_raw, FIELDS[INVIEW], predictions_path, row_text, in_row)
+            aids = aids_raw.astype(np.int64)
             repeat = ragged.first_repeat_in_rows(off, aids)
             if repeat is not None:
                 r, a, b = repeat
@@ -274,13 +307,15 @@ def prepare_dump(
                     f"twice in {INVIEW!r} (positions {a} and {b})"
                 )
             scores = score_vals.to_numpy().astype(np.float64)
-            bad = ~np.isfinite(scores)
+            with np.errstate(over="ignore"):
+                bad = ~np.isfinite(scores.astype(np.float32))  # checked after the cast: 1e300 is inf in f32
             if bad.any():
                 flat = int(np.flatnonzero(bad)[0])
                 r = int(np.searchsorted(off, flat, side="right") - 1)
+                overflow = " (outside float32's range: stored as inf)" if np.isfinite(scores[flat]) else ""
                 raise InputError(
                     f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): column {SCORES!r} holds "
-                    f"{scores[flat]} at position {flat - off[r]} (article {aids[flat]})"
+                    f"{scores[flat]}{overflow} at position {flat - off[r]} (article {aids[flat]})"
                 )
             cat = _lookup(ids_sorted, art_cat, aids)
             if (cat < 0).any():
@@ -295,7 +330,10 @@ def prepare_dump(
             n_click = np.zeros(n, dtype=np.int64)
             if has_clicks:
                 off_c, click_vals = ragged.arrow_list_parts(batch.column(CLICKED), CLICKED, predictions_path, row0, IMPRESSION_ID, imp)
-                click_ids = click_vals.to_numpy().astype(np.int64)
+                click_raw = click_vals.to_numpy()
+                check_field(click_raw, FIELDS[CLICKED], predictions_path, row_text,
+                            lambda flat: int(np.searchsorted(off_c, flat, side="right") - 1))
+                click_ids = click_raw.astype(np.int64)
                 click_rows = ragged.row_ids(off_c)
                 n_click = np.diff(off_c)
                 view_rows = ragged.row_ids(off)
@@ -335,7 +373,7 @@ def prepare_dump(
                 sub_off = np.concatenate([[0], np.cumsum(lens[keep])])
                 writers["impression_ids"].append(imp[keep].astype(np.uint32))
                 writers["offsets"].append(sub_off[1:] + nnz_written)
-                writers["category_index"].append(cat[flat].astype(np.int16))
+                writers["category_index"].append(cat[flat].astype(writers["category_index"].dtype))
                 writers["logits"].append(scores[flat].astype(np.float32))
                 writers["clicked"].append(clicked[flat])
                 nnz_written += len(flat)
@@ -346,6 +384,15 @@ def prepare_dump(
                 fallback_mass += np.bincount(cat[flat], weights=probs, minlength=len(categories_all))
                 fallback_freq += np.bincount(cat[flat], minlength=len(categories_all))
             row0 += n
+        all_imp = np.concatenate(impression_parts) if impression_parts else np.zeros(0, np.uint32)
+        repeat_imp = first_repeat(all_imp, ignore=0)
+        if repeat_imp is not None:
+            first, row = repeat_imp
+            raise InputError(
+                f"{predictions_path}: column {IMPRESSION_ID!r} repeats impression_id {int(all_imp[row])} (rows {first} "
+                f"and {row}); only the beyond-accuracy rows (impression_id 0) share an id"
+            )
+        del all_imp, impression_parts
         if missing_articles and missing_category == "error":
             first_id, first_row = next(iter(missing_articles.items()))
             raise InputError(

@@ -18,6 +18,7 @@ from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
 from steps.errors import InputError
 from steps.tables import concat, json_default
 from steps.storage import FileRef, atomic_export, is_remote, link_or_copy, localize, localize_input
+from steps.validate import require_file
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,10 @@ def resolve_inputs(predictions: str, articles: str, spec: SyntheticDumpSpec, dat
                 lp = localize_input(p)
             except OSError as exc:
                 raise InputError(f"{p}: cannot be read ({exc})") from exc
-            if not Path(lp).exists():
-                raise InputError(f"{p}: file not found")
+            try:
+                require_file(lp)  # not found, a symlink loop, a folder: said as such
+            except InputError as exc:
+                raise InputError(f"{p}: {str(exc).split(': ', 1)[1]}") from None
             local.append(str(Path(lp).absolute()))
         return Inputs(local[0], local[1], False)
     paths = write_synthetic_dump(Path(data_dir) / "synthetic", spec)

@@ -27,7 +27,9 @@ import polars as pl
 
 from steps.errors import InputError
 from steps.seeding import rng_for
+from steps.storage import staged_dir
 from steps.tables import lists_as_text
+from steps.validate import Field, check_field, fields_table, require_dir, require_file
 
 USER = "user_id"
 ITEM = "item_id"
@@ -37,6 +39,28 @@ SPLIT = "split"
 FEATURE = "feature"
 SPLITS = ("train", "dev", "test")
 PADDING_ITEM = 0
+INT32_MAX = 2**31 - 1
+
+#: Valid ranges of ReChorus' fields (what is refused; README). Ids are positive and fit in i32
+#: (item ids index the embedding table; user ids build int64 keys ``user * n_items + item``).
+FIELDS = fields_table([
+    Field(USER, "int64", 1, INT32_MAX, "user ids"),
+    Field(ITEM, "int64", 1, INT32_MAX, "item ids"),
+    Field(TIME, "int64", None, None, "any integer"),
+    Field(NEG, "int64", 1, INT32_MAX, "item ids"),
+])
+#: The catalogue is 1..largest item id (ReChorus numbers items densely): at most this many times
+#: the distinct item ids the files hold, plus :data:`CATALOGUE_SLACK` — beyond that an id is
+#: taken for a typo or a foreign numbering, not sized into an embedding table.
+CATALOGUE_FACTOR = 10
+CATALOGUE_SLACK = 1000
+#: MovieLens-1M ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``).
+ML1M_FIELDS = fields_table([
+    Field("user", "int64", 1, INT32_MAX, "UserID"),
+    Field("movie", "int64", 1, INT32_MAX, "MovieID"),
+    Field("rating", "int64", 1, 5, "MovieLens-1M star ratings"),
+    Field(TIME, "int64", 0, None, "Unix time"),
+])
 
 
 # --------------------------------------------------------------------------- reading helpers
@@ -46,8 +70,7 @@ def _row_hint(row: int) -> str:
 
 def _read_text_table(path: Path) -> pl.DataFrame:
     """A tab-separated file with a header, every column as text (types are checked afterwards)."""
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
+    require_file(path)
     try:
         return pl.read_csv(path, separator="\t", infer_schema=False, quote_char=None)
     except Exception as exc:  # polars raises ComputeError / NoDataError for ragged or empty files
@@ -64,6 +87,8 @@ def _int_column(df: pl.DataFrame, col: str, path: Path, lo: int | None = None) -
     if lo is not None and (values < lo).any():
         row = int((values < lo).arg_max())
         raise InputError(f"{path}: column {col!r}, {_row_hint(row)}: {values[row]} is not a valid id (ids are >= {lo})")
+    if col in FIELDS:
+        check_field(values.to_numpy(), FIELDS[col], path, _row_hint)
     return values
 
 
@@ -86,6 +111,18 @@ def _neg_items_column(df: pl.DataFrame, path: Path) -> pl.Series:
     if low.any():
         row = int(low.arg_max())
         raise InputError(f"{path}: column {NEG!r}, {_row_hint(row)}: item id {parts[row].min()} is not a valid id (ids are >= 1)")
+    flat = parts.explode().to_numpy()
+    check_field(flat, FIELDS[NEG], path, _row_hint, lambda i: i // int(lengths[0]))
+    repeated = parts.list.n_unique() != lengths
+    if repeated.any():
+        row = int(repeated.arg_max())
+        values = parts[row].to_list()
+        later = next(j for j, v in enumerate(values) if v in values[:j])
+        first = values.index(values[later])
+        raise InputError(
+            f"{path}: column {NEG!r}, {_row_hint(row)}: item {values[later]} is listed twice (positions {first} and "
+            f"{later}); the negatives of a row must be distinct"
+        )
     return parts.rename(NEG)
 
 
@@ -221,21 +258,42 @@ def read_item_meta(path: str | os.PathLike, n_items: int) -> tuple[pl.DataFrame,
 def read_rechorus(folder: str | os.PathLike) -> SeqData:
     """Read and check a ReChorus sequential dataset folder (see the module docstring)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: data folder not found (expected train.csv, dev.csv, test.csv inside)")
+    try:
+        require_dir(folder, "data folder")
+    except InputError as exc:
+        raise InputError(f"{exc} (expected train.csv, dev.csv, test.csv inside)") from None
     parts = [read_split_file(folder / f"{s}.csv", s) for s in SPLITS]
     neg_widths = {s: p[NEG].list.len()[0] for s, p in zip(SPLITS[1:], parts[1:])}
     schema = {USER: pl.Int64, ITEM: pl.Int64, TIME: pl.Int64, SPLIT: pl.String, NEG: pl.List(pl.Int64)}
     parts[0] = parts[0].with_columns(pl.lit(None, dtype=pl.List(pl.Int64)).alias(NEG))
     interactions = order_interactions(pl.concat([p.select(list(schema)).cast(schema) for p in parts]))
     n_items = int(interactions[ITEM].max()) + 1
+    check_catalogue(interactions, n_items, folder)
     check_sequences(interactions, n_items, str(folder))
     features, feature_name = None, None
-    if (folder / "item_meta.csv").exists():
+    if (folder / "item_meta.csv").exists() or (folder / "item_meta.csv").is_symlink():  # a broken link is an error
         features, feature_name = read_item_meta(folder / "item_meta.csv", n_items)
     if neg_widths["dev"] != neg_widths["test"]:
         raise InputError(f"{folder}: dev.csv has {neg_widths['dev']} negatives per row but test.csv has {neg_widths['test']}")
     return SeqData(interactions, n_items, features, feature_name, source=str(folder))
+
+
+def check_catalogue(interactions: pl.DataFrame, n_items: int, where: object) -> None:
+    """The catalogue 1..``n_items - 1`` may be at most :data:`CATALOGUE_FACTOR` × the distinct item
+    ids the data holds (train/dev/test items and negatives) + :data:`CATALOGUE_SLACK`: the item
+    embedding table is sized by the largest id, and an absurd id would size it to billions."""
+    items = interactions[ITEM]
+    if NEG in interactions.columns:
+        items = pl.concat([items, interactions[NEG].drop_nulls().explode()])
+    distinct = int(items.n_unique())
+    cap = CATALOGUE_FACTOR * distinct + CATALOGUE_SLACK
+    if n_items - 1 > cap:
+        r = interactions.filter(pl.col(ITEM) == n_items - 1).row(0, named=True)
+        raise InputError(
+            f"{where}: {r[SPLIT]}.csv, user {r[USER]}: item id {n_items - 1} would make a catalogue (and an embedding "
+            f"table) of {n_items - 1} items for {distinct} distinct item ids; ReChorus numbers items 1..n densely "
+            f"(at most {CATALOGUE_FACTOR} x the distinct ids + {CATALOGUE_SLACK} = {cap} is accepted): renumber the items"
+        )
 
 
 def write_rechorus(folder: str | os.PathLike, data: SeqData) -> dict[str, str]:
@@ -356,8 +414,7 @@ def leave_one_out(
 
 # --------------------------------------------------------------------------- MovieLens-1M
 def _read_double_colon(path: Path, n_fields: int, what: str, encoding: str = "latin-1") -> pl.DataFrame:
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
+    require_file(path)
     lines = path.read_bytes().decode(encoding).splitlines()
     s = pl.Series("line", lines, dtype=pl.String)
     parts = s.str.split("::")
@@ -380,6 +437,7 @@ def read_ml1m_ratings(path: str | os.PathLike) -> pl.DataFrame:
         if col.is_null().any():
             row = int(col.is_null().arg_max())
             raise InputError(f"{path}: line {row + 1}: field {name!r} is not an integer: {df['line'][row]!r}")
+        check_field(col.to_numpy(), ML1M_FIELDS[name], path, lambda r: f"line {r + 1}")
         out[name] = col
     return pl.DataFrame(out)
 
@@ -393,6 +451,7 @@ def read_ml1m_movies(path: str | os.PathLike) -> pl.DataFrame:
     if movie.is_null().any():
         row = int(movie.is_null().arg_max())
         raise InputError(f"{path}: line {row + 1}: MovieID is not an integer: {df['line'][row]!r}")
+    check_field(movie.to_numpy(), ML1M_FIELDS["movie"], path, lambda r: f"line {r + 1}")
     return pl.DataFrame({"movie": movie, "genre": df["f2"].str.split("|").list.first()})
 
 
@@ -422,10 +481,10 @@ def convert_ml1m(
         )
         feature_name = "i_genre"
     data = leave_one_out(events.select(USER, ITEM, TIME), n_neg, seed, features, feature_name, source=str(ratings_path))
-    out = Path(out_dir)
-    write_rechorus(out, data)
-    user_map.write_csv(out / "user_map.csv", separator="\t")
-    item_map.write_csv(out / "item_map.csv", separator="\t")
+    with staged_dir(out_dir) as out:  # the files appear in out_dir only once all of them are written
+        write_rechorus(out, data)
+        user_map.write_csv(out / "user_map.csv", separator="\t")
+        item_map.write_csv(out / "item_map.csv", separator="\t")
     return data
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import nn
 
 from steps.errors import InputError
 from steps.storage import FileRef, file_ref
+from steps.validate import require_file
 
 #: ``state_dict`` keys of ReChorus' GRU4Rec, with the shape of each in terms of
 #: (n_items, emb_size, hidden_size).
@@ -115,13 +117,11 @@ def load_rechorus_checkpoint(path: str | os.PathLike, n_items: int | None = None
     ``n_items``: the catalogue the data needs (largest item id + 1); a checkpoint with fewer item
     embeddings cannot score those items and is refused.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: checkpoint not found")
+    path = require_file(path, "checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_load_error(exc)})") from None
     if not isinstance(state, dict):
         raise InputError(f"{path}: expected a state_dict (a mapping of tensor names), got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -146,6 +146,37 @@ def load_rechorus_checkpoint(path: str | os.PathLike, n_items: int | None = None
             f"{path}: the checkpoint has {n} item embeddings (ids 0..{n - 1}) but the data has item ids up to "
             f"{n_items - 1}: unknown item ids for this model"
         )
+    for k in RECHORUS_KEYS:
+        finite = torch.isfinite(state[k])
+        if not bool(finite.all()):
+            where = tuple(int(i) for i in torch.nonzero(~finite)[0])
+            value = state[k][where].item()
+            raise InputError(f"{path}: {k} holds {value} at index {where} ({int((~finite).sum())} non-finite values): "
+                             "a checkpoint of a diverged training run?")
     model = GRU4Rec(n, e, h)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval()
+
+
+def _load_error(exc: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, without PyTorch's advice to retry with
+    ``weights_only=False`` or to allow-list the file's classes (either would run code from it)."""
+    text = str(exc)
+    if "Weights only load failed" not in text and "WeightsUnpickler" not in text:
+        return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    lines = [ln.strip() for ln in after.splitlines() if ln.strip() and not ln.strip().startswith("Check the documentation")]
+    detail = lines[0] if lines else "an unsupported object"
+    detail = re.split(r"\s+(?:was not an allowed global|Please use)", detail)[0]
+    if detail.startswith("Unsupported global"):
+        return (f"it holds Python objects, not only tensors ({detail}); only a plain state_dict saved with "
+                "torch.save(model.state_dict(), path) is loaded")
+    return f"not a state_dict of tensors ({detail}); only a plain state_dict saved with torch.save(model.state_dict(), path) is loaded"
+
+
+def check_checkpoint(path: str | os.PathLike, n_items: int | None = None) -> ModelSpec | None:
+    """Refuse a checkpoint that :func:`load_rechorus_checkpoint` would refuse, before anything is
+    trained or stored (the start step); ``None`` when no checkpoint is given."""
+    if not path:
+        return None
+    return load_rechorus_checkpoint(path, n_items).spec

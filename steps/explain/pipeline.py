@@ -24,7 +24,7 @@ from steps.explain.model import GRU4Rec, as_dtype, load_rechorus_checkpoint
 from steps.explain.synthetic import synthetic_dataset
 from steps.explain.train import train_gru4rec
 from steps.seeding import rng_for
-from steps.storage import FileRef, atomic_export, file_ref, is_remote, link_or_copy, localize
+from steps.storage import FileRef, atomic_export, file_ref, is_remote, link_or_copy, localize, rebase_refs, staged_dir
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -74,15 +74,17 @@ class StoredData:
 
 
 def store_dataset(data: SeqData, folder: str | os.PathLike) -> StoredData:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    data.interactions.write_parquet(folder / "interactions.parquet")
-    feats = None
-    if data.item_features is not None:
-        data.item_features.write_parquet(folder / "item_features.parquet")
-        feats = file_ref(folder / "item_features.parquet", (data.item_features.height,))
-    return StoredData(file_ref(folder / "interactions.parquet", (data.interactions.height,)), feats,
-                      data.n_items, data.feature_name, data.source)
+    """The validated data as parquet files in ``folder``, which appear only once all are written."""
+    final = Path(folder)
+    with staged_dir(final) as folder:
+        data.interactions.write_parquet(folder / "interactions.parquet")
+        feats = None
+        if data.item_features is not None:
+            data.item_features.write_parquet(folder / "item_features.parquet")
+            feats = file_ref(folder / "item_features.parquet", (data.item_features.height,))
+        stored = StoredData(file_ref(folder / "interactions.parquet", (data.interactions.height,)), feats,
+                            data.n_items, data.feature_name, data.source)
+    return rebase_refs(stored, folder, final)
 
 
 def fit_or_load(data: SeqData, cfg: ExplainConfig, checkpoint: str = "") -> tuple[GRU4Rec, pl.DataFrame]:

@@ -20,12 +20,12 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from steps import ragged
 from steps.errors import ConfigError, InputError
 from steps.newsrec import schema as S
 from steps.storage import ArrayAppender, FileRef, load_array
+from steps.validate import check_field, iter_parquet_batches, read_parquet_columns
 
 PAD = 0
 UNKNOWN = 1
@@ -42,7 +42,7 @@ def read_articles(path: str | os.PathLike, text_columns: Sequence[str] = ()) -> 
         if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
             raise InputError(f"{path}: column {col!r} has dtype {S.polars_name(t)}, expected str")
     cols = list(dict.fromkeys([S.ARTICLE_ID, S.CATEGORY_STR, *text_columns]))
-    df = pl.read_parquet(path, columns=cols)
+    df = pl.from_arrow(read_parquet_columns(path, cols))
     if df.is_empty():
         raise InputError(f"{path}: the articles file has no rows")
     if df[S.ARTICLE_ID].null_count():
@@ -51,6 +51,7 @@ def read_articles(path: str | os.PathLike, text_columns: Sequence[str] = ()) -> 
     if dup.any():
         row = int(dup.arg_max())
         raise InputError(f"{path}: column 'article_id' repeats article_id {df[S.ARTICLE_ID][row]} (row {row})")
+    check_field(df[S.ARTICLE_ID].to_numpy(), S.FIELDS[S.ARTICLE_ID], path)
     return df.with_columns(pl.col(S.ARTICLE_ID).cast(pl.Int64), *[pl.col(c).fill_null("") for c in text_columns]).sort(S.ARTICLE_ID)
 
 
@@ -97,7 +98,7 @@ def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarra
     t = schema.field(column).type
     if not ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and pa.types.is_floating(t.value_type)):
         raise InputError(f"{path}: column {column!r} has dtype {S.polars_name(t)}, expected list[f32]")
-    table = pq.read_table(path, columns=[S.ARTICLE_ID, column])
+    table = read_parquet_columns(path, [S.ARTICLE_ID, column])
     id_col = table.column(S.ARTICLE_ID).combine_chunks()
     if id_col.null_count:
         row = int(np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False))[0])
@@ -115,7 +116,8 @@ def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarra
         row = int(np.flatnonzero(vec_col.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{path}: column {column!r} is null in row {row} (article_id {ids[row]})")
     offsets = vec_col.offsets.to_numpy().astype(np.int64) if not pa.types.is_fixed_size_list(vec_col.type) else None
-    values = vec_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused below
+        values = vec_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     if offsets is not None:
         offsets = offsets - offsets[0]
         lens = np.diff(offsets)
@@ -126,9 +128,10 @@ def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarra
     if dim == 0:
         raise InputError(f"{path}: the vectors are empty")
     vectors = values.reshape(len(ids), dim)
-    if not np.isfinite(vectors).all():
+    if not np.isfinite(vectors).all():  # checked after the cast to float32: a float64 1e300 becomes inf
         row = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
-        raise InputError(f"{path}: row {row} (article_id {ids[row]}) holds a NaN or infinite value")
+        raise InputError(f"{path}: row {row} (article_id {ids[row]}) holds a NaN or infinite value (or one outside "
+                         "float32's range)")
     out = np.zeros((len(article_ids_sorted) + FIRST_ARTICLE, dim), dtype=np.float32)
     idx = article_index(article_ids_sorted, ids)
     known = idx != UNKNOWN
@@ -182,14 +185,15 @@ def load_histories(
     matrix_parts: list[np.ndarray] = []
     row0 = 0
     # pre_buffer=False: pre-buffered row groups stay alive while iterating (see steps/align/data.py)
-    parquet = pq.ParquetFile(path, pre_buffer=False)
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=[S.USER_ID, S.HISTORY_ARTICLES]):
+    for batch in iter_parquet_batches(path, batch_rows, [S.USER_ID, S.HISTORY_ARTICLES]):
         users = batch.column(S.USER_ID)
         if users.null_count:
             r = int(np.flatnonzero(users.is_null().to_numpy(zero_copy_only=False))[0])
             raise InputError(f"{path}: column 'user_id' is null in row {row0 + r}")
         user_ids = users.to_numpy().astype(np.int64)
         offsets, ids = _list_values(batch.column(S.HISTORY_ARTICLES), S.HISTORY_ARTICLES, path, row0, "user_id", user_ids)
+        check_field(ids, S.FIELDS[S.HISTORY_ARTICLES], path, lambda r: f"row {row0 + r} (user_id {user_ids[r]})",
+                    lambda flat: int(np.searchsorted(offsets, flat, side="right") - 1))
         lens = np.diff(offsets)
         if (lens == 0).any():
             r = int(np.flatnonzero(lens == 0)[0])
@@ -308,15 +312,17 @@ def read_behaviors(
     row0 = 0
     impression_parts: list[np.ndarray] = []  # every row's impression_id, for the repeat check
     try:
-        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows, columns=columns):
+        for batch in iter_parquet_batches(path, batch_rows, columns):
             n = batch.num_rows
-            for col in (S.IMPRESSION_ID, S.USER_ID):
+            for col in (S.IMPRESSION_ID, S.IMPRESSION_TIME, S.USER_ID):
                 if batch.column(col).null_count:
                     r = int(np.flatnonzero(batch.column(col).is_null().to_numpy(zero_copy_only=False))[0])
                     raise InputError(f"{path}: column {col!r} is null in row {row0 + r}")
             imp = batch.column(S.IMPRESSION_ID).to_numpy().astype(np.int64)
             users = batch.column(S.USER_ID).to_numpy().astype(np.int64)
             off, ids = _list_values(batch.column(S.INVIEW), S.INVIEW, path, row0, "impression_id", imp)
+            row_text = lambda r: f"row {row0 + r} (impression_id {imp[r]})"  # noqa: E731
+            check_field(ids, S.FIELDS[S.INVIEW], path, row_text, lambda flat: int(np.searchsorted(off, flat, side="right") - 1))
             lens = np.diff(off)
             if (lens == 0).any():
                 r = int(np.flatnonzero(lens == 0)[0])
@@ -340,6 +346,8 @@ def read_behaviors(
             keep = np.ones(n, dtype=bool)
             if has_labels:
                 off_c, click_ids = _list_values(batch.column(S.CLICKED), S.CLICKED, path, row0, "impression_id", imp)
+                check_field(click_ids, S.FIELDS[S.CLICKED], path, row_text,
+                            lambda flat: int(np.searchsorted(off_c, flat, side="right") - 1))
                 click_rows = ragged.row_ids(off_c)
                 click_key = np.unique((click_rows << 32) | (click_ids & 0xFFFFFFFF))
                 pos = np.minimum(np.searchsorted(click_key, view_key), max(len(click_key) - 1, 0))

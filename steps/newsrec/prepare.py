@@ -15,7 +15,9 @@ from steps.newsrec.config import NewsRecConfig
 from steps.newsrec.ebnerd import Histories, SplitArrays, load_document_vectors, load_histories, read_articles, read_behaviors
 from steps.newsrec.synthetic import BUNDLE, write_synthetic_ebnerd
 from steps.newsrec.text import article_texts, build_vocabulary, token_table, tokenize, transformers_tokens
-from steps.storage import FileRef, RunStorage, file_ref, link_or_copy, load_array, localize_tree, map_refs, save_array
+from steps.storage import (FileRef, RunStorage, file_ref, link_or_copy, load_array, localize_tree, map_refs, rebase_refs,
+                           save_array, staged_dir)
+from steps.validate import require_dir
 
 SPLIT_LABELS = {"train": "required", "validation": "required", "test": "optional"}
 
@@ -59,8 +61,10 @@ def resolve_data_root(data_root: str, cfg: NewsRecConfig, synthetic_dir: str | o
     written to ``synthetic_dir`` when no root is given."""
     if data_root:
         root = Path(localize_tree(data_root))
-        if not root.is_dir():
-            raise InputError(f"--data-root {data_root}: folder not found")
+        try:
+            require_dir(root)
+        except InputError as exc:
+            raise InputError(f"--data-root {data_root}: {str(exc).split(': ', 1)[1]}") from None
         bundle = bundle or cfg.data.bundle
         if not (root / bundle).is_dir():
             raise InputError(f"--data-root {data_root}: no bundle folder {bundle!r} in it (choose it with --split)")
@@ -76,7 +80,7 @@ def _articles(root: Path, bundle: str, text_columns) -> tuple[pl.DataFrame, Path
     the file the alignment grid reads categories from: the test set's, or the bundle's when the test
     set ships none."""
     paths = [S.articles_path(root, bundle, "test"), S.articles_path(root, bundle, "train")]
-    found = [p for p in dict.fromkeys(paths) if p.exists()]
+    found = [p for p in dict.fromkeys(paths) if p.exists() or p.is_symlink()]  # a broken link or loop is an error
     if not found:
         raise InputError(f"{paths[0]}: articles file not found (nor {paths[1]})")
     frames = [read_articles(p, text_columns) for p in found]
@@ -85,7 +89,16 @@ def _articles(root: Path, bundle: str, text_columns) -> tuple[pl.DataFrame, Path
 
 
 def prepare_news_data(root: Path, bundle: str, synthetic: bool, cfg: NewsRecConfig, out_dir: str | os.PathLike) -> PreparedNewsData:
-    """Validate and convert the articles, vectors, histories and behaviors of every split."""
+    """Validate and convert the articles, vectors, histories and behaviors of every split.
+
+    Everything is written into a temporary folder inside ``out_dir`` and moved into place only when
+    every file has been validated: a failure (in any split) leaves no final-named file."""
+    with staged_dir(out_dir) as tmp:
+        data = _prepare_news_data(root, bundle, synthetic, cfg, tmp)
+    return rebase_refs(data, tmp, out_dir)
+
+
+def _prepare_news_data(root: Path, bundle: str, synthetic: bool, cfg: NewsRecConfig, out_dir: str | os.PathLike) -> PreparedNewsData:
     out = Path(out_dir)
     wants_tokens = "nrms" in cfg.models
     wants_vectors = "nrms_docvec" in cfg.models

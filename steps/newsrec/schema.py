@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from steps.errors import InputError
+from steps.validate import Field, fields_table, require_file
 
 # behaviors
 IMPRESSION_ID = "impression_id"
@@ -83,6 +84,16 @@ KNOWN_TYPES: dict[str, pa.DataType] = {
 BEHAVIORS_REQUIRED = (IMPRESSION_ID, IMPRESSION_TIME, INVIEW, USER_ID)
 HISTORY_REQUIRED = (USER_ID, HISTORY_ARTICLES)
 ARTICLES_REQUIRED = (ARTICLE_ID, CATEGORY_STR)
+#: Valid ranges of the values the loaders read (what is refused; README). Beyond these: no nulls in
+#: ``impression_id``, ``impression_time``, ``user_id`` or any list, and the dtypes above exactly.
+FIELDS = fields_table([
+    Field(IMPRESSION_ID, "uint32", 0, None, "impression ids (0: the beyond-accuracy rows)"),
+    Field(USER_ID, "uint32", 0, None, "user ids"),
+    Field(ARTICLE_ID, "int32", 0, None, "article ids"),
+    Field(INVIEW, "int32", 0, None, "article ids"),
+    Field(CLICKED, "int32", 0, None, "article ids"),
+    Field(HISTORY_ARTICLES, "int32", 0, None, "article ids"),
+])
 SPLITS = ("train", "validation", "test")
 TEST_BUNDLE = "ebnerd_testset"
 #: Where the contrastive document vectors of the EB-NeRD artifacts live, relative to the data root.
@@ -118,9 +129,7 @@ def read_checked_schema(
 ) -> pa.Schema:
     """Open a parquet file's schema: it must exist, hold ``required`` columns, and every known column
     present must have exactly the published dtype. Raises :class:`InputError` naming file and column."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: {what} not found")
+    path = require_file(path, what)
     try:
         schema = pq.read_schema(path)
     except Exception as exc:  # pyarrow raises several types for a non-parquet file

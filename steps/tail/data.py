@@ -35,9 +35,26 @@ from steps.seeding import rng_for
 from steps.storage import FileRef, atomic_export_dir, file_ref, localize, localize_input, localize_tree
 from steps.tail.config import DatasetSpec, Protocol
 from steps.tail.synthetic import write_synthetic_ratings
+from steps.validate import Field, check_field, fields_table, require_dir, require_file
 
 MATRICES = ("train", "valid_tr", "valid_te", "test_tr", "test_te")
-CACHE_VERSION = 4  # 3: the test users' fold-in draw no longer depends on numpy's print options; 4: test user ids, item genres
+CACHE_VERSION = 5  # 3: the test users' fold-in draw no longer depends on numpy's print options; 4: test user ids, item genres; 5: range checks
+INT32_MAX = 2**31 - 1
+
+#: Valid range of every field each reader parses (what is refused; README), one table per format.
+ML20M_FIELDS = fields_table([
+    Field("userId", "int64", 1, INT32_MAX, "user ids"),
+    Field("movieId", "int64", 1, INT32_MAX, "movie ids"),
+    Field("rating", "float64", 0.5, 5.0, "MovieLens half-star ratings"),
+])
+NETFLIX_FIELDS = fields_table([
+    Field("MovieID", "int64", 1, INT32_MAX, "movie ids"),
+    Field("CustomerID", "int64", 1, INT32_MAX, "customer ids"),
+    Field("Rating", "float64", 1.0, 5.0, "Netflix star ratings"),
+])
+MSD_FIELDS = fields_table([
+    Field("plays", "int64", 1, None, "play counts (a triplet records at least one play)"),
+])
 
 
 # --------------------------------------------------------------------------- loaders
@@ -46,8 +63,9 @@ def _first_bad(raw: pl.Series, parsed: pl.Series) -> int | None:
     return int(bad.arg_max()) if bad.any() else None
 
 
-def _numeric(path: Path, frame: pl.DataFrame, column: str, dtype, line_of_row) -> pl.Series:
-    """Cast a string column to ``dtype``; an InputError names the file, column, line and value."""
+def _numeric(path: Path, frame: pl.DataFrame, column: str, dtype, line_of_row, field: Field | None = None) -> pl.Series:
+    """Cast a string column to ``dtype`` and check it against ``field``'s range; an InputError
+    names the file, column, line and value."""
     raw = frame[column]
     parsed = raw.str.strip_chars().cast(dtype, strict=False)
     if dtype == pl.Float64:  # NaN / inf are not ratings either
@@ -55,14 +73,14 @@ def _numeric(path: Path, frame: pl.DataFrame, column: str, dtype, line_of_row) -
     row = _first_bad(raw, parsed)
     if row is not None:
         raise InputError(f"{path}: column {column!r} holds a non-numeric value {raw[row]!r} on line {line_of_row(row)}")
+    if field is not None:
+        check_field(parsed.to_numpy(), field, path, lambda r: f"line {line_of_row(r)} ({raw[r]!r})")
     return parsed
 
 
 def read_ml20m(path: str | os.PathLike) -> pl.DataFrame:
     """MovieLens-20M ``ratings.csv``: ``user, item, rating``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: ratings file not found")
+    path = require_file(path, "ratings file")
     try:
         frame = pl.read_csv(path, infer_schema=False)
     except Exception as exc:  # polars raises several types for a malformed file
@@ -74,9 +92,9 @@ def read_ml20m(path: str | os.PathLike) -> pl.DataFrame:
         raise InputError(f"{path}: the file has no ratings")
     line = lambda r: r + 2  # noqa: E731 — header is line 1
     return pl.DataFrame({
-        "user": _numeric(path, frame, "userId", pl.Int64, line),
-        "item": _numeric(path, frame, "movieId", pl.Int64, line),
-        "rating": _numeric(path, frame, "rating", pl.Float64, line),
+        "user": _numeric(path, frame, "userId", pl.Int64, line, ML20M_FIELDS["userId"]),
+        "item": _numeric(path, frame, "movieId", pl.Int64, line, ML20M_FIELDS["movieId"]),
+        "rating": _numeric(path, frame, "rating", pl.Float64, line, ML20M_FIELDS["rating"]),
     })
 
 
@@ -88,6 +106,8 @@ def _netflix_files(path: Path) -> list[Path]:
         return files
     if path.is_file():
         return [path]
+    if path.is_symlink() or path.exists():
+        require_dir(path, "Netflix Prize file or folder")  # names a symlink loop
     raise InputError(f"{path}: Netflix Prize file or folder not found")
 
 
@@ -113,7 +133,8 @@ def read_netflix(path: str | os.PathLike) -> pl.DataFrame:
             expected = "'MovieID:' alone" if is_header[r] else "CustomerID,Rating,Date"
             raise InputError(f"{f}: line {r + 1} has an extra field {extra[r]!r} (expected {expected})")
         headers = pl.DataFrame({"MovieID": a.filter(is_header).str.strip_suffix(":")})
-        movie = _numeric(f, headers, "MovieID", pl.Int64, lambda r, idx=np.flatnonzero(is_header.to_numpy()): int(idx[r]) + 1)
+        movie = _numeric(f, headers, "MovieID", pl.Int64, lambda r, idx=np.flatnonzero(is_header.to_numpy()): int(idx[r]) + 1,
+                         NETFLIX_FIELDS["MovieID"])
         block = is_header.cast(pl.Int64).cum_sum() - 1
         body = ~is_header
         rows = pl.DataFrame({"CustomerID": raw["a"], "Rating": raw["b"], "block": block}).filter(body)
@@ -125,9 +146,9 @@ def read_netflix(path: str | os.PathLike) -> pl.DataFrame:
                 r = int(missing.arg_max())
                 raise InputError(f"{f}: line {line(r)} has no Rating column: {rows['CustomerID'][r]!r} (expected CustomerID,Rating,Date)")
         frames.append(pl.DataFrame({
-            "user": _numeric(f, rows, "CustomerID", pl.Int64, line),
+            "user": _numeric(f, rows, "CustomerID", pl.Int64, line, NETFLIX_FIELDS["CustomerID"]),
             "item": movie.gather(rows["block"]).alias("item"),
-            "rating": _numeric(f, rows, "Rating", pl.Float64, line),
+            "rating": _numeric(f, rows, "Rating", pl.Float64, line, NETFLIX_FIELDS["Rating"]),
         }))
     if not frames or sum(x.height for x in frames) == 0:
         raise InputError(f"{path}: the Netflix Prize files hold no ratings")
@@ -139,6 +160,7 @@ def read_msd(path: str | os.PathLike) -> pl.DataFrame:
     become integer codes in order of first appearance."""
     path = Path(path)
     if not path.is_file():
+        require_file(path, "train_triplets.txt")  # a symlink loop, a folder, ...
         raise InputError(f"{path}: train_triplets.txt not found")
     try:
         raw = pl.read_csv(path, separator="\t", has_header=False, new_columns=["user", "song", "plays"], infer_schema=False)
@@ -150,7 +172,7 @@ def read_msd(path: str | os.PathLike) -> pl.DataFrame:
         if raw[col].null_count():
             r = int(raw[col].is_null().arg_max())
             raise InputError(f"{path}: line {r + 1} has no {col} (expected user<TAB>song<TAB>play_count)")
-    plays = _numeric(path, raw, "plays", pl.Int64, lambda r: r + 1)
+    plays = _numeric(path, raw, "plays", pl.Int64, lambda r: r + 1, MSD_FIELDS["plays"])
     return pl.DataFrame({
         "user": raw["user"].cast(pl.Categorical).to_physical().cast(pl.Int64),
         "item": raw["song"].cast(pl.Categorical).to_physical().cast(pl.Int64),
@@ -320,6 +342,8 @@ def _raw_files(spec: DatasetSpec, p: Path) -> list[Path]:
             raise InputError(f"{p}: {spec.source} file not found (datasets[{spec.name}].path)")
         return [p, items]
     if not p.is_file():
+        if p.is_symlink() or p.exists():
+            require_file(p, f"{spec.source} file (datasets[{spec.name}].path)")
         raise InputError(f"{p}: {spec.source} file not found (datasets[{spec.name}].path)")
     return [p]
 
