@@ -40,6 +40,7 @@ import scipy.sparse as sp
 from steps import ragged
 from steps.errors import InputError
 from steps.storage import sha256_file
+from steps.validate import read_parquet_columns, require_dir
 
 LAYOUT = "recalign.candidates/1"
 CANDIDATES_FILE = "candidates.parquet"
@@ -242,7 +243,7 @@ def read_items(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...], sp
     path = Path(path)
     schema = _open_schema(path, "items")
     _check_columns(path, schema, {ITEM_ID: ("i64", pa.types.is_integer), CATEGORIES: ("list[str]", _str_list)})
-    table = pq.read_table(path, columns=[ITEM_ID, CATEGORIES])
+    table = read_parquet_columns(path, [ITEM_ID, CATEGORIES])
     ids_col = table.column(ITEM_ID).combine_chunks()
     if ids_col.null_count:
         r = int(np.flatnonzero(ids_col.is_null().to_numpy(zero_copy_only=False))[0])
@@ -310,9 +311,7 @@ def verify_manifest(folder: Path) -> dict:
 def read_candidate_bundle(folder: str | os.PathLike, verify: bool = True) -> CandidateSet:
     """Validate and load a bundle (see the module docstring). ``verify``: check the manifest's
     checksums first (a folder without a manifest is read when ``verify`` is False)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: candidate bundle folder not found")
+    folder = require_dir(folder, "candidate bundle folder")
     meta = verify_manifest(folder) if verify or (folder / MANIFEST_FILE).exists() else {}
     item_ids_sorted, genres, item_genre = read_items(folder / ITEMS_FILE)
 
@@ -321,7 +320,7 @@ def read_candidate_bundle(folder: str | os.PathLike, verify: bool = True) -> Can
     _check_columns(path, schema, {USER_ID: ("i64", pa.types.is_integer), ITEM_IDS: ("list[i64]", _int_list),
                                   SCORES: ("list[f32] or list[f64]", _float_list), HELDOUT: ("list[i64]", _int_list)},
                    optional=(HELDOUT,))
-    table = pq.read_table(path)
+    table = read_parquet_columns(path, [c for c in (USER_ID, ITEM_IDS, SCORES, HELDOUT) if c in schema.names])
     if table.num_rows == 0:
         raise InputError(f"{path}: the file has no rows")
     users = _user_ids(table, path)
@@ -392,7 +391,7 @@ def _read_history(path: Path, users: np.ndarray, item_ids_sorted: np.ndarray):
     schema = _open_schema(path, "history")
     _check_columns(path, schema, {USER_ID: ("i64", pa.types.is_integer), ITEM_IDS: ("list[i64]", _int_list),
                                   TIMESTAMPS: ("list[i64]", _int_list)}, optional=(TIMESTAMPS,))
-    table = pq.read_table(path)
+    table = read_parquet_columns(path, [c for c in (USER_ID, ITEM_IDS, TIMESTAMPS) if c in schema.names])
     h_users = _user_ids(table, path)
     off, vals = ragged.arrow_list_parts(table.column(ITEM_IDS).combine_chunks(), ITEM_IDS, path, 0, USER_ID, h_users)
     ids = _int_values(vals, path, ITEM_IDS, off, h_users)
