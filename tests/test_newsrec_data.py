@@ -443,11 +443,19 @@ def test_config_rejects_bad_values_with_key_and_value():
         ({"text": {"tokenizer": "transformers"}}, "text.transformers_path: required"),
         ({"synthetic": {"n_users": "many"}}, "synthetic.n_users: expected a int"),
         ({"align": {"top_n": 0}}, "align: top_n: expected an integer >= 1"),
+        ({"ties": "first"}, r"ties: unknown value 'first'; choose from \['inview', 'ebrec', 'mean'\]"),
+        ({"ties": "mean", "align": {"ties": "inview"}}, "align.ties: 'inview' differs from ties 'mean'"),
+        ({"align": ["nails"]}, r"align: expected a mapping \(an AlignFlow config\), got \['nails'\]"),
     ]:
         with pytest.raises(ConfigError, match=msg):
             NewsRecConfig.from_dict(raw)
     for name in ("newsrec_quick", "newsrec_demo", "nrms_ebnerd_small", "nrms_docvec_ebnerd_small"):
-        parse_newsrec_config((Path(__file__).parent.parent / "configs" / f"{name}.yaml").read_text())
+        parsed = parse_newsrec_config((Path(__file__).parent.parent / "configs" / f"{name}.yaml").read_text())
+        assert parsed["ties"] == parsed["align"]["ties"] == "ebrec"  # the benchmark EB-NeRD users compare with
+        assert NewsRecConfig.from_dict(parsed).as_dict() == parsed
+    # one tie rule per run: the alignment takes the top-level one
+    assert NewsRecConfig.from_dict({"ties": "mean"}).align.ties == "mean"
+    assert NewsRecConfig.from_dict({"ties": "inview", "align": {"ties": "inview", "top_n": 5}}).align.top_n == 5
 
 
 # --------------------------------------------------------------------------- scoring and the dump
@@ -526,3 +534,33 @@ def test_unlabelled_test_split_gives_a_dump_without_clicks_that_alignflow_reads(
     assert pq.read_schema(dump.path).names == ["impression_id", "article_ids_inview", "scores"]
     prepared = prepare_dump(dump.path, tmp_path / "ebnerd_testset" / "articles.parquet", tmp_path / "prep")
     assert prepared.n_ba_rows == spec.n_ba_rows and prepared.n_labelled == 0
+
+
+def test_tied_scores_follow_the_tie_rule_in_metrics_and_submission(bundle, tmp_path):
+    from steps.align.submission import read_submission
+    from steps.metrics import TIE_RULES
+
+    ids = _ids(bundle)
+    d = S.split_dir(bundle, BUNDLE, "test")
+    ref = read_behaviors(d / "behaviors.parquet", "test", ids, load_histories(d / "history.parquet", ids, 5), tmp_path, labels="optional")
+    split = load_split(ref)
+    scores = np.round(np.random.default_rng(1).normal(size=len(split.inview_index)), 0).astype(np.float32)  # many ties
+    scores[: split.offsets[1]] = 0.5
+    got = {t: evaluate_scores(split, scores, t) for t in TIE_RULES}
+    assert got["inview"]["auc"] == got["ebrec"]["auc"] == got["mean"]["auc"]
+    assert got["inview"]["mrr"] != got["ebrec"]["mrr"]
+    ranks = {}
+    for ties in ("inview", "ebrec"):
+        _, sub = write_dump(split, scores, tmp_path / f"{ties}.parquet", tmp_path / f"{ties}.zip", ties=ties)
+        ranks[ties] = read_submission(sub.path)[1]
+    # row 0, all tied: in-view order 1..n, and its reverse under ebrec
+    n0 = int(split.offsets[1])
+    assert ranks["inview"][0].tolist() == list(range(1, n0 + 1)) and ranks["ebrec"][0].tolist() == list(range(n0, 0, -1))
+    # in general: equal ranks where the row has no tie, the same tie groups reversed where it has
+    for row in range(split.n):
+        lo, hi = split.offsets[row], split.offsets[row + 1]
+        a, b = ranks["inview"][row], ranks["ebrec"][row]
+        assert sorted(a.tolist()) == sorted(b.tolist()) == list(range(1, hi - lo + 1))
+        for v in np.unique(scores[lo:hi]):
+            members = np.flatnonzero(scores[lo:hi] == v)
+            assert b[members].tolist() == a[members][::-1].tolist()
