@@ -91,7 +91,7 @@ class NewsRecFlow(FlowSpec):
         cfg = self._cfg()
         configure_determinism(cfg.seed)
         rec = build_for(self.data, self.model, cfg.models[self.model], cfg.training, cfg.seed)
-        outcome = fit(rec, self.data, cfg.training, cfg.seed, cfg.data.train_fraction)
+        outcome = fit(rec, self.data, cfg.training, cfg.seed, cfg.data.train_fraction, ties=cfg.ties)
         self.curves = outcome.curves
         self.validation_metrics = outcome.best_validation
         artifact = save_best(rec, self.storage.dir("models"), outcome.best_epoch, cfg.models[self.model], cfg.training, cfg.seed)
@@ -115,10 +115,10 @@ class NewsRecFlow(FlowSpec):
                              cfg.training.eval_batch_users, cfg.training.score_chunk)
         out = self.storage.dir("predictions")
         dump, submission = write_dump(test, scores, out / f"{self.model}_test_scores.parquet",
-                                      out / f"{self.model}_predictions.zip", cfg.data.batch_rows)
+                                      out / f"{self.model}_predictions.zip", cfg.data.batch_rows, cfg.ties)
         self.prediction_file, self.submission_file = self.storage.publish(dump), self.storage.publish(submission)
         self.model_metrics = train_metrics_rows(self.model, self.model_artifact.best_epoch,
-                                                {"validation": self.validation_metrics, "test": evaluate_scores(test, scores)})
+                                                {"validation": self.validation_metrics, "test": evaluate_scores(test, scores, cfg.ties)})
         print(self.model_metrics)
         self.next(self.prepare_alignment)
 

@@ -8,16 +8,40 @@ Ranking metrics per impression (ebnerd-benchmark definitions, averaged over impr
   * AUC — ROC AUC of the scores within the impression (ties count ½, as scikit-learn does).
   * MRR — mean over clicked articles of 1/rank.
   * nDCG@k — gains 2^rel − 1, discounts log2(rank + 1), normalised by the ideal ranking.
-Ranks come from sorting by score, highest first; equal scores keep their in-view order.
+Ranks come from sorting by score, highest first. Equal scores are ranked by one of
+:data:`TIE_RULES` (``ties``; AUC counts ties ½ under every rule):
+  * ``inview`` — the earlier article in the in-view list ranks first;
+  * ``ebrec`` — the *later* one ranks first: the ebnerd-benchmark (``ebrec.evaluation``) sorts the
+    scores ascending with NumPy's default (unstable) sort and reverses the order. That is exactly
+    this rule wherever the sort keeps equal values in order: in the benchmark's pinned NumPy
+    (< 1.26.1) without AVX-512, lists of up to about 16 articles (sorted by insertion). On longer
+    lists, and with NumPy's SIMD sorts (AVX-512, and AVX2 in NumPy 2), the benchmark's order among
+    ties is whatever the sort leaves, which no fixed rule reproduces;
+  * ``mean`` — the expectation of MRR and nDCG when tied articles are shown in a uniformly random
+    order (exact: each member of a tie group occupying positions f..l is equally likely at each).
+Without ties the three rules agree.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from steps import ragged
 
 DEFAULT_KL_ALPHA = 1e-4
+#: How equal scores are ranked by MRR and nDCG (see the module docstring).
+TIE_RULES = ("inview", "ebrec", "mean")
+#: The ebnerd-benchmark's rule: what users of EB-NeRD compare with.
+DEFAULT_TIES = "ebrec"
+
+
+def check_ties(ties: str) -> str:
+    """``ties`` if it names a rule of :data:`TIE_RULES`, else a ``ValueError`` naming it."""
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties: unknown tie rule {ties!r}; choose from {list(TIE_RULES)}")
+    return ties
 
 
 # --------------------------------------------------------------------------- distributions
@@ -55,12 +79,10 @@ def coverage_at_n(selected: np.ndarray, n_candidates: int) -> float:
 
 
 # --------------------------------------------------------------------------- rankings
-def positions_from_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """0-based rank position of every cell of ``keys`` (B, W), highest key first, and the average
-    position of its tie group (equal keys: column order decides ``positions``; ``avg_positions``
-    gives every member of a tie group the group's mean position).
-
-    Use ``-inf`` for padding: it ranks last and never ties a finite key.
+def tie_spans_from_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every cell of ``keys`` (B, W): its 0-based rank position, highest key first with equal
+    keys in column order, and the first and last position of its tie group (equal to the
+    position for an untied key). Use ``-inf`` for padding: it ranks last and never ties a finite key.
     """
     b, w = keys.shape
     order = np.argsort(-keys, axis=1, kind="stable")
@@ -71,33 +93,77 @@ def positions_from_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     new_group = np.ones((b, w), dtype=bool)
     new_group[:, 1:] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
     if new_group.all():
-        return positions, positions.astype(np.float64)
+        return positions, positions, positions
     group_end = np.ones((b, w), dtype=bool)
     group_end[:, :-1] = new_group[:, 1:]
-    first = np.maximum.accumulate(np.where(new_group, col, 0), axis=1)
-    last = np.minimum.accumulate(np.where(group_end, col, w)[:, ::-1], axis=1)[:, ::-1]
-    avg_positions = np.empty((b, w), dtype=np.float64)
-    np.put_along_axis(avg_positions, order, (first + last) / 2.0, axis=1)
-    return positions, avg_positions
+    first_sorted = np.maximum.accumulate(np.where(new_group, col, 0), axis=1)
+    last_sorted = np.minimum.accumulate(np.where(group_end, col, w)[:, ::-1], axis=1)[:, ::-1]
+    first, last = np.empty_like(order), np.empty_like(order)
+    np.put_along_axis(first, order, first_sorted, axis=1)
+    np.put_along_axis(last, order, last_sorted, axis=1)
+    return positions, first, last
+
+
+def positions_from_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0-based rank position of every cell of ``keys`` (B, W), highest key first, and the average
+    position of its tie group (equal keys: column order decides ``positions``; ``avg_positions``
+    gives every member of a tie group the group's mean position).
+
+    Use ``-inf`` for padding: it ranks last and never ties a finite key.
+    """
+    positions, first, last = tie_spans_from_keys(keys)
+    return positions, (first + last) / 2.0
+
+
+@dataclass(frozen=True)
+class TiedRanks:
+    """Rank positions of the elements of a ragged batch (flat, 0-based, highest key first) with the
+    span of each element's tie group: ``positions`` ranks ties in in-view order, the group holds
+    positions ``first..last``."""
+
+    positions: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+
+    @property
+    def avg_positions(self) -> np.ndarray:
+        return (self.first + self.last) / 2.0
+
+    def ordered(self, ties: str) -> np.ndarray:
+        """One ranking (a permutation of each row) under ``ties``: ``ebrec`` reverses each tie group's
+        in-view order; ``inview`` and ``mean`` (a ranking must pick one order) keep it."""
+        if check_ties(ties) == "ebrec":
+            return self.first + self.last - self.positions
+        return self.positions
+
+
+def ragged_tie_ranks(offsets: np.ndarray, keys: np.ndarray) -> TiedRanks:
+    """:class:`TiedRanks` of every element within its row of a ragged batch scored by ``keys``."""
+    k = np.asarray(keys, dtype=np.float64)
+    out = [np.empty(len(k), dtype=np.int64) for _ in range(3)]
+    for rows, width in ragged.iter_buckets(offsets):
+        idx, valid = ragged.padded_index(offsets, rows, width)
+        spans = tie_spans_from_keys(ragged.gather_padded(k, idx, valid, -np.inf))
+        for dst, src in zip(out, spans):
+            dst[idx[valid]] = src[valid]
+    return TiedRanks(*out)
 
 
 def ragged_ranks(offsets: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat 0-based positions (and tie-averaged positions) of every element within its row,
     highest key first; equal keys keep their in-view order in ``positions``."""
-    positions = np.empty(len(keys), dtype=np.int64)
-    avg_positions = np.empty(len(keys), dtype=np.float64)
-    k = np.asarray(keys, dtype=np.float64)
-    for rows, width in ragged.iter_buckets(offsets):
-        idx, valid = ragged.padded_index(offsets, rows, width)
-        pos, avg = positions_from_keys(ragged.gather_padded(k, idx, valid, -np.inf))
-        positions[idx[valid]] = pos[valid]
-        avg_positions[idx[valid]] = avg[valid]
-    return positions, avg_positions
+    ranks = ragged_tie_ranks(offsets, keys)
+    return ranks.positions, ranks.avg_positions
 
 
 def _ideal_dcg_table(max_k: int) -> np.ndarray:
     # ideal[n] = sum_{i < n} 1/log2(i + 2)
     return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(max_k) + 2.0))])
+
+
+def _expected_over_span(table: np.ndarray, lo: np.ndarray, hi_plus_one: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Mean of ``term(p)`` over positions p in [lo, hi] where ``table[n] = Σ_{p < n} term(p)``."""
+    return (table[hi_plus_one] - table[lo]) / size
 
 
 def ranking_metrics_from_positions(
@@ -106,11 +172,14 @@ def ranking_metrics_from_positions(
     labels: np.ndarray,
     avg_positions: np.ndarray | None = None,
     ks: tuple[int, ...] = (5, 10),
+    last_positions: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-impression AUC, MRR and nDCG@k from each element's rank in its row.
 
     ``positions``: 0-based rank (0 = shown first); ``avg_positions``: the tie-averaged rank used
-    by AUC (defaults to ``positions``, i.e. a ranking without ties). Rows without a positive or
+    by AUC (defaults to ``positions``, i.e. a ranking without ties). With ``last_positions``, each
+    element's rank is uniformly random over ``positions..last_positions`` (its tie group shown in
+    random order) and MRR and nDCG are their exact expectations. Rows without a positive or
     without a negative get NaN AUC (and NaN MRR/nDCG without a positive).
     """
     lab = np.asarray(labels, dtype=np.float64)
@@ -120,30 +189,55 @@ def ranking_metrics_from_positions(
     n_neg = n_valid - n_pos
     asc_rank = np.repeat(n_valid, ragged.lengths(offsets)) - avg
     rank_sum = ragged.segment_sum(offsets, lab * asc_rank)
+    ideal = _ideal_dcg_table(max(ks))
+    if last_positions is None:
+        reciprocal = 1.0 / (positions + 1.0)
+        discounts = {k: np.where(positions < k, 1.0 / np.log2(positions + 2.0), 0.0) for k in ks}
+    else:
+        lo = np.asarray(positions, dtype=np.int64)
+        hi = np.asarray(last_positions, dtype=np.int64)
+        size = (hi - lo + 1).astype(np.float64)
+        tied = hi > lo
+        width = int(hi.max(initial=0)) + 1
+        harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1.0, width + 1.0))])
+        # untied elements take the direct terms (exact); tied ones the mean over their group's span
+        reciprocal = np.where(tied, _expected_over_span(harmonic, lo, hi + 1, size), 1.0 / (lo + 1.0))
+        discounts = {
+            k: np.where(tied, _expected_over_span(ideal, np.minimum(lo, k), np.minimum(hi + 1, k), size),
+                        np.where(lo < k, 1.0 / np.log2(lo + 2.0), 0.0))
+            for k in ks
+        }
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {
             "auc": (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg),
-            "mrr": ragged.segment_sum(offsets, lab / (positions + 1.0)) / n_pos,
+            "mrr": ragged.segment_sum(offsets, lab * reciprocal) / n_pos,
         }
-        ideal = _ideal_dcg_table(max(ks))
-        discount = lab / np.log2(positions + 2.0)
         n_pos_int = n_pos.astype(np.int64)
         for k in ks:
-            dcg = ragged.segment_sum(offsets, np.where(positions < k, discount, 0.0))
+            dcg = ragged.segment_sum(offsets, lab * discounts[k])
             out[f"ndcg_at_{k}"] = dcg / ideal[np.minimum(n_pos_int, k)]
     return out
 
 
+def ranking_metrics_from_ranks(
+    offsets: np.ndarray, ranks: TiedRanks, labels: np.ndarray, ks: tuple[int, ...] = (5, 10), ties: str = DEFAULT_TIES
+) -> dict[str, np.ndarray]:
+    """Per-impression AUC, MRR, nDCG@k from :class:`TiedRanks`, equal scores ranked by ``ties``."""
+    if check_ties(ties) == "mean":
+        return ranking_metrics_from_positions(offsets, ranks.first, labels, ranks.avg_positions, ks, last_positions=ranks.last)
+    return ranking_metrics_from_positions(offsets, ranks.ordered(ties), labels, ranks.avg_positions, ks)
+
+
 def ranking_metrics(
-    offsets: np.ndarray, keys: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (5, 10)
+    offsets: np.ndarray, keys: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (5, 10), ties: str = DEFAULT_TIES
 ) -> dict[str, np.ndarray]:
     """Per-impression AUC, MRR, nDCG@k for a ragged batch scored by ``keys`` (higher = better).
 
     AUC counts tied scores ½ (as scikit-learn's ``roc_auc_score``); MRR and nDCG rank tied scores
-    in in-view order. Keys must be finite.
+    by ``ties`` (:data:`TIE_RULES`; default ``ebrec``, the ebnerd-benchmark's). Keys must be finite.
     """
-    positions, avg = ragged_ranks(offsets, keys)
-    return ranking_metrics_from_positions(offsets, positions, labels, avg, ks)
+    check_ties(ties)
+    return ranking_metrics_from_ranks(offsets, ragged_tie_ranks(offsets, keys), labels, ks, ties)
 
 
 def mean_ranking_metrics(per_row: dict[str, np.ndarray]) -> dict[str, float]:

@@ -49,6 +49,7 @@ def test_paper_settings():
         ({"synthetic": {"rows": 5}}, r"synthetic: unknown key\(s\) \['rows'\]"),
         ({"repeats": 1.5}, r"repeats: expected an integer >= 1, got 1.5"),
         ({"submissions": "yes"}, r"submissions: expected true or false"),
+        ({"ties": "first"}, r"ties: unknown value 'first'; choose from \['inview', 'ebrec', 'mean'\]"),
     ],
 )
 def test_invalid_values_are_named(raw, message):
@@ -61,3 +62,8 @@ def test_yaml_errors():
         parse_align_config("targets: [Editorial\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         parse_align_config("- 1\n- 2\n")
+
+
+def test_ties_default_to_the_ebnerd_benchmark_rule():
+    assert AlignConfig().ties == "ebrec"
+    assert AlignConfig.from_dict({"ties": "mean"}).ties == "mean"

@@ -12,7 +12,7 @@ from steps.align.report import best_lambdas, comparison_table, comparison_wide
 from steps.align.submission import read_submission, submission_lines
 from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
 from steps.align.targets import resolve_target
-from steps.metrics import ragged_ranks
+from steps.metrics import TIE_RULES, ragged_ranks, ranking_metrics
 from steps.ragged import segment_softmax
 
 SPEC = SyntheticDumpSpec(n_articles=300, n_candidates=80, n_ba_rows=600, n_impressions=900, chunk_rows=400, seed=9)
@@ -120,3 +120,26 @@ def test_nails_steck_at_lambda_zero_is_nails_at_its_lambda(prepared, tmp_path):
     b = combo.filter(pl.col("lambda") == 0.0)
     for col in ["kl_at_n", "user_kl_mean", "coverage_at_n", "auc", "mrr", "ndcg_at_5", "ndcg_at_10"]:
         assert b[col][0] == pytest.approx(a[col][0], abs=1e-12), col
+
+
+def test_accuracy_columns_rank_tied_scores_by_the_configured_rule(prepared, tmp_path):
+    """Logits rounded to 0.5 tie often; NAILS det at λ = 0 ranks by the model's scores, so its
+    accuracy columns are the metric library's under the configured ``ties``."""
+    import pyarrow.parquet as pq
+
+    _, out = prepared
+    table = pl.read_parquet(out / "predictions.parquet").with_columns(
+        (pl.col("scores").list.eval(pl.element() * 2).list.eval(pl.element().round(0)) / 2).cast(pl.List(pl.Float32)))
+    pq.write_table(table.to_arrow(), tmp_path / "tied.parquet")
+    tied = prepare_dump(tmp_path / "tied.parquet", out / "articles.parquet", tmp_path / "prepared")
+    batch = next(iter_impressions(tied, 10_000))
+    rows = batch.labelled_rows
+    mrr = {}
+    for ties in TIE_RULES:
+        cfg = AlignConfig.from_dict({"lambdas": [0.0], "selections": ["det"], "submissions": False, "ties": ties})
+        got = run((tied, out), "Uniform", "nails", tmp_path / ties, cfg).results.row(0, named=True)
+        want = ranking_metrics(batch.offsets, batch.logits, batch.clicked, ties=ties)
+        for name in ("auc", "mrr", "ndcg_at_5", "ndcg_at_10"):
+            assert got[name] == pytest.approx(float(np.mean(want[name][rows])), rel=1e-12), (ties, name)
+        mrr[ties] = got["mrr"]
+    assert mrr["inview"] != mrr["ebrec"] and min(mrr["inview"], mrr["ebrec"]) < mrr["mean"] < max(mrr["inview"], mrr["ebrec"])

@@ -76,3 +76,19 @@ def test_same_seed_same_files(tmp_path):
     b = write_synthetic_dump(tmp_path / "b", spec)
     assert pl.read_parquet(a["predictions"]).equals(pl.read_parquet(b["predictions"]))
     assert pl.read_parquet(a["articles"]).equals(pl.read_parquet(b["articles"]))
+
+
+def test_the_inview_order_carries_no_information_about_the_click(dump):
+    """The click's in-view position is uniform (issue #15 found the NewsRec bundle leaking it)."""
+    from steps import ragged
+    from steps.align.data import iter_impressions
+
+    _, p = dump
+    batch = next(iter_impressions(p, 10_000))
+    flat = np.flatnonzero(batch.clicked)
+    rows = ragged.row_ids(batch.offsets)[flat]
+    pos, length = flat - batch.offsets[rows], np.diff(batch.offsets)[rows]
+    rel = pos / (length - 1)
+    assert len(rel) > 3000 and abs(rel.mean() - 0.5) < 5 * rel.std() / np.sqrt(len(rel)), rel.mean()
+    chance = np.mean(1.0 / length)
+    assert abs(np.mean(pos == 0) - chance) < 5 * np.sqrt(chance * (1 - chance) / len(pos))

@@ -195,3 +195,24 @@ def test_prepare_with_a_transformers_tokenizer_feeds_its_embeddings_to_nrms(loca
     rec = build_for(data, "nrms", cfg.models["nrms"], cfg.training, cfg.seed)
     embedding = next(w for w in rec.train_model.weights if tuple(w.shape) == matrix.shape)
     assert np.array_equal(np.asarray(embedding), matrix)
+
+
+@pytest.mark.parametrize("model", ["nrms", "nrms_docvec"])
+def test_no_two_weight_tensors_of_a_model_start_equal(model):
+    """Every randomly initialised weight gets its own seed stream, also where shapes coincide
+    (head_num × head_dim == attention_hidden_dim == word_emb_dim, as in the quick and demo configs:
+    a shared seed started the query projection and the additive attention's W equal)."""
+    hp = ModelConfig(head_num=4, head_dim=12, attention_hidden_dim=48, word_emb_dim=48, units=(48, 48), dropout=0.2)
+    rec = build_recommender(model, hp, 4, seed=42, n_candidates=5, title_size=6, vocab_size=48, vector_dim=48)
+    named = [(w.path, np.asarray(w).ravel().astype(np.float64)) for w in rec.train_model.weights]
+    random = [(n, v) for n, v in named if np.unique(v).size > 1]  # constant starts (biases, batch norm) are alike by design
+    # nrms: embedding + 3 + 2 (news) + 3 + 2 (user); nrms_docvec: 3 dense kernels + 3 + 2 (user)
+    assert len(random) == (11 if model == "nrms" else 8), [n for n, _ in named]
+    for i, (na, a) in enumerate(random):
+        for nb, b in random[i + 1:]:
+            m = min(a.size, b.size)
+            # not equal, and not one stream rescaled (Glorot's limit depends on the shape): the
+            # overlapping leading values are uncorrelated
+            assert abs(np.corrcoef(a[:m], b[:m])[0, 1]) < 0.5, (na, nb)
+    again = build_recommender(model, hp, 4, seed=42, n_candidates=5, title_size=6, vocab_size=48, vector_dim=48)
+    assert all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(rec.train_model.weights, again.train_model.weights))

@@ -13,6 +13,7 @@ from steps.configtools import integer as _integer
 from steps.configtools import number as _number
 from steps.configtools import DEFAULT_RUN, choice, common_fields, yaml_mapping
 from steps.errors import ConfigError
+from steps.metrics import DEFAULT_TIES, TIE_RULES
 
 METHODS = ("nails", "steck", "nails_steck")
 #: Per-step compute requests (Kubernetes / AWS Batch), memory in MB; overridable per config.
@@ -174,6 +175,8 @@ class AlignConfig:
     nails_steck_nails_lambda: Mapping[str, float] = field(default_factory=dict)
     nails_steck_nails_lambda_default: float = 0.7
     submissions: bool = True
+    # how MRR/nDCG rank equal scores (steps.metrics.TIE_RULES); ebrec = the ebnerd-benchmark's rule
+    ties: str = DEFAULT_TIES
     ba_chunk_rows: int = 20_000
     batch_impressions: int = 100_000
     synthetic: SyntheticDumpSpec = field(default_factory=SyntheticDumpSpec)
@@ -236,6 +239,8 @@ class AlignConfig:
             if not isinstance(raw["submissions"], bool):
                 raise ConfigError(f"submissions: expected true or false, got {raw['submissions']!r}")
             d["submissions"] = raw["submissions"]
+        if "ties" in raw:
+            d["ties"] = choice("ties", raw["ties"], TIE_RULES)
         for key in ("ba_chunk_rows", "batch_impressions"):
             if key in raw:
                 d[key] = _integer(key, raw[key], 1)

@@ -33,7 +33,14 @@ from steps.align.steck import queue_relevance, queues_padded, queues_shared, ste
 from steps.align.submission import SubmissionWriter
 from steps.align.targets import Target, check_model_mass
 from steps.errors import InputError
-from steps.metrics import coverage_at_n, ragged_ranks, ranking_metrics_from_positions, smoothed_kl
+from steps.metrics import (
+    coverage_at_n,
+    ragged_ranks,
+    ragged_tie_ranks,
+    ranking_metrics_from_positions,
+    ranking_metrics_from_ranks,
+    smoothed_kl,
+)
 from steps.seeding import rng_for
 
 BA_METRICS = ("kl_at_n", "kl_all", "user_kl_mean", "user_kl_std", "coverage_at_n")
@@ -297,18 +304,20 @@ def evaluate_method(
                 steck = steck_positions(off, base, slot, p_star_other, cfg.lambdas, cfg.steck_smoothing_rerank)
             for sel, lam in cells:
                 for r, stats in enumerate(acc_stats[(sel, lam)]):
-                    avg_positions = None  # rankings without ties
+                    ranks = None  # stochastic and Steck rankings have no ties
                     if method == "nails":
                         adj = probs * nails_factors(layout.ratio, lam)[slot]
                         if sel == "det":
-                            positions, avg_positions = ragged_ranks(off, adj)
+                            ranks = ragged_tie_ranks(off, adj)
+                            positions = ranks.ordered(cfg.ties)
                         else:
                             rng = rng_for(cfg.seed, target.name, method, sel, lam, r, "impressions", batch_i)
                             positions, _ = ragged_ranks(off, sampling_keys(adj, rng))
                     else:
                         positions = steck[lam]
                     if len(labelled):
-                        per_row = ranking_metrics_from_positions(off, positions, batch.clicked, avg_positions)
+                        per_row = (ranking_metrics_from_positions(off, positions, batch.clicked) if ranks is None
+                                   else ranking_metrics_from_ranks(off, ranks, batch.clicked, ties=cfg.ties))
                         stats.add(per_row, labelled)
                     if r == 0 and (sel, lam) in writers:
                         writers[(sel, lam)].write(batch.impression_ids, off, positions + 1)

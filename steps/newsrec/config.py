@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from steps.align.config import AlignConfig
-from steps.configtools import DEFAULT_RUN, common_fields, yaml_mapping
+from steps.configtools import DEFAULT_RUN, choice, common_fields, yaml_mapping
 from steps.errors import ConfigError
+from steps.metrics import DEFAULT_TIES, TIE_RULES
 from steps.newsrec.ebnerd import UNKNOWN_POLICIES
 from steps.newsrec.schema import DEFAULT_DOCUMENT_VECTORS
 from steps.newsrec.synthetic import SyntheticEbnerdSpec
@@ -176,6 +177,9 @@ class NewsRecConfig:
 
     name: str = "newsrec"
     seed: int = 42
+    # how MRR/nDCG rank equal scores (steps.metrics.TIE_RULES) in the accuracy table, the training
+    # curves, the submission and the alignment (align.ties follows it); ebrec = the ebnerd-benchmark's
+    ties: str = DEFAULT_TIES
     models: Mapping[str, ModelConfig] = field(default_factory=lambda: {m: ModelConfig() for m in MODEL_NAMES})
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -202,11 +206,18 @@ class NewsRecConfig:
         d["training"] = _section(TrainConfig, "training", raw.get("training"))
         if "synthetic" in raw:
             d["synthetic"] = SyntheticEbnerdSpec.from_dict(raw["synthetic"])
-        if "align" in raw:
-            try:
-                d["align"] = AlignConfig.from_dict(raw["align"])
-            except ConfigError as exc:
-                raise ConfigError(f"align: {exc}") from exc
+        ties = d["ties"] = choice("ties", raw["ties"], TIE_RULES) if "ties" in raw else DEFAULT_TIES
+        align = raw.get("align")
+        if align is not None and not isinstance(align, Mapping):
+            raise ConfigError(f"align: expected a mapping (an AlignFlow config), got {align!r}")
+        align = dict(align or {})
+        if align.setdefault("ties", ties) != ties:
+            raise ConfigError(f"align.ties: {align['ties']!r} differs from ties {ties!r}; set the tie rule once, with the "
+                              "top-level ties (the alignment ranks ties as the accuracy table does)")
+        try:
+            d["align"] = AlignConfig.from_dict(align)
+        except ConfigError as exc:
+            raise ConfigError(f"align: {exc}") from exc
         return cls(**d)
 
     @property
@@ -215,7 +226,7 @@ class NewsRecConfig:
 
     def as_dict(self) -> dict:
         out = {
-            "name": self.name, "seed": self.seed,
+            "name": self.name, "seed": self.seed, "ties": self.ties,
             "models": {k: asdict(v) for k, v in self.models.items()},
             "data": asdict(self.data), "text": asdict(self.text), "training": asdict(self.training),
             "synthetic": self.synthetic.as_dict(), "align": self.align.as_dict(),

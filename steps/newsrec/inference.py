@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from steps import ragged
 from steps.align.submission import SubmissionWriter
 from steps.align.synthetic import PREDICTION_SCHEMA
-from steps.metrics import mean_ranking_metrics, ragged_ranks, ranking_metrics
+from steps.metrics import DEFAULT_TIES, check_ties, mean_ranking_metrics, ragged_tie_ranks, ranking_metrics
 from steps.newsrec.ebnerd import SplitData
 from steps.storage import FileRef, file_ref
 
@@ -81,13 +81,14 @@ def labelled_rows(split: SplitData) -> np.ndarray:
     return np.flatnonzero((np.asarray(split.impression_ids) > 0) & (n_pos > 0))
 
 
-def evaluate_scores(split: SplitData, scores: np.ndarray) -> dict[str, float] | None:
-    """Mean AUC, MRR, nDCG@5, nDCG@10 over the labelled impressions (None if there are none)."""
+def evaluate_scores(split: SplitData, scores: np.ndarray, ties: str = DEFAULT_TIES) -> dict[str, float] | None:
+    """Mean AUC, MRR, nDCG@5, nDCG@10 over the labelled impressions (None if there are none);
+    MRR and nDCG rank equal scores by ``ties`` (:data:`steps.metrics.TIE_RULES`)."""
     rows = labelled_rows(split)
     if len(rows) == 0:
         return None
     sub, flat = select_rows(split.offsets, rows)
-    out = mean_ranking_metrics(ranking_metrics(sub, scores[flat], split.clicked[flat]))
+    out = mean_ranking_metrics(ranking_metrics(sub, scores[flat], split.clicked[flat], ties=ties))
     out["impressions"] = len(rows)
     return out
 
@@ -97,9 +98,11 @@ def _list(offsets: np.ndarray, values: np.ndarray, typ: pa.DataType) -> pa.Array
 
 
 def write_dump(split: SplitData, scores: np.ndarray, path: str | os.PathLike, submission_path: str | os.PathLike | None = None,
-               batch_rows: int = 100_000) -> tuple[FileRef, FileRef | None]:
+               batch_rows: int = 100_000, ties: str = DEFAULT_TIES) -> tuple[FileRef, FileRef | None]:
     """Write the prediction dump (and the EB-NeRD submission zip) in batches; both appear only when
-    complete. Returns their :class:`FileRef` (the dump's ``shape`` is its row count)."""
+    complete. Returns their :class:`FileRef` (the dump's ``shape`` is its row count). The
+    submission ranks equal scores by ``ties`` (``mean``: in in-view order, as a ranking must pick one)."""
+    check_ties(ties)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = PREDICTION_SCHEMA if split.has_labels else DUMP_SCHEMA_NO_LABELS
@@ -124,7 +127,7 @@ def write_dump(split: SplitData, scores: np.ndarray, path: str | os.PathLike, su
                     cols["article_ids_clicked"] = _list(click_off, ids[clicked], pa.int32())
                 writer.write_table(pa.table(cols, schema=schema))
                 if sub is not None:
-                    positions, _ = ragged_ranks(off, sc)
+                    positions = ragged_tie_ranks(off, sc).ordered(ties)
                     sub.write(np.asarray(split.impression_ids[start:stop]), off, positions + 1)
         os.replace(tmp, path)
     except BaseException:

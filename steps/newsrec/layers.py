@@ -18,6 +18,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
+from steps.seeding import rng_for  # noqa: E402
+
 NEG_INF = -1e9
 
 
@@ -28,11 +30,16 @@ def masked_softmax(logits, valid, axis: int = -1):
     return w / ops.maximum(ops.sum(w, axis=axis, keepdims=True), 1e-12)
 
 
-def glorot(seed: int | None, offset: int) -> keras.initializers.Initializer:
-    """Glorot-uniform initialiser for the ``offset``-th weight of a layer. A seeded Keras 3
-    initialiser returns the same values on every call, so each weight gets its own seed (one
-    shared instance would start W_Q, W_K and W_V equal)."""
-    return keras.initializers.GlorotUniform(seed=None if seed is None else seed * 7919 + offset)
+def weight_seed(seed: int | None, *key: object) -> int | None:
+    """The seed of one weight (or layer): a 31-bit draw from ``rng_for(seed, *key)``, so every
+    distinct key names its own stream. (A seeded Keras 3 initialiser returns the same values on
+    every call: two weights of one shape sharing a seed would start equal.)"""
+    return None if seed is None else int(rng_for(seed, *key).integers(0, 2**31 - 1))
+
+
+def glorot(seed: int | None, *key: object) -> keras.initializers.Initializer:
+    """Glorot-uniform initialiser of the weight named ``key`` of a layer seeded ``seed``."""
+    return keras.initializers.GlorotUniform(seed=weight_seed(seed, *key))
 
 
 @keras.saving.register_keras_serializable(package="recalign")
@@ -46,9 +53,9 @@ class AdditiveAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         dim = input_shape[0][-1]
-        self.w = self.add_weight(shape=(dim, self.hidden_dim), initializer=glorot(self.seed, 0), name="w")
+        self.w = self.add_weight(shape=(dim, self.hidden_dim), initializer=glorot(self.seed, "additive_attention", "w"), name="w")
         self.b = self.add_weight(shape=(self.hidden_dim,), initializer="zeros", name="b")
-        self.q = self.add_weight(shape=(self.hidden_dim, 1), initializer=glorot(self.seed, 1), name="q")
+        self.q = self.add_weight(shape=(self.hidden_dim, 1), initializer=glorot(self.seed, "additive_attention", "q"), name="q")
 
     def attention_weights(self, x, valid):
         """(batch, length) weights."""
@@ -79,9 +86,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def build(self, input_shape):
         dim = input_shape[0][-1]
         out = self.head_num * self.head_dim
-        self.wq = self.add_weight(shape=(dim, out), initializer=glorot(self.seed, 0), name="wq")
-        self.wk = self.add_weight(shape=(dim, out), initializer=glorot(self.seed, 1), name="wk")
-        self.wv = self.add_weight(shape=(dim, out), initializer=glorot(self.seed, 2), name="wv")
+        self.wq = self.add_weight(shape=(dim, out), initializer=glorot(self.seed, "self_attention", "wq"), name="wq")
+        self.wk = self.add_weight(shape=(dim, out), initializer=glorot(self.seed, "self_attention", "wk"), name="wk")
+        self.wv = self.add_weight(shape=(dim, out), initializer=glorot(self.seed, "self_attention", "wv"), name="wv")
 
     def _heads(self, x, w):
         b, n = ops.shape(x)[0], ops.shape(x)[1]

@@ -8,6 +8,10 @@ scores ``1 + npratio`` candidates per sample with **logits** (dot products, no s
 * User encoder (both): multi-head self-attention over the encoded history, additive attention;
   padded history slots are masked.
 
+Every weight starts from its own seed stream (:func:`steps.newsrec.layers.weight_seed`, keyed by
+encoder, layer and weight name under the run's seed), so no two weights start alike even where
+their shapes coincide.
+
 Inference encodes each article once and each user once, then scores impressions as batched dot
 products (:mod:`steps.newsrec.inference`); the training model composes the same encoders.
 """
@@ -24,7 +28,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from steps.newsrec.config import ModelConfig  # noqa: E402
-from steps.newsrec.layers import AdditiveAttention, MultiHeadSelfAttention  # noqa: E402
+from steps.newsrec.layers import AdditiveAttention, MultiHeadSelfAttention, weight_seed  # noqa: E402
 
 
 @dataclass
@@ -59,11 +63,12 @@ def nrms_news_encoder(hp: ModelConfig, title_size: int, vocab_size: int, seed: i
     if embeddings is not None:
         emb = keras.layers.Embedding(embeddings.shape[0], embeddings.shape[1], embeddings_initializer=keras.initializers.Constant(embeddings))
     else:
-        emb = keras.layers.Embedding(vocab_size, hp.word_emb_dim, embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05, seed=seed))
-    x = keras.layers.Dropout(hp.dropout, seed=seed)(emb(tokens))
-    x = MultiHeadSelfAttention(hp.head_num, hp.head_dim, seed=seed)([x, valid])
-    x = keras.layers.Dropout(hp.dropout, seed=seed + 1)(x)
-    out = AdditiveAttention(hp.attention_hidden_dim, seed=seed)([x, valid])
+        init = keras.initializers.RandomUniform(-0.05, 0.05, seed=weight_seed(seed, "news", "embedding"))
+        emb = keras.layers.Embedding(vocab_size, hp.word_emb_dim, embeddings_initializer=init)
+    x = keras.layers.Dropout(hp.dropout, seed=weight_seed(seed, "news", "dropout", 0))(emb(tokens))
+    x = MultiHeadSelfAttention(hp.head_num, hp.head_dim, seed=weight_seed(seed, "news", "self_attention"))([x, valid])
+    x = keras.layers.Dropout(hp.dropout, seed=weight_seed(seed, "news", "dropout", 1))(x)
+    out = AdditiveAttention(hp.attention_hidden_dim, seed=weight_seed(seed, "news", "additive_attention"))([x, valid])
     return keras.Model(tokens, out, name="news_encoder")
 
 
@@ -72,19 +77,19 @@ def docvec_news_encoder(hp: ModelConfig, vector_dim: int, seed: int) -> keras.Mo
     x = vec
     for i, units in enumerate(hp.units):
         x = keras.layers.Dense(units, activation="relu", kernel_regularizer=keras.regularizers.L2(hp.l2),
-                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i))(x)
+                               kernel_initializer=keras.initializers.GlorotUniform(seed=weight_seed(seed, "news", "dense", i)))(x)
         x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.Dropout(hp.dropout, seed=seed + i)(x)
+        x = keras.layers.Dropout(hp.dropout, seed=weight_seed(seed, "news", "dropout", i))(x)
     out = keras.layers.Dense(hp.head_num * hp.head_dim, activation="relu",
-                             kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 100))(x)
+                             kernel_initializer=keras.initializers.GlorotUniform(seed=weight_seed(seed, "news", "dense", "out")))(x)
     return keras.Model(vec, out, name="news_encoder")
 
 
 def user_encoder(hp: ModelConfig, history_size: int, dim: int, seed: int) -> keras.Model:
     hist = keras.Input((history_size, dim), dtype="float32", name="history_vectors")
     valid = keras.Input((history_size,), dtype="bool", name="history_valid")
-    y = MultiHeadSelfAttention(hp.head_num, hp.head_dim, seed=seed + 7)([hist, valid])
-    out = AdditiveAttention(hp.attention_hidden_dim, seed=seed + 7)([y, valid])
+    y = MultiHeadSelfAttention(hp.head_num, hp.head_dim, seed=weight_seed(seed, "user", "self_attention"))([hist, valid])
+    out = AdditiveAttention(hp.attention_hidden_dim, seed=weight_seed(seed, "user", "additive_attention"))([y, valid])
     return keras.Model([hist, valid], out, name="user_encoder")
 
 

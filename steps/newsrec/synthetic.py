@@ -9,9 +9,15 @@ shares, Zipf popularity) and made learnable:
   noisy projection of the topic's latent vector;
 * every user has a latent **category taste** and **topic preference**; the history is a draw of
   clicks from that preference (weighted by popularity) over the 21 days before the split;
-* an impression shows recently published articles (drawn by popularity); the click follows a
-  choice model: utility = taste_strength · log p(topic | user) + popularity_strength · log-popularity
-  − recency_strength · age in days + Gumbel noise (the argmax is clicked, sometimes the runner-up too).
+* an impression shows recently published articles (drawn by popularity) **in random order**: the
+  in-view order carries no information about the click (no position effect is modelled — EB-NeRD
+  does not document ``article_ids_inview`` as the order on screen), so order-based tie rules are
+  neutral on this data; the click follows a choice model: utility = taste_strength · log p(topic |
+  user) + popularity_strength · log-popularity − recency_strength · age in days + Gumbel noise (the
+  argmax is clicked, sometimes the runner-up too);
+* titles and subtitles have ``title_words_min``..``title_words`` words each (plus the category
+  name in the title), so with the configs' title sizes most token rows end in padding and NRMS's
+  title masking is exercised.
 
 A model that reads the history's topics and the candidate's text or vector can learn this (and
 its top-N category mix follows the users' tastes, not the editorial mix).
@@ -61,6 +67,7 @@ class SyntheticEbnerdSpec:
     inview_min: int = 5
     inview_max: int = 20
     title_words: int = 10
+    title_words_min: int = 3
     words_per_topic: int = 12
     topic_word_share: float = 0.5
     vector_dim: int = 32
@@ -86,6 +93,7 @@ class SyntheticEbnerdSpec:
             ("inview_min", 2 <= self.inview_min <= self.inview_max),
             ("inview_max", self.inview_max <= self.n_articles // 10),
             ("title_words", self.title_words >= 2),
+            ("title_words_min", 1 <= self.title_words_min <= self.title_words),
             ("words_per_topic", self.words_per_topic >= 1),
             ("topic_word_share", 0.0 <= self.topic_word_share <= 1.0),
             ("vector_dim", self.vector_dim >= 2),
@@ -140,16 +148,21 @@ def _pseudo_words(rng: np.random.Generator, n: int, taken: set[str]) -> list[str
 
 
 def _texts(rng: np.random.Generator, topic: np.ndarray, cat_names: list[str], cats: np.ndarray, topic_words: np.ndarray,
-           filler: np.ndarray, n_words: int, share: float, with_category: bool) -> list[str]:
-    """One text per article: topic words with probability ``share``, filler words otherwise."""
+           filler: np.ndarray, min_words: int, max_words: int, share: float, with_category: bool) -> list[str]:
+    """One text per article of ``min_words``..``max_words`` words: each a topic word with
+    probability ``share``, a filler word otherwise (the category name first, ``with_category``)."""
     n = len(topic)
-    use_topic = rng.random((n, n_words)) < share
-    tw = topic_words[topic[:, None], rng.integers(0, topic_words.shape[1], (n, n_words))]
-    fw = filler[rng.integers(0, len(filler), (n, n_words))]
+    lengths = rng.integers(min_words, max_words + 1, n)
+    use_topic = rng.random((n, max_words)) < share
+    tw = topic_words[topic[:, None], rng.integers(0, topic_words.shape[1], (n, max_words))]
+    fw = filler[rng.integers(0, len(filler), (n, max_words))]
     words = np.where(use_topic, tw, fw)
+    keep = np.arange(max_words)[None, :] < lengths[:, None]
     if with_category:
         words = np.concatenate([np.asarray(cat_names, dtype=object)[cats][:, None], words], axis=1)
-    df = pl.DataFrame({"row": np.repeat(np.arange(n), words.shape[1]), "w": words.ravel().astype(str)})
+        keep = np.concatenate([np.ones((n, 1), bool), keep], axis=1)
+    rows = np.broadcast_to(np.arange(n)[:, None], words.shape)
+    df = pl.DataFrame({"row": rows[keep], "w": words[keep].astype(str)})
     return df.group_by("row", maintain_order=True).agg(pl.col("w").str.join(" "))["w"].str.to_titlecase().to_list()
 
 
@@ -175,8 +188,10 @@ def _world(spec: SyntheticEbnerdSpec) -> _World:
     taken: set[str] = set(cat_names)
     topic_words = np.array([_pseudo_words(rng, spec.words_per_topic, taken) for _ in range(n_topics)], dtype=object)
     filler = np.array(_pseudo_words(rng, 200, taken), dtype=object)
-    titles = _texts(rng, topic, cat_names, cats, topic_words, filler, spec.title_words, spec.topic_word_share, True)
-    subtitles = _texts(rng, topic, cat_names, cats, topic_words, filler, 2 * spec.title_words, spec.topic_word_share, False)
+    titles = _texts(rng, topic, cat_names, cats, topic_words, filler, spec.title_words_min, spec.title_words,
+                    spec.topic_word_share, True)
+    subtitles = _texts(rng, topic, cat_names, cats, topic_words, filler, spec.title_words_min, spec.title_words,
+                       spec.topic_word_share, False)
     pub_series = pl.Series(published, dtype=pl.Datetime("us"))
     articles = base.with_columns(
         pl.Series("title", titles),
@@ -281,6 +296,9 @@ def _behaviors(world: _World, spec: SyntheticEbnerdSpec, split: str, n: int, fir
     chosen = np.take_along_axis(pool, _gumbel_top(rng, 1.5 * world.log_pop[pool], spec.inview_max), axis=1)
     lens = rng.integers(spec.inview_min, spec.inview_max + 1, n)
     valid = np.arange(spec.inview_max)[None, :] < lens[:, None]
+    # shown in random order: the popularity draw above must not leak into the in-view order
+    shuffle = np.argsort(np.where(valid, rng.random(valid.shape), 2.0), axis=1)
+    chosen = np.take_along_axis(chosen, shuffle, axis=1)
     age_days = (times[:, None] - world.published[chosen]).astype(np.float64) / 86_400e6
     utility = (
         spec.taste_strength * np.take_along_axis(world.log_pref[user], world.topic[chosen], axis=1)

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from steps.faults import maybe_fail  # noqa: E402
+from steps.metrics import DEFAULT_TIES  # noqa: E402
 from steps.newsrec.artifacts import ModelArtifact  # noqa: E402
 from steps.newsrec.config import ModelConfig, TrainConfig  # noqa: E402
 from steps.newsrec.ebnerd import SplitData, load_split  # noqa: E402
@@ -142,9 +143,10 @@ def _train_subset(split: SplitData, fraction: float, rng: np.random.Generator) -
 
 
 def fit(rec: Recommender, prepared: PreparedNewsData, training: TrainConfig, seed: int, train_fraction: float = 1.0,
-        log=print) -> TrainOutcome:
+        log=print, ties: str = DEFAULT_TIES) -> TrainOutcome:
     """Train ``rec`` on the train split, monitor validation AUC, keep the best weights (set on
-    ``rec`` on return). Each epoch draws fresh negatives (``rng_for(seed, model, "samples", epoch)``)."""
+    ``rec`` on return). Each epoch draws fresh negatives (``rng_for(seed, model, "samples", epoch)``).
+    The validation MRR/nDCG of the curves rank equal scores by ``ties`` (AUC counts them ½)."""
     table = feature_table(prepared, rec.name)
     train_hist = prepared.histories("train").matrix
     val_hist = prepared.histories("validation").matrix
@@ -162,7 +164,7 @@ def fit(rec: Recommender, prepared: PreparedNewsData, training: TrainConfig, see
         rec.train_model.optimizer.learning_rate.assign(lr)
         hist = rec.train_model.fit(SampleBatches(samples, table, train_hist, training.batch_size, order), epochs=1, verbose=0, shuffle=False)
         loss = float(hist.history["loss"][-1])
-        metrics = evaluate_scores(val, score_split(rec, table, val_hist, val, training.eval_batch_users, training.score_chunk))
+        metrics = evaluate_scores(val, score_split(rec, table, val_hist, val, training.eval_batch_users, training.score_chunk), ties)
         if metrics is None:
             raise ValueError("the validation split has no labelled impression to monitor")
         improved, stop = plateau.update(epoch, metrics["auc"])
