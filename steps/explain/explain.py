@@ -25,7 +25,7 @@ import torch
 from steps.errors import InputError
 from steps.explain.config import ExplainConfig
 from steps.explain.data import FEATURE, ITEM, SeqData
-from steps.explain.game import SequenceGame, all_coalitions
+from steps.explain.game import SequenceGame, all_coalitions, single_threaded_kernels
 from steps.explain.model import GRU4Rec
 from steps.explain.shapley import kernel_shap, prune_horizon, pruned_players, shapley_from_values
 from steps.seeding import rng_for
@@ -70,7 +70,8 @@ def top_k_items(
     n_items = model.spec.n_items if n_items is None else min(int(n_items), model.spec.n_items)
     if len(history) == 0:
         raise InputError("history: an empty history has no top-K to explain")
-    scores = model.score_all(torch.from_numpy(history)[None, :], torch.tensor([len(history)]))[0, :n_items].double().numpy()
+    with single_threaded_kernels():  # the thread policy of every evaluation (game.run_chunks)
+        scores = model.score_all(torch.from_numpy(history)[None, :], torch.tensor([len(history)]))[0, :n_items].double().numpy()
     eligible = np.ones(n_items, dtype=bool)
     eligible[0] = False
     if exclude_history:

@@ -92,7 +92,7 @@ class SequenceGame:
         self.baseline = baseline
         self.max_states = int(max_states)
         self._base_item = baseline_item(baseline, n_items)
-        with torch.no_grad():
+        with torch.no_grad(), single_threaded_kernels():  # the thread policy of run_chunks
             w = model.i_embeddings.weight
             self.dtype = w.dtype
             rnn = model.rnn
@@ -252,6 +252,17 @@ def run_chunks(fill: Callable[[int], None], n_chunks: int) -> None:
             return
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(fill, range(n_chunks)))
+
+
+@contextlib.contextmanager
+def single_threaded_kernels() -> Iterator[None]:
+    """``torch.set_num_threads(1)`` inside the block, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def all_coalitions(m: int) -> np.ndarray:
