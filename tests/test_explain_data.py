@@ -22,7 +22,8 @@ from steps.explain.data import (
     write_rechorus,
 )
 from steps.explain.model import GRU4Rec
-from steps.explain.pipeline import with_checkpoint_catalogue
+from steps.explain.explain import feature_codes
+from steps.explain.pipeline import store_dataset, with_checkpoint_catalogue
 from steps.explain.synthetic import SyntheticSeqSpec, synthetic_dataset
 from steps.seeding import rng_for
 
@@ -125,6 +126,11 @@ def test_multi_hot_item_meta_is_one_multi_valued_feature(tmp_path):
     back = read_rechorus(tmp_path / "back")
     assert_frame_equal(back.item_features, d.item_features)
     assert (back.n_items, back.feature_columns, back.multi_hot) == (9, d.feature_columns, True)
+    stored = store_dataset(d, tmp_path / "stored").load()  # what the flow's steps read
+    assert (stored.feature_columns, stored.multi_hot) == (d.feature_columns, True)
+    member, names = feature_codes(stored)
+    assert names == ["Action", "Comedy"] and member[[1, 2, 3, 4, 8]].tolist() == [
+        [True, False], [True, True], [False, True], [False, False], [False, True]]
     # a named column is categorical
     year = read_rechorus(write_folder(tmp_path / "y", TRAIN, DEV, TEST, META), item_feature="i_year")
     assert not year.multi_hot and year.feature_columns == ("i_year",)
