@@ -27,6 +27,7 @@ from steps.explain.pipeline import (
     build_figures,
     check_settings_against_data,
     choose_users,
+    describe_settings,
     efficiency_check,
     export_run,
     feature_summary,
@@ -70,7 +71,8 @@ class ExplainFlow(FlowSpec):
         """Read (or convert, or synthesise) the data in ReChorus' format and validate every row."""
         cfg = self._cfg()
         self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
-        data = resolve_dataset(cfg, self.data_dir, self.ml1m_ratings, self.ml1m_movies, self.storage.dir("input"))
+        data = resolve_dataset(cfg, self.data_dir, self.ml1m_ratings, self.ml1m_movies, self.storage.dir("input"),
+                               self.checkpoint)
         check_settings_against_data(data, cfg)
         check_checkpoint(self.checkpoint, data.n_items)  # a bad checkpoint fails here, not in train
         self.data = map_refs(store_dataset(data, self.storage.dir("data")), self.storage.publish)
@@ -160,7 +162,7 @@ class ExplainFlow(FlowSpec):
             f"Data: {d['source']}: {d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions. "
             f"GRU4Rec: embedding {self.model_spec.emb_size}, hidden {self.model_spec.hidden_size}, history "
             f"{cfg.history_max}. Top-{cfg.top_k}, baseline `{cfg.baseline_name}`, estimators {', '.join(cfg.estimators)}. "
-            f"Exported to `{self.export_dir}`."
+            f"Exported to `{self.export_dir}`. {describe_settings(cfg, d)}"
         ))
         if self.failed_cells:
             c.append(Markdown("**Failed users (not explained):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from polars.testing import assert_frame_equal
 
 from steps.errors import ConfigError, InputError
@@ -17,8 +18,12 @@ from steps.explain.data import (
     sample_negatives,
     user_consumed_items,
     user_histories,
+    where_item_is_named,
     write_rechorus,
 )
+from steps.explain.model import GRU4Rec
+from steps.explain.explain import feature_codes
+from steps.explain.pipeline import store_dataset, with_checkpoint_catalogue
 from steps.explain.synthetic import SyntheticSeqSpec, synthetic_dataset
 from steps.seeding import rng_for
 
@@ -27,7 +32,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def write_folder(tmp_path: Path, train: str, dev: str, test: str, meta: str | None = None) -> Path:
     d = tmp_path / "ds"
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "train.csv").write_text(train)
     (d / "dev.csv").write_text(dev)
     (d / "test.csv").write_text(test)
@@ -71,10 +76,9 @@ def test_read_a_hand_written_folder(tmp_path):
         ("user_id\titem_id\ttime\n1\t0\t20\n", DEV, None, r"row 0 \(line 2\): 0 is not a valid id"),
         (TRAIN, DEV.replace("[2, 3]", "2 3"), None, r"dev.csv: column 'neg_items', row 1 \(line 3\): expected a list of item ids"),
         (TRAIN, DEV.replace("[2, 3]", "[2]"), None, r"row 1 \(line 3\): 1 negatives, but row 0 has 2"),
-        (TRAIN, DEV.replace("[2, 3]", "[2, 99]"), None, "user 2: neg_items holds unknown item id 99"),
         (TRAIN, DEV.replace("[2, 3]", "[1, 3]"), None, "negatives contain the positive item 1"),
         (TRAIN, DEV + "3\t1\t1\t[2, 3]\n", None, "user 3 has an empty history"),
-        (TRAIN, DEV, "item_id\ti_genre\n77\tDrama\n", "item_meta.csv: column 'item_id', row 0 .*unknown item id 77"),
+        (TRAIN, DEV, "item_id\ti_genre\n7\tDrama\n7\tComedy\n", r"item_meta.csv: column 'item_id', row 1 .*item id 7 appears more than once"),
         (TRAIN, DEV, "item_id\tgenre\n1\tDrama\n", "no item feature column"),
         ("", DEV, None, "train.csv: not a readable tab-separated file"),
     ],
@@ -82,6 +86,59 @@ def test_read_a_hand_written_folder(tmp_path):
 def test_malformed_files_get_clear_errors(tmp_path, train, dev, meta, message):
     with pytest.raises(InputError, match=message):
         read_rechorus(write_folder(tmp_path, train, dev, TEST, meta))
+
+
+def test_catalogue_is_every_id_the_folder_names(tmp_path):
+    """Issue #12: a folder whose rows stop short of the largest item id loads when the negatives
+    or item_meta.csv name it (before, both were errors: 'unknown item id'); a checkpoint extends
+    the catalogue to its item count and is refused when it cannot score an id the folder names."""
+    d = read_rechorus(write_folder(tmp_path / "a", TRAIN, DEV.replace("[2, 3]", "[2, 99]"), TEST))
+    assert d.n_items == 100 and d.interactions["item_id"].max() == 6
+    assert where_item_is_named(d, 99) == "dev.csv (user 2, column 'neg_items')"
+    assert where_item_is_named(d, 6) == "test.csv (user 2, column 'item_id')"
+    m = read_rechorus(write_folder(tmp_path / "b", TRAIN, DEV, TEST, "item_id\ti_genre\n77\tDrama\n"))
+    assert m.n_items == 78 and where_item_is_named(m, 77) == "item_meta.csv"
+    plain = read_rechorus(write_folder(tmp_path / "c", TRAIN, DEV, TEST))
+    assert plain.n_items == 7  # largest id named: 6 (test positives and negatives)
+    torch.save(GRU4Rec(60, 4, 4, seed=0).state_dict(), tmp_path / "ckpt.pt")
+    assert with_checkpoint_catalogue(plain, tmp_path / "ckpt.pt").n_items == 60
+    assert with_checkpoint_catalogue(m, "") is m
+    with pytest.raises(InputError, match=r"ckpt.pt: the checkpoint has 60 item embeddings \(ids 0..59\), but .* names item "
+                       r"id 99 in dev.csv \(user 2, column 'neg_items'\): the data and the checkpoint disagree"):
+        with_checkpoint_catalogue(d, tmp_path / "ckpt.pt")
+
+
+META = ("item_id\ti_Action\ti_Comedy\ti_year\n"
+        "1\t1\t0\t13\n2\t1\t1\t13\n3\t0\t1\t9\n4\t0\t0\t9\n8\t0\t1\t2\n")
+
+
+def test_multi_hot_item_meta_is_one_multi_valued_feature(tmp_path):
+    """ReChorus writes a film's genres as 0/1 columns: they form one feature with several values
+    per item (issue #12: before, the first column was taken and every value was '0' or '1')."""
+    d = read_rechorus(write_folder(tmp_path, TRAIN, DEV, TEST, META))
+    assert d.multi_hot and d.feature_columns == ("i_Action", "i_Comedy") and d.feature_name == "i_Action|i_Comedy"
+    sets = dict(d.item_features.group_by("item_id").agg(pl.col("feature").drop_nulls().sort()).iter_rows())
+    assert sets == {1: ["Action"], 2: ["Action", "Comedy"], 3: ["Comedy"], 4: [], 8: ["Comedy"]}
+    assert d.n_items == 9  # item 8 is named only by item_meta.csv
+    assert d.summary()["item_feature_columns"] == ["i_Action", "i_Comedy"]
+    # written back as 0/1 columns and read again: the same feature, the same catalogue
+    write_rechorus(tmp_path / "back", d)
+    back = read_rechorus(tmp_path / "back")
+    assert_frame_equal(back.item_features, d.item_features)
+    assert (back.n_items, back.feature_columns, back.multi_hot) == (9, d.feature_columns, True)
+    stored = store_dataset(d, tmp_path / "stored").load()  # what the flow's steps read
+    assert (stored.feature_columns, stored.multi_hot) == (d.feature_columns, True)
+    member, names = feature_codes(stored)
+    assert names == ["Action", "Comedy"] and member[[1, 2, 3, 4, 8]].tolist() == [
+        [True, False], [True, True], [False, True], [False, False], [False, True]]
+    # a named column is categorical
+    year = read_rechorus(write_folder(tmp_path / "y", TRAIN, DEV, TEST, META), item_feature="i_year")
+    assert not year.multi_hot and year.feature_columns == ("i_year",)
+    assert dict(year.item_features.iter_rows()) == {1: "13", 2: "13", 3: "9", 4: "9", 8: "2"}
+    with pytest.raises(InputError, match=r"item_feature 'i_genre' is not a column \(i_\* columns: i_Action, i_Comedy, i_year\)"):
+        read_rechorus(write_folder(tmp_path / "g", TRAIN, DEV, TEST, META), item_feature="i_genre")
+    with pytest.raises(InputError, match="item_feature 'i_year' is set but the folder has no item_meta.csv"):
+        read_rechorus(write_folder(tmp_path / "n", TRAIN, DEV, TEST), item_feature="i_year")
 
 
 def test_missing_folder(tmp_path):
@@ -199,6 +256,8 @@ def test_configs_validate():
         ({"synthetic": {"n_users": 5.0}}, "synthetic.n_users: expected an integer >= 2, got 5.0"),
         ({"synthetic": {"seed": True}}, "synthetic.seed: expected an integer >= 0, got True"),
         ({"explain_users": 0}, "explain_users: 0 users to explain and no explain_user_ids"),
+        ({"value_scale": "sum"}, r"value_scale: unknown value 'sum'; choose from \['mean', 'notebook'\]"),
+        ({"item_feature": "genre"}, "item_feature: expected 'auto' or an item_meta.csv column name starting with 'i_', got 'genre'"),
     ]:
         with pytest.raises(ConfigError, match=message):
             ExplainConfig.from_dict(bad)

@@ -7,7 +7,7 @@ import torch
 
 from steps.errors import InputError
 from steps.explain.config import ExplainConfig
-from steps.explain.explain import explain_user, top_k_items
+from steps.explain.explain import events_present, explain_user, feature_membership, top_k_items
 from steps.explain.game import SequenceGame, all_coalitions
 from steps.explain.model import GRU4Rec, as_dtype
 from steps.explain.shapley import shapley_from_values
@@ -164,3 +164,110 @@ def test_all_values_do_not_depend_on_worker_threads(model):
         torch.set_num_threads(before)
     assert np.array_equal(one, two)
     assert torch.get_num_threads() == before
+
+
+# --------------------------------------------------------------------------- issue #12
+def hand_built_model():
+    """GRU4Rec with 1-dim embeddings e = [0, 5, 4, 3, 2, 1] (items 0..5), hidden size 1, whose GRU
+    forgets everything but the last item: W_ih = (0, 0, 1), W_hh = 0, update-gate bias −60
+    (z = σ(−60) ≈ 1e-26), so h = tanh(e_last); out = identity. Score of item i: tanh(e_last) · e_i."""
+    m = GRU4Rec(6, emb_size=1, hidden_size=1)
+    with torch.no_grad():
+        m.i_embeddings.weight.copy_(torch.tensor([[0.0], [5.0], [4.0], [3.0], [2.0], [1.0]]))
+        m.rnn.weight_ih_l0.copy_(torch.tensor([[0.0], [0.0], [1.0]]))
+        m.rnn.weight_hh_l0.zero_()
+        m.rnn.bias_ih_l0.copy_(torch.tensor([0.0, -60.0, 0.0]))
+        m.rnn.bias_hh_l0.zero_()
+        m.out.weight.fill_(1.0)
+        m.out.bias.zero_()
+    return as_dtype(m, torch.float64)
+
+
+@pytest.mark.parametrize("scale, keep_consumed, top, mean_score", [
+    ("notebook", True, [1, 2, 3], (5 + 4 + 3) / 3 / 10),  # the reference notebook: /10 again, consumed kept
+    ("notebook", False, [3, 4, 5], (3 + 2 + 1) / 3 / 10),
+    ("mean", True, [1, 2, 3], (5 + 4 + 3) / 3),
+    ("mean", False, [3, 4, 5], (3 + 2 + 1) / 3),  # the default
+])
+def test_value_scale_and_top_k_rule_on_a_hand_built_model(scale, keep_consumed, top, mean_score):
+    """History [1, 2]: the user vector is tanh(e_2) = tanh(4), so f(x) = tanh(4) · mean e over the
+    top-3; with the padding baseline the last event alone decides (h = tanh(0) = 0 without it):
+    φ(−1) = f(x), φ(−2) = 0, f(baseline) = 0."""
+    cfg = ExplainConfig.from_dict({"top_k": 3, "value_scale": scale, "exclude_history_from_top_k": not keep_consumed,
+                                   "estimators": ["exact", "kernel", "pruned"], "kernel_samples": 8, "feature_level": False})
+    e = explain_user(hand_built_model(), 1, np.array([1, 2]), cfg)
+    f_x = np.tanh(4.0) * mean_score
+    for row in e.users.iter_rows(named=True):
+        assert row["top_k_items"] == top
+        assert row["f_x"] == pytest.approx(f_x, abs=1e-14) and row["f_baseline"] == 0.0
+    for est in ("exact", "kernel", "pruned"):
+        att = e.attributions.filter(pl.col("estimator") == est).sort("event_position")
+        np.testing.assert_allclose(att["attribution"], [0.0, f_x], atol=1e-14)
+
+
+def test_pruned_with_a_full_horizon_reuses_the_exact_evaluation(model, monkeypatch):
+    calls = []
+    real = SequenceGame.all_values
+    monkeypatch.setattr(SequenceGame, "all_values", lambda self: calls.append(self.n_players) or real(self))
+    for order in (["exact", "pruned"], ["pruned", "exact"]):
+        calls.clear()
+        cfg = ExplainConfig.from_dict({"top_k": 4, "estimators": order, "pruning_tolerance": 0.0, "feature_level": False})
+        e = explain_user(model, 3, HISTORY, cfg)
+        assert calls == [7]  # one evaluation of all 2^7 coalitions
+        att = {est: e.attributions.filter(pl.col("estimator") == est).sort("event_position") for est in order}
+        assert att["pruned"]["attribution"].to_list() == att["exact"]["attribution"].to_list()
+        assert att["pruned"]["event_position"].to_list() == list(range(-7, 0))
+        assert e.users.filter(pl.col("estimator") == "pruned")["n_events_kept"].item() == 7
+    calls.clear()  # a horizon that groups events evaluates the grouped game as well
+    cfg = ExplainConfig.from_dict({"top_k": 4, "estimators": ["exact", "pruned"], "pruning_tolerance": 0.5,
+                                   "feature_level": False})
+    kept = explain_user(model, 3, HISTORY, cfg).users.filter(pl.col("estimator") == "pruned")["n_events_kept"].item()
+    assert kept < 6 and calls == [7, kept + 1]
+
+
+def test_every_estimator_evaluates_with_single_threaded_kernels(model, monkeypatch):
+    """One thread policy (game.run_chunks) for exact, kernel, pruned and feature-level: kernels
+    run single-threaded (work is split into independent chunks on worker threads), and the
+    thread setting is restored afterwards."""
+    seen = []
+    real = SequenceGame._cell
+    monkeypatch.setattr(SequenceGame, "_cell", lambda self, *a: seen.append(torch.get_num_threads()) or real(self, *a))
+    before = torch.get_num_threads()
+    cfg = ExplainConfig.from_dict({"top_k": 4, "kernel_samples": 600, "pruning_tolerance": 0.3})
+    codes = np.arange(N_ITEMS) % 3
+    try:
+        torch.set_num_threads(2)
+        two = explain_user(model, 9, HISTORY, cfg, (codes, ["g0", "g1", "g2"]))
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        one = explain_user(model, 9, HISTORY, cfg, (codes, ["g0", "g1", "g2"]))
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+    assert two.attributions.equals(one.attributions) and two.features.equals(one.features)
+
+
+def test_multi_hot_features_sum_to_the_total(model):
+    """Items with several genres: one player per genre; an event is present when all its
+    genres are. Checked against the event game evaluated by running the model itself."""
+    names = ["Action", "Comedy", "Drama"]
+    member = np.zeros((N_ITEMS, 3), dtype=bool)
+    member[[3, 7, 9], 0] = True  # HISTORY = [3, 7, 9, 11, 4, 5, 8]
+    member[[9, 11, 4], 1] = True  # item 9: Action and Comedy
+    member[8, 2] = True  # item 5 has no genre
+    cfg = ExplainConfig.from_dict({"top_k": 4, "estimators": ["exact"]})
+    e = explain_user(model, 5, HISTORY, cfg, (member, names))
+    f = e.features
+    assert f["feature"].to_list() == ["Action", "Comedy", "Drama", "<none>"]
+    assert f["n_events"].to_list() == [3, 3, 1, 1]
+    row = e.users.row(0, named=True)
+    assert f["attribution"].sum() == pytest.approx(row["f_x"] - row["f_baseline"], abs=1e-12)
+    # by hand: with only Action present, events 3 and 7 are (9 also needs Comedy)
+    assert events_present(np.array([[1, 0, 0, 0]], bool), feature_membership((member, names), HISTORY)[0]).tolist() == \
+        [[True, True, False, False, False, False, False]]
+    events = direct_values(model, HISTORY, np.array(row["top_k_items"]), "padding")
+    genre_sets = [{0}, {0}, {0, 1}, {1}, {1}, {3}, {2}]  # players of each event (3 = <none>)
+    table = np.array([events[sum(1 << t for t, g in enumerate(genre_sets) if g <= {p for p in range(4) if k >> p & 1})]
+                      for k in range(16)])
+    np.testing.assert_allclose(f["attribution"], shapley_from_values(table), atol=1e-12)
+    assert np.ptp(f["attribution"].to_numpy()) > 1e-3

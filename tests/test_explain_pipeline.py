@@ -11,6 +11,7 @@ from steps.explain.explain import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEM
 from steps.explain.pipeline import (
     check_settings_against_data,
     choose_users,
+    describe_settings,
     efficiency_check,
     join_explanations,
     recency_profile,
@@ -104,3 +105,15 @@ def test_join_recency_and_efficiency():
     eff = efficiency_check(joined.attributions, joined.users)
     # sums: user 2 exact 1.0, user 7 exact 1.0, user 7 pruned 1.0 — all equal f_x − f_baseline = 1
     assert eff["efficiency_gap"].max() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_card_says_the_value_scale_top_k_rule_and_feature_columns():
+    multi = {"item_feature_columns": ["i_Action", "i_Comedy"], "item_feature_multi_hot": True}
+    text = describe_settings(ExplainConfig.from_dict({"value_scale": "notebook", "exclude_history_from_top_k": False}), multi)
+    assert "divided by 10 again (`value_scale: notebook`)" in text
+    assert "consumed are kept, as in the reference notebook" in text
+    assert "2 0/1 column(s) as one multi-valued feature (`i_Action`, `i_Comedy`)" in text
+    text = describe_settings(ExplainConfig(), {"item_feature_columns": ["i_genre"], "item_feature_multi_hot": False})
+    assert "the mean of the top-K scores." in text and "are excluded" in text and "categorical column `i_genre`" in text
+    assert "none (no item_meta.csv)" in describe_settings(ExplainConfig(), {"item_feature_columns": []})
+    assert "not computed" in describe_settings(ExplainConfig.from_dict({"feature_level": False}), multi)

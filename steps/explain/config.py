@@ -18,6 +18,9 @@ LOSSES = ("bpr", "ce")
 ESTIMATORS = ("exact", "kernel", "pruned")
 BASELINE_MODES = ("padding", "removal")
 DTYPES = ("float64", "float32")
+#: ``value_scale``: the factor on v = mean of the top-K scores. ``notebook`` is the reference
+#: notebook's (extpersonalization's ``GRU4Recold.forward`` divides the top-10 mean by 10 again).
+VALUE_SCALES = {"mean": 1.0, "notebook": 0.1}
 #: Per-step compute requests (memory in MB); ``train`` may ask for a GPU.
 DEFAULT_RESOURCES = {
     "start": {"cpu": 1, "memory": 4096, "gpu": 0},
@@ -81,10 +84,12 @@ class ExplainConfig:
     top_k: int = 10
     exclude_history_from_top_k: bool = True
     baseline: str | int = "padding"
+    value_scale: str = "mean"
     estimators: tuple[str, ...] = ESTIMATORS
     kernel_samples: int = 2048
     pruning_tolerance: float = 0.05
     feature_level: bool = True
+    item_feature: str = "auto"
     explain_dtype: str = "float64"
     synthetic: SyntheticSeqSpec = field(default_factory=SyntheticSeqSpec)
     # data: {source: ml100k, path: ""} converts MovieLens-100K (steps/explain/candidates.py)
@@ -113,6 +118,13 @@ class ExplainConfig:
             d["pruning_tolerance"] = _number("pruning_tolerance", raw["pruning_tolerance"], 0.0, 1.0)
         if "loss" in raw:
             d["loss"] = _choice("loss", raw["loss"], LOSSES)
+        if "value_scale" in raw:
+            d["value_scale"] = _choice("value_scale", raw["value_scale"], tuple(VALUE_SCALES))
+        if "item_feature" in raw:
+            v = raw["item_feature"]
+            if not isinstance(v, str) or not (v == "auto" or (v.startswith("i_") and len(v) > 2)):
+                raise ConfigError(f"item_feature: expected 'auto' or an item_meta.csv column name starting with 'i_', got {v!r}")
+            d["item_feature"] = v
         if "explain_dtype" in raw:
             d["explain_dtype"] = _choice("explain_dtype", raw["explain_dtype"], DTYPES)
         for key in ("full_ranking", "exclude_history_from_top_k", "feature_level"):
@@ -162,6 +174,11 @@ class ExplainConfig:
                 f"{self.n_neg} per row for users with up to synthetic.max_len = {self.synthetic.max_len} events "
                 f"(n_items > n_neg + max_len required)"
             )
+
+    @property
+    def scale(self) -> float:
+        """The factor on v (see :data:`VALUE_SCALES`)."""
+        return VALUE_SCALES[self.value_scale]
 
     @property
     def baseline_name(self) -> str:

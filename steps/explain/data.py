@@ -5,11 +5,14 @@ ReChorus' sequential format is a folder with three tab-separated files with a he
 * ``train.csv`` — ``user_id, item_id, time``;
 * ``dev.csv`` / ``test.csv`` — the same plus ``neg_items``, a list written as ``[3, 17, 52]``
   (sampled items the user never interacted with, ranked against the positive);
-* optionally ``item_meta.csv`` — ``item_id`` plus item features named ``i_*`` (e.g. ``i_genre``);
-  the first ``i_*`` column is the feature of feature-level attributions.
+* optionally ``item_meta.csv`` — ``item_id`` plus item features named ``i_*``: the feature of
+  feature-level attributions is the set of 0/1 columns (one multi-valued feature, e.g. a film's
+  genres ``i_Action``, ``i_Comedy``, … as ReChorus writes MovieLens), else the first ``i_*``
+  column (categorical, e.g. ``i_genre``), or the column the config names.
 
 Ids are positive integers; item id 0 is the padding item. The catalogue is every item id up to
-the largest one seen (``n_items = max id + 1``, as in ReChorus). A user's sequence is their train
+the largest one the folder names — positives, negatives, ``item_meta.csv`` (``n_items = max id +
+1``, as in ReChorus); a loaded checkpoint may extend it to its own item count. A user's sequence is their train
 rows by time, then their dev row(s), then their test row(s): the history of a dev/test row is
 everything before it (at most ``history_max`` items, the most recent ones).
 
@@ -166,9 +169,11 @@ class SeqData:
 
     interactions: pl.DataFrame
     n_items: int
-    item_features: pl.DataFrame | None = None  # item_id, feature (text)
+    item_features: pl.DataFrame | None = None  # item_id, feature (text); several rows for a multi-valued item
     feature_name: str | None = None
     source: str = ""
+    feature_columns: tuple[str, ...] = ()  # the item_meta.csv column(s) the feature comes from
+    multi_hot: bool = False  # the feature is a set of 0/1 columns (an item may hold several values)
 
     @property
     def n_users(self) -> int:
@@ -188,6 +193,8 @@ class SeqData:
             "dev_rows": int(counts.get("dev", 0)),
             "test_rows": int(counts.get("test", 0)),
             "item_feature": self.feature_name,
+            "item_feature_columns": list(self.feature_columns),
+            "item_feature_multi_hot": self.multi_hot,
         }
 
 
@@ -234,29 +241,72 @@ def check_sequences(interactions: pl.DataFrame, n_items: int, where: str) -> Non
             )
 
 
-def read_item_meta(path: str | os.PathLike, n_items: int) -> tuple[pl.DataFrame, str]:
-    """``item_meta.csv``: ``item_id`` and the first ``i_*`` feature column (as text)."""
+@dataclass(frozen=True)
+class ItemMeta:
+    """The item feature read from ``item_meta.csv`` (see :func:`read_item_meta`)."""
+
+    features: pl.DataFrame  # item_id, feature (text): one row per value; one null row for an item without any
+    name: str  # the column, or the 0/1 columns joined with '|'
+    columns: tuple[str, ...]  # the columns used
+    multi_hot: bool  # the 0/1 columns as one multi-valued feature
+    unused: tuple[str, ...]  # i_* columns not used
+
+
+def _is_zero_one(col: pl.Series) -> bool:
+    v = col.str.strip_chars()
+    return bool(v.null_count() == 0 and v.is_in(["0", "1"]).all())
+
+
+def read_item_meta(path: str | os.PathLike, item_feature: str = "auto") -> ItemMeta:
+    """``item_meta.csv``: ``item_id`` and the item feature.
+
+    ``item_feature``: ``auto`` takes the ``i_*`` columns holding only 0 and 1 (ReChorus writes a
+    film's genres that way: ``i_Action``, ``i_Comedy``, …) as one multi-valued feature whose values
+    are the column names without ``i_``; without such columns, the first other ``i_*`` column
+    (categorical, as text). A column name takes that column, as categorical values.
+    """
     path = Path(path)
     df = _read_text_table(path)
     if ITEM not in df.columns:
         raise InputError(f"{path}: missing column {ITEM!r} (found: {', '.join(df.columns)})")
-    features = [c for c in df.columns if c.startswith("i_")]
-    if not features:
+    candidates = [c for c in df.columns if c.startswith("i_")]
+    if not candidates:
         raise InputError(f"{path}: no item feature column (feature columns are named i_*, found: {', '.join(df.columns)})")
     items = _int_column(df, ITEM, path, lo=1)
-    unknown = items >= n_items
-    if unknown.any():
-        row = int(unknown.arg_max())
-        raise InputError(f"{path}: column {ITEM!r}, {_row_hint(row)}: unknown item id {items[row]} (not in the interactions)")
-    dup = items.is_duplicated()
+    dup = ~items.is_first_distinct()  # the repeat, not its first occurrence
     if dup.any():
         row = int(dup.arg_max())
         raise InputError(f"{path}: column {ITEM!r}, {_row_hint(row)}: item id {items[row]} appears more than once")
-    return pl.DataFrame({ITEM: items, FEATURE: df[features[0]].str.strip_chars()}), features[0]
+    if item_feature != "auto":
+        if item_feature not in candidates:
+            raise InputError(f"{path}: item_feature {item_feature!r} is not a column (i_* columns: {', '.join(candidates)})")
+        columns, multi_hot = (item_feature,), False
+    else:
+        zero_one = tuple(c for c in candidates if _is_zero_one(df[c]))
+        columns, multi_hot = (zero_one, True) if zero_one else ((candidates[0],), False)
+    unused = tuple(c for c in candidates if c not in columns)
+    if not multi_hot:
+        feats = pl.DataFrame({ITEM: items, FEATURE: df[columns[0]].str.strip_chars()})
+        return ItemMeta(feats, columns[0], columns, False, unused)
+    hot = pl.DataFrame({ITEM: items}).with_columns(
+        pl.concat_list([pl.when(df[c].str.strip_chars() == "1").then(pl.lit(c.removeprefix("i_"))) for c in columns])
+        .list.drop_nulls().alias(FEATURE)
+    )
+    # items without any value keep one null row (they are still items of the catalogue)
+    feats = hot.with_columns(
+        pl.when(pl.col(FEATURE).list.len() == 0).then(pl.lit([None], dtype=pl.List(pl.String))).otherwise(pl.col(FEATURE))
+        .alias(FEATURE)
+    ).explode(FEATURE)
+    return ItemMeta(feats, "|".join(columns), columns, True, unused)
 
 
-def read_rechorus(folder: str | os.PathLike) -> SeqData:
-    """Read and check a ReChorus sequential dataset folder (see the module docstring)."""
+def read_rechorus(folder: str | os.PathLike, item_feature: str = "auto") -> SeqData:
+    """Read and check a ReChorus sequential dataset folder (see the module docstring).
+
+    The catalogue is every item id the folder names: positives, negatives and ``item_meta.csv``
+    (a folder whose rows stop short of the largest item id still loads when the negatives or the
+    metadata name it). ``item_feature``: see :func:`read_item_meta`.
+    """
     folder = Path(folder)
     try:
         require_dir(folder, "data folder")
@@ -267,28 +317,56 @@ def read_rechorus(folder: str | os.PathLike) -> SeqData:
     schema = {USER: pl.Int64, ITEM: pl.Int64, TIME: pl.Int64, SPLIT: pl.String, NEG: pl.List(pl.Int64)}
     parts[0] = parts[0].with_columns(pl.lit(None, dtype=pl.List(pl.Int64)).alias(NEG))
     interactions = order_interactions(pl.concat([p.select(list(schema)).cast(schema) for p in parts]))
-    n_items = int(interactions[ITEM].max()) + 1
-    check_catalogue(interactions, n_items, folder)
-    check_sequences(interactions, n_items, str(folder))
-    features, feature_name = None, None
+    meta = None
     if (folder / "item_meta.csv").exists() or (folder / "item_meta.csv").is_symlink():  # a broken link is an error
-        features, feature_name = read_item_meta(folder / "item_meta.csv", n_items)
+        meta = read_item_meta(folder / "item_meta.csv", item_feature)
+    elif item_feature != "auto":
+        raise InputError(f"{folder}: item_feature {item_feature!r} is set but the folder has no item_meta.csv")
+    named = [int(interactions[ITEM].max()), int(interactions[NEG].list.max().max())]
+    if meta is not None:
+        named.append(int(meta.features[ITEM].max()))
+    n_items = max(named) + 1
+    check_catalogue(interactions, n_items, folder, meta.features[ITEM] if meta is not None else None)
+    check_sequences(interactions, n_items, str(folder))
     if neg_widths["dev"] != neg_widths["test"]:
         raise InputError(f"{folder}: dev.csv has {neg_widths['dev']} negatives per row but test.csv has {neg_widths['test']}")
-    return SeqData(interactions, n_items, features, feature_name, source=str(folder))
+    if meta is None:
+        return SeqData(interactions, n_items, source=str(folder))
+    return SeqData(interactions, n_items, meta.features, meta.name, str(folder), meta.columns, meta.multi_hot)
 
 
-def check_catalogue(interactions: pl.DataFrame, n_items: int, where: object) -> None:
+def where_item_is_named(data: SeqData, item: int) -> str:
+    """Where the data names ``item`` first (for error messages): split file and user, or item_meta.csv."""
+    pos = data.interactions.filter(pl.col(ITEM) == item)
+    if pos.height:
+        r = pos.row(0, named=True)
+        return f"{r[SPLIT]}.csv (user {r[USER]}, column {ITEM!r})"
+    neg = data.interactions.filter(pl.col(NEG).list.contains(item))
+    if neg.height:
+        r = neg.row(0, named=True)
+        return f"{r[SPLIT]}.csv (user {r[USER]}, column {NEG!r})"
+    if data.item_features is not None and (data.item_features[ITEM] == item).any():
+        return "item_meta.csv"
+    return data.source or "the data"
+
+
+def check_catalogue(interactions: pl.DataFrame, n_items: int, where: object, meta_items: pl.Series | None = None) -> None:
     """The catalogue 1..``n_items - 1`` may be at most :data:`CATALOGUE_FACTOR` × the distinct item
-    ids the data holds (train/dev/test items and negatives) + :data:`CATALOGUE_SLACK`: the item
-    embedding table is sized by the largest id, and an absurd id would size it to billions."""
+    ids the data holds (train/dev/test items, negatives and ``item_meta.csv``) + :data:`CATALOGUE_SLACK`:
+    the item embedding table is sized by the largest id, and an absurd id would size it to billions."""
     items = interactions[ITEM]
     if NEG in interactions.columns:
         items = pl.concat([items, interactions[NEG].drop_nulls().explode()])
+    if meta_items is not None:
+        items = pl.concat([items, meta_items.cast(items.dtype)])
     distinct = int(items.n_unique())
     cap = CATALOGUE_FACTOR * distinct + CATALOGUE_SLACK
     if n_items - 1 > cap:
-        r = interactions.filter(pl.col(ITEM) == n_items - 1).row(0, named=True)
+        hit = interactions.filter((pl.col(ITEM) == n_items - 1) | pl.col(NEG).list.contains(n_items - 1))
+        if hit.is_empty():
+            raise InputError(f"{where}: item_meta.csv: item id {n_items - 1} would make a catalogue (and an embedding "
+                             f"table) of {n_items - 1} items for {distinct} distinct item ids; renumber the items densely")
+        r = hit.row(0, named=True)
         raise InputError(
             f"{where}: {r[SPLIT]}.csv, user {r[USER]}: item id {n_items - 1} would make a catalogue (and an embedding "
             f"table) of {n_items - 1} items for {distinct} distinct item ids; ReChorus numbers items 1..n densely "
@@ -309,7 +387,13 @@ def write_rechorus(folder: str | os.PathLike, data: SeqData) -> dict[str, str]:
         paths[s] = str(path)
     if data.item_features is not None:
         path = folder / "item_meta.csv"
-        data.item_features.rename({FEATURE: data.feature_name or "i_feature"}).write_csv(path, separator="\t", quote_style="never")
+        if data.multi_hot:
+            sets = data.item_features.group_by(ITEM, maintain_order=True).agg(pl.col(FEATURE).drop_nulls())
+            meta = sets.select(ITEM, *[pl.col(FEATURE).list.contains(c.removeprefix("i_")).cast(pl.Int8).alias(c)
+                                       for c in data.feature_columns])
+        else:
+            meta = data.item_features.rename({FEATURE: data.feature_name or "i_feature"})
+        meta.write_csv(path, separator="\t", quote_style="never")
         paths["item_meta"] = str(path)
     return paths
 

@@ -3,10 +3,11 @@ events supports.
 
 For a history ``x_1 … x_L`` (oldest first), a fixed list of top-K items and a baseline,
 
-    v(S) = mean over the top-K items i of  score(history with the events outside S replaced, i)
+    v(S) = scale · mean over the top-K items i of  score(history with the events outside S replaced, i)
 
 where "replaced" means the padding item (``padding``), a chosen item (an item id), or dropped
-from the sequence (``removal``). The top-K list is an explicit input, computed once from the
+from the sequence (``removal``), and ``scale`` is 1 (the plain mean) or 0.1 (the reference
+notebook's scale). The top-K list is an explicit input, computed once from the
 unperturbed history by the caller: nothing here recomputes it (the defect of the reference
 notebooks was to take the top-K of whichever sequence was scored first — the baseline's).
 
@@ -27,7 +28,7 @@ import contextlib
 import copy
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ from steps.explain.model import GRU4Rec
 
 REMOVAL = "removal"
 PADDING = "padding"
+#: Rows per chunk of :meth:`SequenceGame.event_values` (fixed: results do not depend on the workers).
+EVENT_CHUNK = 512
 
 
 def _check_items(items: np.ndarray, n_items: int, what: str) -> None:
@@ -61,7 +64,8 @@ def baseline_item(baseline: str | int, n_items: int) -> int | None:
 class SequenceGame:
     """v(S) for one history, one fixed top-K list and one baseline (see the module docstring).
 
-    ``model`` sets the arithmetic (pass a float64 copy for float64 attributions).
+    ``model`` sets the arithmetic (pass a float64 copy for float64 attributions). ``scale``
+    multiplies v (0.1 gives the reference notebook's scale: the top-K mean divided by 10 again).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class SequenceGame:
         baseline: str | int = PADDING,
         players: np.ndarray | None = None,
         max_states: int = 1 << 12,
+        scale: float = 1.0,
     ) -> None:
         history = np.asarray(history, dtype=np.int64)
         top_k_items = np.asarray(top_k_items, dtype=np.int64)
@@ -87,7 +92,7 @@ class SequenceGame:
         self.baseline = baseline
         self.max_states = int(max_states)
         self._base_item = baseline_item(baseline, n_items)
-        with torch.no_grad():
+        with torch.no_grad(), single_threaded_kernels():  # the thread policy of run_chunks
             w = model.i_embeddings.weight
             self.dtype = w.dtype
             rnn = model.rnn
@@ -98,8 +103,8 @@ class SequenceGame:
                 None if self._base_item is None else (w[self._base_item] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0)[None, :]
             )
             e_bar = w[torch.from_numpy(top_k_items)].mean(0)
-            self._u = model.out.weight.T @ e_bar  # (H,)
-            self._c = model.out.bias @ e_bar
+            self._u = (model.out.weight.T @ e_bar) * scale  # (H,)
+            self._c = (model.out.bias @ e_bar) * scale
             self.hidden_size = rnn.hidden_size
         self._set_players(np.arange(len(history)) if players is None else players)
 
@@ -142,25 +147,32 @@ class SequenceGame:
         return (h @ self._u + self._c).double().numpy()
 
     # ------------------------------------------------------------------ values
-    @torch.no_grad()
-    def event_values(self, event_masks: np.ndarray, batch: int = 1 << 14) -> np.ndarray:
-        """v for each row of ``event_masks`` ``(B, L)`` (True = the event is present), float64."""
+    def event_values(self, event_masks: np.ndarray, chunk: int = EVENT_CHUNK) -> np.ndarray:
+        """v for each row of ``event_masks`` ``(B, L)`` (True = the event is present), float64.
+
+        Rows are evaluated in chunks of ``chunk`` (a fixed size, so the result does not depend on
+        the number of workers) under the thread policy of :func:`run_chunks`."""
         masks = np.asarray(event_masks, dtype=bool)
         if masks.ndim != 2 or masks.shape[1] != self.n_events:
             raise ValueError(f"event_masks must be (B, {self.n_events}), got {masks.shape}")
         out = np.empty(len(masks), dtype=np.float64)
-        for s in range(0, len(masks), batch):
-            m = torch.from_numpy(masks[s : s + batch])
-            h = torch.zeros(len(m), self.hidden_size, dtype=self.dtype)
-            for t in range(self.n_events):
-                gh = self._gh(h)
-                present = m[:, t : t + 1]
-                if self._gi_base is None:
-                    h = torch.where(present, self._cell(self._gi_item[t : t + 1], gh, h), h)
-                else:
-                    gi = torch.where(present, self._gi_item[t : t + 1], self._gi_base)
-                    h = self._cell(gi, gh, h)
-            out[s : s + len(m)] = self._readout(h)
+
+        def fill(c: int) -> None:
+            s = c * chunk
+            with torch.no_grad():
+                m = torch.from_numpy(masks[s : s + chunk])
+                h = torch.zeros(len(m), self.hidden_size, dtype=self.dtype)
+                for t in range(self.n_events):
+                    gh = self._gh(h)
+                    present = m[:, t : t + 1]
+                    if self._gi_base is None:
+                        h = torch.where(present, self._cell(self._gi_item[t : t + 1], gh, h), h)
+                    else:
+                        gi = torch.where(present, self._gi_item[t : t + 1], self._gi_base)
+                        h = self._cell(gi, gh, h)
+                out[s : s + len(m)] = self._readout(h)
+
+        run_chunks(fill, -(-len(masks) // chunk))
         return out
 
     def values(self, coalitions: np.ndarray) -> np.ndarray:
@@ -197,22 +209,21 @@ class SequenceGame:
             h = torch.cat([excl, incl])
         return h
 
-    @torch.no_grad()
     def all_values(self) -> np.ndarray:
         """v(S) for every coalition, indexed by ``sum(2**p for p in S)`` (player 0 = bit 0), float64.
 
         Contiguous players: the first players are expanded breadth-first, then each of their
         states is expanded over the remaining players in a chunk of at most ``max_states`` rows;
-        chunks run on ``torch.get_num_threads()`` worker threads, each with single-threaded
-        kernels (independent chunks scale better on a few busy cores than one chunk's kernels
-        split across threads). The result does not depend on the number of workers.
+        the chunks run under the thread policy of :func:`run_chunks`. The result does not depend
+        on the number of workers.
         """
         m = self.n_players
         if not self.contiguous:
             return self.values(all_coalitions(m))
         r = min(m, max(1, int(math.log2(max(self.max_states, 2)))))
         j = m - r  # players expanded breadth-first before splitting into chunks of 2^r states
-        heads = self._expand(torch.zeros(1, self.hidden_size, dtype=self.dtype), 0, j)  # (2^j, H)
+        with torch.no_grad(), single_threaded_kernels():
+            heads = self._expand(torch.zeros(1, self.hidden_size, dtype=self.dtype), 0, j)  # (2^j, H)
         values = np.empty(1 << m, dtype=np.float64)
         table = values.reshape(1 << r, 1 << j)  # [suffix bits, prefix bits]
 
@@ -220,14 +231,27 @@ class SequenceGame:
             with torch.no_grad():
                 table[:, a] = self._readout(self._expand(heads[a : a + 1], j, m))
 
-        workers = min(torch.get_num_threads(), len(heads))
-        if workers <= 1:
-            for a in range(len(heads)):
-                fill(a)
-            return values
-        with single_threaded_kernels(), ThreadPoolExecutor(workers) as pool:
-            list(pool.map(fill, range(len(heads))))
+        run_chunks(fill, len(heads))
         return values
+
+
+def run_chunks(fill: Callable[[int], None], n_chunks: int) -> None:
+    """The thread policy of every estimator: ``fill(0) … fill(n_chunks − 1)`` (independent pieces
+    of work) run on ``min(torch.get_num_threads(), n_chunks)`` worker threads, each with
+    single-threaded kernels; a single piece runs in the calling thread, single-threaded too.
+
+    On a few busy cores, independent chunks beat one chunk's small kernels split across threads:
+    every kernel of a multi-threaded evaluation waits for its slowest thread, so one descheduled
+    thread stalls the whole evaluation (2,048 coalitions took 2.0 s with 2 threads and 0.056 s with
+    1 at load 8)."""
+    workers = min(torch.get_num_threads(), n_chunks)
+    with single_threaded_kernels():
+        if workers <= 1:
+            for a in range(n_chunks):
+                fill(a)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fill, range(n_chunks)))
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +18,9 @@ from steps.errors import ConfigError, InputError
 from steps.explain import plots
 from steps.explain.candidates import resolve_ml100k
 from steps.explain.config import ExplainConfig
-from steps.explain.data import NEG, SPLIT, USER, SeqData, convert_ml1m, read_rechorus, user_histories, write_rechorus
+from steps.explain.data import (
+    NEG, SPLIT, USER, SeqData, convert_ml1m, read_rechorus, user_histories, where_item_is_named, write_rechorus,
+)
 from steps.explain.explain import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
 from steps.explain.model import GRU4Rec, as_dtype, load_rechorus_checkpoint
 from steps.explain.synthetic import synthetic_dataset
@@ -30,28 +32,45 @@ TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 # --------------------------------------------------------------------------- inputs
-def resolve_dataset(cfg: ExplainConfig, data_dir: str, ml1m_ratings: str, ml1m_movies: str, work_dir: str | os.PathLike) -> SeqData:
+def resolve_dataset(cfg: ExplainConfig, data_dir: str, ml1m_ratings: str, ml1m_movies: str, work_dir: str | os.PathLike,
+                    checkpoint: str = "") -> SeqData:
     """A ReChorus folder, MovieLens-1M converted into ``work_dir``, or synthetic data written to
-    ``work_dir`` in ReChorus' format; every path reads the files back through the same checks."""
+    ``work_dir`` in ReChorus' format; every path reads the files back through the same checks.
+    With a ``checkpoint`` the catalogue is also the checkpoint's (:func:`with_checkpoint_catalogue`)."""
     ml100k = resolve_ml100k(cfg.data, data_dir, ml1m_ratings, work_dir, cfg.n_neg, cfg.seed)
     if ml100k is not None:  # data: {source: ml100k} in the config
-        data = read_rechorus(ml100k)
-        return SeqData(data.interactions, data.n_items, data.item_features, data.feature_name, source="MovieLens-100K")
+        return with_checkpoint_catalogue(replace(read_rechorus(ml100k, cfg.item_feature), source="MovieLens-100K"), checkpoint)
     if data_dir and ml1m_ratings:
         raise InputError("--data-dir and --ml1m-ratings are alternatives: give one of them")
     if ml1m_movies and not ml1m_ratings:
         raise InputError("--ml1m-movies needs --ml1m-ratings")
     if data_dir:
-        return read_rechorus(data_dir)
+        return with_checkpoint_catalogue(read_rechorus(data_dir, cfg.item_feature), checkpoint)
     folder = Path(work_dir) / ("ml1m" if ml1m_ratings else "synthetic")
     if ml1m_ratings:
         convert_ml1m(ml1m_ratings, folder, cfg.n_neg, cfg.seed, ml1m_movies or None)
     else:
         cfg.check_synthetic_room()
         write_rechorus(folder, synthetic_dataset(cfg.synthetic, cfg.n_neg))
-    data = read_rechorus(folder)
-    return SeqData(data.interactions, data.n_items, data.item_features, data.feature_name,
-                   source="synthetic" if not ml1m_ratings else f"MovieLens-1M ({ml1m_ratings})")
+    data = read_rechorus(folder, cfg.item_feature)
+    data = replace(data, source="synthetic" if not ml1m_ratings else f"MovieLens-1M ({ml1m_ratings})")
+    return with_checkpoint_catalogue(data, checkpoint)
+
+
+def with_checkpoint_catalogue(data: SeqData, checkpoint: str | os.PathLike = "") -> SeqData:
+    """The catalogue of ``data`` and of a ReChorus checkpoint: the checkpoint's item count (its
+    embedding rows, ids 0..n−1) when it is at least the data's; a checkpoint that cannot score
+    an item the data names is an :class:`InputError` naming the item and where it appears."""
+    if not checkpoint:
+        return data
+    n = load_rechorus_checkpoint(checkpoint).spec.n_items
+    if n < data.n_items:
+        item = data.n_items - 1
+        raise InputError(
+            f"{checkpoint}: the checkpoint has {n} item embeddings (ids 0..{n - 1}), but {data.source} names item id "
+            f"{item} in {where_item_is_named(data, item)}: the data and the checkpoint disagree on the catalogue"
+        )
+    return replace(data, n_items=n)
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,8 @@ class StoredData:
     n_items: int
     feature_name: str | None
     source: str
+    feature_columns: tuple[str, ...] = ()
+    multi_hot: bool = False
 
     def load(self) -> SeqData:
         self.interactions.verify()
@@ -70,7 +91,8 @@ class StoredData:
         if self.item_features is not None:
             self.item_features.verify()
             feats = pl.read_parquet(localize(self.item_features).path)
-        return SeqData(pl.read_parquet(localize(self.interactions).path), self.n_items, feats, self.feature_name, self.source)
+        return SeqData(pl.read_parquet(localize(self.interactions).path), self.n_items, feats, self.feature_name, self.source,
+                       self.feature_columns, self.multi_hot)
 
 
 def store_dataset(data: SeqData, folder: str | os.PathLike) -> StoredData:
@@ -83,7 +105,7 @@ def store_dataset(data: SeqData, folder: str | os.PathLike) -> StoredData:
             data.item_features.write_parquet(folder / "item_features.parquet")
             feats = file_ref(folder / "item_features.parquet", (data.item_features.height,))
         stored = StoredData(file_ref(folder / "interactions.parquet", (data.interactions.height,)), feats,
-                            data.n_items, data.feature_name, data.source)
+                            data.n_items, data.feature_name, data.source, data.feature_columns, data.multi_hot)
     return rebase_refs(stored, folder, final)
 
 
@@ -134,6 +156,25 @@ def choose_users(data: SeqData, cfg: ExplainConfig) -> list[int]:
     n = min(cfg.explain_users, len(tested))
     picked = rng_for(cfg.seed, "explain_users").choice(tested, size=n, replace=False)
     return sorted(int(u) for u in picked)
+
+
+def describe_settings(cfg: ExplainConfig, data_summary: dict) -> str:
+    """One paragraph for the card: the value scale, the top-K rule and the item feature's columns."""
+    scale = ("the mean of the top-K scores" if cfg.value_scale == "mean" else
+             "the reference notebook's scale: the mean of the top-K scores divided by 10 again (`value_scale: notebook`)")
+    rule = ("items the user consumed (train and dev) are excluded" if cfg.exclude_history_from_top_k else
+            "items the user consumed are kept, as in the reference notebook (`exclude_history_from_top_k: false`)")
+    cols = data_summary.get("item_feature_columns") or []
+    if not cfg.feature_level:
+        feature = "not computed (`feature_level: false`)"
+    elif not cols:
+        feature = "none (no item_meta.csv)"
+    elif data_summary.get("item_feature_multi_hot"):
+        shown = ", ".join(f"`{c}`" for c in cols)
+        feature = f"{len(cols)} 0/1 column(s) as one multi-valued feature ({shown})"
+    else:
+        feature = f"the categorical column `{cols[0]}`"
+    return f"Value v(S): {scale}. Top-K: {rule}. Item feature (feature-level attributions): {feature}."
 
 
 # --------------------------------------------------------------------------- joins and report
