@@ -95,7 +95,7 @@ def split_positives(ratings: pl.DataFrame, spec: EaseCandidatesSpec) -> EaseSpli
         (pl.col("_n") * spec.test_fraction).round().clip(1, None).cast(pl.Int64).alias("_n_test")
     )
     pos = pos.with_columns(pl.min_horizontal(pl.col("_n_test"), pl.col("_n") - 1).alias("_n_test"))
-    n_all = pos["user_id"].n_unique()
+    n_all = ratings["user_id"].n_unique()  # users with fewer than two positives (or none) are dropped
     pos = pos.filter(pl.col("_n") >= 2)
     users = np.sort(pos["user_id"].unique().to_numpy())
     items = np.sort(ratings["item_id"].unique().to_numpy())
