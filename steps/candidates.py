@@ -11,7 +11,8 @@ A *candidate bundle* is a folder with
   item with g categories counts 1/g to each: Steck's p(g|i).
 * ``history.parquet`` (optional) — ``user_id`` (i64), ``item_ids`` (list[i64]) and optionally
   ``timestamps`` (list[i64], seconds, same length): what each user consumed before the lists were
-  made; the source of per-user ``history`` targets.
+  made; the source of per-user ``history`` targets. An item listed twice counts twice (a re-read, a
+  re-watch); history rows of users without candidates are ignored.
 * ``manifest.json`` — the layout version, the dataset and model that produced the lists, and the
   SHA-256 of every file above (checked before the bundle is read).
 
@@ -57,6 +58,8 @@ CATEGORIES = "categories"
 TIMESTAMPS = "timestamps"
 
 _I64_MAX = np.iinfo(np.int64).max
+#: The largest timestamp accepted (seconds; year 5138): larger values are milliseconds or nanoseconds.
+MAX_SECONDS = 10**11
 
 
 # --------------------------------------------------------------------------- writing
@@ -248,7 +251,11 @@ def read_items(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...], sp
     if ids_col.null_count:
         r = int(np.flatnonzero(ids_col.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{path}: row {r}: column {ITEM_ID!r} is null")
-    ids = ids_col.to_numpy(zero_copy_only=False).astype(np.int64)
+    raw = ids_col.to_numpy(zero_copy_only=False)
+    if raw.dtype == np.uint64 and (raw > _I64_MAX).any():
+        r = int(np.flatnonzero(raw > _I64_MAX)[0])
+        raise InputError(f"{path}: row {r}: column {ITEM_ID!r} holds {raw[r]}, outside i64")
+    ids = raw.astype(np.int64)
     dup = ~pl.Series(ids).is_first_distinct().to_numpy()
     if dup.any():
         r = int(np.flatnonzero(dup)[0])
@@ -407,6 +414,12 @@ def _read_history(path: Path, users: np.ndarray, item_ids_sorted: np.ndarray):
             r = int(np.flatnonzero(np.diff(off_t) != np.diff(off))[0])
             raise InputError(f"{path}: row {r} (user_id {h_users[r]}): {ITEM_IDS!r} has {np.diff(off)[r]} items but {TIMESTAMPS!r} has {np.diff(off_t)[r]}")
         times = _int_values(tv, path, TIMESTAMPS, off, h_users)
+        bad = (times < 0) | (times > MAX_SECONDS)
+        if bad.any():
+            flat = int(np.flatnonzero(bad)[0])
+            r = _row_of(off, flat)
+            hint = " (milliseconds? timestamps are seconds since 1970)" if times[flat] > MAX_SECONDS else ""
+            raise InputError(f"{path}: row {r} (user_id {h_users[r]}): column {TIMESTAMPS!r} holds {times[flat]}{hint}")
     # re-lay in candidate user order
     order = np.argsort(h_users, kind="stable")
     pos = np.searchsorted(h_users[order], users)

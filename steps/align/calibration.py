@@ -38,6 +38,8 @@ import scipy.sparse as sp
 from steps.errors import InputError
 
 SECONDS_PER_DAY = 86_400.0
+#: Steck objectives closer than this (relative) count as equal: the first listed candidate wins.
+TIE_TOLERANCE = 1e-12
 
 
 # --------------------------------------------------------------------------- targets
@@ -186,7 +188,10 @@ class MultiGenreSteck:
             value *= lam
             value += rel
             value[used] = -np.inf
-            pick = np.argmax(value.reshape(b, m), axis=1)
+            v = value.reshape(b, m)
+            best = v.max(axis=1, keepdims=True)
+            # equal objectives (up to rounding: values are summed per genre set) go to the first listed
+            pick = np.argmax(v >= best - TIE_TOLERANCE * np.maximum(1.0, np.abs(best)), axis=1)
             chosen[:, t] = pick
             used[rr * m + pick] = True
             np.add.at(q_sum, (rr[:, None] * g + self.gi[rr, pick]).ravel(), self.gw[rr, pick].ravel())
@@ -217,7 +222,7 @@ def steck_reference(relevance, rows, item_genre_dense, p_target, lam, n_select, 
         p = p_all[u]
         chosen: list[int] = []
         for _ in range(n_select):
-            best, best_v = -1, -np.inf
+            values = np.full(m, -np.inf)
             for c in range(m):
                 if c in chosen:
                     continue
@@ -226,10 +231,9 @@ def steck_reference(relevance, rows, item_genre_dense, p_target, lam, n_select, 
                 qt = (1 - smoothing) * q + smoothing * p
                 pos = p > 0
                 kl = float(np.sum(p[pos] * np.log(p[pos] / qt[pos])))
-                v = (1 - lam) * float(np.sum(relevance[u, lst])) - lam * kl
-                if v > best_v + 1e-12 * max(1.0, abs(v)):
-                    best, best_v = c, v
-            chosen.append(best)
+                values[c] = (1 - lam) * float(np.sum(relevance[u, lst])) - lam * kl
+            best = values.max()
+            chosen.append(int(np.flatnonzero(values >= best - TIE_TOLERANCE * max(1.0, abs(best)))[0]))
         out[u] = chosen
     return out
 
@@ -287,10 +291,8 @@ def nails_user_ratio(
     r_g ← r_g·p*_g / m_g(r) is used instead (closest reachable mix); ``max_error`` reports the
     largest remaining |m − p*|.
     """
-    b = rows.shape[0]
     gi, gw = genres.index[rows], genres.weight[rows]
-    a = dense_genres(rows, genres)
-    p_model = np.einsum("bm,bmg->bg", probs, a)
+    p_model = candidate_mass(probs, rows, genres)
     target = np.array(np.broadcast_to(np.asarray(p_target, dtype=np.float64), p_model.shape))
     unreachable = (target > 0) & (p_model <= 0)
     restricted = unreachable.any(axis=1)
@@ -303,39 +305,42 @@ def nails_user_ratio(
             ratio = np.where(p_model > 0, target / np.where(p_model > 0, p_model, 1.0), 0.0)
         mix, _ = _reweighted_mix(probs, gi, gw, ratio, genres.n_genres)
         return NailsRatio(ratio, restricted, 1, float(np.abs(mix - target).max(initial=0.0)))
+    a = dense_genres(rows, genres)
     gram = np.einsum("bmg,bm,bmh->bgh", a, probs, a)
     ratio = np.einsum("bgh,bh->bg", np.linalg.pinv(gram, hermitian=True), target)
     scale = np.einsum("bg,bg->b", p_model, ratio)
     ratio = np.divide(ratio, scale[:, None], out=np.zeros_like(ratio), where=scale[:, None] > 0)
     factor = np.einsum("bmg,bg->bm", a, ratio)
     mix, _ = _reweighted_mix(probs, gi, gw, ratio, genres.n_genres)
-    bad = (scale <= 0) | (factor < -1e-12).any(axis=1) | (np.abs(mix - target).max(axis=1) > tol)
+    bad = (scale <= 0) | (factor < 0).any(axis=1) | (np.abs(mix - target).max(axis=1) > tol)
     it = 1
     if bad.any():
         sub = np.flatnonzero(bad)
-        t_sub, gi_s, gw_s, pr_s = target[sub], gi[sub], gw[sub], probs[sub]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(p_model[sub] > 0, t_sub / np.where(p_model[sub] > 0, p_model[sub], 1.0), 0.0)
-        m_s, total = _reweighted_mix(pr_s, gi_s, gw_s, r, genres.n_genres)
-        r = np.divide(r, total[:, None], out=np.zeros_like(r), where=total[:, None] > 0)
-        active = np.flatnonzero(np.abs(m_s - t_sub).max(axis=1) > tol)
-        while len(active) and it < max_iter:  # iterate only the rows not yet converged
-            a_ = active
-            with np.errstate(divide="ignore", invalid="ignore"):
-                r_a = np.where(m_s[a_] > 0, r[a_] * t_sub[a_] / np.where(m_s[a_] > 0, m_s[a_], 1.0), 0.0)
-            m_a, tot_a = _reweighted_mix(pr_s[a_], gi_s[a_], gw_s[a_], r_a, genres.n_genres)
-            r[a_] = np.divide(r_a, tot_a[:, None], out=np.zeros_like(r_a), where=tot_a[:, None] > 0)
-            moved = np.abs(m_a - m_s[a_]).max(axis=1)
-            m_s[a_] = m_a
-            # a row stops when it reaches the target, or stops moving (a target it cannot reach)
-            active = a_[(np.abs(m_a - t_sub[a_]).max(axis=1) > tol) & (moved > 1e-9)]
-            it += 1
-        total = np.ones(len(sub))
-        ratio[sub] = np.divide(r, total[:, None], out=np.zeros_like(r), where=total[:, None] > 0)
-        ratio = np.maximum(ratio, 0.0)
-        mix[sub] = m_s
-    del b
+        ratio[sub], mix[sub], it = _nonnegative_fixed_point(probs[sub], gi[sub], gw[sub], target[sub], p_model[sub],
+                                                            genres.n_genres, max_iter, tol)
     return NailsRatio(ratio, restricted, it, float(np.abs(mix - target).max(initial=0.0)))
+
+
+def _nonnegative_fixed_point(probs, gi, gw, target, p_model, n_genres, max_iter, tol):
+    """r_g ← r_g·p*_g / m_g(r) from r = p*/p, row by row, scaled so each re-weighted list sums to 1;
+    a row stops when it reaches its target or stops moving (a target it cannot reach).
+    Returns ``(ratio ≥ 0, mix, iterations)``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(p_model > 0, target / np.where(p_model > 0, p_model, 1.0), 0.0)
+    mix, total = _reweighted_mix(probs, gi, gw, r, n_genres)
+    r = np.divide(r, total[:, None], out=np.zeros_like(r), where=total[:, None] > 0)
+    active = np.flatnonzero(np.abs(mix - target).max(axis=1) > tol)
+    it = 1
+    while len(active) and it < max_iter:  # only the rows not yet converged
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r_a = np.where(mix[active] > 0, r[active] * target[active] / np.where(mix[active] > 0, mix[active], 1.0), 0.0)
+        m_a, tot_a = _reweighted_mix(probs[active], gi[active], gw[active], r_a, n_genres)
+        r[active] = np.divide(r_a, tot_a[:, None], out=np.zeros_like(r_a), where=tot_a[:, None] > 0)
+        moved = np.abs(m_a - mix[active]).max(axis=1)
+        mix[active] = m_a
+        active = active[(np.abs(m_a - target[active]).max(axis=1) > tol) & (moved > 1e-9)]
+        it += 1
+    return r, mix, it
 
 
 def nails_reweight_lists(probs: np.ndarray, rows: np.ndarray, genres: ItemGenres, ratio: np.ndarray, lam: float) -> np.ndarray:

@@ -18,7 +18,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from steps.candidates import read_candidate_bundle
+from steps.candidates import MANIFEST_FILE, read_candidate_bundle
+from steps.storage import sha256_file
 from steps.errors import InputError
 
 LIST_KINDS = ("candidates", "ml100k_ease")
@@ -56,9 +57,16 @@ class PreparedLists:
     has_history: bool
     build: Mapping = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    manifest_sha256: str = ""
 
     def load(self):
-        return read_candidate_bundle(self.folder, verify=False)
+        """The bundle, checked to be the one ``prepare`` validated (a resumed task reads the same lists)."""
+        if self.manifest_sha256:
+            actual = sha256_file(Path(self.folder) / MANIFEST_FILE)
+            if actual != self.manifest_sha256:
+                raise InputError(f"{self.folder}: the candidate bundle changed since this run prepared it "
+                                 f"(manifest {actual[:12]}… ≠ {self.manifest_sha256[:12]}…); start a new run")
+        return read_candidate_bundle(self.folder, verify=bool(self.manifest_sha256))
 
 
 def prepare_list_dataset(spec: Mapping, data_dir: str | Path, resolve_run: Callable[[str], Path]) -> PreparedLists:
@@ -94,6 +102,7 @@ def prepare_list_dataset(spec: Mapping, data_dir: str | Path, resolve_run: Calla
         dataset=name, folder=str(Path(folder).absolute()), source=source, n_users=cs.n_users, n_candidates=cs.n_candidates,
         genres=cs.genres, single_genre=cs.single_genre, has_heldout=cs.heldout_offsets is not None,
         has_history=cs.history_offsets is not None, build=build, notes=tuple(notes),
+        manifest_sha256=sha256_file(Path(folder) / MANIFEST_FILE) if (Path(folder) / MANIFEST_FILE).exists() else "",
     )
 
 

@@ -2,7 +2,8 @@
 
 The protocol of Steck's *Calibrated Recommendations* (RecSys '18) on MovieLens: ratings ≥
 ``positive_rating`` (4) are positives; each user's positives are split into a history (80 %) and a
-held-out part (20 %), either at random (a seeded, per-user draw) or by time (the latest 20 %).
+held-out part (20 %), either at random (a seeded, per-user draw) or by time (the latest 20 %;
+ratings with the same timestamp are ordered by item id, the lower id counting as the later).
 EASE (Steck, WWW '19; closed form B = I − P·diag(1/diag P), P = (XᵀX + λI)⁻¹) is fitted on the
 history matrix of all users; every user's items are scored by x_u·B, history items removed, and
 the ``top_m`` best (ties: lower item id) become the candidates, with their scores, the held-out

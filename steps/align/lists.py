@@ -37,7 +37,7 @@ from steps.align.calibration import (
     MultiGenreSteck,
 )
 from steps.align.evaluate import HIST_BINS, MIX_SCHEMA, RESULT_COLUMNS, RESULT_SCHEMA, RunningStats, _mean_sd
-from steps.align.selection import stochastic_top_n, top_n_indices
+from steps.align.selection import top_n_indices
 from steps.align.steck import queue_relevance, queues_padded, steck_greedy
 from steps.candidates import CandidateSet
 from steps.errors import ConfigError, InputError
@@ -199,6 +199,21 @@ class ListOutcome:
     notes: tuple[str, ...] = ()
 
 
+#: Users per seeded block of random draws: stochastic results do not depend on the chunk size.
+RANDOM_BLOCK = 1024
+
+
+def block_exponentials(key: tuple, start: int, stop: int, width: int) -> np.ndarray:
+    """Exp(1) draws for users ``start:stop``, from one seeded stream per block of
+    :data:`RANDOM_BLOCK` users (the same numbers whatever the chunking)."""
+    out = []
+    for block in range(start // RANDOM_BLOCK, (stop - 1) // RANDOM_BLOCK + 1):
+        draws = rng_for(key[0], *key[1:], "block", block).standard_exponential((RANDOM_BLOCK, width))
+        lo, hi = max(start, block * RANDOM_BLOCK), min(stop, (block + 1) * RANDOM_BLOCK)
+        out.append(draws[lo - block * RANDOM_BLOCK : hi - block * RANDOM_BLOCK])
+    return np.concatenate(out)
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = np.exp(x - x.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
@@ -220,11 +235,40 @@ def global_ratio(cs: CandidateSet, genres: ItemGenres, p_target: np.ndarray, chu
     if np.any((p_model <= 0) & (p_target > 0)):
         bad = [cs.genres[i] for i in np.flatnonzero((p_model <= 0) & (p_target > 0))]
         raise InputError(f"{cs.path}: the model gives no probability to target genre(s) {', '.join(bad)}; NAILS cannot re-weight them")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        simple = np.where(p_model > 0, p_target / np.where(p_model > 0, p_model, 1.0), 0.0)
     if genres.single:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(p_model > 0, p_target / np.where(p_model > 0, p_model, 1.0), 0.0), p_model
+        return simple, p_model, None
     r = np.linalg.pinv(gram / cs.n_users, hermitian=True) @ p_target
-    return r / float(p_model @ r), p_model
+    scale = float(p_model @ r)
+    factors = cs.item_genre[np.unique(cs.candidate_rows)] @ r
+    if scale > 0 and factors.min() >= 0:
+        return r / scale, p_model, None
+    # a candidate would get a negative weight: the non-negative fixed point on the aggregate mix
+    r, err, prev = simple, np.inf, None
+    for _ in range(200):
+        mix = _global_mix(cs, genres, r, chunk)
+        moved = np.inf if prev is None else float(np.abs(mix - prev).max())
+        err = float(np.abs(mix - p_target).max())
+        if err < 1e-9 or moved < 1e-9:
+            break
+        prev = mix
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(mix > 0, r * p_target / np.where(mix > 0, mix, 1.0), 0.0)
+        r = r / float(p_model @ r)
+    note = (f"the global target's exact NAILS factors would give some candidates a negative weight; the closest "
+            f"non-negative re-weighting was used (largest |mix − target| at λ = 1: {err:.3g})")
+    return r, p_model, note
+
+
+def _global_mix(cs: CandidateSet, genres: ItemGenres, ratio: np.ndarray, chunk: int) -> np.ndarray:
+    """Mean over users of the genre mix of the NAILS-re-weighted lists at λ = 1."""
+    total = np.zeros(genres.n_genres)
+    for s in range(0, cs.n_users, chunk):
+        rows = cs.candidate_rows[s : s + chunk]
+        adj = nails_reweight_lists(_softmax(cs.scores[s : s + chunk]), rows, genres, ratio, 1.0)
+        total += candidate_mass(adj, rows, genres).sum(axis=0)
+    return total / cs.n_users
 
 
 class _SteckChunk:
@@ -273,7 +317,8 @@ def evaluate_lists(cs: CandidateSet, target: ListTarget, method: str, cfg, datas
     notes = list(target.notes)
     global_r = None
     if method in ("nails", "nails_steck") and not target.per_user:
-        global_r, _ = global_ratio(cs, genres, target.probs, chunk)
+        global_r, _, note = global_ratio(cs, genres, target.probs, chunk)
+        notes += [f"target {target.name!r}: {note}"] if note else []
     restricted = 0
     nails_err = 0.0
 
@@ -281,7 +326,7 @@ def evaluate_lists(cs: CandidateSet, target: ListTarget, method: str, cfg, datas
         pos = np.minimum(np.searchsorted(cs.item_ids_sorted, ids), n_items - 1)
         return np.where(cs.item_ids_sorted[pos] == ids, pos, -2)
 
-    for ci, s in enumerate(range(0, len(target.users), chunk)):
+    for s in range(0, len(target.users), chunk):
         local = np.arange(s, min(s + chunk, len(target.users)))
         users = target.users[local]
         rows = cs.candidate_rows[users]
@@ -311,7 +356,9 @@ def evaluate_lists(cs: CandidateSet, target: ListTarget, method: str, cfg, datas
                     if sel == "det":
                         pick = top_n_indices(adj, n)
                     else:
-                        pick = stochastic_top_n(adj, n, rng_for(cfg.seed, dataset, target.name, method, sel, lam, r, ci))
+                        noise = block_exponentials((cfg.seed, dataset, target.name, method, sel, lam, r), s, s + len(local),
+                                                   adj.shape[1])
+                        pick = top_n_indices(adj / noise, n)  # sampling without replacement ∝ adj (exponential race)
                     st.add(np.take_along_axis(rows, pick, axis=1), p_t, genres, cfg.alpha, cfg.calibration_alpha, heldout, n)
     if restricted:
         notes.append(f"target {target.name!r}: {restricted} user(s) asked for genres none of their candidates carry; "
@@ -320,7 +367,7 @@ def evaluate_lists(cs: CandidateSet, target: ListTarget, method: str, cfg, datas
         notes.append(f"target {target.name!r}: with multi-genre items NAILS at λ = 1 reaches the users' targets up to "
                      f"{nails_err:.3g} (largest |mix − target|: the rest is outside what the candidates can reach)")
 
-    n_cand_items = len(np.unique(cs.candidate_rows))
+    n_cand_items = len(np.unique(cs.candidate_rows[target.users]))
     p_mean = target.mean
     rows_out, mixes, hists = [], [], []
     for sel, lam in cells:
@@ -371,10 +418,11 @@ def list_target_mix(target: ListTarget, cs: CandidateSet) -> pl.DataFrame:
     """The (mean) target and the model's own mix p(E), as category-mix rows."""
     genres = ItemGenres.from_csr(cs.item_genre)
     p_model = np.zeros(genres.n_genres)
-    for s in range(0, cs.n_users, 20_000):
-        p_model += candidate_mass(_softmax(cs.scores[s : s + 20_000]), cs.candidate_rows[s : s + 20_000], genres).sum(axis=0)
+    for s in range(0, len(target.users), 20_000):
+        users = target.users[s : s + 20_000]
+        p_model += candidate_mass(_softmax(cs.scores[users]), cs.candidate_rows[users], genres).sum(axis=0)
     rows = _mix_rows(target, "target", "-", float("nan"), "target", target.mean)
-    rows += _mix_rows(target, "model", "-", float("nan"), "all", p_model / cs.n_users)
+    rows += _mix_rows(target, "model", "-", float("nan"), "all", p_model / len(target.users))
     return pl.DataFrame(rows, schema=MIX_SCHEMA)
 
 
