@@ -13,10 +13,11 @@ Ranks come from sorting by score, highest first. Equal scores are ranked by one 
   * ``inview`` — the earlier article in the in-view list ranks first;
   * ``ebrec`` — the *later* one ranks first: the ebnerd-benchmark (``ebrec.evaluation``) sorts the
     scores ascending with NumPy's default (unstable) sort and reverses the order. That is exactly
-    this rule wherever the sort keeps equal values in order: in the benchmark's pinned NumPy
-    (< 1.26.1) without AVX-512, lists of up to about 16 articles (sorted by insertion). On longer
-    lists, and with NumPy's SIMD sorts (AVX-512, and AVX2 in NumPy 2), the benchmark's order among
-    ties is whatever the sort leaves, which no fixed rule reproduces;
+    this rule wherever the sort keeps equal values in order: with the benchmark's pinned NumPy
+    (< 1.26.1) on a CPU without AVX-512, lists of up to 16 articles (checked with NumPy 1.26.0 on
+    an AVX2 CPU: identical MRR on every such list of a tied dump). On longer lists, and with NumPy's
+    SIMD sorts (AVX-512; AVX2 in NumPy 2), the benchmark's order among ties is whatever the sort
+    leaves, which no fixed rule reproduces;
   * ``mean`` — the expectation of MRR and nDCG when tied articles are shown in a uniformly random
     order (exact: each member of a tie group occupying positions f..l is equally likely at each).
 Without ties the three rules agree.
