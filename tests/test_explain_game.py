@@ -4,10 +4,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from steps.errors import InputError
 from steps.explain.config import ExplainConfig
-from steps.explain.explain import events_present, explain_user, feature_membership, top_k_items
+from steps.explain.explain import NO_FEATURE, events_present, explain_user, feature_membership, top_k_items
 from steps.explain.game import SequenceGame, all_coalitions
 from steps.explain.model import GRU4Rec, as_dtype
 from steps.explain.shapley import shapley_from_values
@@ -271,3 +273,27 @@ def test_multi_hot_features_sum_to_the_total(model):
                       for k in range(16)])
     np.testing.assert_allclose(f["attribution"], shapley_from_values(table), atol=1e-12)
     assert np.ptp(f["attribution"].to_numpy()) > 1e-3
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 8).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(0, 5), min_size=n, max_size=n),  # each event's item (ids 0..5)
+    st.lists(st.lists(st.booleans(), min_size=3, max_size=3), min_size=6, max_size=6),  # item → 3 values
+)))
+def test_feature_membership_invariants(case):
+    """Every event belongs to at least one player (``<none>`` when its item has no value); the
+    full coalition keeps every event and the empty one none (so feature attributions sum to
+    f(x) − f(baseline)); an event is present exactly when all of its values are."""
+    history, table = np.array(case[0]), np.array(case[1])
+    member, labels = feature_membership((table, ["a", "b", "c"]), history)
+    assert member.any(axis=1).all() and member.any(axis=0).all()
+    assert (NO_FEATURE in labels) == (~table[history].any(axis=1)).any()
+    coalitions = all_coalitions(len(labels))
+    present = events_present(coalitions, member)
+    assert present[-1].all() and not present[0].any()
+    expected = np.array([[set(np.flatnonzero(member[t])) <= set(np.flatnonzero(c)) for t in range(len(history))]
+                         for c in coalitions])
+    assert np.array_equal(present, expected)
+    codes = np.where(table.any(axis=1), table.argmax(axis=1), -1)  # categorical: one value per item
+    m1, l1 = feature_membership((codes, ["a", "b", "c"]), history)
+    assert (m1.sum(axis=1) == 1).all()
