@@ -277,7 +277,7 @@ class _SteckChunk:
 
     def __init__(self, rel, rows, genres: ItemGenres, p_t, smoothing: float) -> None:
         self.rel, self.rows, self.genres, self.p_t, self.smoothing = rel, rows, genres, p_t, smoothing
-        self._queues: dict[bool, tuple] = {}
+        self._queues: dict[tuple, tuple] = {}
         self._multi = None if genres.single else MultiGenreSteck(rows, genres, p_t, smoothing)
 
     def select(self, lam: float, n: int) -> np.ndarray:
@@ -285,12 +285,12 @@ class _SteckChunk:
             return top_n_indices(self.rel, n)
         if self._multi is not None:
             return self._multi.select(self.rel, lam, n)
-        full = lam >= 1.0
-        if full not in self._queues:
+        key = (lam >= 1.0, n)
+        if key not in self._queues:
             cat = self.genres.index[self.rows][:, :, 0]
-            self._queues[full] = queues_padded(queue_relevance(self.rel, lam), cat, np.ones(self.rel.shape, dtype=bool),
-                                               self.genres.n_genres)
-        return steck_greedy(*self._queues[full], self.p_t, lam, n, self.smoothing)
+            self._queues[key] = queues_padded(queue_relevance(self.rel, lam), cat, np.ones(self.rel.shape, dtype=bool),
+                                              self.genres.n_genres, max_depth=n)
+        return steck_greedy(*self._queues[key], self.p_t, lam, n, self.smoothing)
 
 
 def _steck_select(rel, rows, genres, p_t, lam, n, smoothing):

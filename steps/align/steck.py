@@ -47,11 +47,13 @@ def queues_shared(scores: np.ndarray, category_slot: np.ndarray, n_slots: int, d
     return q_scores, q_index
 
 
-def queues_padded(scores: np.ndarray, category_slot: np.ndarray, valid: np.ndarray, n_slots: int):
+def queues_padded(scores: np.ndarray, category_slot: np.ndarray, valid: np.ndarray, n_slots: int,
+                  max_depth: int | None = None):
     """Per-category queues for padded rows with their own candidates (labelled impressions).
 
     ``scores``, ``category_slot`` and ``valid`` are (B, W); returns (B, n_slots, D) arrays with
-    ``D`` the largest category count of a row.
+    ``D`` the largest category count of a row, or at most ``max_depth`` (a top-n selection never
+    takes more than n items of one category, so deeper queue entries cannot be reached).
     """
     b, w = scores.shape
     cat = np.where(valid, category_slot, n_slots)  # padding sorts last
@@ -63,6 +65,8 @@ def queues_padded(scores: np.ndarray, category_slot: np.ndarray, valid: np.ndarr
     seg_start = np.maximum.accumulate(np.where(new_seg, col, 0), axis=1)
     rank_in_cat = col - seg_start
     real = s_cat < n_slots
+    if max_depth is not None:
+        real &= rank_in_cat < max_depth
     depth = int(rank_in_cat[real].max()) + 1 if real.any() else 1
     q_scores = np.full((b, n_slots, depth), -np.inf)
     q_index = np.full((b, n_slots, depth), -1, dtype=np.int64)
@@ -113,13 +117,16 @@ def steck_greedy(
         # KL(p*‖q~) = Σ_c term[c, count_c] for a list of t + 1 items; adding one item of category c
         # changes it by delta[c, count_c]. The sum over the current counts is the same for every
         # candidate of a row, so the greedy choice only needs the delta.
-        q = (1.0 - smoothing) * j[None] / (t + 1.0) + smoothing * p[:, :, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            term = np.where(pos[:, :, None], p[:, :, None] * (log_p[:, :, None] - np.log(q)), 0.0)
-        delta = term[:, :, 1:] - term[:, :, :-1]  # (1 or B, C, n + 1)
         if per_row:
-            step_delta = np.take_along_axis(delta, counts[:, :, None], axis=2)[:, :, 0]
+            # only the current counts matter: delta = p·(log q̃(count) − log q̃(count + 1)), per row
+            q0 = (1.0 - smoothing) / (t + 1.0) * counts + smoothing * p
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step_delta = np.where(pos, p * (np.log(q0) - np.log(q0 + (1.0 - smoothing) / (t + 1.0))), 0.0)
         else:
+            q = (1.0 - smoothing) * j[None] / (t + 1.0) + smoothing * p[:, :, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                term = np.where(pos[:, :, None], p[:, :, None] * (log_p[:, :, None] - np.log(q)), 0.0)
+            delta = term[:, :, 1:] - term[:, :, :-1]  # (1, C, n + 1)
             step_delta = delta[0][slots, counts]
         value = head_value - lam * step_delta
         slot = np.argmax(value, axis=1)
