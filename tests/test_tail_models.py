@@ -402,3 +402,20 @@ def test_weight_diagnostics_in_the_fit(split):
     ease = fit_item_item(MethodSpec(name="ease_gd", training=tr), split.train, split.valid_tr, split.valid_te,
                          counts, seed=3, log=lambda s: None)
     assert ease.diagnostics is None and "weight_drift" not in ease.history.columns
+
+
+def test_weight_diagnostics_card_text():
+    import polars as pl
+
+    from steps.tail.report import weight_diagnostics_text
+
+    results = pl.DataFrame({"dataset": ["d", "d", "d"], "method": ["ease", "adversarial", "adversarial"],
+                            "split": ["test", "validation", "test"], "selected_epoch": [0, 2, 2],
+                            "weight_first_step": [None, 0.4, 0.4], "weight_drift_after_first_step": [None, 1e-7, 1e-7],
+                            "weight_popularity_spearman": [None, -0.99, -0.99]})
+    history = pl.DataFrame({"dataset": ["d", "d"], "method": ["adversarial"] * 2, "epoch": [2, 1],
+                            "weight_drift": [2e-8, 3e-7], "weight_popularity_spearman": [-0.99, -0.98]})
+    text = weight_diagnostics_text(results, history)
+    assert "d / Adversarial (POSIT): first step 0.4, after it 1e-07, ρ = -0.990 (epoch 2); per epoch drift 3e-07, 2e-08, ρ -0.98, -0.99." in text
+    assert "EASE" not in text
+    assert weight_diagnostics_text(results.filter(pl.col("method") == "ease"), history.clear()) == "No method with learner item weights in this run."
