@@ -113,7 +113,7 @@ def part_adv_epoch(args) -> dict:
     valid_tr = (valid - valid_te).tocsr()
     valid_te.eliminate_zeros(), valid_tr.eliminate_zeros()
     counts = np.diff(train.tocsc().indptr)
-    method = MethodSpec(name="adversarial", training=Training(optimizer="sgd", lr=2.0, wd=8e-6, batch_size=1024),
+    method = MethodSpec(name="adversarial", training=Training(optimizer="sgd", lr=0.05, wd=8e-6, batch_size=1024),
                         adversary="2bmlp2", nstd=1.5, alr=1.0, awd=0.0, lam=1.0, aloss="recall_dist")
     torch.manual_seed(0)
     model = ItemItem(x.shape[1]).to(device)

@@ -22,7 +22,7 @@ from steps.tables import concat, table_rows
 from steps.tail.config import TailConfig
 from steps.tail.data import prepare_dataset
 from steps.tail.pipeline import RESULT_COLUMNS, item_groups, run_method, sort_results
-from steps.tail.report import build_figures, change_sentences, change_vs_baseline, export_run
+from steps.tail.report import build_figures, change_sentences, change_vs_baseline, export_run, weight_diagnostics_text
 
 DEFAULT_CONFIG = config_path("tail_quick.yaml")
 CARRIED = ["storage", "dataset_names", "method_names"]
@@ -144,6 +144,8 @@ class TailFlow(FlowSpec):
         cols = RESULT_COLUMNS[:11]
         c.append(Markdown("## Results"))
         c.append(Table(table_rows(self.results, cols), headers=cols))
+        c.append(Markdown("## Item weights: adversarial, or a popularity prior?"))
+        c.append(Markdown(weight_diagnostics_text(self.results, self.history)))
         for title, name in (("Accuracy against coverage", "accuracy_vs_coverage.png"),
                             ("Exposure by popularity bucket, before (EASE) and after promotion", "exposure_by_popularity.png"),
                             ("Item-level Recall@20 by popularity bucket", "item_recall_by_popularity.png")):

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from steps.errors import ConfigError, InputError
-from steps.tail.config import DatasetSpec, Protocol, SyntheticSpec, TailConfig, parse_tail_config
+from steps.tail.config import DatasetSpec, Protocol, SyntheticSpec, TailConfig, load_tail_config, parse_tail_config
 from steps.tail.data import prepare_dataset, read_ml20m, read_msd, read_netflix, split_strong_generalisation
 from steps.tail.synthetic import item_truth, iter_synthetic_ratings, write_synthetic_ratings
 from tests.flowrun import CONFIGS
@@ -222,11 +222,37 @@ def test_shipped_configs_parse(name):
     assert TailConfig.from_dict(parsed).as_dict() == parsed
 
 
+@pytest.mark.parametrize("name, lr", [("tail_ml20m.yaml", 0.05), ("tail_netflix.yaml", 0.05), ("tail_msd.yaml", 0.08)])
+def test_paper_configs_run_what_the_reference_code_runs(name, lr):
+    """The reference's main() overwrites every learner lr with 5e-2 (ML-20M, Netflix) or 8e-2 (MSD);
+    its CVaR η moves 1e-9·∂L/∂η per step without momentum; its loader drops the last partial batch."""
+    cfg = load_tail_config(str(CONFIGS / name))
+    for m in cfg.methods:
+        if m.trained:
+            assert (m.training.lr, m.training.optimizer, m.training.drop_last) == (lr, "sgd", True), m.name
+    tail = cfg.method("tail_opt")
+    assert (tail.eta_lr, tail.eta_momentum, tail.lam, tail.beta) == (1e-9, 0.0, 10.0, 0.5)
+    assert cfg.training.select_epoch == "best"  # recalign's default; `last` is documented as the paper's protocol
+
+
 @pytest.mark.parametrize("change, message", [
     ({"methods": {"magic": {}}}, r"unknown method 'magic'"),
     ({"methods": {"ipw": {"alpha": "big"}}}, r"methods.ipw.alpha: expected a number, got 'big'"),
     ({"methods": {"ease": {"lr": 0.1}}}, r"methods.ease: unknown key\(s\) \['lr'\]"),
-    ({"methods": {"adversarial": {"adversary": "3mlp"}}}, r"adversary: expected linear, 2mlpN or 2bmlpN"),
+    # issue #11: the message now names the structure rule (b2mlpN added; only names starting with b centre)
+    ({"methods": {"adversarial": {"adversary": "3mlp"}}}, r"methods.adversarial.adversary: unknown structure '3mlp'; expected linear, 2mlpN, 2bmlpN or b2mlpN"),
+    ({"methods": {"adversarial": {"adversary": "2mlp0"}}}, r"methods.adversarial.adversary: unknown structure '2mlp0'"),
+    ({"methods": {"adversarial": {"adversary": "bmlp2"}}}, r"methods.adversarial.adversary: unknown structure 'bmlp2'"),
+    ({"methods": {"adversarial": {"adv_init": "xavier"}}}, r"methods.adversarial.adv_init: unknown value 'xavier'; choose from \['paper', 'scaled'\]"),
+    ({"training": {"select_epoch": "best_of_3"}}, r"training.select_epoch: unknown value 'best_of_3'; choose from \['best', 'last'\]"),
+    ({"methods": {"ipw": {"select_epoch": 1}}}, r"methods.ipw.select_epoch: unknown value 1"),
+    ({"training": {"drop_last": "yes"}}, r"training.drop_last: expected true or false, got 'yes'"),
+    ({"methods": {"adversarial": {"lam": 1.5}}}, r"methods.adversarial.lam: 1.5 is out of range \(<= 1.0 required\)"),
+    ({"methods": {"adversarial": {"lam": -0.1}}}, r"methods.adversarial.lam: -0.1 is out of range \(>= 0.0 required\)"),
+    ({"methods": {"tail_opt": {"lam": 0}}}, r"methods.tail_opt.lam: 0 is out of range \(> 0.0 required\)"),
+    ({"methods": {"tail_opt": {"lam": "ten"}}}, r"methods.tail_opt.lam: expected a number, got 'ten'"),
+    ({"methods": {"tail_opt": {"eta_momentum": 1.2}}}, r"methods.tail_opt.eta_momentum: 1.2 is out of range"),
+    ({"methods": {"ipw": {"lam": 0.5}}}, r"methods.ipw: unknown key\(s\) \['lam'\]"),
     ({"methods": {"tail_opt": {"beta": 0}}}, r"methods.tail_opt.beta: 0 is out of range"),
     ({"training": {"optimizer": "rmsprop"}}, r"training.optimizer: unknown value 'rmsprop'"),
     ({"evaluation": {"ks": [10]}}, r"evaluation.ks: \[10\] must include 20"),
@@ -243,6 +269,17 @@ def test_config_errors_name_key_and_value(change, message):
     raw.update(change)
     with pytest.raises(ConfigError, match=message):
         TailConfig.from_dict(raw)
+
+
+def test_new_options_parse_and_round_trip():
+    raw = {"datasets": [{"name": "a"}], "training": {"select_epoch": "last", "drop_last": True},
+           "methods": {"tail_opt": {"lam": 10, "eta_lr": 1e-9, "eta_momentum": 0},
+                       "adversarial": {"adversary": "b2mlp3", "adv_init": "scaled", "select_epoch": "best"}}}
+    cfg = TailConfig.from_dict(raw)
+    tail, adv = cfg.method("tail_opt"), cfg.method("adversarial")
+    assert (tail.lam, tail.eta_lr, tail.eta_momentum, tail.training.select_epoch, tail.training.drop_last) == (10.0, 1e-9, 0.0, "last", True)
+    assert (adv.adversary, adv.adv_init, adv.training.select_epoch) == ("b2mlp3", "scaled", "best")
+    assert TailConfig.from_dict(cfg.as_dict()) == cfg
 
 
 def test_test_fraction_times_min_items_to_split_of_one_is_accepted():

@@ -38,6 +38,13 @@ def test_results_artifact(quick_run):
     assert (trained["epochs"] >= 1).all() and (results.filter(pl.col("method") == "ease")["epochs"] == 0).all()
     for col in ("recall_at_20", "ndcg_at_100", "coverage_at_20", "gini", "tail_share"):
         assert results[col].is_between(0, 1).all()
+    # issue #11: the reference's metric definitions and the item-weight diagnostics are columns too
+    for col in ("hit_rate_at_20", "item_recall_unmasked_at_20", "item_ndcg_over_users"):
+        assert results[col].is_between(0, 1).all()
+    assert (results["coverage_per_100_users_at_20"] >= 20).all()
+    weighted = results.filter(pl.col("method").is_in(["ipw", "adversarial"]))
+    assert weighted["weight_popularity_spearman"].is_between(-1, 1).all()
+    assert results.filter(~pl.col("method").is_in(["ipw", "adversarial"]))["weight_first_step"].is_null().all()
 
 
 def test_promotion_raises_coverage_over_ease(quick_run):
@@ -65,7 +72,8 @@ def test_exports_buckets_and_card(quick_run, flow_runner):
     lists = load_array(data.files["synthetic/adversarial"]["lists"])
     assert lists.shape[1] == 100
     html = card_data(quick_run.run["report"].task, "report")
-    for text in ("Results", "Accuracy against coverage", "Exposure by popularity bucket", "against EASE", "image"):
+    for text in ("Results", "Accuracy against coverage", "Exposure by popularity bucket", "against EASE", "image",
+                 "Item weights: adversarial, or a popularity prior?"):
         assert text in html
 
 

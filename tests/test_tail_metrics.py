@@ -116,3 +116,75 @@ def test_recall_and_ndcg_in_unit_interval(k, seed):
     pp = metrics.heldout_positions(perfect, rows, items)
     np.testing.assert_allclose(metrics.recall_at_k(offsets, pp, k), 1.0)
     np.testing.assert_allclose(metrics.ndcg_at_k(offsets, pp, k), 1.0)
+
+
+# --------------------------------------------------------------------------- the reference code's definitions (issue #11)
+def test_coverage_per_block_of_users():
+    from steps.tail.evaluate import coverage_per_block
+
+    lists = np.array([[0, 1], [1, 2], [3, 3], [4, -1], [9, 9]])
+    # blocks of 2 users: {0, 1, 2} -> 3, {3, 4} -> 2 (−1 is no item); the fifth user is a partial block, left out
+    assert coverage_per_block(lists, 2, 2) == pytest.approx(2.5)
+    assert coverage_per_block(lists, 1, 2) == pytest.approx(2.0)  # {0, 1}, {3, 4}
+    assert math.isnan(coverage_per_block(lists, 2, 6))
+
+
+def _ref_case():
+    import scipy.sparse as sp
+
+    # 3 items; users (rows) fold in / hold out: u0 {0} / {1, 2}; u1 nothing held out; u2 {2} / {0, 1}; u3 {0, 1} / {2}
+    B = np.array([[0.0, 2.0, 1.0], [2.0, 0.0, 1.0], [1.0, 1.0, 0.0]], dtype=np.float32)
+    fold = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=np.float32))
+    held = sp.csr_matrix(np.array([[0, 1, 1], [0, 0, 0], [1, 1, 0], [0, 0, 1]], dtype=np.float32))
+    return B, fold, held
+
+
+def test_reference_item_metrics_on_unmasked_lists():
+    from steps.tail.config import Evaluation
+    from steps.tail.evaluate import reference_metrics
+
+    B, fold, held = _ref_case()
+    # unmasked scores: u0 [0, 2, 1] -> list [1, 2, 0]; u2 [1, 1, 0] -> [0, 1, 2]; u3 [2, 2, 2] -> [0, 1, 2] (ties: lower index)
+    # held-out positions: u0 item 1 @0, item 2 @1; u2 item 0 @0, item 1 @1; u3 item 2 @2 (masked, it would be @0)
+    m = reference_metrics(B, fold, held, Evaluation(ks=(1, 2)))
+    # recall@1 per item: item 0 1/1, item 1 1/2, item 2 0/2 -> mean 0.5; @2: 1, 1, 1/2 -> 2.5/3
+    assert m["item_recall_unmasked_at_1"] == pytest.approx(0.5)
+    assert m["item_recall_unmasked_at_2"] == pytest.approx(2.5 / 3)
+    # DCG (k = min(100, k_max) = 2): item 0 1; item 1 (1 + 1/log2 3)/2; item 2 (1/log2 3 + 0)/2
+    g = 1 / math.log2(3)
+    assert m["item_dcg_unmasked_at_100"] == pytest.approx((1 + (1 + g) / 2 + g / 2) / 3)
+    # recall_dist: hit / min(2, #held): u0 and u2 hold 2, u3 holds 1 -> item 0 1/2; item 1 (1/2 + 1/2)/2; item 2 (1/2 + 0)/2
+    assert m["item_recall_dist_unmasked_at_100"] == pytest.approx((0.5 + 0.5 + 0.25) / 3)
+    assert math.isnan(m["coverage_per_100_users_at_2"])  # 3 evaluated users: no complete block of 100
+    assert 0 <= m["item_ndcg_over_users"] <= 1
+
+
+def test_item_ndcg_ranks_users_per_item():
+    import scipy.sparse as sp
+
+    from steps.tail.evaluate import item_ndcg_over_users
+
+    B = np.array([[0.0, 1.0], [3.0, 0.0]], dtype=np.float32)
+    # rows fold in / hold out: r0 {1} / -; r1 {0} / {1}; r2 {1} / {0}; r3 {0} / -
+    fold = sp.csr_matrix(np.array([[0, 1], [1, 0], [0, 1], [1, 0]], dtype=np.float32))
+    held = sp.csr_matrix(np.array([[0, 0], [0, 1], [1, 0], [0, 0]], dtype=np.float32))
+    # scores with fold-in cells set to 0: r0 [3, 0], r1 [0, 1], r2 [3, 0], r3 [0, 1]
+    # item 0: order r0, r2, r1, r3 -> the holder r2 at position 1: 1/log2 3; item 1: r1, r3, r0, r2 -> r1 first: 1
+    np.testing.assert_allclose(item_ndcg_over_users(B, fold, held, block_items=1), [1 / math.log2(3), 1.0])
+    # nobody holds an item out -> 0
+    np.testing.assert_allclose(item_ndcg_over_users(B, fold, sp.csr_matrix((4, 2), dtype=np.float32)), [0.0, 0.0])
+
+
+def test_hit_rate_on_masked_lists():
+    import scipy.sparse as sp
+
+    from steps.tail.config import Evaluation
+    from steps.tail.evaluate import evaluate_lists
+
+    # lists of users 0, 1; user 0 holds out {1, 5} (item 1 @1), user 1 {2, 3, 4} (item 2 @0); user 2 nothing (not evaluated)
+    topk = np.array([[3, 1, 4, 0], [2, 3, -1, -1], [0, 1, 2, 3]])
+    held = sp.csr_matrix(([1.0] * 5, ([0, 0, 1, 1, 1], [1, 5, 2, 3, 4])), shape=(3, 6))
+    counts = np.ones(6)
+    m = evaluate_lists(topk, held, counts, 10, np.zeros(6, dtype=bool), np.zeros(6, dtype=np.int64),
+                       Evaluation(ks=(1, 2, 4), buckets=2))
+    assert (m.summary["hit_rate_at_1"], m.summary["hit_rate_at_2"], m.summary["hit_rate_at_4"]) == (0.5, 1.0, 1.0)

@@ -35,7 +35,8 @@ from steps.tail.models import (
 )
 from steps.tail.synthetic import iter_synthetic_ratings
 from steps.tail.data import split_strong_generalisation
-from steps.tail.train import fit_item_item, run_epoch
+from steps.tail.diagnostics import spearman, weight_drift
+from steps.tail.train import batch_starts, fit_item_item, run_epoch
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,11 @@ def test_weighted_and_tail_losses():
         tail.eta.fill_(1.0)
     # η + ReLU(e − η)/β = [1, 1, 1 + 3/0.5] -> mean 3
     assert float(tail.learner_loss(pred, x).detach()) == pytest.approx(3.0)
+    # λ weights the CVaR loss (the reference's lamda): λ = 10 -> 30
+    tail10 = TailObjective(1.0, beta=0.5, device="cpu", lam=10.0)
+    with torch.no_grad():
+        tail10.eta.fill_(1.0)
+    assert float(tail10.learner_loss(pred, x).detach()) == pytest.approx(30.0)
 
 
 def test_item_utility_recall_and_recall_dist():
@@ -142,25 +148,71 @@ def test_item_utility_recall_and_recall_dist():
 
 
 def test_adversary_shapes_centring_and_start():
+    """Issue #11 changed this behaviour: the centring follows the reference's naming (only names
+    that start with ``b`` centre the input: ``b2mlpN``; ``2bmlpN`` does not), and ``b2mlpN``
+    keeps PyTorch's default first-layer init as the reference."""
     rng = np.random.default_rng(1)
     x = (rng.random((30, 12)) < 0.3).astype(np.float32)  # 30 users × 12 items
     items = to_torch_sparse(sp.csr_matrix(x.T))
-    density = x.mean()
+    density = float(x.mean())
     torch.manual_seed(0)
     for struct in ("linear", "2mlp4", "2bmlp2"):
-        adv = ItemAdversary(30, struct, nstd=1.5, density=float(density))
+        adv = ItemAdversary(30, struct, nstd=1.5, density=density)
+        assert not adv.centred
         w = adv(items)
         assert w.shape == (12,)
         np.testing.assert_allclose(w.detach().numpy(), 0.5)  # zero first layer: every weight ½
-    adv = ItemAdversary(30, "2bmlp2", nstd=1.0, density=float(density))
-    with torch.no_grad():
-        adv.first.weight.normal_()
+    b = ItemAdversary(30, "b2mlp2", nstd=1.5, density=density)
+    assert b.centred and float(b.first.weight.detach().abs().sum()) > 0  # default init, not zero
+    assert float(b(items).detach().std()) > 0.01
     dense = torch.tensor(x.T)
     centred = (dense - density) / math.sqrt(density * (1 - density))
-    want = torch.sigmoid(adv.head(centred @ adv.first.weight.T)).squeeze(1)
-    torch.testing.assert_close(adv(items), want)
-    with pytest.raises(ConfigError):
-        ItemAdversary(30, "3mlp2", 1.0, 0.1)
+    # b2mlpN: centred input, no ×nstd before tanh: BN → tanh → Linear → BN, then ×nstd → sigmoid
+    assert [type(m).__name__ for m in b.head] == ["BatchNorm1d", "Tanh", "Linear", "BatchNorm1d"]
+    torch.testing.assert_close(b(items), torch.sigmoid(1.5 * b.head(centred @ b.first.weight.T)).squeeze(1))
+    # 2bmlpN: ×nstd before tanh, input not centred
+    adv = ItemAdversary(30, "2bmlp2", nstd=1.0, density=density)
+    assert [type(m).__name__ for m in adv.head] == ["BatchNorm1d", "_Scale", "Tanh", "Linear", "BatchNorm1d"]
+    with torch.no_grad():
+        adv.first.weight.normal_()
+    torch.testing.assert_close(adv(items), torch.sigmoid(adv.head(dense @ adv.first.weight.T)).squeeze(1))
+    for bad in ("3mlp2", "bmlp2", "2mlp0", "b2bmlp2"):
+        with pytest.raises(ConfigError, match="adversary: expected linear, 2mlpN, 2bmlpN or b2mlpN"):
+            ItemAdversary(30, bad, 1.0, 0.1)
+    with pytest.raises(ConfigError, match="adv_init: unknown value 'xavier'"):
+        ItemAdversary(30, "2mlp2", 1.0, 0.1, init="xavier")
+
+
+def _reversal_drift(x: sp.csr_matrix, struct: str, init: str, alr: float, steps: int = 20) -> tuple[float, float]:
+    """One SGD step of the adversary alone on a fixed disadvantage d, then ``steps`` on −d: the
+    mean |Δω| of the first step and of the later ones."""
+    items = to_torch_sparse(x.T.tocsr())
+    d = torch.tensor(np.random.default_rng(0).normal(size=x.shape[1]), dtype=torch.float32)
+    torch.manual_seed(0)
+    adv = ItemAdversary(x.shape[0], struct, 1.5, x.nnz / np.prod(x.shape), init=init)
+    opt = torch.optim.SGD(adv.parameters(), lr=alr)
+    w = [mean_one(adv(items)).detach()]
+    for t in range(steps + 1):
+        opt.zero_grad()
+        (-(mean_one(adv(items)) * (d if t == 0 else -d)).mean()).backward()
+        opt.step()
+        w.append(mean_one(adv(items)).detach())
+    return float((w[1] - w[0]).abs().mean()), float((w[-1] - w[1]).abs().mean())
+
+
+def test_paper_init_freezes_after_the_first_step_and_scaled_init_keeps_adapting(split):
+    x = split.train
+    for struct in ("2bmlp2", "2mlp8"):
+        first, later = _reversal_drift(x, struct, "paper", alr=0.1)
+        assert first > 0.1 and later < 1e-4, (struct, first, later)  # one large step, then (almost) frozen
+        s_first, s_later = _reversal_drift(x, struct, "scaled", alr=0.1)
+        assert s_later > 1000 * later and s_later > 0.05, (struct, s_later, later)
+    # the scaled init's first layer gives every hidden unit unit standard deviation over the items
+    torch.manual_seed(0)
+    adv = ItemAdversary(x.shape[0], "2mlp8", 1.0, x.nnz / np.prod(x.shape), init="scaled")
+    items = to_torch_sparse(x.T.tocsr())
+    adv(items)
+    np.testing.assert_allclose(adv._hidden(items).std(dim=0).detach().numpy(), 1.0, rtol=1e-4)
 
 
 def test_adversary_upweights_items_with_low_utility():
@@ -274,3 +326,96 @@ def test_item_weights_come_from_the_best_epoch(split):
     short = fit_item_item(upto, split.train, split.valid_tr, split.valid_te, counts, seed=3, log=lambda s: None)
     np.testing.assert_array_equal(short.B, full.B)
     np.testing.assert_array_equal(short.item_weights, full.item_weights)
+
+
+def test_eta_moves_as_the_reference_code():
+    """eta_lr 1e-9, no momentum: one full-batch SGD step from η = 0 moves η by −1e-9·∂L/∂η, with
+    ∂L/∂η = λ·s·(1 − share of cells with e > 0 / β) at B = 0 (e = x², so the positive cells)."""
+    rng = np.random.default_rng(4)
+    x = sp.csr_matrix((rng.random((40, 8)) < 0.25).astype(np.float32))
+    train, valid = x[:30], x[30:]
+    density = train.nnz / (30 * 8)
+    tr = Training(epochs=1, batch_size=64, optimizer="sgd", lr=0.05, loss_scale=1000, schedule="constant")
+    m = MethodSpec(name="tail_opt", training=tr, beta=0.5, lam=10.0, eta_lr=1e-9, eta_momentum=0.0)
+    fit = fit_item_item(m, train, valid, valid, np.diff(train.tocsc().indptr), seed=0, log=lambda s: None)
+    grad = 10.0 * 1000 * (1 - density / 0.5)
+    assert fit.history["eta"][0] == pytest.approx(-1e-9 * grad, rel=1e-5)
+
+
+def test_batch_starts_and_drop_last():
+    assert list(batch_starts(10, 4)) == [0, 4, 8]
+    assert list(batch_starts(10, 4, drop_last=True)) == [0, 4]
+    assert list(batch_starts(8, 4, drop_last=True)) == [0, 4]
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((40, 6)) < 0.5).astype(np.float32))
+    m = MethodSpec(name="ease_gd", training=Training(epochs=1, batch_size=50, drop_last=True))
+    with pytest.raises(InputError, match="drop_last with batch_size 50 > 30 training users leaves no batch"):
+        fit_item_item(m, x[:30], x[30:], x[30:], np.diff(x[:30].tocsc().indptr), seed=0, log=lambda s: None)
+    # dropping the last partial batch changes the path; keeping it (the default) is the old loop
+    kw = dict(epochs=2, batch_size=7, lr=1e-2, wd=0.5, schedule="constant")
+    runs = {d: fit_item_item(MethodSpec(name="ease_gd", training=Training(**kw, drop_last=d)), x[:30], x[30:], x[30:],
+                             np.diff(x[:30].tocsc().indptr), seed=0, log=lambda s: None) for d in (False, True)}
+    assert not np.array_equal(runs[False].B, runs[True].B)
+
+
+def test_select_epoch_last_returns_the_last_epoch(split):
+    counts = np.diff(split.train.tocsc().indptr)
+    tr = Training(epochs=4, batch_size=128, lr=1e-2, wd=0.5, patience=3, schedule="constant")
+    best = fit_item_item(MethodSpec(name="adversarial", training=tr, alr=0.05), split.train, split.valid_tr,
+                         split.valid_te, counts, seed=3, log=lambda s: None)
+    assert best.best_epoch < best.epochs and best.selected_epoch == best.best_epoch
+    tr_last = Training(**{**tr.__dict__, "select_epoch": "last"})
+    last = fit_item_item(MethodSpec(name="adversarial", training=tr_last, alr=0.05), split.train, split.valid_tr,
+                         split.valid_te, counts, seed=3, log=lambda s: None)
+    assert (last.epochs, last.best_epoch, last.selected_epoch) == (best.epochs, best.best_epoch, best.epochs)
+    # the returned model scores what the last epoch scored, not what the best did
+    from steps.tail.train import validation_scores
+    got = validation_scores(torch.as_tensor(last.B), split.valid_tr, split.valid_te, 1000, "cpu")
+    assert got["ndcg_at_100"] == pytest.approx(last.history["valid_ndcg_at_100"][-1], abs=1e-6)
+    assert got["ndcg_at_100"] < last.history["valid_ndcg_at_100"].max()
+    assert not np.array_equal(last.item_weights, best.item_weights)
+
+
+def test_weight_diagnostics_hand_checked():
+    assert weight_drift(np.array([1.0, 1.0, 1.0]), np.array([1.5, 0.5, 1.0])) == pytest.approx(1 / 3)
+    assert spearman(np.array([3.0, 1.0, 2.0]), np.array([30, 10, 20])) == pytest.approx(1.0)
+    # ties get average ranks: x ranks [1, 2.5, 2.5, 4], y ranks [4, 3, 2, 1] -> −4.5 / √(4.5 · 5)
+    assert spearman(np.array([1.0, 2.0, 2.0, 3.0]), np.array([4, 3, 2, 1])) == pytest.approx(-4.5 / math.sqrt(22.5))
+    assert math.isnan(spearman(np.ones(3), np.arange(3)))
+
+
+def test_weight_diagnostics_in_the_fit(split):
+    counts = np.diff(split.train.tocsc().indptr)
+    tr = Training(epochs=3, batch_size=128, lr=3e-3, wd=0.5, patience=3)
+    # IPW: fixed weights exp(−α·count), so no drift and ρ = −1 with popularity (ties on both sides alike)
+    ipw = fit_item_item(MethodSpec(name="ipw", training=tr, alpha=0.01), split.train, split.valid_tr, split.valid_te,
+                        counts, seed=3, log=lambda s: None)
+    assert ipw.diagnostics == {"weight_first_step": 0.0, "weight_drift_after_first_step": 0.0,
+                               "weight_popularity_spearman": pytest.approx(-1.0)}
+    assert ipw.history["weight_drift"].to_list() == [0.0, 0.0, 0.0]
+    # the adversary's first step moves the weights; per epoch the drift and ρ are recorded
+    adv = fit_item_item(MethodSpec(name="adversarial", training=tr, alr=0.01), split.train, split.valid_tr, split.valid_te,
+                        counts, seed=3, log=lambda s: None)
+    assert adv.diagnostics["weight_first_step"] > 0
+    assert adv.diagnostics["weight_popularity_spearman"] == pytest.approx(spearman(adv.item_weights, counts))
+    assert adv.history["weight_drift"].is_not_null().all() and adv.history["weight_popularity_spearman"].is_between(-1, 1).all()
+    ease = fit_item_item(MethodSpec(name="ease_gd", training=tr), split.train, split.valid_tr, split.valid_te,
+                         counts, seed=3, log=lambda s: None)
+    assert ease.diagnostics is None and "weight_drift" not in ease.history.columns
+
+
+def test_weight_diagnostics_card_text():
+    import polars as pl
+
+    from steps.tail.report import weight_diagnostics_text
+
+    results = pl.DataFrame({"dataset": ["d", "d", "d"], "method": ["ease", "adversarial", "adversarial"],
+                            "split": ["test", "validation", "test"], "selected_epoch": [0, 2, 2],
+                            "weight_first_step": [None, 0.4, 0.4], "weight_drift_after_first_step": [None, 1e-7, 1e-7],
+                            "weight_popularity_spearman": [None, -0.99, -0.99]})
+    history = pl.DataFrame({"dataset": ["d", "d"], "method": ["adversarial"] * 2, "epoch": [2, 1],
+                            "weight_drift": [2e-8, 3e-7], "weight_popularity_spearman": [-0.99, -0.98]})
+    text = weight_diagnostics_text(results, history)
+    assert "d / Adversarial (POSIT): first step 0.4, after it 1e-07, ρ = -0.990 (epoch 2); per epoch drift 3e-07, 2e-08, ρ -0.98, -0.99." in text
+    assert "EASE" not in text
+    assert weight_diagnostics_text(results.filter(pl.col("method") == "ease"), history.clear()) == "No method with learner item weights in this run."

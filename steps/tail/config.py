@@ -39,11 +39,16 @@ TRAINED_METHODS = ("ease_gd", "ipw", "tail_opt", "adversarial")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 EARLY_STOPPING = ("recall_at_20", "ndcg_at_100")
+#: Which epoch's model is evaluated: the best by the early-stopping metric (recalign's default), or
+#: the last one run, as the reference code does (its "best" snapshot is a ``state_dict()`` that
+#: references the live weights, so it always evaluates the last epoch).
+SELECT_EPOCH = ("best", "last")
 ADV_LOSSES = ("recall", "recall_dist")
 LOSSES = ("l2",)  # the only learner loss; ``loss`` is validated, not read (see the module docstring)
 DEVICES = ("auto", "cpu", "cuda")
 TAIL_BY = ("items", "interactions")
-_ADVERSARY = re.compile(r"^(linear|2b?mlp([1-9][0-9]*))$")
+_ADVERSARY = re.compile(r"^(linear|(2|2b|b2)mlp([1-9][0-9]*))$")
+ADV_INITS = ("paper", "scaled")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -191,6 +196,8 @@ class Training:
     schedule: str = "cosine"  # cosine annealing over ``epochs`` (reference) or constant
     patience: int = 10  # epochs without a better validation score before stopping
     early_stopping: str = "ndcg_at_100"
+    select_epoch: str = "best"  # best (by early_stopping) or last (the reference code's protocol)
+    drop_last: bool = False  # skip each epoch's last partial batch (the reference code does)
 
 
 @dataclass(frozen=True)
@@ -202,12 +209,15 @@ class MethodSpec:
     l2: float = 500.0  # ease / pop_rerank: EASE's λ
     alpha: float = 1e-3  # ipw: w_i ∝ exp(−alpha · count_i)
     beta: float = 0.1  # tail_opt: CVaR level (share of the worst cells optimised)
-    eta_lr: float = 0.01  # tail_opt: learning rate of η
-    adversary: str = "2bmlp2"  # adversarial: linear, 2mlpN or 2bmlpN
+    eta_lr: float = 0.01  # tail_opt: learning rate of η (the reference code: 1e-9, see configs/tail_ml20m.yaml)
+    eta_momentum: float = 0.9  # tail_opt: SGD momentum of η (the reference code: 0); ignored by adam
+    adversary: str = "2bmlp2"  # adversarial: linear, 2mlpN, 2bmlpN or b2mlpN (only b2mlpN centres the input)
+    adv_init: str = "paper"  # adversarial: paper (as the reference) or scaled (recalign's; keeps adapting)
     nstd: float = 1.0  # adversarial: output (and hidden, for b) scale before the sigmoid/tanh
     alr: float = 1e-3  # adversarial: adversary learning rate
     awd: float = 0.0  # adversarial: adversary weight decay
-    lam: float = 1.0  # adversarial: item weight = (1 − lam) + lam · normalised adversary weight
+    lam: float = 1.0  # adversarial: item weight = (1 − lam) + lam · normalised adversary weight (0 <= lam <= 1);
+    # tail_opt: λ > 0, the CVaR loss's weight, as the reference's ``lamda`` (loss = λ·s·mean(η + ReLU(e − η)/β))
     aloss: str = "recall"  # adversarial: per-item utility the adversary targets (recall or recall_dist)
     dist_ones: bool = False  # adversarial: normalise that utility by the item's holders (else by users)
     loss: str = "l2"  # learner loss: validated only, l2 is the one loss there is (the reference's choice)
@@ -224,8 +234,8 @@ _METHOD_OPTIONS = {
     "ease": {"l2"},
     "ease_gd": set(),
     "ipw": {"alpha"},
-    "tail_opt": {"beta", "eta_lr"},
-    "adversarial": {"adversary", "nstd", "alr", "awd", "lam", "aloss", "dist_ones", "loss", "adv_k", "momentum"},
+    "tail_opt": {"beta", "eta_lr", "eta_momentum", "lam"},
+    "adversarial": {"adversary", "adv_init", "nstd", "alr", "awd", "lam", "aloss", "dist_ones", "loss", "adv_k", "momentum"},
     "pop_rerank": {"l2", "gamma"},
 }
 
@@ -243,6 +253,10 @@ def _training(key: str, raw: Any, base: Training) -> Training:
         d["schedule"] = _choice(f"{key}.schedule", raw["schedule"], SCHEDULES)
     if "early_stopping" in raw:
         d["early_stopping"] = _choice(f"{key}.early_stopping", raw["early_stopping"], EARLY_STOPPING)
+    if "select_epoch" in raw:
+        d["select_epoch"] = _choice(f"{key}.select_epoch", raw["select_epoch"], SELECT_EPOCH)
+    if "drop_last" in raw:
+        d["drop_last"] = _bool(f"{key}.drop_last", raw["drop_last"])
     if "lr" in raw:
         d["lr"] = _number(f"{key}.lr", raw["lr"], 0.0, lo_open=True)
     if "wd" in raw:
@@ -270,13 +284,19 @@ def _method(name: str, raw: Any, training: Training) -> MethodSpec:
             d[k] = _number(f"{key}.{k}", raw[k], lo, lo_open=lo_open)
     if "beta" in raw:
         d["beta"] = _number(f"{key}.beta", raw["beta"], 0.0, 1.0, lo_open=True)
-    for k in ("lam", "momentum"):
+    for k in ("momentum", "eta_momentum"):
         if k in raw:
             d[k] = _number(f"{key}.{k}", raw[k], 0.0, 1.0)
+    if "lam" in raw:  # adversarial: a mixing weight in [0, 1]; tail_opt: a loss weight > 0
+        d["lam"] = (_number(f"{key}.lam", raw["lam"], 0.0, lo_open=True) if name == "tail_opt"
+                    else _number(f"{key}.lam", raw["lam"], 0.0, 1.0))
     if "adversary" in raw:
         if not isinstance(raw["adversary"], str) or not _ADVERSARY.match(raw["adversary"]):
-            raise ConfigError(f"{key}.adversary: expected linear, 2mlpN or 2bmlpN (N = hidden width), got {raw['adversary']!r}")
+            raise ConfigError(f"{key}.adversary: unknown structure {raw['adversary']!r}; expected linear, 2mlpN, 2bmlpN or "
+                              f"b2mlpN (N = hidden width >= 1; only names starting with 'b' centre the input)")
         d["adversary"] = raw["adversary"]
+    if "adv_init" in raw:
+        d["adv_init"] = _choice(f"{key}.adv_init", raw["adv_init"], ADV_INITS)
     if "aloss" in raw:
         d["aloss"] = _choice(f"{key}.aloss", raw["aloss"], ADV_LOSSES)
     if "loss" in raw:

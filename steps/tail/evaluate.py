@@ -5,6 +5,11 @@ the user folded in get −∞, and the k best items are taken **deterministicall
 scores by lower item index (so two implementations with the same B give the same lists). Slots a
 user cannot fill (fewer than k candidate items) hold −1.
 
+The reference code (``qiulingxu/POSIT``, ``train_body.evaluate``) scores its user-level metrics on
+masked lists, as here, but its item-level recall/DCG and its coverage on **unmasked** lists (the
+user's own fold-in items can take list slots); :func:`reference_metrics` adds those under their own
+names, so the paper's figures can be compared (see the README's TailFlow section).
+
 ``pop_rerank`` re-ranks EASE's scores: s'_ui = s_ui − γ · max(0, max_j s_uj) · π_i with
 π_i = log(1 + count_i) / log(1 + max count) ∈ [0, 1] (count = training users of item i).
 """
@@ -47,8 +52,10 @@ def _topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def topk_lists(B: np.ndarray | torch.Tensor, fold_in: sp.csr_matrix, k: int, batch_users: int = 1000,
-               device: torch.device | str = "cpu", penalty: np.ndarray | None = None, gamma: float = 0.0) -> np.ndarray:
-    """(users × k) int32 item indices of every user's list (see the module docstring)."""
+               device: torch.device | str = "cpu", penalty: np.ndarray | None = None, gamma: float = 0.0,
+               mask_seen: bool = True) -> np.ndarray:
+    """(users × k) int32 item indices of every user's list (see the module docstring);
+    ``mask_seen=False`` leaves the fold-in items in (the reference's unmasked lists)."""
     fold_in = sp.csr_matrix(fold_in)
     n_users, n_items = fold_in.shape
     bt = torch.as_tensor(B, dtype=torch.float32, device=device)
@@ -59,8 +66,9 @@ def topk_lists(B: np.ndarray | torch.Tensor, fold_in: sp.csr_matrix, k: int, bat
     for start in range(0, n_users, batch_users):
         xb = fold_in[start : start + batch_users]
         scores = torch.sparse.mm(to_torch_sparse(xb, device), bt)
-        seen = torch.as_tensor(xb.toarray() > 0, device=device)
-        scores = scores.masked_fill(seen, float("-inf"))
+        if mask_seen:
+            seen = torch.as_tensor(xb.toarray() > 0, device=device)
+            scores = scores.masked_fill(seen, float("-inf"))
         if pen is not None:
             top = scores.max(dim=1, keepdim=True).values.clamp_min(0.0)
             top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
@@ -144,6 +152,10 @@ def evaluate_lists(topk: np.ndarray, heldout: sp.csr_matrix, item_counts: np.nda
         raise InputError("no held-out user has both held-out items and a recommendation list; nothing to evaluate")
     lists, offsets, positions = topk[hits.users], hits.offsets, hits.positions
     out: dict = {"users": int(len(hits.users))}
+    found = (positions[:, None] < np.asarray(ev.ks)[None, :]).astype(np.int64)
+    any_hit = np.add.reduceat(found, offsets[:-1], axis=0) > 0  # every evaluated user holds >= 1 item out
+    for j, k in enumerate(ev.ks):
+        out[f"hit_rate_at_{k}"] = float(any_hit[:, j].mean())
     for k in ev.ks:
         out[f"recall_at_{k}"] = float(np.nanmean(metrics.recall_at_k(offsets, positions, k)))
         out[f"ndcg_at_{k}"] = float(np.nanmean(metrics.ndcg_at_k(offsets, positions, k)))
@@ -162,6 +174,100 @@ def evaluate_lists(topk: np.ndarray, heldout: sp.csr_matrix, item_counts: np.nda
         per_bucket = metrics.bucket_means(ir, bucket, ev.buckets)
         out[f"item_recall_spread_at_{k}"] = float(np.nanmax(per_bucket) - np.nanmin(per_bucket))
     return ListMetrics(out, exposure, item_recall)
+
+
+def coverage_per_block(lists: np.ndarray, k: int, block: int = 100) -> float:
+    """The reference's coverage: distinct items in the top-k lists of each complete block of
+    ``block`` consecutive users, averaged over the blocks (NaN with fewer than ``block`` users).
+    Empty slots (−1) are not items."""
+    n_blocks = lists.shape[0] // block
+    if n_blocks == 0:
+        return float("nan")
+    flat = np.sort(lists[: n_blocks * block, :k].reshape(n_blocks, -1), axis=1)
+    new = np.ones_like(flat, dtype=bool)
+    new[:, 1:] = flat[:, 1:] != flat[:, :-1]
+    return float((new & (flat >= 0)).sum(axis=1).mean())
+
+
+def _per_item_mean(items: np.ndarray, values: np.ndarray, n_items: int) -> np.ndarray:
+    """Mean of ``values`` over each item's held-out cells; 0 for items nobody holds out (as the
+    reference divides by its count + 1e-8)."""
+    holders = np.bincount(items, minlength=n_items).astype(np.float64)
+    total = np.bincount(items, weights=values, minlength=n_items)
+    return np.divide(total, holders, out=np.zeros(n_items), where=holders > 0)
+
+
+@torch.no_grad()
+def item_ndcg_over_users(B: np.ndarray, fold_in: sp.csr_matrix, heldout: sp.csr_matrix, device="cpu",
+                         penalty: np.ndarray | None = None, gamma: float = 0.0, block_items: int = 512) -> np.ndarray:
+    """The reference's ``i_ndcg``, per item: the users ranked by their score for the item (fold-in
+    cells scored 0, as the reference zeroes them; ties by lower user row), nDCG over the whole
+    ranking with the users who hold the item out as relevant; 0 for items nobody holds out."""
+    fold_in, heldout = sp.csr_matrix(fold_in, dtype=np.float32), sp.csr_matrix(heldout)
+    n_users, n_items = fold_in.shape
+    bt = torch.as_tensor(B, dtype=torch.float32, device=device)
+    x = to_torch_sparse(fold_in, device)
+    seen, held = fold_in.tocsc(), heldout.tocsc()
+    row_max = pen = None
+    if penalty is not None and gamma != 0:  # pop_rerank: the same re-scoring as the lists'
+        row_max = torch.full((n_users, 1), float("-inf"), device=device)
+        for j0 in range(0, n_items, block_items):
+            j1 = min(j0 + block_items, n_items)
+            s = torch.sparse.mm(x, bt[:, j0:j1]).masked_fill(torch.as_tensor(seen[:, j0:j1].toarray() > 0, device=device), float("-inf"))
+            row_max = torch.maximum(row_max, s.max(dim=1, keepdim=True).values)
+        row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max.clamp_min(0.0))
+        pen = torch.as_tensor(penalty, dtype=torch.float32, device=device)
+    discount = 1.0 / torch.log2(torch.arange(n_users, device=device, dtype=torch.float64) + 2.0)
+    ideal = torch.cumsum(discount, 0)
+    out = np.zeros(n_items)
+    for j0 in range(0, n_items, block_items):
+        j1 = min(j0 + block_items, n_items)
+        s = torch.sparse.mm(x, bt[:, j0:j1])
+        if row_max is not None:
+            s = s - gamma * row_max * pen[None, j0:j1]
+        s = s.masked_fill(torch.as_tensor(seen[:, j0:j1].toarray() > 0, device=device), 0.0)
+        rel = torch.as_tensor(held[:, j0:j1].toarray() > 0, device=device).to(torch.float64)
+        order = torch.sort(s, dim=0, descending=True, stable=True).indices
+        dcg = (rel.gather(0, order) * discount[:, None]).sum(dim=0)
+        n = rel.sum(dim=0).long()
+        idcg = ideal[(n - 1).clamp_min(0)]
+        out[j0:j1] = torch.where(n > 0, dcg / idcg, torch.zeros_like(dcg)).cpu().numpy()
+    return out
+
+
+def reference_metrics(B: np.ndarray, fold_in: sp.csr_matrix, heldout: sp.csr_matrix, ev: Evaluation, batch_users: int = 1000,
+                      device="cpu", penalty: np.ndarray | None = None, gamma: float = 0.0) -> dict:
+    """The reference code's item-level metrics and coverage as it computes them, over the users
+    with held-out items (those :func:`heldout_hits` evaluates), in row order:
+
+    * ``coverage_per_100_users_at_k`` — distinct items per block of 100 users, unmasked lists
+      (the reference's ``coverage{k}``);
+    * ``item_recall_unmasked_at_k`` — per item, the share of the users who hold it out that have it
+      in their unmasked top k (0 where nobody holds it out: the reference's ``i_recall{k}_pos``),
+      averaged over the catalogue;
+    * ``item_dcg_unmasked_at_100`` — the same with gain 1/log2(position + 2) (``i_dcg100_pos``);
+    * ``item_recall_dist_unmasked_at_100`` — the same with gain hit / min(100, #held-out of the
+      user) (``i_recall100_dist_pos`` as defined; the reference's evaluation divides by a sum that
+      includes the −100 fold-in markers of its label matrix, so its printed values differ);
+    * ``item_ndcg_over_users`` — :func:`item_ndcg_over_users` (``i_ndcg``), averaged over the catalogue.
+    """
+    fold_in, heldout = sp.csr_matrix(fold_in), sp.csr_matrix(heldout)
+    n_items = heldout.shape[1]
+    users = np.flatnonzero(np.diff(heldout.indptr) > 0)
+    lists = topk_lists(B, fold_in[users], ev.k_max, batch_users, device, penalty, gamma, mask_seen=False)
+    hits = heldout_hits(lists, heldout[users])
+    out: dict = {}
+    for k in ev.ks:
+        out[f"coverage_per_100_users_at_{k}"] = coverage_per_block(lists, k, 100)
+    pos, items = hits.positions, hits.items
+    for k in ev.ks:
+        out[f"item_recall_unmasked_at_{k}"] = float(_per_item_mean(items, (pos < k).astype(np.float64), n_items).mean())
+    k = min(100, ev.k_max)
+    out["item_dcg_unmasked_at_100"] = float(_per_item_mean(items, np.where(pos < k, 1.0 / np.log2(pos + 2.0), 0.0), n_items).mean())
+    n_held = np.repeat(np.diff(hits.offsets), np.diff(hits.offsets)).astype(np.float64)
+    out["item_recall_dist_unmasked_at_100"] = float(_per_item_mean(items, (pos < k) / np.minimum(n_held, k), n_items).mean())
+    out["item_ndcg_over_users"] = float(item_ndcg_over_users(B, fold_in[users], heldout[users], device, penalty, gamma).mean())
+    return out
 
 
 def bucket_table(dataset: str, method: str, split: str, exposure: np.ndarray, item_recall: dict,

@@ -108,7 +108,11 @@ def mean_one(w: torch.Tensor) -> torch.Tensor:
     return w / w.mean().detach().clamp_min(1e-12)
 
 
-_STRUCT = re.compile(r"^(linear|2(b?)mlp([1-9][0-9]*))$")
+#: Adversary structures, named as in the reference code (``model/arlitem_adv.py``): ``linear``,
+#: ``2mlpN``, ``2bmlpN`` (×nstd before tanh) and ``b2mlpN`` (centred input). The reference's rule
+#: is by prefix: only a name that *starts* with ``b`` centres the input.
+_STRUCT = re.compile(r"^(linear|(2|2b|b2)mlp([1-9][0-9]*))$")
+ADV_INITS = ("paper", "scaled")
 
 
 class _Scale(nn.Module):
@@ -123,23 +127,39 @@ class _Scale(nn.Module):
 class ItemAdversary(nn.Module):
     """Maps each item's interaction profile (a column of X, length = users) to a weight in (0, 1).
 
-    ``linear``: sigmoid(nstd · (w·x + b)). ``2mlpN``: Linear(users→N) → BatchNorm → tanh →
-    Linear(N→1) → BatchNorm → ×nstd → sigmoid. ``2bmlpN``: the same on centred inputs
-    (x − μ)/σ, μ and σ the mean and standard deviation of X's cells, with ×nstd also before tanh.
-    The first layer (and the linear bias) start at zero: every item weight starts at ½; batch statistics are always those of the
-    whole catalogue, which every forward pass sees.
+    Structures as the reference code builds them (BN = batch norm without affine parameters over
+    the whole catalogue, which every forward pass sees):
+
+    * ``linear``: sigmoid(nstd · (w·x + b));
+    * ``2mlpN``: Linear(users→N) → BN → tanh → Linear(N→1) → BN → ×nstd → sigmoid;
+    * ``2bmlpN``: the same with ×nstd also before tanh (input *not* centred: the reference centres
+      only names that start with ``b``);
+    * ``b2mlpN``: ``2mlpN`` on the centred input (x − μ)/σ, μ and σ the mean and standard deviation
+      of X's cells. (The reference computes W(x + μ1)/σ; the batch norm that follows removes the
+      constant W1·μ/σ either way, so the sign does not change the weights.)
+
+    ``init``: ``paper`` — as the reference: the first layer starts at zero for ``linear``, ``2mlpN``
+    and ``2bmlpN`` (every item weight starts at ½, and the first step's gradient through the batch
+    norm of a zero-variance input is of order 1/√eps), PyTorch's default uniform init for ``b2mlpN``.
+    ``scaled`` (recalign's, not the paper's): the first layer starts random (seeded), each hidden
+    unit's weights scaled so that its input to the batch norm has standard deviation 1 over the
+    items; the first step is then of ordinary size and the weights keep adapting.
     """
 
-    def __init__(self, n_users: int, struct: str, nstd: float, density: float) -> None:
+    def __init__(self, n_users: int, struct: str, nstd: float, density: float, init: str = "paper") -> None:
         super().__init__()
         m = _STRUCT.match(struct)
         if not m:
-            raise ConfigError(f"adversary: expected linear, 2mlpN or 2bmlpN, got {struct!r}")
+            raise ConfigError(f"adversary: expected linear, 2mlpN, 2bmlpN or b2mlpN (N = hidden width), got {struct!r}")
+        if init not in ADV_INITS:
+            raise ConfigError(f"adv_init: unknown value {init!r}; choose from {list(ADV_INITS)}")
         self.struct = struct
         self.nstd = nstd
-        self.centred = m.group(2) == "b"
+        self.init = init
+        self.centred = struct.startswith("b")
         self.mean = density
         self.std = math.sqrt(max(density * (1.0 - density), 1e-12))
+        self._scaled = False
         if m.group(1) == "linear":
             self.first = nn.Linear(n_users, 1, bias=True)
             self.head = nn.Identity()
@@ -147,19 +167,32 @@ class ItemAdversary(nn.Module):
             width = int(m.group(3))
             self.first = nn.Linear(n_users, width, bias=False)
             hidden = [nn.BatchNorm1d(width, affine=False, track_running_stats=False)]
-            if self.centred:
+            if m.group(2) == "2b":
                 hidden.append(_Scale(nstd))
             hidden += [nn.Tanh(), nn.Linear(width, 1, bias=False), nn.BatchNorm1d(1, affine=False, track_running_stats=False)]
             self.head = nn.Sequential(*hidden)
         with torch.no_grad():
-            self.first.weight.zero_()
+            if init == "scaled":
+                self.first.weight.normal_()
+                self._scaled = True  # rescaled on the first forward pass, which sees the catalogue
+            elif not self.centred:  # paper: zero first layer, except b2mlpN (default init there)
+                self.first.weight.zero_()
             if self.first.bias is not None:
                 self.first.bias.zero_()
 
-    def forward(self, x_items: torch.Tensor) -> torch.Tensor:
+    def _hidden(self, x_items: torch.Tensor) -> torch.Tensor:
         h = torch.sparse.mm(x_items, self.first.weight.T) if x_items.is_sparse else x_items @ self.first.weight.T
         if self.centred:  # W(x − μ1)/σ without densifying x
             h = (h - self.mean * self.first.weight.sum(dim=1)[None, :]) / self.std
+        return h
+
+    def forward(self, x_items: torch.Tensor) -> torch.Tensor:
+        if self._scaled:
+            with torch.no_grad():
+                sd = self._hidden(x_items).std(dim=0)
+                self.first.weight.div_(sd.clamp_min(1e-12)[:, None])
+            self._scaled = False
+        h = self._hidden(x_items)
         if self.first.bias is not None:
             h = h + self.first.bias
         return torch.sigmoid(self.nstd * self.head(h)).squeeze(1)
@@ -219,11 +252,18 @@ class WeightedObjective(Objective):
 
 
 class TailObjective(Objective):
-    """CVaR tail optimisation over cells: s · mean(η + ReLU(e − η)/β), e the squared error, η learned."""
+    """CVaR tail optimisation over cells: λ · s · mean(η + ReLU(e − η)/β), e the squared error, η learned.
 
-    def __init__(self, loss_scale: float, beta: float, device) -> None:
+    The reference code (``model/tail_opt.py``) learns α = 10⁴·η with SGD at lr 0.1 (no momentum,
+    cosine-annealed with the rest), so η moves by 0.1/10⁸ = 1e-9 · ∂L/∂η per step: ``eta_lr: 1e-9``
+    with ``eta_momentum: 0`` is the same schedule. At that rate η stays ≈ 0 and the loss is
+    λ·s·mean(e)/β: plain EASE by gradient with the loss scaled by λ/β.
+    """
+
+    def __init__(self, loss_scale: float, beta: float, device, lam: float = 1.0) -> None:
         super().__init__(loss_scale)
         self.beta = beta
+        self.lam = lam
         self.eta = nn.Parameter(torch.zeros((), device=device))
 
     def parameters(self):
@@ -231,7 +271,7 @@ class TailObjective(Objective):
 
     def learner_loss(self, pred, x_dense):
         e = squared_error(pred, x_dense)
-        return self.loss_scale * (self.eta + torch.relu(e - self.eta) / self.beta).mean()
+        return self.lam * self.loss_scale * (self.eta + torch.relu(e - self.eta) / self.beta).mean()
 
     def state(self) -> dict:
         return {"eta": float(self.eta.detach())}

@@ -13,7 +13,15 @@ from steps.storage import FileRef, save_array
 from steps.tail.candidates import write_tail_candidates
 from steps.tail.config import MethodSpec, TailConfig
 from steps.tail.data import PreparedData
-from steps.tail.evaluate import bucket_table, evaluate_lists, popularity_buckets, popularity_penalty, tail_items, topk_lists
+from steps.tail.evaluate import (
+    bucket_table,
+    evaluate_lists,
+    popularity_buckets,
+    popularity_penalty,
+    reference_metrics,
+    tail_items,
+    topk_lists,
+)
 from steps.tail.models import ease_closed_form, resolve_device
 from steps.tail.train import fit_item_item
 
@@ -23,7 +31,15 @@ RESULT_COLUMNS = [
     "epochs", "seconds",
     "recall_at_100", "ndcg_at_20", "ndcg_at_50", "coverage_at_50", "coverage_at_100", "entropy", "epc",
     "item_recall_at_20", "item_recall_at_50", "item_recall_at_100", "item_recall_spread_at_20", "best_epoch", "users",
+    # issue #11: the epoch evaluated (best_epoch, or the last with select_epoch: last), the reference
+    # code's own metric definitions (evaluate.reference_metrics) and the item-weight diagnostics
+    "selected_epoch", "hit_rate_at_20", "hit_rate_at_50", "hit_rate_at_100",
+    "coverage_per_100_users_at_20", "coverage_per_100_users_at_50", "coverage_per_100_users_at_100",
+    "item_recall_unmasked_at_20", "item_recall_unmasked_at_50", "item_recall_unmasked_at_100",
+    "item_dcg_unmasked_at_100", "item_recall_dist_unmasked_at_100", "item_ndcg_over_users",
+    "weight_first_step", "weight_drift_after_first_step", "weight_popularity_spearman",
 ]
+WEIGHT_DIAGNOSTICS = ("weight_first_step", "weight_drift_after_first_step", "weight_popularity_spearman")
 SPLITS = ("validation", "test")
 
 
@@ -66,7 +82,8 @@ def run_method(prepared: PreparedData, groups: ItemGroups, method: MethodSpec, c
     t0 = time.perf_counter()
     train = prepared.load("train")
     valid_tr, valid_te = prepared.load("valid_tr"), prepared.load("valid_te")
-    penalty, gamma, epochs, best_epoch, history, weights = None, 0.0, 0, 0, pl.DataFrame(), None
+    penalty, gamma, epochs, best_epoch, selected, history, weights = None, 0.0, 0, 0, 0, pl.DataFrame(), None
+    diagnostics = dict.fromkeys(WEIGHT_DIAGNOSTICS)
     if method.name in ("ease", "pop_rerank"):
         B = ease_closed_form(train, method.l2, device).astype(np.float32)
         if method.name == "pop_rerank":
@@ -74,14 +91,18 @@ def run_method(prepared: PreparedData, groups: ItemGroups, method: MethodSpec, c
     else:
         fit = fit_item_item(method, train, valid_tr, valid_te, prepared.item_counts, cfg.seed, device, ev.batch_users, log=log)
         B, epochs, best_epoch, history, weights = fit.B, fit.epochs, fit.best_epoch, fit.history, fit.item_weights
+        selected = fit.selected_epoch
+        diagnostics.update(fit.diagnostics or {})
     seconds = time.perf_counter() - t0
     del train
     rows, bucket_frames, test_lists = [], [], None
     for split, (fold_in, heldout) in zip(SPLITS, ((valid_tr, valid_te), (prepared.load("test_tr"), prepared.load("test_te")))):
         lists = topk_lists(B, fold_in, ev.k_max, ev.batch_users, device, penalty, gamma)
         m = evaluate_lists(lists, heldout, prepared.item_counts, prepared.n_train_users, groups.is_tail, groups.bucket, ev)
+        ref = reference_metrics(B, fold_in, heldout, ev, ev.batch_users, device, penalty, gamma)
         rows.append({"dataset": prepared.name, "method": method.name, "split": split, "epochs": epochs,
-                     "best_epoch": best_epoch, "seconds": seconds, **m.summary})
+                     "best_epoch": best_epoch, "selected_epoch": selected, "seconds": seconds, **m.summary, **ref,
+                     **diagnostics})
         bucket_frames.append(bucket_table(prepared.name, method.name, split, m.exposure, m.item_recall, groups.bucket,
                                           prepared.item_counts, groups.n_buckets))
         test_lists = lists
@@ -91,7 +112,8 @@ def run_method(prepared: PreparedData, groups: ItemGroups, method: MethodSpec, c
     candidates = write_tail_candidates(prepared, method.name, B, cfg.candidates_top_m,
                                        out_dir / "candidates" / f"{prepared.name}_{method.name}", ev.batch_users, device,
                                        penalty, gamma)
-    results = pl.DataFrame(rows).select(RESULT_COLUMNS).with_columns(pl.col("epochs", "best_epoch", "users").cast(pl.Int64))
+    results = pl.DataFrame(rows).select(RESULT_COLUMNS).with_columns(
+        pl.col("epochs", "best_epoch", "selected_epoch", "users").cast(pl.Int64), pl.col(*WEIGHT_DIAGNOSTICS).cast(pl.Float64))
     if not history.is_empty():
         history = history.select(pl.lit(prepared.name).alias("dataset"), pl.lit(method.name).alias("method"), pl.all())
     return MethodOutcome(results, pl.concat(bucket_frames), history, lists_ref, model_ref, weights, candidates)

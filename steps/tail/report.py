@@ -51,6 +51,32 @@ def change_sentences(change: pl.DataFrame) -> list[str]:
     return lines
 
 
+def weight_diagnostics_text(results: pl.DataFrame, history: pl.DataFrame) -> str:
+    """Markdown: per weighted method (ipw, adversarial), how far the learner's item weights moved on
+    the first step and afterwards, and their Spearman ρ with popularity, per epoch and at the
+    evaluated epoch (:mod:`steps.tail.diagnostics`)."""
+    if "weight_popularity_spearman" not in results.columns:
+        return "No method with learner item weights in this run."
+    res = results.filter((pl.col("split") == "test") & pl.col("weight_popularity_spearman").is_not_null())
+    if res.is_empty():
+        return "No method with learner item weights in this run."
+    lines = ["Mean |Δω| of the item weights (mean 1) on the first training step and from then to the evaluated "
+             "epoch, and their Spearman ρ with training popularity. Little drift after the first step with ρ near −1 "
+             "means the weights are a near-fixed inverse-popularity weighting rather than an adversary that tracks "
+             "the learner (`adv_init: scaled` is recalign's adversary start that keeps adapting).", ""]
+    has_hist = "weight_drift" in history.columns
+    for r in res.iter_rows(named=True):
+        per_epoch = ""
+        if has_hist:
+            h = history.filter((pl.col("dataset") == r["dataset"]) & (pl.col("method") == r["method"])).sort("epoch")
+            per_epoch = "; per epoch drift " + ", ".join(f"{v:.2g}" for v in h["weight_drift"].to_list()) + \
+                        ", ρ " + ", ".join(f"{v:+.2f}" for v in h["weight_popularity_spearman"].to_list())
+        lines.append(f"* {r['dataset']} / {METHOD_LABEL.get(r['method'], r['method'])}: first step {r['weight_first_step']:.3g}, "
+                     f"after it {r['weight_drift_after_first_step']:.3g}, ρ = {r['weight_popularity_spearman']:+.3f} "
+                     f"(epoch {r['selected_epoch']}){per_epoch}.")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- figures
 def accuracy_vs_coverage(results: pl.DataFrame, split: str = "test") -> plt.Figure:
     """One panel per dataset: coverage@20 (x) against Recall@20 and nDCG@100 (y), a point per method."""
