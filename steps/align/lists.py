@@ -326,40 +326,48 @@ def evaluate_lists(cs: CandidateSet, target: ListTarget, method: str, cfg, datas
         pos = np.minimum(np.searchsorted(cs.item_ids_sorted, ids), n_items - 1)
         return np.where(cs.item_ids_sorted[pos] == ids, pos, -2)
 
-    for s in range(0, len(target.users), chunk):
+    def chunk_work(s: int):
+        """Selections of one chunk of users for every cell."""
         local = np.arange(s, min(s + chunk, len(target.users)))
         users = target.users[local]
         rows = cs.candidate_rows[users]
         probs = _softmax(cs.scores[users])
         p_t = target.rows_for(local)
-        heldout = _heldout_chunk(cs, users, item_row_of_id)
-        ratio = global_r
+        ratio, n_restricted, err = global_r, 0, 0.0
         if method in ("nails", "nails_steck") and target.per_user:
             nr = nails_user_ratio(probs, rows, genres, p_t)
-            ratio, restricted, nails_err = nr.ratio, restricted + int(nr.restricted.sum()), max(nails_err, nr.max_error)
-        if method == "steck" or method == "nails_steck":
+            ratio, n_restricted, err = nr.ratio, int(nr.restricted.sum()), nr.max_error
+        picks, masses = {}, {}
+        if method in ("steck", "nails_steck"):
             if method == "steck":
                 rel = probs if cfg.steck_relevance == "probability" else cs.scores[users]
             else:
                 rel = nails_reweight_lists(probs, rows, genres, ratio, cfg.nails_lambda_for(target.name))
             steck = _SteckChunk(rel, rows, genres, p_t, cfg.steck_smoothing_select)
             for lam in cfg.lambdas:
-                pick = steck.select(lam, n)
-                stats[("det", lam)][0].add(np.take_along_axis(rows, pick, axis=1), p_t, genres, cfg.alpha,
-                                           cfg.calibration_alpha, heldout, n)
-            continue
-        for lam in cfg.lambdas:
-            adj = nails_reweight_lists(probs, rows, genres, ratio, lam)
-            mass[lam] += candidate_mass(adj, rows, genres).sum(axis=0)
-            for sel in cfg.selections:
-                for r, st in enumerate(stats[(sel, lam)]):
-                    if sel == "det":
-                        pick = top_n_indices(adj, n)
-                    else:
-                        noise = block_exponentials((cfg.seed, dataset, target.name, method, sel, lam, r), s, s + len(local),
-                                                   adj.shape[1])
-                        pick = top_n_indices(adj / noise, n)  # sampling without replacement ∝ adj (exponential race)
-                    st.add(np.take_along_axis(rows, pick, axis=1), p_t, genres, cfg.alpha, cfg.calibration_alpha, heldout, n)
+                picks[("det", lam, 0)] = steck.select(lam, n)
+        else:
+            for lam in cfg.lambdas:
+                adj = nails_reweight_lists(probs, rows, genres, ratio, lam)
+                masses[lam] = candidate_mass(adj, rows, genres).sum(axis=0)
+                for sel in cfg.selections:
+                    for r in range(n_rep[(sel, lam)]):
+                        if sel == "det":
+                            picks[(sel, lam, r)] = top_n_indices(adj, n)
+                        else:  # sampling without replacement ∝ adj (exponential race), seeded per block of users
+                            noise = block_exponentials((cfg.seed, dataset, target.name, method, sel, lam, r), s,
+                                                       s + len(local), adj.shape[1])
+                            picks[(sel, lam, r)] = top_n_indices(adj / noise, n)
+        return users, rows, p_t, picks, masses, n_restricted, err
+
+    for users, rows, p_t, picks, masses, n_restricted, err in map(chunk_work, range(0, len(target.users), chunk)):
+        heldout = _heldout_chunk(cs, users, item_row_of_id)
+        restricted, nails_err = restricted + n_restricted, max(nails_err, err)
+        for lam, m in masses.items():
+            mass[lam] += m
+        for (sel, lam, r), pick in picks.items():
+            stats[(sel, lam)][r].add(np.take_along_axis(rows, pick, axis=1), p_t, genres, cfg.alpha,
+                                     cfg.calibration_alpha, heldout, n)
     if restricted:
         notes.append(f"target {target.name!r}: {restricted} user(s) asked for genres none of their candidates carry; "
                      "NAILS re-weighted toward the target restricted to the candidates' genres")
