@@ -179,3 +179,22 @@ def test_bundle_of_run_verifies_the_folder(tmp_path):
         bundle_of_run("TailFlow/1/ease", {"d/ease": ref}, "ease")
     with pytest.raises(InputError, match=r"not a manifest reference"):
         bundle_of_run("TailFlow/1/ease", {"d/ease": file_ref(tmp_path / "b" / "candidates.parquet")}, None)
+
+
+def test_grouplens_folder_through_tail_preprocessing(tmp_path):
+    """``path:`` a GroupLens ml-100k folder: the same preprocessing, genres and timestamps from its files."""
+    from tests.test_movielens import _grouplens
+
+    rng = np.random.default_rng(0)
+    rows = [(u, i, int(rng.integers(4, 6)), 1000 * u + i) for u in range(1, 41) for i in rng.choice(np.arange(1, 31), 8, replace=False)]
+    items = [(i, f"M{i} (1990)", (("Drama",) if i % 2 else ("Comedy", "War"))) for i in range(1, 31)]
+    folder = _grouplens(tmp_path / "ml-100k", "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows), items)
+    spec = TailConfig.from_dict({**BASE, "datasets": [{"name": "gl", "source": "ml100k", "path": str(folder),
+                                                        "protocol": {"heldout_users": 5}}]}).datasets[0]
+    prepared = prepare_dataset(spec, 1, tmp_path / "cache")
+    assert prepared.stats["raw_rows"] == len(rows) and prepared.stats["users"] == 40
+    c = read_candidate_bundle(write_tail_candidates(prepared, "ease", np.eye(prepared.n_items, dtype=np.float32), 5,
+                                                    tmp_path / "b").parent)
+    assert set(c.genres) == {"Drama", "Comedy", "War"}
+    users = np.repeat(c.user_ids, np.diff(c.history_offsets))
+    assert (c.history_times == 1000 * users + c.item_id_of(c.history_rows)).all()  # the u.data timestamps
