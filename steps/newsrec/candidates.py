@@ -83,9 +83,9 @@ def read_user_histories(path: str | os.PathLike, users: np.ndarray) -> tuple[np.
     has_times = S.HISTORY_TIMES in schema.names
     cols = [S.USER_ID, S.HISTORY_ARTICLES, *([S.HISTORY_TIMES] if has_times else [])]
     want = pl.DataFrame({S.USER_ID: np.asarray(users, dtype=np.int64), "_u": np.arange(len(users))})
-    h = (pl.read_parquet(path, columns=cols).with_row_index("_row")
+    h = (pl.scan_parquet(path).select(cols).with_row_index("_row")  # only the BA users' rows are materialised
          .with_columns(pl.col(S.USER_ID).cast(pl.Int64))
-         .join(want, on=S.USER_ID, how="inner").sort("_u"))
+         .join(want.lazy(), on=S.USER_ID, how="inner").sort("_u").collect())
     if h["_u"].is_duplicated().any():
         r = int(h["_row"][int(h["_u"].is_duplicated().arg_max()) + 1])
         raise InputError(f"{path}: row {r}: user_id {h[S.USER_ID][int(h['_u'].is_duplicated().arg_max())]} appears twice")
