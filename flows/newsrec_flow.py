@@ -30,7 +30,9 @@ from steps.align.pipeline import (  # noqa: E402
     publish_outcome,
 )
 from steps.align.targets import resolve_target  # noqa: E402
+from steps.bundles import publish_bundle  # noqa: E402
 from steps.faults import maybe_fail  # noqa: E402
+from steps.newsrec.candidates import news_candidates  # noqa: E402
 from steps.newsrec.config import NewsRecConfig  # noqa: E402
 from steps.newsrec.prepare import prepare_news_data, resolve_data_root  # noqa: E402
 from steps.newsrec.report import (  # noqa: E402
@@ -47,7 +49,7 @@ from steps.storage import RunStorage, localize, localize_input, map_refs  # noqa
 DEFAULT_CONFIG = config_path("newsrec_demo.yaml")
 # Artifacts every model branch carries through the alignment joins.
 CARRIED = ["storage", "data", "data_summary", "model", "model_artifact", "curves", "model_metrics", "prediction_file", "submission_file",
-           "prepared", "target", "model_distribution", "target_names"]
+           "prepared", "target", "model_distribution", "target_names", "candidates_file"]
 
 
 class NewsRecFlow(FlowSpec):
@@ -117,6 +119,8 @@ class NewsRecFlow(FlowSpec):
         dump, submission = write_dump(test, scores, out / f"{self.model}_test_scores.parquet",
                                       out / f"{self.model}_predictions.zip", cfg.data.batch_rows, cfg.ties)
         self.prediction_file, self.submission_file = self.storage.publish(dump), self.storage.publish(submission)
+        bundle = news_candidates(self.data, test, scores, self.model, out / f"{self.model}_candidates", cfg.align.missing_category)
+        self.candidates_file = publish_bundle(bundle, self.storage.publish) if bundle else None
         self.model_metrics = train_metrics_rows(self.model, self.model_artifact.best_epoch,
                                                 {"validation": self.validation_metrics, "test": evaluate_scores(test, scores, cfg.ties)})
         print(self.model_metrics)
@@ -185,6 +189,7 @@ class NewsRecFlow(FlowSpec):
         self.train_metrics = concat([i.model_metrics for i in inputs])
         self.training_curves = concat([i.curves for i in inputs])
         self.predictions = {i.model: i.prediction_file for i in inputs}
+        self.candidates = {i.model: i.candidates_file for i in inputs if getattr(i, "candidates_file", None) is not None}
         self.model_submission_files = {i.model: i.submission_file for i in inputs}
         self.model_artifacts = {i.model: i.model_artifact for i in inputs}
         self.results = concat([with_model(i.model_outputs.results, i.model) for i in inputs])

@@ -112,3 +112,22 @@ def test_alignflow_takes_the_dump_of_a_newsrecflow_run(newsrec_run, flow_runner,
                                              & (pl.col("selection") == "det") & pl.col("lambda").is_in([0.0, 0.99]))
     theirs = data.results.sort(["distribution", "lambda"])
     assert theirs["kl_at_n"].to_list() == ours.sort(["distribution", "lambda"])["kl_at_n"].to_list()
+
+
+def test_the_candidates_artifact_calibrates_the_ba_lists_toward_the_users_histories(newsrec_run):
+    """Each model's bundle of the beyond-accuracy block (artifact ``candidates``) reads back through
+    the resolver AlignFlow's ``from_run`` uses; Steck toward the users' histories lowers C_KL."""
+    from steps.align.config import AlignConfig
+    from steps.align.lists import evaluate_lists, resolve_list_target
+    from steps.bundles import bundle_of_run
+    from steps.candidates import read_candidate_bundle
+
+    data = newsrec_run.run.data
+    assert set(data.candidates) == set(data.predictions)
+    cs = read_candidate_bundle(bundle_of_run(f"NewsRecFlow/{newsrec_run.run_id}/nrms_docvec", data.candidates, "nrms_docvec"))
+    assert cs.n_users == SPEC["n_ba_rows"] and cs.n_candidates == SPEC["n_candidates"] and cs.heldout_offsets is None
+    assert cs.meta["repeated_user_rows"] == 0 and cs.history_times is not None and (np.diff(cs.history_offsets) > 0).all()
+    assert (np.diff(cs.scores, axis=1) <= 0).all()  # best first
+    cfg = AlignConfig.from_dict({"targets": ["history"], "lambdas": [0.0, 0.9], "selections": ["det"]})
+    res = evaluate_lists(cs, resolve_list_target("history", cs), "steck", cfg).results.sort("lambda")
+    assert res["c_kl_mean"][1] < res["c_kl_mean"][0]

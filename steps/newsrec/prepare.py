@@ -38,6 +38,7 @@ class PreparedNewsData:
     history_users: dict[str, FileRef] = field(default_factory=dict)  # split -> (U,) int64
     history_matrix: dict[str, FileRef] = field(default_factory=dict)  # split -> (U, H) int32
     splits: dict[str, SplitArrays] = field(default_factory=dict)
+    test_history: FileRef | None = None  # the test split's history.parquet (the BA users' full click histories)
 
     def histories(self, split: str) -> Histories:
         return Histories(np.asarray(load_array(self.history_users[split])), np.asarray(load_array(self.history_matrix[split])))
@@ -130,10 +131,12 @@ def _prepare_news_data(root: Path, bundle: str, synthetic: bool, cfg: NewsRecCon
             d / "behaviors.parquet", split, ids, hist, out, cfg.data.unknown_article, SPLIT_LABELS[split],
             cfg.data.drop_without_negative, cfg.data.batch_rows,
         )
+    link_or_copy(S.split_dir(root, bundle, "test") / "history.parquet", out / "test" / "history.parquet")
     return PreparedNewsData(
         data_root=str(root), bundle=bundle, synthetic=synthetic, articles_path=str(articles_file.absolute()),
         article_ids=save_array(out / "article_ids.npy", ids), tokens=tokens_ref, word_embeddings=emb_ref, vocab_size=vocab_size,
         vectors=vectors_ref, history_users=users, history_matrix=matrices, splits=splits,
+        test_history=file_ref(out / "test" / "history.parquet"),
     )
 
 

@@ -363,7 +363,8 @@ def _test_behaviors(world: _World, spec: SyntheticEbnerdSpec, first_id: int) -> 
     k, n_ba = len(cand), spec.n_ba_rows
     times = np.datetime64(START, "us") + np.timedelta64(SPLIT_START_DAY["test"], "D") + (
         np.sort(rng.uniform(0, SPLIT_DAYS * 86_400, n_ba)) * 1e6).astype("timedelta64[us]")
-    ba_user = rng.integers(0, len(world.user_ids), n_ba)
+    # one row per user, as in EB-NeRD's test set (users cycle only when n_ba_rows > n_users)
+    ba_user = np.resize(rng.permutation(len(world.user_ids)), n_ba)
     ba_ids = np.tile(world.article_ids[cand].astype(np.int32), n_ba)
     ba = _behaviors_table(rng, world, np.zeros(n_ba, np.int64), times, ba_user, np.arange(n_ba + 1) * k, ba_ids,
                           np.zeros(n_ba + 1, np.int64), np.zeros(0, np.int32) if spec.test_labels else None, "test",
