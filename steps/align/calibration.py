@@ -164,6 +164,12 @@ class MultiGenreSteck:
         self.key = flat_key[live]
         self.cw = (1.0 - smoothing) * self.gw[live]
         self.p_live = pg[live]
+        # Items split evenly over their genres have few distinct weights p(g|i) (1, 1/2, 1/3, …): then
+        # each step computes the gain once per (user, genre, weight) and gathers it for the pairs.
+        weights, self.weight_index = np.unique(self.gw[live], return_inverse=True)
+        self.cw_values = (1.0 - smoothing) * weights if len(weights) <= 8 else None
+        if self.cw_values is not None:
+            self.table_key = self.key * len(weights) + self.weight_index
 
     def select(self, relevance: np.ndarray, lam: float, n_select: int) -> np.ndarray:
         """(B, n_select) candidate columns in the order chosen; ties go to the first listed."""
@@ -180,10 +186,15 @@ class MultiGenreSteck:
         for t in range(n_select):
             # base·(t + 1) = (1 − α)·q_sum + α·(t + 1)·p; x = p_g·log1p((1 − α)·w / ((t + 1)·base_g)), in place
             base = (1.0 - a) * q_sum + (a * (t + 1.0)) * self.p_flat
-            np.take(base, self.key, out=x)
-            np.divide(self.cw, x, out=x)
-            np.log1p(x, out=x)
-            x *= self.p_live
+            if self.cw_values is not None:
+                safe = np.where(self.p_flat > 0, base, 1.0)[:, None]
+                table = self.p_flat[:, None] * np.log1p(self.cw_values[None, :] / safe)
+                np.take(table.ravel(), self.table_key, out=x)
+            else:
+                np.take(base, self.key, out=x)
+                np.divide(self.cw, x, out=x)
+                np.log1p(x, out=x)
+                x *= self.p_live
             value = np.bincount(self.cell, weights=x, minlength=b * m)
             value *= lam
             value += rel
