@@ -44,8 +44,8 @@ from steps.storage import RunStorage, map_refs
 from steps.tables import concat, table_rows
 
 # Artifacts of a dataset's prepare step that the joins carry forward.
-CARRIED = ["storage", "dataset", "kind", "prepared", "input_files", "data_summary", "target", "model_distribution",
-           "target_names", "several_datasets"]
+CARRIED = ["storage", "dataset", "kind", "inputs", "prepared", "input_files", "data_summary", "target",
+           "model_distribution", "target_names", "several_datasets"]
 DEFAULT_CONFIG = config_path("nails_paper.yaml")
 
 
@@ -69,6 +69,8 @@ class AlignFlow(FlowSpec):
         return AlignConfig.from_dict(self.config.to_dict())
 
     @resources_from("start")
+    @retry_from_config()
+    @timeout_from_config()
     @step
     def start(self):
         """Which datasets this run aligns: the config's list, or one from the parameters."""
@@ -92,7 +94,7 @@ class AlignFlow(FlowSpec):
         data_dir = self.storage.dir("data", self.dataset)
         if self.kind in LIST_KINDS:
             self.prepared = prepare_list_dataset(spec, data_dir, candidates_of_run)
-            self.input_files = {}
+            self.inputs, self.input_files = None, {}
             self.data_summary = list_data_summary(self.prepared)
             cs = self.prepared.load()
             targets = [resolve_list_target(t, cs, cfg.missing_history) for t in cfg.targets_for(self.dataset)]
@@ -185,12 +187,14 @@ class AlignFlow(FlowSpec):
         self.prepared_lists = {i.dataset: i.prepared for i in inputs if i.kind in LIST_KINDS}
         by = {i.dataset: i for i in inputs}
         if self.several_datasets:
+            self.inputs = {d: by[d].inputs for d in by}  # the files each EB-NeRD dataset read (None: candidate lists)
             self.data_summary = {d: by[d].data_summary for d in by}
             self.target = {d: by[d].target for d in by}
             self.model_distribution = {d: by[d].model_distribution for d in by}
         else:
             only = inputs[0]
-            self.data_summary, self.target, self.model_distribution = only.data_summary, only.target, only.model_distribution
+            self.inputs, self.data_summary = only.inputs, only.data_summary
+            self.target, self.model_distribution = only.target, only.model_distribution
         self.next(self.report)
 
     @card(type="blank", id="report")

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.flow, pytest.mark.slow]
 #              steps with @retry/@timeout)
 FLOWS = {
     "align_flow.py": (CONFIGS / "nails_paper.yaml", "steps.align.config",
-                      {"start": "start", "evaluate": "evaluate", "report": "report"}, ["start", "evaluate"]),
+                      {"start": "start", "prepare": "start", "evaluate": "evaluate", "report": "report"},
+                      ["start", "prepare", "evaluate"]),
     "newsrec_flow.py": (CONFIGS / "newsrec_demo.yaml", "steps.newsrec.config",
                         {"start": "start", "train": "train", "dump": "dump", "prepare_alignment": "align",
                          "align": "align", "report": "report"}, ["start", "train", "dump", "align"]),
