@@ -295,3 +295,14 @@ def test_yaml_errors():
         parse_tail_config("datasets: [")
     with pytest.raises(ConfigError, match="must be a mapping"):
         parse_tail_config("- a\n- b\n")
+
+
+def test_a_dataset_may_be_named_by_its_source_alone():
+    import yaml
+
+    from tests.flowrun import CONFIGS
+    from steps.tail.config import TailConfig
+
+    raw = yaml.safe_load((CONFIGS / "tail_quick.yaml").read_text())
+    cfg = TailConfig.from_dict({**raw, "datasets": ["ml100k"]})
+    assert [(d.name, d.source, d.path) for d in cfg.datasets] == [("ml100k", "ml100k", "")]

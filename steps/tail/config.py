@@ -155,6 +155,8 @@ def _synthetic(key: str, raw: Any) -> SyntheticSpec:
 
 def _dataset(i: int, raw: Any) -> DatasetSpec:
     key = f"datasets[{i}]"
+    if raw in ("ml100k", "synthetic"):  # `datasets: [ml100k]`: a source that needs no path, named after itself
+        raw = {"name": raw, "source": raw}
     raw = _mapping(key, raw)
     _reject_unknown(key, raw, DatasetSpec)
     name = raw.get("name")
