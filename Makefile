@@ -9,7 +9,7 @@ STAMP := $(VENV)/.recalign-installed
 # Metaflow refuses "root" as a user name; pick a neutral one when nothing better is set.
 export METAFLOW_USER ?= $(or $(filter-out root,$(USER)),recalign)
 export PYTHONUNBUFFERED := 1
-# Main flow and its default config (override: make run FLOW=flows/align_flow.py CONFIG=configs/quick.yaml).
+# Main flow and its default config (override: make run FLOW=flows/align_flow.py CONFIG=configs/align_quick.yaml).
 FLOW ?= flows/newsrec_flow.py
 CONFIG ?=
 MAX_WORKERS ?= 2

@@ -54,7 +54,7 @@ def bench_steck(args) -> dict:
     t = time.perf_counter()
     prepared = prepare_dump(paths["predictions"], paths["articles"], DATA / "prepared_ba")
     t_prepare = time.perf_counter() - t
-    cfg = load_align_config(ROOT / "configs" / "nails_paper.yaml")
+    cfg = load_align_config(ROOT / "configs" / "align_nails_paper.yaml")
     out = {"ba_rows": args.ba_rows, "prepare_s": round(t_prepare, 2)}
     for target in ("Editorial", "Uniform"):
         layout = target_layout(prepared, resolve_target(target, prepared.candidate_categories), cfg.unknown_category_weight)
@@ -65,7 +65,7 @@ def bench_steck(args) -> dict:
     return out
 
 
-def bench_grid(args, config: Path = ROOT / "configs" / "nails_paper.yaml") -> dict:
+def bench_grid(args, config: Path = ROOT / "configs" / "align_nails_paper.yaml") -> dict:
     """The full paper grid through AlignFlow (2 targets x 4 methods/selections x 7 lambdas)."""
     paths = dump_for(args.ba_rows, args.impressions, inview_max=args.inview_max)
     env = {**os.environ, "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench"),

@@ -46,7 +46,7 @@ from steps.tables import concat, table_rows
 # Artifacts of a dataset's prepare step that the joins carry forward.
 CARRIED = ["storage", "dataset", "kind", "inputs", "prepared", "input_files", "data_summary", "target",
            "model_distribution", "target_names", "several_datasets"]
-DEFAULT_CONFIG = config_path("nails_paper.yaml")
+DEFAULT_CONFIG = config_path("align_nails_paper.yaml")
 
 
 class AlignFlow(FlowSpec):

@@ -26,10 +26,10 @@ def flow_runner(tmp_path_factory) -> FlowRunner:
 
 @pytest.fixture(scope="session")
 def quick_run(flow_runner):
-    """One AlignFlow run of configs/quick.yaml, shared by the tests that only read it."""
+    """One AlignFlow run of configs/align_quick.yaml, shared by the tests that only read it."""
     from tests.flowrun import CONFIGS
 
-    run = flow_runner.run("align_flow.py", CONFIGS / "quick.yaml")
+    run = flow_runner.run("align_flow.py", CONFIGS / "align_quick.yaml")
     assert run.ok, run.stderr[-3000:]
     return run
 

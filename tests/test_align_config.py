@@ -10,7 +10,7 @@ from steps.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.mark.parametrize("name", ["nails_paper.yaml", "nails_editorial.yaml", "nails_uniform.yaml", "quick.yaml"])
+@pytest.mark.parametrize("name", ["align_nails_paper.yaml", "align_nails_editorial.yaml", "align_nails_uniform.yaml", "align_quick.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = load_align_config(CONFIGS / name)
     assert cfg.lambdas and cfg.top_n == 10
@@ -19,7 +19,7 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_paper_settings():
-    cfg = load_align_config(CONFIGS / "nails_paper.yaml")
+    cfg = load_align_config(CONFIGS / "align_nails_paper.yaml")
     assert cfg.lambdas == (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
     assert (cfg.alpha, cfg.steck_smoothing_select, cfg.exclude_categories) == (1e-4, 0.5, ("auto",))
     assert cfg.best_lambda["Editorial"] == {"nails_stoch": 0.7, "nails_det": 0.7, "steck": 0.5, "nails_steck": "auto"}

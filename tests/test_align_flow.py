@@ -9,7 +9,7 @@ from polars.testing import assert_frame_equal
 from tests.flowrun import CONFIGS, card_data
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
-QUICK = CONFIGS / "quick.yaml"
+QUICK = CONFIGS / "align_quick.yaml"
 
 
 def test_results_artifact_has_the_promised_shape(quick_run):

@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def calibrate_config(tail_quick_run, tmp_path_factory) -> Path:
-    """configs/calibrate_ml100k.yaml on the real files, on a smaller grid, plus the TailFlow run's EASE lists."""
-    cfg = yaml.safe_load((CONFIGS / "calibrate_ml100k.yaml").read_text())
+    """configs/align_calibrate_ml100k.yaml on the real files, on a smaller grid, plus the TailFlow run's EASE lists."""
+    cfg = yaml.safe_load((CONFIGS / "align_calibrate_ml100k.yaml").read_text())
     cfg["datasets"].append({"name": "tail", "kind": "candidates", "from_run": f"TailFlow/{tail_quick_run.run_id}/ease",
                             "targets": ["history", "Uniform"]})
     cfg["targets"] = ["history", cfg["targets"][2]]  # own history; 70 % history + 30 % uniform

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.flow, pytest.mark.slow]
 # flow file -> (config for the compile check, module with DEFAULT_RESOURCES, step -> resource group,
 #              steps with @retry/@timeout)
 FLOWS = {
-    "align_flow.py": (CONFIGS / "nails_paper.yaml", "steps.align.config",
+    "align_flow.py": (CONFIGS / "align_nails_paper.yaml", "steps.align.config",
                       {"start": "start", "prepare": "start", "evaluate": "evaluate", "report": "report"},
                       ["start", "prepare", "evaluate"]),
     "newsrec_flow.py": (CONFIGS / "newsrec_demo.yaml", "steps.newsrec.config",
@@ -75,7 +75,7 @@ def test_cluster_align_flow_on_an_s3_datastore_matches_a_local_run(s3, flow_runn
     env = flow_env(env_extra)
     export = f"s3://{BUCKET}/exports"
     rc, run_id, out = run_cli("align_flow.py", ["run", "--max-workers", "2", "--artifacts-dir", export], env, cwd,
-                              config=str(CONFIGS / "quick.yaml"))
+                              config=str(CONFIGS / "align_quick.yaml"))
     assert rc == 0, out[-3000:]
     s3c = s3_client(env_extra)
     # large intermediate files went to the flow's S3 datastore root, not to a local folder
@@ -84,7 +84,7 @@ def test_cluster_align_flow_on_an_s3_datastore_matches_a_local_run(s3, flow_runn
     assert not (cwd / ".recalign").exists()
     body = s3c.get_object(Bucket=BUCKET, Key=f"exports/AlignFlow/{run_id}/results.csv")["Body"].read()
     remote = pl.read_csv(io.BytesIO(body))
-    local = flow_runner.run("align_flow.py", CONFIGS / "quick.yaml")
+    local = flow_runner.run("align_flow.py", CONFIGS / "align_quick.yaml")
     assert local.ok
     expected = pl.read_csv(io.BytesIO(local.run.data.results.write_csv().encode()))
     assert_frame_equal(remote, expected)

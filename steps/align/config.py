@@ -155,7 +155,7 @@ def parse_datasets(raw: Any) -> tuple[dict, ...]:
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """Validated settings of one alignment experiment (see ``configs/nails_paper.yaml``)."""
+    """Validated settings of one alignment experiment (see ``configs/align_nails_paper.yaml``)."""
 
     name: str = "align"
     seed: int = 123
