@@ -17,7 +17,7 @@ from steps.errors import ConfigError, InputError
 from steps.movielens import load_ml100k
 from steps.storage import FileRef, file_ref
 from steps.tail.candidates import scored_topk, write_tail_candidates
-from steps.tail.config import DatasetSpec, Protocol, SyntheticSpec, TailConfig, load_tail_config, parse_tail_config
+from steps.tail.config import DatasetSpec, Protocol, SyntheticSpec, TailConfig, parse_tail_config
 from steps.tail.data import prepare_dataset
 from steps.tail.evaluate import popularity_penalty, topk_lists
 from steps.tail.models import ease_closed_form
@@ -41,7 +41,7 @@ def test_ml100k_config_keys():
         TailConfig.from_dict({**BASE, "datasets": [{"name": "d", "source": "ml100k", "items_path": "m.csv"}]})
     with pytest.raises(ConfigError, match=r"candidates_top_m"):
         TailConfig.from_dict({**BASE, "candidates_top_m": -1})
-    shipped = load_tail_config(str(CONFIGS / "tail_ml100k.yaml"))
+    shipped = TailConfig.from_dict(parse_tail_config((CONFIGS / "tail_ml100k.yaml").read_text()))
     assert shipped.datasets[0].source == "ml100k" and "ease" in shipped.method_names
 
 

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from steps.errors import ConfigError, InputError
-from steps.tail.config import DatasetSpec, Protocol, SyntheticSpec, TailConfig, load_tail_config, parse_tail_config
+from steps.tail.config import DatasetSpec, Protocol, SyntheticSpec, TailConfig, parse_tail_config
 from steps.tail.data import prepare_dataset, read_ml20m, read_msd, read_netflix, split_strong_generalisation
 from steps.tail.synthetic import item_truth, iter_synthetic_ratings, write_synthetic_ratings
 from tests.flowrun import CONFIGS
@@ -226,7 +226,7 @@ def test_shipped_configs_parse(name):
 def test_paper_configs_run_what_the_reference_code_runs(name, lr):
     """The reference's main() overwrites every learner lr with 5e-2 (ML-20M, Netflix) or 8e-2 (MSD);
     its CVaR η moves 1e-9·∂L/∂η per step without momentum; its loader drops the last partial batch."""
-    cfg = load_tail_config(str(CONFIGS / name))
+    cfg = TailConfig.from_dict(parse_tail_config((CONFIGS / name).read_text()))
     for m in cfg.methods:
         if m.trained:
             assert (m.training.lr, m.training.optimizer, m.training.drop_last) == (lr, "sgd", True), m.name

@@ -321,12 +321,6 @@ class AlignConfig:
     def target_spec_for(self, dataset: str, name: str):
         return self.targets_for(dataset)[self.target_names_for(dataset).index(name)]
 
-    def target_spec(self, name: str):
-        for t in self.targets:
-            if (t if isinstance(t, str) else t["name"]) == name:
-                return t
-        raise ConfigError(f"no target named {name!r}; targets are {self.target_names}")
-
     def cells(self, method: str) -> list[tuple[str, float]]:
         """(selection, λ) cells evaluated for ``method``."""
         selections = self.selections if method == "nails" else ("det",)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
 from steps.align.config import AUTO, AlignConfig
@@ -97,9 +96,3 @@ def comparison_wide(comparison: pl.DataFrame, distribution: str) -> pl.DataFrame
     rows = sorted(r for r in wide["row"].to_list() if r not in ("kl", "coverage")) + ["kl", "coverage"]
     wide = wide.with_columns(pl.col("row").replace_strict(rows, list(range(len(rows))), return_dtype=pl.Int64).alias("_o"))
     return wide.sort("_o").select(["row", *[c for c in order if c in wide.columns]])
-
-
-def format_float(x) -> str:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "–"
-    return f"{x:.4f}" if isinstance(x, float) else str(x)

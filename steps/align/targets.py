@@ -87,12 +87,6 @@ def model_distribution(probs: np.ndarray, category_index: np.ndarray, n_categori
     return np.bincount(category_index, weights=per_column, minlength=n_categories)
 
 
-def align_to(target: Target, categories: Sequence[str]) -> np.ndarray:
-    """The target's probabilities laid out on ``categories`` (0 where the target has none)."""
-    lookup = target.as_dict()
-    return np.array([lookup.get(c, 0.0) for c in categories], dtype=np.float64)
-
-
 def check_model_mass(p_model: np.ndarray, p_star: np.ndarray, categories: Sequence[str]) -> None:
     """NAILS divides by p(E): every category the target asks for needs model mass."""
     bad = [(c, m) for c, m, t in zip(categories, p_model, p_star) if t > 0 and not m > 0]

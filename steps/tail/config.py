@@ -447,7 +447,3 @@ def parse_tail_config(text: str) -> dict[str, Any]:
     """Metaflow ``Config`` parser: YAML text -> validated, complete settings dict."""
     return TailConfig.from_dict(yaml_mapping(text)).as_dict()
 
-
-def load_tail_config(path: str) -> TailConfig:
-    with open(path, encoding="utf-8") as f:
-        return TailConfig.from_dict(yaml_mapping(f.read()))
