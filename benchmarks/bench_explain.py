@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from steps.explain.config import ExplainConfig  # noqa: E402
 from steps.explain.data import user_histories  # noqa: E402
-from steps.explain.explain import top_k_items  # noqa: E402
+from steps.explain.attribute import top_k_items  # noqa: E402
 from steps.explain.game import SequenceGame, all_coalitions  # noqa: E402
 from steps.explain.model import GRU4Rec, as_dtype, load_rechorus_checkpoint, save_checkpoint  # noqa: E402
 from steps.explain.pipeline import TORCH_DTYPES  # noqa: E402

@@ -21,7 +21,7 @@ from recalign.flowtools import catch_cells, resources_from, retry_from_config, t
 from steps.tables import table_rows
 from steps.explain.config import ExplainConfig
 from steps.explain.data import user_consumed_items, user_histories
-from steps.explain.explain import explain_user, feature_codes
+from steps.explain.attribute import explain_user, feature_codes
 from steps.explain.model import check_checkpoint, save_checkpoint
 from steps.explain.pipeline import (
     build_figures,

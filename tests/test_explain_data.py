@@ -22,7 +22,7 @@ from steps.explain.data import (
     write_rechorus,
 )
 from steps.explain.model import GRU4Rec
-from steps.explain.explain import feature_codes
+from steps.explain.attribute import feature_codes
 from steps.explain.pipeline import store_dataset, with_checkpoint_catalogue
 from steps.explain.synthetic import SyntheticSeqSpec, synthetic_dataset
 from steps.seeding import rng_for

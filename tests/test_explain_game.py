@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from steps.errors import InputError
 from steps.explain.config import ExplainConfig
-from steps.explain.explain import NO_FEATURE, events_present, explain_user, feature_membership, top_k_items
+from steps.explain.attribute import NO_FEATURE, events_present, explain_user, feature_membership, top_k_items
 from steps.explain.game import SequenceGame, all_coalitions
 from steps.explain.model import GRU4Rec, as_dtype
 from steps.explain.shapley import shapley_from_values

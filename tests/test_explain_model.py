@@ -8,7 +8,7 @@ import torch
 from steps.errors import InputError
 from steps.explain.config import ExplainConfig
 from steps.explain.data import user_histories
-from steps.explain.explain import explain_user, feature_codes
+from steps.explain.attribute import explain_user, feature_codes
 from steps.explain.model import RECHORUS_KEYS, GRU4Rec, as_dtype, load_rechorus_checkpoint, save_checkpoint
 from steps.explain.synthetic import synthetic_dataset
 from steps.explain.train import bpr_loss, full_softmax_loss, model_metrics, train_gru4rec

@@ -7,7 +7,7 @@ from polars.testing import assert_frame_equal
 
 from steps.errors import ConfigError, InputError
 from steps.explain.config import ExplainConfig
-from steps.explain.explain import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
+from steps.explain.attribute import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
 from steps.explain.pipeline import (
     check_settings_against_data,
     choose_users,

@@ -21,7 +21,7 @@ from steps.explain.config import ExplainConfig
 from steps.explain.data import (
     NEG, SPLIT, USER, SeqData, convert_ml1m, read_rechorus, user_histories, where_item_is_named, write_rechorus,
 )
-from steps.explain.explain import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
+from steps.explain.attribute import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
 from steps.explain.model import GRU4Rec, as_dtype, load_rechorus_checkpoint
 from steps.explain.synthetic import synthetic_dataset
 from steps.explain.train import train_gru4rec
