@@ -60,8 +60,8 @@ def test_values_outside_their_range_are_refused(tmp_path, art, imp, inview, scor
 
 
 def test_distinct_ids_equal_in_their_low_32_bits_are_not_a_repeat(tmp_path):
-    """Article 5 and 2**32 + 5 used to collide in the repeated-article check ("appears twice");
-    now the id beyond i32 is refused as out of range and never compared by its low bits."""
+    """Article 5 and 2**32 + 5 must not collide in the repeated-article check ("appears twice"):
+    the id beyond i32 is refused as out of range and never compared by its low bits."""
     art = tmp_path / "a.parquet"
     pq.write_table(pa.table({"article_id": pa.array([5, 6], pa.int64()), "category_str": ["sport", "krimi"]}), art)
     dump = _dump(tmp_path / "p.parquet", [11], [[5, 2**32 + 5]], [[0.1, 0.2]], inview_type=pa.int64())
@@ -92,7 +92,7 @@ def test_negative_article_id_in_the_articles_file(tmp_path):
 
 
 def test_late_failures_leave_no_final_named_output(tmp_path, art):
-    """Failures after every row was written ("every candidate excluded", "no rows") used to leave
+    """Failures after every row was written ("every candidate excluded", "no rows") leave no
     final-named offsets.bin, category_index.bin ... behind."""
     out = tmp_path / "prepared"
     # every BA candidate excluded: found only after the whole file was read and written

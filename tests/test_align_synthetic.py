@@ -79,7 +79,7 @@ def test_same_seed_same_files(tmp_path):
 
 
 def test_the_inview_order_carries_no_information_about_the_click(dump):
-    """The click's in-view position is uniform (issue #15 found the NewsRec bundle leaking it)."""
+    """The click's in-view position is uniform (so the in-view order does not leak the click)."""
     from steps import ragged
     from steps.align.data import iter_impressions
 

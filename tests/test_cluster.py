@@ -121,7 +121,7 @@ def test_cluster_saved_weights_published_to_s3_load_back(s3, monkeypatch):
     published = map_refs(artifact, storage.publish)
     shutil.rmtree(storage.dir())  # the local staging copy is gone: only the S3 copy is left
     assert published.weights.path == f"s3://{BUCKET}/weights-test/NewsRecFlow/{run_id}/models/nrms_docvec.weights.h5"
-    with pytest.raises(InputError, match="file is missing"):  # what load_best used to check
+    with pytest.raises(InputError, match="file is missing"):  # what load_best checks
         published.weights.verify()
     assert not os.path.exists(artifact.weights.path)
     loaded = load_best(prepared, published, training)

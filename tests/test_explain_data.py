@@ -89,8 +89,8 @@ def test_malformed_files_get_clear_errors(tmp_path, train, dev, meta, message):
 
 
 def test_catalogue_is_every_id_the_folder_names(tmp_path):
-    """Issue #12: a folder whose rows stop short of the largest item id loads when the negatives
-    or item_meta.csv name it (before, both were errors: 'unknown item id'); a checkpoint extends
+    """A folder whose rows stop short of the largest item id loads when the negatives or
+    item_meta.csv name it (neither is an 'unknown item id'); a checkpoint extends
     the catalogue to its item count and is refused when it cannot score an id the folder names."""
     d = read_rechorus(write_folder(tmp_path / "a", TRAIN, DEV.replace("[2, 3]", "[2, 99]"), TEST))
     assert d.n_items == 100 and d.interactions["item_id"].max() == 6
@@ -114,7 +114,7 @@ META = ("item_id\ti_Action\ti_Comedy\ti_year\n"
 
 def test_multi_hot_item_meta_is_one_multi_valued_feature(tmp_path):
     """ReChorus writes a film's genres as 0/1 columns: they form one feature with several values
-    per item (issue #12: before, the first column was taken and every value was '0' or '1')."""
+    per item (not the first column alone, whose every value would be '0' or '1')."""
     d = read_rechorus(write_folder(tmp_path, TRAIN, DEV, TEST, META))
     assert d.multi_hot and d.feature_columns == ("i_Action", "i_Comedy") and d.feature_name == "i_Action|i_Comedy"
     sets = dict(d.item_features.group_by("item_id").agg(pl.col("feature").drop_nulls().sort()).iter_rows())

@@ -168,7 +168,7 @@ def test_all_values_do_not_depend_on_worker_threads(model):
     assert torch.get_num_threads() == before
 
 
-# --------------------------------------------------------------------------- issue #12
+# --------------------------------------------------------------------------- value scale, top-K rule, estimator sharing, features
 def hand_built_model():
     """GRU4Rec with 1-dim embeddings e = [0, 5, 4, 3, 2, 1] (items 0..5), hidden size 1, whose GRU
     forgets everything but the last item: W_ih = (0, 0, 1), W_hh = 0, update-gate bias −60

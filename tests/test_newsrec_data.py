@@ -99,9 +99,9 @@ def _click_positions(offsets: np.ndarray, clicked: np.ndarray) -> tuple[np.ndarr
 
 
 def test_the_inview_order_carries_no_information_about_the_click(tmp_path):
-    """Issue #15: in-view lists were in popularity order, which the click model also rewards, so
-    the click sat early (mean relative position 0.42, first in 15 % against 8 % by chance). Now
-    the position of the click is uniform: mean relative position 1/2, first as often as chance."""
+    """In-view lists in popularity order, which the click model also rewards, would put the click
+    early (mean relative position 0.42, first in 15 % against 8 % by chance). The position of the
+    click is uniform: mean relative position 1/2, first as often as chance."""
     spec = SyntheticEbnerdSpec(n_articles=600, n_topics=12, n_users=400, n_train_impressions=20_000, n_validation_impressions=20,
                                n_test_impressions=10, n_ba_rows=2, n_candidates=20, seed=11)
     write_synthetic_ebnerd(tmp_path, spec)

@@ -239,7 +239,7 @@ def test_paper_configs_run_what_the_reference_code_runs(name, lr):
     ({"methods": {"magic": {}}}, r"unknown method 'magic'"),
     ({"methods": {"ipw": {"alpha": "big"}}}, r"methods.ipw.alpha: expected a number, got 'big'"),
     ({"methods": {"ease": {"lr": 0.1}}}, r"methods.ease: unknown key\(s\) \['lr'\]"),
-    # issue #11: the message now names the structure rule (b2mlpN added; only names starting with b centre)
+    # the message names the structure rule (only names starting with b centre the input)
     ({"methods": {"adversarial": {"adversary": "3mlp"}}}, r"methods.adversarial.adversary: unknown structure '3mlp'; expected linear, 2mlpN, 2bmlpN or b2mlpN"),
     ({"methods": {"adversarial": {"adversary": "2mlp0"}}}, r"methods.adversarial.adversary: unknown structure '2mlp0'"),
     ({"methods": {"adversarial": {"adversary": "bmlp2"}}}, r"methods.adversarial.adversary: unknown structure 'bmlp2'"),

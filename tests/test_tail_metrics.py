@@ -118,7 +118,7 @@ def test_recall_and_ndcg_in_unit_interval(k, seed):
     np.testing.assert_allclose(metrics.ndcg_at_k(offsets, pp, k), 1.0)
 
 
-# --------------------------------------------------------------------------- the reference code's definitions (issue #11)
+# --------------------------------------------------------------------------- the reference code's definitions
 def test_coverage_per_block_of_users():
     from steps.tail.evaluate import coverage_per_block
 

@@ -148,7 +148,7 @@ def test_item_utility_recall_and_recall_dist():
 
 
 def test_adversary_shapes_centring_and_start():
-    """Issue #11 changed this behaviour: the centring follows the reference's naming (only names
+    """The centring follows the reference's naming (only names
     that start with ``b`` centre the input: ``b2mlpN``; ``2bmlpN`` does not), and ``b2mlpN``
     keeps PyTorch's default first-layer init as the reference."""
     rng = np.random.default_rng(1)

@@ -1,4 +1,4 @@
-"""Semantic item-tail promotion (issue #4): data protocol, item-item models, training, evaluation.
+"""Semantic item-tail promotion: data protocol, item-item models, training, evaluation.
 
 * :mod:`steps.tail.data` — loaders for ML-20M / Netflix Prize / MSD raw files and the
   strong-generalisation split of Liang et al. (2018), cached as sparse-matrix files;

@@ -38,7 +38,7 @@ from steps.tail.synthetic import write_synthetic_ratings
 from steps.validate import Field, check_field, fields_table, require_dir, require_file
 
 MATRICES = ("train", "valid_tr", "valid_te", "test_tr", "test_te")
-CACHE_VERSION = 5  # 3: the test users' fold-in draw no longer depends on numpy's print options; 4: test user ids, item genres; 5: range checks
+CACHE_VERSION = 5  # bump when the cached split changes (fold-in draw, test user ids, item genres, range checks)
 INT32_MAX = 2**31 - 1
 
 #: Valid range of every field each reader parses (what is refused; README), one table per format.
