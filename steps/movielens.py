@@ -48,6 +48,7 @@ import polars as pl
 
 from steps.errors import InputError
 from steps.storage import sha256_file
+from steps.validate import require_dir, require_file
 
 RECBOLE_VERSION = "1.2.1"
 RECBOLE_DIR = "recbole/dataset_example/ml-100k"
@@ -110,8 +111,7 @@ def recbole_ml100k_files() -> dict[str, Path]:
 
 # --------------------------------------------------------------------------- line-based reading
 def _lines(path: Path, encoding: str = "utf-8") -> pl.Series:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
+    require_file(path)
     try:
         text = path.read_bytes().decode(encoding)
     except UnicodeDecodeError as exc:
@@ -278,9 +278,11 @@ def load_ml100k(source: str | os.PathLike = "recbole") -> MovieLens:
         first, label = 2, f"RecBole {RECBOLE_VERSION} wheel"
     else:
         folder = Path(source)
-        if not folder.is_dir():
-            raise InputError(f"{folder}: MovieLens-100K folder not found (give GroupLens' ml-100k/ folder with u.data and "
-                             f"u.item, or 'recbole' for the RecBole wheel's copy)")
+        try:
+            require_dir(folder, "MovieLens-100K folder")
+        except InputError as exc:
+            raise InputError(f"{exc} (give GroupLens' ml-100k/ folder with u.data and u.item, "
+                             f"or 'recbole' for the RecBole wheel's copy)") from None
         inter, item = folder / "u.data", folder / "u.item"
         missing = [p.name for p in (inter, item) if not p.is_file()]
         if missing:
@@ -308,9 +310,7 @@ def ml100k_files(source: str | os.PathLike = "recbole") -> list[Path]:
 # --------------------------------------------------------------------------- ML-20M movies.csv
 def read_ml20m_movies(path: str | os.PathLike) -> pl.DataFrame:
     """ML-20M ``movies.csv`` → items frame (see the module docstring for the genre spellings)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: movies file not found")
+    path = require_file(path, "movies file")
     try:
         raw = pl.read_csv(path, infer_schema=False)
     except Exception as exc:  # polars raises several types for a malformed file
