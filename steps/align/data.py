@@ -222,201 +222,229 @@ def prepare_dump(
     Everything is written into a temporary folder inside ``out_dir`` and moved into place only
     when the whole dump has been validated, so a failure leaves no final-named file.
     """
+    predictions_path, articles_path = Path(predictions_path), Path(articles_path)
     with staged_dir(out_dir) as tmp:
-        prepared = _prepare_dump(predictions_path, articles_path, tmp, exclude_categories, missing_category, batch_rows)
+        if missing_category not in MISSING_POLICIES:
+            raise ConfigError(f"missing_category must be one of {MISSING_POLICIES}, got {missing_category!r}")
+        if batch_rows < 1:
+            raise ConfigError(f"batch_rows must be positive, got {batch_rows}")
+        schema = check_prediction_schema(predictions_path)
+        articles = load_articles(articles_path)
+        scan = _DumpScan(predictions_path, articles, CLICKED in schema.names, tmp)
+        scan.run(batch_rows, articles_path, missing_category)
+        prepared = scan.prepared(articles_path, exclude_categories, tmp)
     return rebase_refs(prepared, tmp, out_dir)
 
 
-def _prepare_dump(
-    predictions_path: str | os.PathLike,
-    articles_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    exclude_categories: Sequence[str] = ("auto",),
-    missing_category: str = "error",
-    batch_rows: int = 25_000,
-) -> PreparedDump:
-    """:func:`prepare_dump` into ``out_dir`` (a temporary folder)."""
-    predictions_path, articles_path = Path(predictions_path), Path(articles_path)
-    if missing_category not in MISSING_POLICIES:
-        raise ConfigError(f"missing_category must be one of {MISSING_POLICIES}, got {missing_category!r}")
-    if batch_rows < 1:
-        raise ConfigError(f"batch_rows must be positive, got {batch_rows}")
-    schema = check_prediction_schema(predictions_path)
-    has_clicks = CLICKED in schema.names
-    articles = load_articles(articles_path)
-    ids_sorted, art_cat, categories = _article_category_lookup(articles)
-    missing_index = len(categories)
-    categories_all = [*categories, MISSING_CATEGORY]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+class _DumpScan:
+    """One pass over a dump: every batch checked, the ordinary impressions appended to the
+    prepared arrays, the BA rows gathered, the fallback distributions summed."""
 
-    columns = [IMPRESSION_ID, INVIEW, SCORES] + ([CLICKED] if has_clicks else [])
-    writers = {
-        "impression_ids": ArrayAppender(out_dir / "impression_ids", np.uint32),
-        "offsets": ArrayAppender(out_dir / "offsets", np.int64),
-        # int16 while the categories fit (EB-NeRD has ~30); a wider index rather than a wrapped one
-        "category_index": ArrayAppender(out_dir / "category_index", smallest_int_dtype(len(categories_all))),
-        "logits": ArrayAppender(out_dir / "logits", np.float32),
-        "clicked": ArrayAppender(out_dir / "clicked", np.bool_),
-    }
-    writers["offsets"].append(np.zeros(1, np.int64))
-    acc = _Accumulators()
-    nnz_written = 0
-    n_impressions = n_labelled = 0
-    missing_articles: dict[int, int] = {}  # article id -> first row seen
-    fallback_mass = np.zeros(len(categories_all))
-    fallback_freq = np.zeros(len(categories_all))
-    row0 = 0
-    impression_parts: list[np.ndarray] = []  # every row's impression_id, for the repeat check
-    try:
-        # pre_buffer=False (in iter_parquet_batches): with pre-buffering, pyarrow keeps every row
-        # group's buffers alive and the memory grows with the file (seen: +4 MB per 1,000 rows).
-        for batch in iter_parquet_batches(predictions_path, batch_rows, columns):
-            n = batch.num_rows
-            imp_arr = batch.column(IMPRESSION_ID)
-            if imp_arr.null_count:
-                row = row0 + int(np.flatnonzero(imp_arr.is_null().to_numpy(zero_copy_only=False))[0])
-                raise InputError(f"{predictions_path}: column {IMPRESSION_ID!r} is null in row {row}")
-            imp_raw = imp_arr.to_numpy()
-            check_field(imp_raw, FIELDS[IMPRESSION_ID], predictions_path, lambda r: f"row {row0 + r}")
-            imp = imp_raw.astype(np.int64)
-            impression_parts.append(imp.astype(np.uint32))
-            off, inview_vals = ragged.arrow_list_parts(batch.column(INVIEW), INVIEW, predictions_path, row0, IMPRESSION_ID, imp)
-            off_s, score_vals = ragged.arrow_list_parts(batch.column(SCORES), SCORES, predictions_path, row0, IMPRESSION_ID, imp)
-            lens = np.diff(off)
-            lens_s = np.diff(off_s)
-            if (lens != lens_s).any():
-                r = int(np.flatnonzero(lens != lens_s)[0])
+    def __init__(self, path: Path, articles: pl.DataFrame, has_clicks: bool, out_dir: Path):
+        self.path = path
+        self.has_clicks = has_clicks
+        self.ids_sorted, self.art_cat, categories = _article_category_lookup(articles)
+        self.missing_index = len(categories)
+        self.categories_all = [*categories, MISSING_CATEGORY]
+        self.writers = {
+            "impression_ids": ArrayAppender(out_dir / "impression_ids", np.uint32),
+            "offsets": ArrayAppender(out_dir / "offsets", np.int64),
+            # int16 while the categories fit (EB-NeRD has ~30); a wider index rather than a wrapped one
+            "category_index": ArrayAppender(out_dir / "category_index", smallest_int_dtype(len(self.categories_all))),
+            "logits": ArrayAppender(out_dir / "logits", np.float32),
+            "clicked": ArrayAppender(out_dir / "clicked", np.bool_),
+        }
+        self.writers["offsets"].append(np.zeros(1, np.int64))
+        self.acc = _Accumulators()
+        self.nnz_written = 0
+        self.n_impressions = self.n_labelled = 0
+        self.missing_articles: dict[int, int] = {}  # article id -> first row seen
+        self.fallback_mass = np.zeros(len(self.categories_all))
+        self.fallback_freq = np.zeros(len(self.categories_all))
+        self.row0 = 0
+        self.impression_parts: list[np.ndarray] = []  # every row's impression_id, for the repeat check
+        self.refs: dict[str, FileRef] = {}
+
+    def run(self, batch_rows: int, articles_path: Path, missing_category: str) -> None:
+        """Read every batch, then the whole-file checks; the writers are closed (or aborted)."""
+        columns = [IMPRESSION_ID, INVIEW, SCORES] + ([CLICKED] if self.has_clicks else [])
+        try:
+            # pre_buffer=False (in iter_parquet_batches): with pre-buffering, pyarrow keeps every row
+            # group's buffers alive and the memory grows with the file (seen: +4 MB per 1,000 rows).
+            for batch in iter_parquet_batches(self.path, batch_rows, columns):
+                self._batch(batch)
+                self.row0 += batch.num_rows
+            self._check_repeated_impressions()
+            if self.missing_articles and missing_category == "error":
+                first_id, first_row = next(iter(self.missing_articles.items()))
                 raise InputError(
-                    f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): {INVIEW!r} has {lens[r]} "
-                    f"articles but {SCORES!r} has {lens_s[r]} values"
+                    f"{articles_path}: {len(self.missing_articles)} article(s) referenced by {self.path} have no "
+                    f"category (e.g. article_id {first_id}, first seen in row {first_row}); add them to "
+                    f"{articles_path} or set missing_category: exclude"
                 )
-            if (lens == 0).any():
-                r = int(np.flatnonzero(lens == 0)[0])
-                raise InputError(f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): empty {INVIEW!r} list")
-            aids_raw = inview_vals.to_numpy()
-            in_row = lambda flat: int(np.searchsorted(off, flat, side="right") - 1)  # noqa: E731
-            row_text = lambda r: f"row {row0 + r} (impression_id {imp[r]})"  # noqa: E731
-            check_field(aids_raw, FIELDS[INVIEW], predictions_path, row_text, in_row)
-            aids = aids_raw.astype(np.int64)
-            repeat = ragged.first_repeat_in_rows(off, aids)
-            if repeat is not None:
-                r, a, b = repeat
-                raise InputError(
-                    f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): article {aids[off[r] + a]} appears "
-                    f"twice in {INVIEW!r} (positions {a} and {b})"
-                )
-            scores = score_vals.to_numpy().astype(np.float64)
-            with np.errstate(over="ignore"):
-                bad = ~np.isfinite(scores.astype(np.float32))  # checked after the cast: 1e300 is inf in f32
-            if bad.any():
-                flat = int(np.flatnonzero(bad)[0])
-                r = int(np.searchsorted(off, flat, side="right") - 1)
-                overflow = " (outside float32's range: stored as inf)" if np.isfinite(scores[flat]) else ""
-                raise InputError(
-                    f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): column {SCORES!r} holds "
-                    f"{scores[flat]}{overflow} at position {flat - off[r]} (article {aids[flat]})"
-                )
-            cat = _lookup(ids_sorted, art_cat, aids)
-            if (cat < 0).any():
-                miss = np.flatnonzero(cat < 0)
-                rows_of = np.searchsorted(off, miss, side="right") - 1
-                for a, r in zip(aids[miss], rows_of):
-                    missing_articles.setdefault(int(a), row0 + int(r))
-                cat = np.where(cat < 0, missing_index, cat)
+        except BaseException:
+            for w in self.writers.values():
+                w.abort()
+            raise
+        self.refs = {k: w.close() for k, w in self.writers.items()}
 
-            # clicks
-            clicked = np.zeros(len(aids), dtype=bool)
-            n_click = np.zeros(n, dtype=np.int64)
-            if has_clicks:
-                off_c, click_vals = ragged.arrow_list_parts(batch.column(CLICKED), CLICKED, predictions_path, row0, IMPRESSION_ID, imp)
-                click_raw = click_vals.to_numpy()
-                check_field(click_raw, FIELDS[CLICKED], predictions_path, row_text,
-                            lambda flat: int(np.searchsorted(off_c, flat, side="right") - 1))
-                click_ids = click_raw.astype(np.int64)
-                click_rows = ragged.row_ids(off_c)
-                n_click = np.diff(off_c)
-                view_rows = ragged.row_ids(off)
-                view_key = (view_rows << 32) | (aids & 0xFFFFFFFF)
-                click_key = np.unique((click_rows << 32) | (click_ids & 0xFFFFFFFF))
-                clicked = _member(view_key, click_key)
-                found = np.bincount(view_rows, weights=clicked, minlength=n)
-                wanted = np.bincount(click_key >> 32, minlength=n)
-                if (found != wanted).any():
-                    r = int(np.flatnonzero(found != wanted)[0])
-                    in_row = click_key[(click_key >> 32) == r] & 0xFFFFFFFF
-                    absent = in_row[~np.isin(in_row, aids[off[r] : off[r + 1]])]
-                    raise InputError(
-                        f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): clicked article "
-                        f"{int(absent[0])} is not in {INVIEW!r}"
-                    )
-                pos_per_row = np.bincount(view_rows, weights=clicked, minlength=n).astype(np.int64)
-                no_neg = (pos_per_row > 0) & (pos_per_row == lens) & (imp > 0)
-                if no_neg.any():
-                    r = int(np.flatnonzero(no_neg)[0])
-                    raise InputError(
-                        f"{predictions_path}: row {row0 + r} (impression_id {imp[r]}): every in-view article "
-                        "is clicked, so the impression has no negative and AUC is undefined"
-                    )
-                n_click = pos_per_row
+    def _batch(self, batch: pa.RecordBatch) -> None:
+        imp, off, lens, aids, scores = self._lists(batch)
+        cat = self._categories(aids, off)
+        clicked, n_click = self._clicks(batch, imp, off, lens, aids)
+        is_ba = imp == 0
+        if is_ba.any():
+            _collect_ba(self.acc, off, aids, scores, np.flatnonzero(is_ba), self.row0, self.path)
+        keep = np.flatnonzero(~is_ba)
+        if len(keep):
+            self._append_impressions(keep, imp, off, lens, cat, scores, clicked, n_click)
 
-            # beyond-accuracy rows
-            is_ba = imp == 0
-            if is_ba.any():
-                _collect_ba(acc, off, aids, scores, np.flatnonzero(is_ba), row0, predictions_path)
+    def _impression_ids(self, batch: pa.RecordBatch) -> np.ndarray:
+        row0, path = self.row0, self.path
+        imp_arr = batch.column(IMPRESSION_ID)
+        if imp_arr.null_count:
+            row = row0 + int(np.flatnonzero(imp_arr.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputError(f"{path}: column {IMPRESSION_ID!r} is null in row {row}")
+        imp_raw = imp_arr.to_numpy()
+        check_field(imp_raw, FIELDS[IMPRESSION_ID], path, lambda r: f"row {row0 + r}")
+        imp = imp_raw.astype(np.int64)
+        self.impression_parts.append(imp.astype(np.uint32))
+        return imp
 
-            # ordinary impressions
-            keep = np.flatnonzero(~is_ba)
-            if len(keep):
-                idx, valid = ragged.padded_index(off, keep, int(lens[keep].max()))
-                flat = idx[valid]
-                sub_off = np.concatenate([[0], np.cumsum(lens[keep])])
-                writers["impression_ids"].append(imp[keep].astype(np.uint32))
-                writers["offsets"].append(sub_off[1:] + nnz_written)
-                writers["category_index"].append(cat[flat].astype(writers["category_index"].dtype))
-                writers["logits"].append(scores[flat].astype(np.float32))
-                writers["clicked"].append(clicked[flat])
-                nnz_written += len(flat)
-                n_impressions += len(keep)
-                n_labelled += int((n_click[keep] > 0).sum())
-                # fallback distributions, used only when the dump has no BA block
-                probs = ragged.segment_softmax(sub_off, scores[flat])
-                fallback_mass += np.bincount(cat[flat], weights=probs, minlength=len(categories_all))
-                fallback_freq += np.bincount(cat[flat], minlength=len(categories_all))
-            row0 += n
-        all_imp = np.concatenate(impression_parts) if impression_parts else np.zeros(0, np.uint32)
+    def _lists(self, batch: pa.RecordBatch):
+        """The batch's impression ids, in-view offsets and lengths, article ids and scores, checked."""
+        row0, path = self.row0, self.path
+        imp = self._impression_ids(batch)
+        off, inview_vals = ragged.arrow_list_parts(batch.column(INVIEW), INVIEW, path, row0, IMPRESSION_ID, imp)
+        off_s, score_vals = ragged.arrow_list_parts(batch.column(SCORES), SCORES, path, row0, IMPRESSION_ID, imp)
+        lens = np.diff(off)
+        lens_s = np.diff(off_s)
+        if (lens != lens_s).any():
+            r = int(np.flatnonzero(lens != lens_s)[0])
+            raise InputError(
+                f"{path}: row {row0 + r} (impression_id {imp[r]}): {INVIEW!r} has {lens[r]} "
+                f"articles but {SCORES!r} has {lens_s[r]} values"
+            )
+        if (lens == 0).any():
+            r = int(np.flatnonzero(lens == 0)[0])
+            raise InputError(f"{path}: row {row0 + r} (impression_id {imp[r]}): empty {INVIEW!r} list")
+        aids_raw = inview_vals.to_numpy()
+        in_row = lambda flat: int(np.searchsorted(off, flat, side="right") - 1)  # noqa: E731
+        check_field(aids_raw, FIELDS[INVIEW], path, self._row_text(imp), in_row)
+        aids = aids_raw.astype(np.int64)
+        repeat = ragged.first_repeat_in_rows(off, aids)
+        if repeat is not None:
+            r, a, b = repeat
+            raise InputError(
+                f"{path}: row {row0 + r} (impression_id {imp[r]}): article {aids[off[r] + a]} appears "
+                f"twice in {INVIEW!r} (positions {a} and {b})"
+            )
+        scores = score_vals.to_numpy().astype(np.float64)
+        self._check_scores(scores, imp, off, aids)
+        return imp, off, lens, aids, scores
+
+    def _row_text(self, imp: np.ndarray):
+        row0 = self.row0
+        return lambda r: f"row {row0 + r} (impression_id {imp[r]})"
+
+    def _check_scores(self, scores: np.ndarray, imp: np.ndarray, off: np.ndarray, aids: np.ndarray) -> None:
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(scores.astype(np.float32))  # checked after the cast: 1e300 is inf in f32
+        if bad.any():
+            flat = int(np.flatnonzero(bad)[0])
+            r = int(np.searchsorted(off, flat, side="right") - 1)
+            overflow = " (outside float32's range: stored as inf)" if np.isfinite(scores[flat]) else ""
+            raise InputError(
+                f"{self.path}: row {self.row0 + r} (impression_id {imp[r]}): column {SCORES!r} holds "
+                f"{scores[flat]}{overflow} at position {flat - off[r]} (article {aids[flat]})"
+            )
+
+    def _categories(self, aids: np.ndarray, off: np.ndarray) -> np.ndarray:
+        """Category index of each in-view article; articles without one are noted and get the missing index."""
+        cat = _lookup(self.ids_sorted, self.art_cat, aids)
+        if (cat < 0).any():
+            miss = np.flatnonzero(cat < 0)
+            rows_of = np.searchsorted(off, miss, side="right") - 1
+            for a, r in zip(aids[miss], rows_of):
+                self.missing_articles.setdefault(int(a), self.row0 + int(r))
+            cat = np.where(cat < 0, self.missing_index, cat)
+        return cat
+
+    def _clicks(self, batch: pa.RecordBatch, imp, off, lens, aids) -> tuple[np.ndarray, np.ndarray]:
+        """Click flag of each in-view article and clicks per row, checked against the in-view lists."""
+        n, row0, path = batch.num_rows, self.row0, self.path
+        if not self.has_clicks:
+            return np.zeros(len(aids), dtype=bool), np.zeros(n, dtype=np.int64)
+        off_c, click_vals = ragged.arrow_list_parts(batch.column(CLICKED), CLICKED, path, row0, IMPRESSION_ID, imp)
+        click_raw = click_vals.to_numpy()
+        check_field(click_raw, FIELDS[CLICKED], path, self._row_text(imp),
+                    lambda flat: int(np.searchsorted(off_c, flat, side="right") - 1))
+        click_ids = click_raw.astype(np.int64)
+        click_rows = ragged.row_ids(off_c)
+        view_rows = ragged.row_ids(off)
+        view_key = (view_rows << 32) | (aids & 0xFFFFFFFF)
+        click_key = np.unique((click_rows << 32) | (click_ids & 0xFFFFFFFF))
+        clicked = _member(view_key, click_key)
+        found = np.bincount(view_rows, weights=clicked, minlength=n)
+        wanted = np.bincount(click_key >> 32, minlength=n)
+        if (found != wanted).any():
+            r = int(np.flatnonzero(found != wanted)[0])
+            in_row = click_key[(click_key >> 32) == r] & 0xFFFFFFFF
+            absent = in_row[~np.isin(in_row, aids[off[r] : off[r + 1]])]
+            raise InputError(
+                f"{path}: row {row0 + r} (impression_id {imp[r]}): clicked article "
+                f"{int(absent[0])} is not in {INVIEW!r}"
+            )
+        pos_per_row = np.bincount(view_rows, weights=clicked, minlength=n).astype(np.int64)
+        no_neg = (pos_per_row > 0) & (pos_per_row == lens) & (imp > 0)
+        if no_neg.any():
+            r = int(np.flatnonzero(no_neg)[0])
+            raise InputError(
+                f"{path}: row {row0 + r} (impression_id {imp[r]}): every in-view article "
+                "is clicked, so the impression has no negative and AUC is undefined"
+            )
+        return clicked, pos_per_row
+
+    def _append_impressions(self, keep, imp, off, lens, cat, scores, clicked, n_click) -> None:
+        """Write the ordinary impressions ``keep`` of a batch; sum the fallback distributions."""
+        idx, valid = ragged.padded_index(off, keep, int(lens[keep].max()))
+        flat = idx[valid]
+        sub_off = np.concatenate([[0], np.cumsum(lens[keep])])
+        w = self.writers
+        w["impression_ids"].append(imp[keep].astype(np.uint32))
+        w["offsets"].append(sub_off[1:] + self.nnz_written)
+        w["category_index"].append(cat[flat].astype(w["category_index"].dtype))
+        w["logits"].append(scores[flat].astype(np.float32))
+        w["clicked"].append(clicked[flat])
+        self.nnz_written += len(flat)
+        self.n_impressions += len(keep)
+        self.n_labelled += int((n_click[keep] > 0).sum())
+        # fallback distributions, used only when the dump has no BA block
+        probs = ragged.segment_softmax(sub_off, scores[flat])
+        self.fallback_mass += np.bincount(cat[flat], weights=probs, minlength=len(self.categories_all))
+        self.fallback_freq += np.bincount(cat[flat], minlength=len(self.categories_all))
+
+    def _check_repeated_impressions(self) -> None:
+        all_imp = np.concatenate(self.impression_parts) if self.impression_parts else np.zeros(0, np.uint32)
+        self.impression_parts = []
         repeat_imp = first_repeat(all_imp, ignore=0)
         if repeat_imp is not None:
             first, row = repeat_imp
             raise InputError(
-                f"{predictions_path}: column {IMPRESSION_ID!r} repeats impression_id {int(all_imp[row])} (rows {first} "
+                f"{self.path}: column {IMPRESSION_ID!r} repeats impression_id {int(all_imp[row])} (rows {first} "
                 f"and {row}); only the beyond-accuracy rows (impression_id 0) share an id"
             )
-        del all_imp, impression_parts
-        if missing_articles and missing_category == "error":
-            first_id, first_row = next(iter(missing_articles.items()))
-            raise InputError(
-                f"{articles_path}: {len(missing_articles)} article(s) referenced by {predictions_path} have no "
-                f"category (e.g. article_id {first_id}, first seen in row {first_row}); add them to "
-                f"{articles_path} or set missing_category: exclude"
-            )
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    refs = {k: w.close() for k, w in writers.items()}
 
-    excluded = sorted({*exclude_categories, MISSING_CATEGORY})
-    excluded_idx = np.array([i for i, c in enumerate(categories_all) if c in excluded], dtype=np.int64)
-    notes: list[str] = []
-    if acc.ba_reference is not None:
+    def _ba_block(self, excluded: list[str], excluded_idx: np.ndarray, out_dir: Path) -> dict:
+        """The BA block's softmax probabilities (stored), kept candidates and distributions."""
+        acc, n_cat = self.acc, len(self.categories_all)
         ba_ids = acc.ba_reference
-        ba_cat = _lookup(ids_sorted, art_cat, ba_ids)
-        ba_cat = np.where(ba_cat < 0, missing_index, ba_cat)
+        ba_cat = _lookup(self.ids_sorted, self.art_cat, ba_ids)
+        ba_cat = np.where(ba_cat < 0, self.missing_index, ba_cat)
         keep_cols = ~np.isin(ba_cat, excluded_idx)
         if not keep_cols.any():
             raise InputError(
-                f"{predictions_path}: every beyond-accuracy candidate is in an excluded category ({', '.join(excluded)})"
+                f"{self.path}: every beyond-accuracy candidate is in an excluded category ({', '.join(excluded)})"
             )
         n_ba = sum(len(b) for b in acc.ba_scores)
         probs = np.empty((n_ba, int(keep_cols.sum())), dtype=np.float32)
@@ -428,59 +456,63 @@ def _prepare_dump(
             probs[start : start + len(p)] = p
             start += len(p)
         acc.ba_scores.clear()
-        model = np.bincount(ba_cat[keep_cols], weights=column_mass / n_ba, minlength=len(categories_all))
-        freq = np.bincount(ba_cat[keep_cols], minlength=len(categories_all)).astype(np.float64)
         ba_ref = save_array(out_dir / "ba_probs.npy", probs)
         del probs
-        source = "beyond-accuracy block"
-        ba_ids_kept, ba_cat_kept = ba_ids[keep_cols], ba_cat[keep_cols]
-        n_excl = int((~keep_cols).sum())
-    else:
-        n_ba, ba_ref, n_excl = 0, None, 0
-        ba_ids_kept = np.zeros(0, np.int64)
-        ba_cat_kept = np.zeros(0, np.int64)
-        if n_impressions == 0:
-            raise InputError(f"{predictions_path}: the file has no rows")
-        freq = fallback_freq.copy()
+        return dict(
+            n_ba_rows=n_ba, ba_probs=ba_ref, n_ba_candidates_excluded=int((~keep_cols).sum()),
+            ba_candidate_ids=ba_ids[keep_cols], ba_category_index=ba_cat[keep_cols],
+            model_distribution=np.bincount(ba_cat[keep_cols], weights=column_mass / n_ba, minlength=n_cat),
+            candidate_frequency=np.bincount(ba_cat[keep_cols], minlength=n_cat).astype(np.float64),
+            distribution_source="beyond-accuracy block",
+        )
+
+    def _no_ba_block(self, excluded_idx: np.ndarray, notes: list[str]) -> dict:
+        """Without a BA block: the distributions of the ordinary impressions' in-view lists."""
+        if self.n_impressions == 0:
+            raise InputError(f"{self.path}: the file has no rows")
+        freq = self.fallback_freq.copy()
         freq[excluded_idx] = 0
         if freq.sum() == 0:
-            raise InputError(f"{predictions_path}: every in-view article is in an excluded category")
-        model = fallback_mass / n_impressions
-        source = "labelled impressions"
+            raise InputError(f"{self.path}: every in-view article is in an excluded category")
         notes.append(
-            f"{predictions_path} has no beyond-accuracy rows (impression_id == 0): beyond-accuracy metrics "
+            f"{self.path} has no beyond-accuracy rows (impression_id == 0): beyond-accuracy metrics "
             "are skipped, and the Editorial/Uniform targets and p(E) are estimated from the in-view lists "
             "of the ordinary impressions instead"
         )
-    if missing_articles:
-        notes.append(
-            f"{len(missing_articles)} article(s) without a category were excluded from the candidate list "
-            "and treated as outside every target (missing_category: exclude)"
+        return dict(
+            n_ba_rows=0, ba_probs=None, n_ba_candidates_excluded=0,
+            ba_candidate_ids=np.zeros(0, np.int64), ba_category_index=np.zeros(0, np.int64),
+            model_distribution=self.fallback_mass / self.n_impressions, candidate_frequency=freq,
+            distribution_source="labelled impressions",
         )
-    return PreparedDump(
-        predictions_path=str(predictions_path.absolute()),
-        articles_path=str(articles_path.absolute()),
-        categories=tuple(categories_all),
-        excluded_categories=tuple(excluded),
-        n_rows=row0,
-        n_ba_rows=n_ba,
-        ba_candidate_ids=ba_ids_kept,
-        ba_category_index=ba_cat_kept,
-        n_ba_candidates_excluded=n_excl,
-        ba_probs=ba_ref,
-        n_impressions=n_impressions,
-        n_labelled=n_labelled,
-        impression_ids=refs["impression_ids"],
-        offsets=refs["offsets"],
-        category_index=refs["category_index"],
-        logits=refs["logits"],
-        clicked=refs["clicked"],
-        model_distribution=model,
-        candidate_frequency=freq,
-        distribution_source=source,
-        n_missing_category_articles=len(missing_articles),
-        notes=tuple(notes),
-    )
+
+    def prepared(self, articles_path: Path, exclude_categories: Sequence[str], out_dir: Path) -> PreparedDump:
+        """The :class:`PreparedDump` of the scanned file (BA probabilities written to ``out_dir``)."""
+        excluded = sorted({*exclude_categories, MISSING_CATEGORY})
+        excluded_idx = np.array([i for i, c in enumerate(self.categories_all) if c in excluded], dtype=np.int64)
+        notes: list[str] = []
+        if self.acc.ba_reference is not None:
+            block = self._ba_block(excluded, excluded_idx, out_dir)
+        else:
+            block = self._no_ba_block(excluded_idx, notes)
+        if self.missing_articles:
+            notes.append(
+                f"{len(self.missing_articles)} article(s) without a category were excluded from the candidate list "
+                "and treated as outside every target (missing_category: exclude)"
+            )
+        return PreparedDump(
+            predictions_path=str(self.path.absolute()),
+            articles_path=str(articles_path.absolute()),
+            categories=tuple(self.categories_all),
+            excluded_categories=tuple(excluded),
+            n_rows=self.row0,
+            n_impressions=self.n_impressions,
+            n_labelled=self.n_labelled,
+            **self.refs,
+            **block,
+            n_missing_category_articles=len(self.missing_articles),
+            notes=tuple(notes),
+        )
 
 
 def _member(values: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
