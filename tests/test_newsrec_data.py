@@ -495,7 +495,7 @@ def test_config_rejects_bad_values_with_key_and_value():
     ]:
         with pytest.raises(ConfigError, match=msg):
             NewsRecConfig.from_dict(raw)
-    for name in ("newsrec_quick", "newsrec_demo", "nrms_ebnerd_small", "nrms_docvec_ebnerd_small"):
+    for name in ("newsrec_quick", "newsrec_demo", "newsrec_nrms_ebnerd_small", "newsrec_nrms_docvec_ebnerd_small"):
         parsed = parse_newsrec_config((Path(__file__).parent.parent / "configs" / f"{name}.yaml").read_text())
         assert parsed["ties"] == parsed["align"]["ties"] == "ebrec"  # the benchmark EB-NeRD users compare with
         assert NewsRecConfig.from_dict(parsed).as_dict() == parsed

@@ -296,122 +296,152 @@ def read_behaviors(
         raise ConfigError(f"labels must be 'required' or 'optional', got {labels!r}")
     required = [*S.BEHAVIORS_REQUIRED, *([S.CLICKED] if labels == "required" else [])]
     schema = S.read_checked_schema(path, required, what=f"{split} behaviors file")
-    has_labels = S.CLICKED in schema.names
-    columns = [*S.BEHAVIORS_REQUIRED, *([S.CLICKED] if has_labels else [])]
-    out = Path(out_dir) / split
-    writers = {
-        "impression_ids": ArrayAppender(out / "impression_ids", np.uint32),
-        "user_index": ArrayAppender(out / "user_index", np.int32),
-        "offsets": ArrayAppender(out / "offsets", np.int64),
-        "inview_ids": ArrayAppender(out / "inview_ids", np.int32),
-        "inview_index": ArrayAppender(out / "inview_index", np.int32),
-        "clicked": ArrayAppender(out / "clicked", np.bool_),
-    }
-    writers["offsets"].append(np.zeros(1, np.int64))
-    nnz = n_rows = n_ba = n_dropped = n_unlabelled = 0
-    row0 = 0
-    impression_parts: list[np.ndarray] = []  # every row's impression_id, for the repeat check
-    try:
-        for batch in iter_parquet_batches(path, batch_rows, columns):
-            n = batch.num_rows
-            for col in (S.IMPRESSION_ID, S.IMPRESSION_TIME, S.USER_ID):
-                if batch.column(col).null_count:
-                    r = int(np.flatnonzero(batch.column(col).is_null().to_numpy(zero_copy_only=False))[0])
-                    raise InputError(f"{path}: column {col!r} is null in row {row0 + r}")
-            imp = batch.column(S.IMPRESSION_ID).to_numpy().astype(np.int64)
-            users = batch.column(S.USER_ID).to_numpy().astype(np.int64)
-            off, ids = _list_values(batch.column(S.INVIEW), S.INVIEW, path, row0, "impression_id", imp)
-            row_text = lambda r: f"row {row0 + r} (impression_id {imp[r]})"  # noqa: E731
-            check_field(ids, S.FIELDS[S.INVIEW], path, row_text, lambda flat: int(np.searchsorted(off, flat, side="right") - 1))
-            lens = np.diff(off)
-            if (lens == 0).any():
-                r = int(np.flatnonzero(lens == 0)[0])
-                raise InputError(f"{path}: row {row0 + r} (impression_id {imp[r]}): empty {S.INVIEW!r} list")
-            view_rows = ragged.row_ids(off)
-            view_key = (view_rows << 32) | (ids & 0xFFFFFFFF)
-            view_sorted = np.sort(view_key)
-            if (np.diff(view_sorted) == 0).any():
-                _raise_inview_repeat(ids, off, imp, path, row0)
-            impression_parts.append(imp.astype(np.uint32))
-            uidx = histories.user_index(users)
-            if (uidx < 0).any():
-                r = int(np.flatnonzero(uidx < 0)[0])
-                raise InputError(
-                    f"{path}: row {row0 + r} (impression_id {imp[r]}): user_id {users[r]} has no history in the "
-                    "split's history.parquet"
-                )
-            aidx = article_index(article_ids_sorted, ids)
-            _check_unknown(unknown_article, aidx, ids, off, path, S.INVIEW, row0)
-            clicked = np.zeros(len(ids), dtype=bool)
-            keep = np.ones(n, dtype=bool)
-            if has_labels:
-                off_c, click_ids = _list_values(batch.column(S.CLICKED), S.CLICKED, path, row0, "impression_id", imp)
-                check_field(click_ids, S.FIELDS[S.CLICKED], path, row_text,
-                            lambda flat: int(np.searchsorted(off_c, flat, side="right") - 1))
-                click_rows = ragged.row_ids(off_c)
-                click_key = np.unique((click_rows << 32) | (click_ids & 0xFFFFFFFF))
-                pos = np.minimum(np.searchsorted(click_key, view_key), max(len(click_key) - 1, 0))
-                clicked = (click_key[pos] == view_key) if len(click_key) else clicked
-                found = np.bincount(view_rows[clicked], minlength=n)
-                present = view_sorted[np.minimum(np.searchsorted(view_sorted, click_key), len(view_sorted) - 1)] == click_key
-                if not present.all():
-                    key = int(click_key[~present][0])
-                    r = key >> 32
-                    raise InputError(
-                        f"{path}: row {row0 + r} (impression_id {imp[r]}): clicked article {key & 0xFFFFFFFF} is not in "
-                        f"{S.INVIEW!r}"
-                    )
-                ordinary = imp != 0
-                if labels == "required":
-                    no_click = ordinary & (found == 0)
-                    if no_click.any():
-                        r = int(np.flatnonzero(no_click)[0])
-                        raise InputError(f"{path}: row {row0 + r} (impression_id {imp[r]}): no clicked article")
-                no_neg = ordinary & (found > 0) & (found == lens)
-                if no_neg.any():
-                    if not drop_without_negative:
-                        r = int(np.flatnonzero(no_neg)[0])
-                        remedy = ("skip such impressions" if labels == "required" else
-                                  "keep such test impressions without their labels: scored and submitted, not evaluated")
-                        raise InputError(
-                            f"{path}: row {row0 + r} (impression_id {imp[r]}): every in-view article is clicked, so the "
-                            f"impression has no negative to train or evaluate on (set drop_without_negative: true to {remedy})"
-                        )
-                    if labels == "required":
-                        keep &= ~no_neg
-                        n_dropped += int(no_neg.sum())
-                    else:  # the test split: every impression must stay in the submission
-                        clicked &= ~no_neg[view_rows]
-                        n_unlabelled += int(no_neg.sum())
-            rows = np.flatnonzero(keep)
-            idx, valid = ragged.padded_index(off, rows, int(lens[rows].max()) if len(rows) else 0)
-            flat = idx[valid]
-            sub_off = np.cumsum(lens[rows]) + nnz
-            writers["impression_ids"].append(imp[rows].astype(np.uint32))
-            writers["user_index"].append(uidx[rows].astype(np.int32))
-            writers["offsets"].append(sub_off)
-            writers["inview_ids"].append(ids[flat].astype(np.int32))
-            writers["inview_index"].append(aidx[flat])
-            writers["clicked"].append(clicked[flat])
-            nnz += len(flat)
-            n_rows += len(rows)
-            n_ba += int((imp[rows] == 0).sum())
-            row0 += n
-        if impression_parts:
-            _check_impression_ids_unique(np.concatenate(impression_parts), path)
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    if n_rows == 0:
-        for w in writers.values():
-            w.abort()
-        raise InputError(f"{path}: the behaviors file has no usable rows")
-    refs = {k: w.close() for k, w in writers.items()}
+    scan = _BehaviorsScan(path, article_ids_sorted, histories, Path(out_dir) / split, unknown_article, labels,
+                          drop_without_negative, S.CLICKED in schema.names)
+    refs = scan.run(batch_rows)
     return SplitArrays(
-        name=split, behaviors_path=str(path.absolute()), n_impressions=n_rows, n_ba_rows=n_ba, has_labels=has_labels,
-        n_dropped_without_negative=n_dropped, n_unlabelled_without_negative=n_unlabelled, **refs,
+        name=split, behaviors_path=str(path.absolute()), n_impressions=scan.n_rows, n_ba_rows=scan.n_ba,
+        has_labels=scan.has_labels, n_dropped_without_negative=scan.n_dropped,
+        n_unlabelled_without_negative=scan.n_unlabelled, **refs,
     )
+
+
+class _BehaviorsScan:
+    """One pass over a behaviors file (see :func:`read_behaviors`): each batch checked and appended."""
+
+    def __init__(self, path: Path, article_ids_sorted: np.ndarray, histories: Histories, out: Path,
+                 unknown_article: str, labels: str, drop_without_negative: bool, has_labels: bool):
+        self.path, self.article_ids_sorted, self.histories = path, article_ids_sorted, histories
+        self.unknown_article, self.labels, self.drop_without_negative = unknown_article, labels, drop_without_negative
+        self.has_labels = has_labels
+        self.writers = {
+            "impression_ids": ArrayAppender(out / "impression_ids", np.uint32),
+            "user_index": ArrayAppender(out / "user_index", np.int32),
+            "offsets": ArrayAppender(out / "offsets", np.int64),
+            "inview_ids": ArrayAppender(out / "inview_ids", np.int32),
+            "inview_index": ArrayAppender(out / "inview_index", np.int32),
+            "clicked": ArrayAppender(out / "clicked", np.bool_),
+        }
+        self.writers["offsets"].append(np.zeros(1, np.int64))
+        self.nnz = self.n_rows = self.n_ba = self.n_dropped = self.n_unlabelled = 0
+        self.row0 = 0
+        self.impression_parts: list[np.ndarray] = []  # every row's impression_id, for the repeat check
+
+    def run(self, batch_rows: int) -> dict[str, FileRef]:
+        """Every batch, then the whole-file checks; the closed writers' refs."""
+        columns = [*S.BEHAVIORS_REQUIRED, *([S.CLICKED] if self.has_labels else [])]
+        try:
+            for batch in iter_parquet_batches(self.path, batch_rows, columns):
+                self._batch(batch)
+                self.row0 += batch.num_rows
+            if self.impression_parts:
+                _check_impression_ids_unique(np.concatenate(self.impression_parts), self.path)
+        except BaseException:
+            for w in self.writers.values():
+                w.abort()
+            raise
+        if self.n_rows == 0:
+            for w in self.writers.values():
+                w.abort()
+            raise InputError(f"{self.path}: the behaviors file has no usable rows")
+        return {k: w.close() for k, w in self.writers.items()}
+
+    def _row_text(self, imp: np.ndarray):
+        row0 = self.row0
+        return lambda r: f"row {row0 + r} (impression_id {imp[r]})"
+
+    def _batch(self, batch: pa.RecordBatch) -> None:
+        path, row0, n = self.path, self.row0, batch.num_rows
+        for col in (S.IMPRESSION_ID, S.IMPRESSION_TIME, S.USER_ID):
+            if batch.column(col).null_count:
+                r = int(np.flatnonzero(batch.column(col).is_null().to_numpy(zero_copy_only=False))[0])
+                raise InputError(f"{path}: column {col!r} is null in row {row0 + r}")
+        imp = batch.column(S.IMPRESSION_ID).to_numpy().astype(np.int64)
+        users = batch.column(S.USER_ID).to_numpy().astype(np.int64)
+        off, ids = _list_values(batch.column(S.INVIEW), S.INVIEW, path, row0, "impression_id", imp)
+        check_field(ids, S.FIELDS[S.INVIEW], path, self._row_text(imp), lambda flat: int(np.searchsorted(off, flat, side="right") - 1))
+        lens = np.diff(off)
+        if (lens == 0).any():
+            r = int(np.flatnonzero(lens == 0)[0])
+            raise InputError(f"{path}: row {row0 + r} (impression_id {imp[r]}): empty {S.INVIEW!r} list")
+        view_rows = ragged.row_ids(off)
+        view_key = (view_rows << 32) | (ids & 0xFFFFFFFF)
+        view_sorted = np.sort(view_key)
+        if (np.diff(view_sorted) == 0).any():
+            _raise_inview_repeat(ids, off, imp, path, row0)
+        self.impression_parts.append(imp.astype(np.uint32))
+        uidx = self.histories.user_index(users)
+        if (uidx < 0).any():
+            r = int(np.flatnonzero(uidx < 0)[0])
+            raise InputError(
+                f"{path}: row {row0 + r} (impression_id {imp[r]}): user_id {users[r]} has no history in the "
+                "split's history.parquet"
+            )
+        aidx = article_index(self.article_ids_sorted, ids)
+        _check_unknown(self.unknown_article, aidx, ids, off, path, S.INVIEW, row0)
+        clicked = np.zeros(len(ids), dtype=bool)
+        keep = np.ones(n, dtype=bool)
+        if self.has_labels:
+            clicked, keep = self._labels(batch, imp, lens, view_rows, view_key, view_sorted, clicked, keep)
+        self._append(np.flatnonzero(keep), imp, off, lens, ids, uidx, aidx, clicked)
+
+    def _labels(self, batch, imp, lens, view_rows, view_key, view_sorted, clicked, keep):
+        """Click flags of the in-view articles, checked; impressions without a negative dropped or unlabelled."""
+        path, row0, n, labels = self.path, self.row0, batch.num_rows, self.labels
+        off_c, click_ids = _list_values(batch.column(S.CLICKED), S.CLICKED, path, row0, "impression_id", imp)
+        check_field(click_ids, S.FIELDS[S.CLICKED], path, self._row_text(imp),
+                    lambda flat: int(np.searchsorted(off_c, flat, side="right") - 1))
+        click_rows = ragged.row_ids(off_c)
+        click_key = np.unique((click_rows << 32) | (click_ids & 0xFFFFFFFF))
+        pos = np.minimum(np.searchsorted(click_key, view_key), max(len(click_key) - 1, 0))
+        clicked = (click_key[pos] == view_key) if len(click_key) else clicked
+        found = np.bincount(view_rows[clicked], minlength=n)
+        present = view_sorted[np.minimum(np.searchsorted(view_sorted, click_key), len(view_sorted) - 1)] == click_key
+        if not present.all():
+            key = int(click_key[~present][0])
+            r = key >> 32
+            raise InputError(
+                f"{path}: row {row0 + r} (impression_id {imp[r]}): clicked article {key & 0xFFFFFFFF} is not in "
+                f"{S.INVIEW!r}"
+            )
+        ordinary = imp != 0
+        if labels == "required":
+            no_click = ordinary & (found == 0)
+            if no_click.any():
+                r = int(np.flatnonzero(no_click)[0])
+                raise InputError(f"{path}: row {row0 + r} (impression_id {imp[r]}): no clicked article")
+        no_neg = ordinary & (found > 0) & (found == lens)
+        if no_neg.any():
+            if not self.drop_without_negative:
+                r = int(np.flatnonzero(no_neg)[0])
+                remedy = ("skip such impressions" if labels == "required" else
+                          "keep such test impressions without their labels: scored and submitted, not evaluated")
+                raise InputError(
+                    f"{path}: row {row0 + r} (impression_id {imp[r]}): every in-view article is clicked, so the "
+                    f"impression has no negative to train or evaluate on (set drop_without_negative: true to {remedy})"
+                )
+            if labels == "required":
+                keep &= ~no_neg
+                self.n_dropped += int(no_neg.sum())
+            else:  # the test split: every impression must stay in the submission
+                clicked &= ~no_neg[view_rows]
+                self.n_unlabelled += int(no_neg.sum())
+        return clicked, keep
+
+    def _append(self, rows, imp, off, lens, ids, uidx, aidx, clicked) -> None:
+        idx, valid = ragged.padded_index(off, rows, int(lens[rows].max()) if len(rows) else 0)
+        flat = idx[valid]
+        sub_off = np.cumsum(lens[rows]) + self.nnz
+        w = self.writers
+        w["impression_ids"].append(imp[rows].astype(np.uint32))
+        w["user_index"].append(uidx[rows].astype(np.int32))
+        w["offsets"].append(sub_off)
+        w["inview_ids"].append(ids[flat].astype(np.int32))
+        w["inview_index"].append(aidx[flat])
+        w["clicked"].append(clicked[flat])
+        self.nnz += len(flat)
+        self.n_rows += len(rows)
+        self.n_ba += int((imp[rows] == 0).sum())
 
 
 def _raise_inview_repeat(ids: np.ndarray, offsets: np.ndarray, imp: np.ndarray, path, row0: int) -> None:
