@@ -111,7 +111,22 @@ def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarra
         row = int(second.min())
         first = int(np.flatnonzero(ids == ids[row])[0])
         raise InputError(f"{path}: column 'article_id' repeats article_id {ids[row]} (rows {first} and {row})")
-    vec_col = table.column(column).combine_chunks()
+    vectors = _vector_matrix(table.column(column).combine_chunks(), ids, path, column)
+    out = np.zeros((len(article_ids_sorted) + FIRST_ARTICLE, vectors.shape[1]), dtype=np.float32)
+    idx = article_index(article_ids_sorted, ids)
+    known = idx != UNKNOWN
+    if not known.any():
+        raise InputError(
+            f"{path}: column 'article_id' matches no article of the articles file (none of its {len(ids)} rows does; "
+            f"row 0 holds article_id {ids[0]}), so every article would get a zero vector; is it the document-vector "
+            "file of this data set?"
+        )
+    out[idx[known]] = vectors[known]
+    return out
+
+
+def _vector_matrix(vec_col: pa.Array, ids: np.ndarray, path, column: str) -> np.ndarray:
+    """A list column of vectors as a (rows, D) float32 matrix: no null, ragged or non-finite vector."""
     if vec_col.null_count:
         row = int(np.flatnonzero(vec_col.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{path}: column {column!r} is null in row {row} (article_id {ids[row]})")
@@ -132,17 +147,7 @@ def load_document_vectors(path: str | os.PathLike, article_ids_sorted: np.ndarra
         row = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
         raise InputError(f"{path}: row {row} (article_id {ids[row]}) holds a NaN or infinite value (or one outside "
                          "float32's range)")
-    out = np.zeros((len(article_ids_sorted) + FIRST_ARTICLE, dim), dtype=np.float32)
-    idx = article_index(article_ids_sorted, ids)
-    known = idx != UNKNOWN
-    if not known.any():
-        raise InputError(
-            f"{path}: column 'article_id' matches no article of the articles file (none of its {len(ids)} rows does; "
-            f"row 0 holds article_id {ids[0]}), so every article would get a zero vector; is it the document-vector "
-            "file of this data set?"
-        )
-    out[idx[known]] = vectors[known]
-    return out
+    return vectors
 
 
 def _list_values(arr: pa.Array, name: str, path, row0: int, key: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
