@@ -194,113 +194,16 @@ class AlignConfig:
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "AlignConfig":
         raw = dict(raw or {})
         d = common_fields(raw, set(cls.__dataclass_fields__), DEFAULT_RESOURCES)
-        if "targets" in raw:
-            d["targets"] = parse_targets(raw["targets"])
-        for key, choices in (("methods", METHODS), ("selections", SELECTIONS)):
-            if key in raw:
-                v = raw[key]
-                if not isinstance(v, list) or not v:
-                    raise ConfigError(f"{key}: expected a non-empty list from {list(choices)}, got {v!r}")
-                for x in v:
-                    if x not in choices:
-                        raise ConfigError(f"{key}: unknown value {x!r}; choose from {list(choices)}")
-                if len(set(v)) != len(v):
-                    raise ConfigError(f"{key}: repeated values in {v}")
-                d[key] = tuple(v)
-        if "lambdas" in raw:
-            v = raw["lambdas"]
-            if not isinstance(v, list) or not v:
-                raise ConfigError(f"lambdas: expected a non-empty list of numbers in [0, 1], got {v!r}")
-            lams = tuple(_number(f"lambdas[{i}]", x, 0.0, 1.0) for i, x in enumerate(v))
-            if len(set(lams)) != len(lams):
-                raise ConfigError(f"lambdas: repeated values in {list(lams)}")
-            d["lambdas"] = lams
-        if "top_n" in raw:
-            d["top_n"] = _integer("top_n", raw["top_n"], 1)
-        if "alpha" in raw:
-            d["alpha"] = _number("alpha", raw["alpha"], 0.0, 1.0, lo_open=True)
-        if "repeats" in raw:
-            d["repeats"] = _integer("repeats", raw["repeats"], 1)
-        for key in ("steck_smoothing_select", "steck_smoothing_rerank"):
-            if key in raw:
-                d[key] = _number(key, raw[key], 0.0, 1.0, lo_open=True)
-        if "exclude_categories" in raw:
-            v = raw["exclude_categories"]
-            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                raise ConfigError(f"exclude_categories: expected a list of category names, got {v!r}")
-            d["exclude_categories"] = tuple(v)
-        if "unknown_category_weight" in raw:
-            d["unknown_category_weight"] = _number("unknown_category_weight", raw["unknown_category_weight"], 0.0)
-        if "missing_category" in raw:
-            if raw["missing_category"] not in ("error", "exclude"):
-                raise ConfigError(f"missing_category: expected 'error' or 'exclude', got {raw['missing_category']!r}")
-            d["missing_category"] = raw["missing_category"]
-        if "submissions" in raw:
-            if not isinstance(raw["submissions"], bool):
-                raise ConfigError(f"submissions: expected true or false, got {raw['submissions']!r}")
-            d["submissions"] = raw["submissions"]
-        if "ties" in raw:
-            d["ties"] = choice("ties", raw["ties"], TIE_RULES)
-        for key in ("ba_chunk_rows", "batch_impressions"):
-            if key in raw:
-                d[key] = _integer(key, raw[key], 1)
-        if "nails_steck_nails_lambda_default" in raw:
-            d["nails_steck_nails_lambda_default"] = _number(
-                "nails_steck_nails_lambda_default", raw["nails_steck_nails_lambda_default"], 0.0, 1.0
-            )
-        if "synthetic" in raw:
-            d["synthetic"] = SyntheticDumpSpec.from_dict(raw["synthetic"])
-        if "calibration_alpha" in raw:
-            d["calibration_alpha"] = _number("calibration_alpha", raw["calibration_alpha"], 0.0, 1.0, lo_open=True)
-        if "steck_relevance" in raw:
-            d["steck_relevance"] = choice("steck_relevance", raw["steck_relevance"], STECK_RELEVANCE)
-        if "missing_history" in raw:
-            d["missing_history"] = choice("missing_history", raw["missing_history"], ("error", "skip"))
-        if "list_chunk_cells" in raw:
-            d["list_chunk_cells"] = _integer("list_chunk_cells", raw["list_chunk_cells"], 1000)
-        if raw.get("datasets"):  # an empty list (as as_dict writes it) means: one dataset from the parameters
-            d["datasets"] = parse_datasets(raw["datasets"])
+        d.update(_grid_fields(raw))
+        d.update(_data_fields(raw))
         cfg = cls(**d)
-        news = [ds["name"] for ds in cfg.datasets if ds["kind"] == "ebnerd" and "targets" not in ds]
-        per_user = [n for n, t in zip(cfg.target_names, cfg.targets) if is_per_user_target(t)]
-        if per_user and news:
-            raise ConfigError(
-                f"targets: {per_user[0]!r} is a per-user target, which needs candidate-list datasets with histories; "
-                f"dataset {news[0]!r} is an EB-NeRD dump (give per-user targets to candidate-list datasets only)"
-            )
+        _check_per_user_targets(cfg)
         target_names = sorted({*cfg.target_names, *(n for ds in cfg.datasets for n in cfg.target_names_for(ds['name']))})
         if "best_lambda" in raw:
-            bl = raw["best_lambda"]
-            if not isinstance(bl, Mapping):
-                raise ConfigError(f"best_lambda: expected a mapping target -> {{method: lambda}}, got {bl!r}")
-            out = {}
-            for tname, per in bl.items():
-                if tname not in target_names:
-                    raise ConfigError(f"best_lambda: {tname!r} is not one of the targets {target_names}")
-                if not isinstance(per, Mapping):
-                    raise ConfigError(f"best_lambda.{tname}: expected a mapping, got {per!r}")
-                out[tname] = {}
-                for key, lam in per.items():
-                    if key not in BEST_LAMBDA_KEYS:
-                        raise ConfigError(f"best_lambda.{tname}: unknown key {key!r}; use {list(BEST_LAMBDA_KEYS)}")
-                    if lam != AUTO:
-                        lam = _number(f"best_lambda.{tname}.{key}", lam, 0.0, 1.0)
-                        if lam not in cfg.lambdas:
-                            raise ConfigError(
-                                f"best_lambda.{tname}.{key}: {lam} is not in the lambda grid {list(cfg.lambdas)}"
-                            )
-                    out[tname][key] = lam
-            object.__setattr__(cfg, "best_lambda", out)
+            object.__setattr__(cfg, "best_lambda", _best_lambda(raw["best_lambda"], target_names, cfg.lambdas))
         if "nails_steck_nails_lambda" in raw:
-            v = raw["nails_steck_nails_lambda"]
-            if not isinstance(v, Mapping):
-                raise ConfigError(f"nails_steck_nails_lambda: expected a mapping target -> lambda, got {v!r}")
-            out = {}
-            for tname, lam in v.items():
-                if tname not in target_names:
-                    raise ConfigError(f"nails_steck_nails_lambda: {tname!r} is not one of the targets {target_names}")
-                out[tname] = _number(f"nails_steck_nails_lambda.{tname}", lam, 0.0, 1.0)
-            object.__setattr__(cfg, "nails_steck_nails_lambda", out)
+            object.__setattr__(cfg, "nails_steck_nails_lambda",
+                               _nails_steck_nails_lambda(raw["nails_steck_nails_lambda"], target_names))
         return cfg
 
     # ------------------------------------------------------------------ helpers
@@ -341,6 +244,128 @@ class AlignConfig:
             if isinstance(v, tuple):
                 d[k] = list(v)
         return d
+
+# --------------------------------------------------------------------------- AlignConfig.from_dict's parts
+def _grid_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Targets, methods, selections and the λ grid with its list settings."""
+    d: dict[str, Any] = {}
+    if "targets" in raw:
+        d["targets"] = parse_targets(raw["targets"])
+    for key, choices in (("methods", METHODS), ("selections", SELECTIONS)):
+        if key in raw:
+            v = raw[key]
+            if not isinstance(v, list) or not v:
+                raise ConfigError(f"{key}: expected a non-empty list from {list(choices)}, got {v!r}")
+            for x in v:
+                if x not in choices:
+                    raise ConfigError(f"{key}: unknown value {x!r}; choose from {list(choices)}")
+            if len(set(v)) != len(v):
+                raise ConfigError(f"{key}: repeated values in {v}")
+            d[key] = tuple(v)
+    if "lambdas" in raw:
+        v = raw["lambdas"]
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"lambdas: expected a non-empty list of numbers in [0, 1], got {v!r}")
+        lams = tuple(_number(f"lambdas[{i}]", x, 0.0, 1.0) for i, x in enumerate(v))
+        if len(set(lams)) != len(lams):
+            raise ConfigError(f"lambdas: repeated values in {list(lams)}")
+        d["lambdas"] = lams
+    if "top_n" in raw:
+        d["top_n"] = _integer("top_n", raw["top_n"], 1)
+    if "alpha" in raw:
+        d["alpha"] = _number("alpha", raw["alpha"], 0.0, 1.0, lo_open=True)
+    if "repeats" in raw:
+        d["repeats"] = _integer("repeats", raw["repeats"], 1)
+    for key in ("steck_smoothing_select", "steck_smoothing_rerank"):
+        if key in raw:
+            d[key] = _number(key, raw[key], 0.0, 1.0, lo_open=True)
+    return d
+
+
+def _data_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Category handling, output, chunking, the synthetic dump and the datasets."""
+    d: dict[str, Any] = {}
+    if "exclude_categories" in raw:
+        v = raw["exclude_categories"]
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(f"exclude_categories: expected a list of category names, got {v!r}")
+        d["exclude_categories"] = tuple(v)
+    if "unknown_category_weight" in raw:
+        d["unknown_category_weight"] = _number("unknown_category_weight", raw["unknown_category_weight"], 0.0)
+    if "missing_category" in raw:
+        if raw["missing_category"] not in ("error", "exclude"):
+            raise ConfigError(f"missing_category: expected 'error' or 'exclude', got {raw['missing_category']!r}")
+        d["missing_category"] = raw["missing_category"]
+    if "submissions" in raw:
+        if not isinstance(raw["submissions"], bool):
+            raise ConfigError(f"submissions: expected true or false, got {raw['submissions']!r}")
+        d["submissions"] = raw["submissions"]
+    if "ties" in raw:
+        d["ties"] = choice("ties", raw["ties"], TIE_RULES)
+    for key in ("ba_chunk_rows", "batch_impressions"):
+        if key in raw:
+            d[key] = _integer(key, raw[key], 1)
+    if "nails_steck_nails_lambda_default" in raw:
+        d["nails_steck_nails_lambda_default"] = _number(
+            "nails_steck_nails_lambda_default", raw["nails_steck_nails_lambda_default"], 0.0, 1.0
+        )
+    if "synthetic" in raw:
+        d["synthetic"] = SyntheticDumpSpec.from_dict(raw["synthetic"])
+    if "calibration_alpha" in raw:
+        d["calibration_alpha"] = _number("calibration_alpha", raw["calibration_alpha"], 0.0, 1.0, lo_open=True)
+    if "steck_relevance" in raw:
+        d["steck_relevance"] = choice("steck_relevance", raw["steck_relevance"], STECK_RELEVANCE)
+    if "missing_history" in raw:
+        d["missing_history"] = choice("missing_history", raw["missing_history"], ("error", "skip"))
+    if "list_chunk_cells" in raw:
+        d["list_chunk_cells"] = _integer("list_chunk_cells", raw["list_chunk_cells"], 1000)
+    if raw.get("datasets"):  # an empty list (as as_dict writes it) means: one dataset from the parameters
+        d["datasets"] = parse_datasets(raw["datasets"])
+    return d
+
+
+def _check_per_user_targets(cfg: AlignConfig) -> None:
+    """Per-user targets need candidate-list datasets: no EB-NeRD dump may inherit them."""
+    news = [ds["name"] for ds in cfg.datasets if ds["kind"] == "ebnerd" and "targets" not in ds]
+    per_user = [n for n, t in zip(cfg.target_names, cfg.targets) if is_per_user_target(t)]
+    if per_user and news:
+        raise ConfigError(
+            f"targets: {per_user[0]!r} is a per-user target, which needs candidate-list datasets with histories; "
+            f"dataset {news[0]!r} is an EB-NeRD dump (give per-user targets to candidate-list datasets only)"
+        )
+
+
+def _best_lambda(bl: Any, target_names: list[str], lambdas: tuple[float, ...]) -> dict[str, dict[str, Any]]:
+    if not isinstance(bl, Mapping):
+        raise ConfigError(f"best_lambda: expected a mapping target -> {{method: lambda}}, got {bl!r}")
+    out: dict[str, dict[str, Any]] = {}
+    for tname, per in bl.items():
+        if tname not in target_names:
+            raise ConfigError(f"best_lambda: {tname!r} is not one of the targets {target_names}")
+        if not isinstance(per, Mapping):
+            raise ConfigError(f"best_lambda.{tname}: expected a mapping, got {per!r}")
+        out[tname] = {}
+        for key, lam in per.items():
+            if key not in BEST_LAMBDA_KEYS:
+                raise ConfigError(f"best_lambda.{tname}: unknown key {key!r}; use {list(BEST_LAMBDA_KEYS)}")
+            if lam != AUTO:
+                lam = _number(f"best_lambda.{tname}.{key}", lam, 0.0, 1.0)
+                if lam not in lambdas:
+                    raise ConfigError(f"best_lambda.{tname}.{key}: {lam} is not in the lambda grid {list(lambdas)}")
+            out[tname][key] = lam
+    return out
+
+
+def _nails_steck_nails_lambda(v: Any, target_names: list[str]) -> dict[str, float]:
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"nails_steck_nails_lambda: expected a mapping target -> lambda, got {v!r}")
+    out = {}
+    for tname, lam in v.items():
+        if tname not in target_names:
+            raise ConfigError(f"nails_steck_nails_lambda: {tname!r} is not one of the targets {target_names}")
+        out[tname] = _number(f"nails_steck_nails_lambda.{tname}", lam, 0.0, 1.0)
+    return out
+
 
 
 def parse_align_config(text: str) -> dict[str, Any]:
