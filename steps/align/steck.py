@@ -111,37 +111,16 @@ def steck_greedy(
     head_index = queue_index[:, :, 0].copy()
     head_value = np.where(head_index >= 0, (1.0 - lam) * np.where(head_index >= 0, queue_scores[:, :, 0], 0.0), -np.inf)
     chosen = np.full((b, n_select), -1, dtype=np.int64)
-    big = np.iinfo(np.int64).max
     j = np.arange(n_select + 2, dtype=np.float64)[None, :]
     for t in range(n_select):
-        # KL(p*‖q~) = Σ_c term[c, count_c] for a list of t + 1 items; adding one item of category c
-        # changes it by delta[c, count_c]. The sum over the current counts is the same for every
-        # candidate of a row, so the greedy choice only needs the delta.
-        if per_row:
-            # only the current counts matter: delta = p·(log q̃(count) − log q̃(count + 1)), per row
-            q0 = (1.0 - smoothing) / (t + 1.0) * counts + smoothing * p
-            with np.errstate(divide="ignore", invalid="ignore"):
-                step_delta = np.where(pos, p * (np.log(q0) - np.log(q0 + (1.0 - smoothing) / (t + 1.0))), 0.0)
-        else:
-            q = (1.0 - smoothing) * j[None] / (t + 1.0) + smoothing * p[:, :, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                term = np.where(pos[:, :, None], p[:, :, None] * (log_p[:, :, None] - np.log(q)), 0.0)
-            delta = term[:, :, 1:] - term[:, :, :-1]  # (1, C, n + 1)
-            step_delta = delta[0][slots, counts]
-        value = head_value - lam * step_delta
-        slot = np.argmax(value, axis=1)
-        best = value[rows, slot]
-        active = np.isfinite(best)
+        value = head_value - lam * _kl_step_delta(p, pos, log_p, counts, t, smoothing, per_row, j, slots)
+        slot, active = _best_slots(value, head_index, rows)
         if not active.any():
             break
-        tied = (value == best[:, None]).sum(axis=1) > 1
-        if tied.any():  # equal objective: the candidate that comes first in the list wins
-            tr = np.flatnonzero(tied & active)
-            cand = np.where(value[tr] == best[tr, None], head_index[tr], big)
-            slot[tr] = np.argmin(cand, axis=1)
         act = np.flatnonzero(active)
         s_act = slot[act]
         chosen[act, t] = head_index[act, s_act]
+        # advance the chosen queue: its next candidate becomes the head (-inf once exhausted)
         ptr[act, s_act] += 1
         counts[act, s_act] += 1
         nxt = ptr[act, s_act]
@@ -152,3 +131,37 @@ def steck_greedy(
         nxt_score = np.where(nxt_index >= 0, flat_scores[flat], 0.0)
         head_value[act, s_act] = np.where(nxt_index >= 0, (1.0 - lam) * nxt_score, -np.inf)
     return chosen
+
+
+def _kl_step_delta(p, pos, log_p, counts, t, smoothing, per_row, j, slots) -> np.ndarray:
+    """(B or 1, C): how KL(p*‖q̃) changes when one more item of each queue's category joins a list of t.
+
+    KL(p*‖q~) = Σ_c term[c, count_c] for a list of t + 1 items; adding one item of category c
+    changes it by delta[c, count_c]. The sum over the current counts is the same for every
+    candidate of a row, so the greedy choice only needs the delta."""
+    if per_row:
+        # only the current counts matter: delta = p·(log q̃(count) − log q̃(count + 1)), per row
+        q0 = (1.0 - smoothing) / (t + 1.0) * counts + smoothing * p
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(pos, p * (np.log(q0) - np.log(q0 + (1.0 - smoothing) / (t + 1.0))), 0.0)
+    q = (1.0 - smoothing) * j[None] / (t + 1.0) + smoothing * p[:, :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(pos[:, :, None], p[:, :, None] * (log_p[:, :, None] - np.log(q)), 0.0)
+    delta = term[:, :, 1:] - term[:, :, :-1]  # (1, C, n + 1)
+    return delta[0][slots, counts]
+
+
+def _best_slots(value: np.ndarray, head_index: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's queue with the largest objective (ties: the candidate first in the list) and
+    whether the row has any candidate left."""
+    slot = np.argmax(value, axis=1)
+    best = value[rows, slot]
+    active = np.isfinite(best)
+    if not active.any():
+        return slot, active
+    tied = (value == best[:, None]).sum(axis=1) > 1
+    if tied.any():  # equal objective: the candidate that comes first in the list wins
+        tr = np.flatnonzero(tied & active)
+        cand = np.where(value[tr] == best[tr, None], head_index[tr], np.iinfo(np.int64).max)
+        slot[tr] = np.argmin(cand, axis=1)
+    return slot, active
