@@ -141,6 +141,44 @@ def run_epoch(model: ItemItem, objective: Objective, optimizer: torch.optim.Opti
     return total / max(n, 1)
 
 
+def _optimizer_and_schedules(model: ItemItem, objective: Objective, method: MethodSpec):
+    """The learner's optimiser (with η's group, if the objective has one) and the learning-rate
+    schedules of it and of the adversary's optimiser."""
+    tr = method.training
+    groups = [{"params": model.parameters(), "lr": tr.lr, "weight_decay": tr.wd}]
+    if objective.parameters():
+        eta_group = {"params": objective.parameters(), "lr": method.eta_lr, "weight_decay": 0.0}
+        if tr.optimizer == "sgd":
+            eta_group["momentum"] = method.eta_momentum
+        groups.append(eta_group)
+    optimizer = make_optimizer(groups, tr, tr.lr, tr.wd)
+    schedules = [make_schedule(optimizer, tr)]
+    adv_opt = getattr(objective, "optimizer", None)
+    if adv_opt is not None:  # the reference anneals the adversary's rate with the learner's (one optimiser)
+        schedules.append(make_schedule(adv_opt, tr))
+    return optimizer, schedules
+
+
+def _check_finite(model: ItemItem, loss: float, method: MethodSpec, epoch: int) -> None:
+    lr = method.training.lr
+    if not bool(torch.isfinite(model.B.detach().sum())):  # finite sum <=> every entry finite (or an overflow: diverged too)
+        raise InputError(f"{method.name}: the item-item matrix B became non-finite in epoch {epoch}; lower lr (now {lr})")
+    if not np.isfinite(loss):
+        raise InputError(f"{method.name}: the training loss became {loss} in epoch {epoch}; lower lr (now {lr})")
+
+
+def _weight_diagnostics(objective: Objective, snap: dict, item_counts: np.ndarray) -> dict:
+    """The learner item weights' drift since the last epoch and rank correlation with popularity."""
+    w_now = _weights(objective)
+    if w_now is None:
+        return {}
+    w_np = _np(w_now)
+    diag = {"weight_drift": weight_drift(snap.get("prev", snap["first"]), w_np),
+            "weight_popularity_spearman": spearman(w_np, item_counts)}
+    snap["prev"] = w_np
+    return diag
+
+
 def fit_item_item(method: MethodSpec, train: sp.csr_matrix, valid_tr: sp.csr_matrix, valid_te: sp.csr_matrix,
                   item_counts: np.ndarray, seed: int, device: torch.device | str = "cpu", batch_users: int = 1000,
                   log=print) -> FitResult:
@@ -152,17 +190,7 @@ def fit_item_item(method: MethodSpec, train: sp.csr_matrix, valid_tr: sp.csr_mat
     with deterministic_torch(int(rng_for(seed, "torch-init", method.name).integers(2**31))):
         model = ItemItem(n_items).to(device)
         objective = build_objective(method, train, item_counts, device)
-        groups = [{"params": model.parameters(), "lr": tr.lr, "weight_decay": tr.wd}]
-        if objective.parameters():
-            eta_group = {"params": objective.parameters(), "lr": method.eta_lr, "weight_decay": 0.0}
-            if tr.optimizer == "sgd":
-                eta_group["momentum"] = method.eta_momentum
-            groups.append(eta_group)
-        optimizer = make_optimizer(groups, tr, tr.lr, tr.wd)
-        schedules = [make_schedule(optimizer, tr)]
-        adv_opt = getattr(objective, "optimizer", None)
-        if adv_opt is not None:  # the reference anneals the adversary's rate with the learner's (one optimiser)
-            schedules.append(make_schedule(adv_opt, tr))
+        optimizer, schedules = _optimizer_and_schedules(model, objective, method)
         best_score, best_epoch, best_B, best_weights, stale = -np.inf, 0, None, None, 0
         w_init = _weights(objective)
         snap: dict = {}
@@ -172,18 +200,9 @@ def fit_item_item(method: MethodSpec, train: sp.csr_matrix, valid_tr: sp.csr_mat
             order = rng_for(seed, "tail-epoch", method.name, epoch).permutation(n_users)
             hook = (lambda: snap.__setitem__("first", _np(_weights(objective)))) if epoch == 1 and w_init is not None else None
             loss = run_epoch(model, objective, optimizer, train, order, tr.batch_size, device, tr.drop_last, hook)
-            if not bool(torch.isfinite(model.B.detach().sum())):  # finite sum <=> every entry finite (or an overflow: diverged too)
-                raise InputError(f"{method.name}: the item-item matrix B became non-finite in epoch {epoch}; lower lr (now {tr.lr})")
-            if not np.isfinite(loss):
-                raise InputError(f"{method.name}: the training loss became {loss} in epoch {epoch}; lower lr (now {tr.lr})")
+            _check_finite(model, loss, method, epoch)
             scores = validation_scores(model.B.detach(), valid_tr, valid_te, batch_users, device)
-            diag = {}
-            w_now = _weights(objective)
-            if w_now is not None:
-                w_np = _np(w_now)
-                diag = {"weight_drift": weight_drift(snap.get("prev", snap["first"]), w_np),
-                        "weight_popularity_spearman": spearman(w_np, item_counts)}
-                snap["prev"] = w_np
+            diag = _weight_diagnostics(objective, snap, item_counts)
             rows.append({"epoch": epoch, "train_loss": loss, "lr": lr, **{f"valid_{k}": v for k, v in scores.items()},
                          **objective.state(), **diag})
             log(f"{method.name} epoch {epoch}: loss {loss:.5g} valid recall@20 {scores['recall_at_20']:.4f} "
