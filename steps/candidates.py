@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -40,7 +38,7 @@ import scipy.sparse as sp
 
 from steps import ragged
 from steps.errors import InputError
-from steps.storage import sha256_file
+from steps.storage import atomic_export_dir, sha256_file
 from steps.validate import read_parquet_columns, require_dir
 
 LAYOUT = "recalign.candidates/1"
@@ -94,29 +92,12 @@ def write_candidate_bundle(
     scores = np.asarray(scores)
     if item_ids.ndim != 2 or item_ids.shape != scores.shape or item_ids.shape[0] != len(user_ids):
         raise ValueError(f"item_ids {item_ids.shape} and scores {scores.shape} must be (users={len(user_ids)}, M)")
-    final = Path(out_dir).absolute()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.partial")
-    tmp.mkdir()
-    try:
-        cols = {
-            USER_ID: pa.array(user_ids, type=pa.int64()),
-            ITEM_IDS: _dense_list(item_ids, pa.int64()),
-            SCORES: _dense_list(scores.astype(np.float32 if scores.dtype == np.float32 else np.float64),
-                                pa.float32() if scores.dtype == np.float32 else pa.float64()),
-        }
-        if heldout is not None:
-            cols[HELDOUT] = _list_column(heldout[0], np.asarray(heldout[1], dtype=np.int64), pa.int64())
-        pq.write_table(pa.table(cols), tmp / CANDIDATES_FILE)
+    with atomic_export_dir(out_dir) as tmp:
+        _write_candidates(tmp, user_ids, item_ids, scores, heldout)
         items.select(pl.col(ITEM_ID).cast(pl.Int64), pl.col(CATEGORIES).cast(pl.List(pl.String))).write_parquet(tmp / ITEMS_FILE)
         files = [CANDIDATES_FILE, ITEMS_FILE]
         if history is not None:
-            h_off, h_items, h_times = history
-            hcols = {USER_ID: pa.array(user_ids, type=pa.int64()),
-                     ITEM_IDS: _list_column(h_off, np.asarray(h_items, dtype=np.int64), pa.int64())}
-            if h_times is not None:
-                hcols[TIMESTAMPS] = _list_column(h_off, np.asarray(h_times, dtype=np.int64), pa.int64())
-            pq.write_table(pa.table(hcols), tmp / HISTORY_FILE)
+            _write_history(tmp, user_ids, history)
             files.append(HISTORY_FILE)
         manifest = {
             "layout": LAYOUT,
@@ -126,13 +107,29 @@ def write_candidate_bundle(
             "files": {f: sha256_file(tmp / f) for f in files},
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final / MANIFEST_FILE
+    return Path(out_dir).absolute() / MANIFEST_FILE
+
+
+def _write_candidates(folder: Path, user_ids: np.ndarray, item_ids: np.ndarray, scores: np.ndarray,
+                      heldout: tuple[np.ndarray, np.ndarray] | None) -> None:
+    cols = {
+        USER_ID: pa.array(user_ids, type=pa.int64()),
+        ITEM_IDS: _dense_list(item_ids, pa.int64()),
+        SCORES: _dense_list(scores.astype(np.float32 if scores.dtype == np.float32 else np.float64),
+                            pa.float32() if scores.dtype == np.float32 else pa.float64()),
+    }
+    if heldout is not None:
+        cols[HELDOUT] = _list_column(heldout[0], np.asarray(heldout[1], dtype=np.int64), pa.int64())
+    pq.write_table(pa.table(cols), folder / CANDIDATES_FILE)
+
+
+def _write_history(folder: Path, user_ids: np.ndarray, history: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> None:
+    h_off, h_items, h_times = history
+    hcols = {USER_ID: pa.array(user_ids, type=pa.int64()),
+             ITEM_IDS: _list_column(h_off, np.asarray(h_items, dtype=np.int64), pa.int64())}
+    if h_times is not None:
+        hcols[TIMESTAMPS] = _list_column(h_off, np.asarray(h_times, dtype=np.int64), pa.int64())
+    pq.write_table(pa.table(hcols), folder / HISTORY_FILE)
 
 
 # --------------------------------------------------------------------------- reading
@@ -331,6 +328,36 @@ def read_candidate_bundle(folder: str | os.PathLike, verify: bool = True) -> Can
     if table.num_rows == 0:
         raise InputError(f"{path}: the file has no rows")
     users = _user_ids(table, path)
+    off, cand_ids, raw_scores = _candidate_lists(table, path, users)
+    m = int(off[1] - off[0])
+    rows = _lookup_rows(item_ids_sorted, cand_ids)
+    if (rows < 0).any():
+        flat = int(np.flatnonzero(rows < 0)[0])
+        r = _row_of(off, flat)
+        n_missing = len(np.unique(cand_ids[rows < 0]))
+        raise InputError(
+            f"{path}: row {r} (user_id {users[r]}): item {cand_ids[flat]} in {ITEM_IDS!r} is not in {folder / ITEMS_FILE} "
+            f"({n_missing} candidate item(s) have no categories); add them to the item table"
+        )
+    heldout_offsets = heldout_ids = None
+    if HELDOUT in table.column_names:
+        heldout_offsets, heldout_ids = _heldout(table, path, users)
+
+    h_off = h_rows = h_times = None
+    hpath = folder / HISTORY_FILE
+    if hpath.exists():
+        h_off, h_rows, h_times = _read_history(hpath, users, item_ids_sorted)
+    return CandidateSet(
+        path=str(folder.absolute()), meta=meta, user_ids=users, candidate_rows=rows.reshape(len(users), m),
+        scores=raw_scores.reshape(len(users), m), item_ids_sorted=item_ids_sorted, genres=genres, item_genre=item_genre,
+        heldout_offsets=heldout_offsets, heldout_ids=heldout_ids, history_offsets=h_off, history_rows=h_rows,
+        history_times=h_times,
+    )
+
+
+def _candidate_lists(table: pa.Table, path: Path, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offsets, candidate ids, float64 scores) of the candidates file: every row the same number of
+    distinct candidates, each with a finite score."""
     off, vals = ragged.arrow_list_parts(table.column(ITEM_IDS).combine_chunks(), ITEM_IDS, path, 0, USER_ID, users)
     off_s, svals = ragged.arrow_list_parts(table.column(SCORES).combine_chunks(), SCORES, path, 0, USER_ID, users)
     lens, lens_s = np.diff(off), np.diff(off_s)
@@ -346,7 +373,6 @@ def read_candidate_bundle(folder: str | os.PathLike, verify: bool = True) -> Can
             f"{path}: row {r} (user_id {users[r]}): {ITEM_IDS!r} has {lens[r]} candidates but row 0 has {lens[0]}; "
             "every row must hold the same number of candidates (write each model's top-M)"
         )
-    m = int(lens[0])
     cand_ids = _int_values(vals, path, ITEM_IDS, off, users)
     repeat = ragged.first_repeat_in_rows(off, _dense_codes(cand_ids))
     if repeat is not None:
@@ -358,34 +384,18 @@ def read_candidate_bundle(folder: str | os.PathLike, verify: bool = True) -> Can
         flat = int(np.flatnonzero(bad)[0])
         r = _row_of(off, flat)
         raise InputError(f"{path}: row {r} (user_id {users[r]}): column {SCORES!r} holds {raw_scores[flat]} at position {flat - off[r]} (item {cand_ids[flat]})")
-    rows = _lookup_rows(item_ids_sorted, cand_ids)
-    if (rows < 0).any():
-        flat = int(np.flatnonzero(rows < 0)[0])
-        r = _row_of(off, flat)
-        n_missing = len(np.unique(cand_ids[rows < 0]))
-        raise InputError(
-            f"{path}: row {r} (user_id {users[r]}): item {cand_ids[flat]} in {ITEM_IDS!r} is not in {folder / ITEMS_FILE} "
-            f"({n_missing} candidate item(s) have no categories); add them to the item table"
-        )
-    heldout_offsets = heldout_ids = None
-    if HELDOUT in table.column_names:
-        heldout_offsets, hv = ragged.arrow_list_parts(table.column(HELDOUT).combine_chunks(), HELDOUT, path, 0, USER_ID, users)
-        heldout_ids = _int_values(hv, path, HELDOUT, heldout_offsets, users)
-        repeat = ragged.first_repeat_in_rows(heldout_offsets, _dense_codes(heldout_ids))
-        if repeat is not None:
-            r, a, b = repeat
-            raise InputError(f"{path}: row {r} (user_id {users[r]}): item {heldout_ids[heldout_offsets[r] + a]} appears twice in {HELDOUT!r}")
+    return off, cand_ids, raw_scores
 
-    h_off = h_rows = h_times = None
-    hpath = folder / HISTORY_FILE
-    if hpath.exists():
-        h_off, h_rows, h_times = _read_history(hpath, users, item_ids_sorted)
-    return CandidateSet(
-        path=str(folder.absolute()), meta=meta, user_ids=users, candidate_rows=rows.reshape(len(users), m),
-        scores=raw_scores.reshape(len(users), m), item_ids_sorted=item_ids_sorted, genres=genres, item_genre=item_genre,
-        heldout_offsets=heldout_offsets, heldout_ids=heldout_ids, history_offsets=h_off, history_rows=h_rows,
-        history_times=h_times,
-    )
+
+def _heldout(table: pa.Table, path: Path, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, ids) of the held-out items: no item twice in a row."""
+    heldout_offsets, hv = ragged.arrow_list_parts(table.column(HELDOUT).combine_chunks(), HELDOUT, path, 0, USER_ID, users)
+    heldout_ids = _int_values(hv, path, HELDOUT, heldout_offsets, users)
+    repeat = ragged.first_repeat_in_rows(heldout_offsets, _dense_codes(heldout_ids))
+    if repeat is not None:
+        r, a, b = repeat
+        raise InputError(f"{path}: row {r} (user_id {users[r]}): item {heldout_ids[heldout_offsets[r] + a]} appears twice in {HELDOUT!r}")
+    return heldout_offsets, heldout_ids
 
 
 def _dense_codes(values: np.ndarray) -> np.ndarray:

@@ -176,14 +176,19 @@ def localize(ref: FileRef) -> FileRef:
     return replace(ref, path=str(local))
 
 
+def _localize(uri: str, cache: str) -> str:
+    """``uri`` itself if local; else its copy under the cache folder ``cache`` (downloaded once)."""
+    if not is_remote(uri):
+        return uri
+    local = _cache_dir() / cache / _s3_key(uri)
+    if not local.exists():
+        download(uri, local)
+    return str(local)
+
+
 def localize_input(path: str) -> str:
     """A user's input file given as a local path or an ``s3://`` URI, as a local path."""
-    if not is_remote(path):
-        return path
-    local = _cache_dir() / "inputs" / _s3_key(path)
-    if not local.exists():
-        download(path, local)
-    return str(local)
+    return _localize(path, "inputs")
 
 
 def map_refs(obj, fn):
@@ -202,12 +207,7 @@ def map_refs(obj, fn):
 
 def localize_tree(uri: str) -> str:
     """A folder given as a local path or an ``s3://`` prefix, as a local folder (downloaded once per process)."""
-    if not is_remote(uri):
-        return uri
-    local = _cache_dir() / "trees" / _s3_key(uri)
-    if not local.exists():
-        download(uri, local)
-    return str(local)
+    return _localize(uri, "trees")
 
 
 def _atomic_write(path: Path, write) -> None:
