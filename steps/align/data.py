@@ -44,6 +44,18 @@ CATEGORY_STR = "category_str"
 MISSING_CATEGORY = "<missing>"
 MISSING_POLICIES = ("error", "exclude")
 
+#: The dump's exact layout (what NewsRecFlow and the synthetic dump write; the reader accepts any
+#: integer / floating widths, see :func:`check_prediction_schema`); without labels: the first three.
+PREDICTION_SCHEMA = pa.schema(
+    [
+        (IMPRESSION_ID, pa.uint32()),
+        (INVIEW, pa.list_(pa.int32())),
+        (SCORES, pa.list_(pa.float32())),
+        (CLICKED, pa.list_(pa.int32())),
+    ]
+)
+PREDICTION_SCHEMA_NO_LABELS = pa.schema(list(PREDICTION_SCHEMA)[:3])
+
 #: Valid range of every stored field of a dump and of the articles file (what is refused; README).
 FIELDS = fields_table([
     Field(IMPRESSION_ID, "uint32", 0, None, "impression ids (0: the beyond-accuracy rows)"),

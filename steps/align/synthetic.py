@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from steps.align.data import PREDICTION_SCHEMA, PREDICTION_SCHEMA_NO_LABELS
 from steps.errors import ConfigError
 from steps.seeding import rng_for
 
@@ -229,16 +230,6 @@ def _true_utility(rng, world: _World, taste: np.ndarray, cols: np.ndarray) -> np
     return np.take_along_axis(taste, cat, axis=1) + 0.5 * world.log_pop[cols] + rng.normal(0.0, 0.3, size=cols.shape)
 
 
-PREDICTION_SCHEMA = pa.schema(
-    [
-        ("impression_id", pa.uint32()),
-        ("article_ids_inview", pa.list_(pa.int32())),
-        ("scores", pa.list_(pa.float32())),
-        ("article_ids_clicked", pa.list_(pa.int32())),
-    ]
-)
-
-
 def _list_array(offsets: np.ndarray, values: np.ndarray, typ: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=typ))
 
@@ -254,63 +245,70 @@ def write_synthetic_dump(out_dir: str | os.PathLike, spec: SyntheticDumpSpec, pr
     articles = synthetic_articles(spec.n_articles, spec.seed, spec.n_candidates)
     articles.write_parquet(out / "articles.parquet")
     world = _world(articles)
-    schema = PREDICTION_SCHEMA if spec.with_clicks else pa.schema(list(PREDICTION_SCHEMA)[:3])
-    cand_cols = np.arange(spec.n_candidates)
-    cand_ids = world.article_ids[cand_cols].astype(np.int32)
-    n_cats = len(world.cat_names)
+    schema = PREDICTION_SCHEMA if spec.with_clicks else PREDICTION_SCHEMA_NO_LABELS
     tmp = out / ".predictions.parquet.tmp"
     with pq.ParquetWriter(tmp, schema) as writer:
         ba_chunks = range(0, spec.n_ba_rows, spec.chunk_rows)
         for i, start in enumerate(tqdm(ba_chunks, desc="beyond-accuracy rows", unit="chunk", disable=not progress)):
-            n = min(spec.chunk_rows, spec.n_ba_rows - start)
-            rng = rng_for(spec.seed, "ba", i)
-            taste = _tastes(rng, n, n_cats)
-            logits = _model_logits(rng, world, taste, cand_cols).astype(np.float32)
-            offsets = np.arange(n + 1) * spec.n_candidates
-            cols = {
-                "impression_id": pa.array(np.zeros(n, np.uint32)),
-                "article_ids_inview": _list_array(offsets, np.tile(cand_ids, n), pa.int32()),
-                "scores": _list_array(offsets, logits.ravel(), pa.float32()),
-            }
-            if spec.with_clicks:
-                cols["article_ids_clicked"] = _list_array(np.zeros(n + 1), np.zeros(0, np.int32), pa.int32())
-            writer.write_table(pa.table(cols, schema=schema))
-        window = min(spec.n_articles, max(4 * spec.inview_max, 200))
+            writer.write_table(_ba_chunk(spec, world, i, min(spec.chunk_rows, spec.n_ba_rows - start), schema))
         imp_chunks = range(0, spec.n_impressions, spec.chunk_rows)
         for i, start in enumerate(tqdm(imp_chunks, desc="impressions", unit="chunk", disable=not progress)):
-            n = min(spec.chunk_rows, spec.n_impressions - start)
-            rng = rng_for(spec.seed, "impressions", i)
-            taste = _tastes(rng, n, n_cats)
-            # In-view lists: recent articles (a sliding window over publication order), drawn by
-            # popularity without replacement (Gumbel top-k).
-            w0 = rng.integers(0, spec.n_articles - window + 1, size=n)
-            pool = w0[:, None] + np.arange(window)[None, :]
-            keys = world.log_pop[pool] * 1.5 + rng.gumbel(size=pool.shape)
-            top = np.argsort(-keys, axis=1)[:, : spec.inview_max]
-            cols_all = np.take_along_axis(pool, top, axis=1)
-            lens = rng.integers(spec.inview_min, spec.inview_max + 1, size=n)
-            valid = np.arange(spec.inview_max)[None, :] < lens[:, None]
-            # shuffle within the valid prefix so that list order carries no signal
-            perm = np.argsort(np.where(valid, rng.random(valid.shape), 2.0), axis=1)
-            cols_all = np.take_along_axis(cols_all, perm, axis=1)
-            util = _true_utility(rng, world, taste, cols_all) + rng.gumbel(size=cols_all.shape)
-            util = np.where(valid, util, -np.inf)
-            order = np.argsort(-util, axis=1)
-            second = rng.random(n) < spec.second_click_prob
-            n_clicks = np.where(second & (lens >= 3), 2, 1)
-            logits = _model_logits(rng, world, taste, cols_all)
-            offsets = np.concatenate([[0], np.cumsum(lens)])
-            ids_all = world.article_ids[cols_all].astype(np.int32)
-            cols = {
-                "impression_id": pa.array((start + np.arange(n) + 1).astype(np.uint32) * 7 + 1000),
-                "article_ids_inview": _list_array(offsets, ids_all[valid], pa.int32()),
-                "scores": _list_array(offsets, logits[valid].astype(np.float32), pa.float32()),
-            }
-            if spec.with_clicks:
-                click_cols = order[:, :2]
-                click_valid = np.arange(2)[None, :] < n_clicks[:, None]
-                click_ids = np.take_along_axis(ids_all, click_cols, axis=1)[click_valid]
-                cols["article_ids_clicked"] = _list_array(np.concatenate([[0], np.cumsum(n_clicks)]), click_ids, pa.int32())
-            writer.write_table(pa.table(cols, schema=schema))
+            writer.write_table(_impression_chunk(spec, world, i, start, min(spec.chunk_rows, spec.n_impressions - start), schema))
     os.replace(tmp, out / "predictions.parquet")
     return {"predictions": str((out / "predictions.parquet").absolute()), "articles": str((out / "articles.parquet").absolute())}
+
+
+def _ba_chunk(spec: SyntheticDumpSpec, world, i: int, n: int, schema: pa.Schema) -> pa.Table:
+    """Chunk ``i`` of the BA block: ``n`` rows scoring the same candidate list."""
+    cand_cols = np.arange(spec.n_candidates)
+    cand_ids = world.article_ids[cand_cols].astype(np.int32)
+    rng = rng_for(spec.seed, "ba", i)
+    taste = _tastes(rng, n, len(world.cat_names))
+    logits = _model_logits(rng, world, taste, cand_cols).astype(np.float32)
+    offsets = np.arange(n + 1) * spec.n_candidates
+    cols = {
+        "impression_id": pa.array(np.zeros(n, np.uint32)),
+        "article_ids_inview": _list_array(offsets, np.tile(cand_ids, n), pa.int32()),
+        "scores": _list_array(offsets, logits.ravel(), pa.float32()),
+    }
+    if spec.with_clicks:
+        cols["article_ids_clicked"] = _list_array(np.zeros(n + 1), np.zeros(0, np.int32), pa.int32())
+    return pa.table(cols, schema=schema)
+
+
+def _impression_chunk(spec: SyntheticDumpSpec, world, i: int, start: int, n: int, schema: pa.Schema) -> pa.Table:
+    """Chunk ``i`` of the ordinary impressions (rows ``start`` … ``start + n``), with 1–2 clicks each."""
+    window = min(spec.n_articles, max(4 * spec.inview_max, 200))
+    rng = rng_for(spec.seed, "impressions", i)
+    taste = _tastes(rng, n, len(world.cat_names))
+    # In-view lists: recent articles (a sliding window over publication order), drawn by
+    # popularity without replacement (Gumbel top-k).
+    w0 = rng.integers(0, spec.n_articles - window + 1, size=n)
+    pool = w0[:, None] + np.arange(window)[None, :]
+    keys = world.log_pop[pool] * 1.5 + rng.gumbel(size=pool.shape)
+    top = np.argsort(-keys, axis=1)[:, : spec.inview_max]
+    cols_all = np.take_along_axis(pool, top, axis=1)
+    lens = rng.integers(spec.inview_min, spec.inview_max + 1, size=n)
+    valid = np.arange(spec.inview_max)[None, :] < lens[:, None]
+    # shuffle within the valid prefix so that list order carries no signal
+    perm = np.argsort(np.where(valid, rng.random(valid.shape), 2.0), axis=1)
+    cols_all = np.take_along_axis(cols_all, perm, axis=1)
+    util = _true_utility(rng, world, taste, cols_all) + rng.gumbel(size=cols_all.shape)
+    util = np.where(valid, util, -np.inf)
+    order = np.argsort(-util, axis=1)
+    second = rng.random(n) < spec.second_click_prob
+    n_clicks = np.where(second & (lens >= 3), 2, 1)
+    logits = _model_logits(rng, world, taste, cols_all)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    ids_all = world.article_ids[cols_all].astype(np.int32)
+    cols = {
+        "impression_id": pa.array((start + np.arange(n) + 1).astype(np.uint32) * 7 + 1000),
+        "article_ids_inview": _list_array(offsets, ids_all[valid], pa.int32()),
+        "scores": _list_array(offsets, logits[valid].astype(np.float32), pa.float32()),
+    }
+    if spec.with_clicks:
+        click_cols = order[:, :2]
+        click_valid = np.arange(2)[None, :] < n_clicks[:, None]
+        click_ids = np.take_along_axis(ids_all, click_cols, axis=1)[click_valid]
+        cols["article_ids_clicked"] = _list_array(np.concatenate([[0], np.cumsum(n_clicks)]), click_ids, pa.int32())
+    return pa.table(cols, schema=schema)

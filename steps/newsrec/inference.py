@@ -18,17 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from steps import ragged
+from steps.align.data import PREDICTION_SCHEMA, PREDICTION_SCHEMA_NO_LABELS
 from steps.align.submission import SubmissionWriter
-from steps.align.synthetic import PREDICTION_SCHEMA
 from steps.metrics import DEFAULT_TIES, check_ties, mean_ranking_metrics, ragged_tie_ranks, ranking_metrics
 from steps.newsrec.ebnerd import SplitData
 from steps.storage import FileRef, file_ref
 
 if TYPE_CHECKING:  # TensorFlow is imported only where a model is used
     from steps.newsrec.models import Recommender
-
-DUMP_SCHEMA_NO_LABELS = pa.schema(list(PREDICTION_SCHEMA)[:3])
-
 
 def encode_articles(rec: Recommender, table: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """``(N + 2, d)`` article vectors (row 0, padding, is never used)."""
@@ -105,7 +102,7 @@ def write_dump(split: SplitData, scores: np.ndarray, path: str | os.PathLike, su
     check_ties(ties)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    schema = PREDICTION_SCHEMA if split.has_labels else DUMP_SCHEMA_NO_LABELS
+    schema = PREDICTION_SCHEMA if split.has_labels else PREDICTION_SCHEMA_NO_LABELS
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     sub = SubmissionWriter(submission_path) if submission_path else None
     try:
