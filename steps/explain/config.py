@@ -102,55 +102,8 @@ class ExplainConfig:
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "ExplainConfig":
         raw = dict(raw or {})
         d = common_fields(raw, set(cls.__dataclass_fields__), DEFAULT_RESOURCES)
-        positive_ints = ("n_neg", "emb_size", "hidden_size", "history_max", "num_neg", "batch_size",
-                         "eval_batch_size", "max_epochs", "early_stop_patience", "top_k", "kernel_samples")
-        for key in positive_ints:
-            if key in raw:
-                d[key] = _integer(key, raw[key], 1)
-        for key in ("explain_users",):
-            if key in raw:
-                d[key] = _integer(key, raw[key], 0)
-        if "lr" in raw:
-            d["lr"] = _number("lr", raw["lr"], 0.0, lo_open=True)
-        if "l2" in raw:
-            d["l2"] = _number("l2", raw["l2"], 0.0)
-        if "pruning_tolerance" in raw:
-            d["pruning_tolerance"] = _number("pruning_tolerance", raw["pruning_tolerance"], 0.0, 1.0)
-        if "loss" in raw:
-            d["loss"] = _choice("loss", raw["loss"], LOSSES)
-        if "value_scale" in raw:
-            d["value_scale"] = _choice("value_scale", raw["value_scale"], tuple(VALUE_SCALES))
-        if "item_feature" in raw:
-            v = raw["item_feature"]
-            if not isinstance(v, str) or not (v == "auto" or (v.startswith("i_") and len(v) > 2)):
-                raise ConfigError(f"item_feature: expected 'auto' or an item_meta.csv column name starting with 'i_', got {v!r}")
-            d["item_feature"] = v
-        if "explain_dtype" in raw:
-            d["explain_dtype"] = _choice("explain_dtype", raw["explain_dtype"], DTYPES)
-        for key in ("full_ranking", "exclude_history_from_top_k", "feature_level"):
-            if key in raw:
-                d[key] = _bool(key, raw[key])
-        if "ks" in raw:
-            d["ks"] = tuple(sorted(_int_list("ks", raw["ks"], 1)))
-        if "explain_user_ids" in raw:
-            d["explain_user_ids"] = _int_list("explain_user_ids", raw["explain_user_ids"], 1, allow_empty=True)
-        if "baseline" in raw:
-            d["baseline"] = parse_baseline(raw["baseline"])
-        if "estimators" in raw:
-            v = raw["estimators"]
-            if not isinstance(v, list) or not v:
-                raise ConfigError(f"estimators: expected a non-empty list from {list(ESTIMATORS)}, got {v!r}")
-            for x in v:
-                _choice("estimators", x, ESTIMATORS)
-            if len(set(v)) != len(v):
-                raise ConfigError(f"estimators: repeated values in {v}")
-            d["estimators"] = tuple(v)
-        if "synthetic" in raw:
-            d["synthetic"] = SyntheticSeqSpec.from_dict(raw["synthetic"])
-        if "data" in raw:
-            d["data"] = DataSpec.from_dict(raw["data"])
-        if "candidates_top_m" in raw:
-            d["candidates_top_m"] = _integer("candidates_top_m", raw["candidates_top_m"], 0)
+        d.update(_model_fields(raw))
+        d.update(_explanation_fields(raw))
         cfg = cls(**d)
         exact_like = {"exact", "pruned"} & set(cfg.estimators)
         if exact_like and cfg.history_max > MAX_EXACT_EVENTS:
@@ -188,6 +141,67 @@ class ExplainConfig:
     def as_dict(self) -> dict[str, Any]:
         """Plain data (nested dataclasses as dicts, tuples as lists), as the YAML would hold it."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _model_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Sizes, training and evaluation settings."""
+    d: dict[str, Any] = {}
+    positive_ints = ("n_neg", "emb_size", "hidden_size", "history_max", "num_neg", "batch_size",
+                     "eval_batch_size", "max_epochs", "early_stop_patience", "top_k", "kernel_samples")
+    for key in positive_ints:
+        if key in raw:
+            d[key] = _integer(key, raw[key], 1)
+    for key in ("explain_users",):
+        if key in raw:
+            d[key] = _integer(key, raw[key], 0)
+    if "lr" in raw:
+        d["lr"] = _number("lr", raw["lr"], 0.0, lo_open=True)
+    if "l2" in raw:
+        d["l2"] = _number("l2", raw["l2"], 0.0)
+    if "pruning_tolerance" in raw:
+        d["pruning_tolerance"] = _number("pruning_tolerance", raw["pruning_tolerance"], 0.0, 1.0)
+    if "loss" in raw:
+        d["loss"] = _choice("loss", raw["loss"], LOSSES)
+    if "value_scale" in raw:
+        d["value_scale"] = _choice("value_scale", raw["value_scale"], tuple(VALUE_SCALES))
+    return d
+
+
+def _explanation_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """What is explained and how; the data sections."""
+    d: dict[str, Any] = {}
+    if "item_feature" in raw:
+        v = raw["item_feature"]
+        if not isinstance(v, str) or not (v == "auto" or (v.startswith("i_") and len(v) > 2)):
+            raise ConfigError(f"item_feature: expected 'auto' or an item_meta.csv column name starting with 'i_', got {v!r}")
+        d["item_feature"] = v
+    if "explain_dtype" in raw:
+        d["explain_dtype"] = _choice("explain_dtype", raw["explain_dtype"], DTYPES)
+    for key in ("full_ranking", "exclude_history_from_top_k", "feature_level"):
+        if key in raw:
+            d[key] = _bool(key, raw[key])
+    if "ks" in raw:
+        d["ks"] = tuple(sorted(_int_list("ks", raw["ks"], 1)))
+    if "explain_user_ids" in raw:
+        d["explain_user_ids"] = _int_list("explain_user_ids", raw["explain_user_ids"], 1, allow_empty=True)
+    if "baseline" in raw:
+        d["baseline"] = parse_baseline(raw["baseline"])
+    if "estimators" in raw:
+        v = raw["estimators"]
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"estimators: expected a non-empty list from {list(ESTIMATORS)}, got {v!r}")
+        for x in v:
+            _choice("estimators", x, ESTIMATORS)
+        if len(set(v)) != len(v):
+            raise ConfigError(f"estimators: repeated values in {v}")
+        d["estimators"] = tuple(v)
+    if "synthetic" in raw:
+        d["synthetic"] = SyntheticSeqSpec.from_dict(raw["synthetic"])
+    if "data" in raw:
+        d["data"] = DataSpec.from_dict(raw["data"])
+    if "candidates_top_m" in raw:
+        d["candidates_top_m"] = _integer("candidates_top_m", raw["candidates_top_m"], 0)
+    return d
 
 
 def parse_explain_config(text: str) -> dict[str, Any]:
