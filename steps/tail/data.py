@@ -253,27 +253,33 @@ def split_strong_generalisation(ratings: pl.DataFrame, protocol: Protocol, seed:
              "train_interactions": int(out["train"].nnz)}
     for role_id, name in ((1, "valid"), (2, "test")):
         part = pos.filter(pl.col("role") == role_id).sort("row", "col")
-        rows = part["row"].to_numpy()
-        cols = part["col"].to_numpy()
-        draw = rng_for(seed, "tail-fold-in", key, name).random(len(rows))
-        order = np.lexsort((draw, rows))
-        rows, cols = rows[order], cols[order]
-        n_per = np.bincount(rows, minlength=h)
-        start = np.concatenate([[0], np.cumsum(n_per)[:-1]])
-        rank = np.arange(len(rows)) - np.repeat(start, n_per)
-        n_te = np.where(n_per >= protocol.min_items_to_split, (protocol.test_fraction * n_per).astype(np.int64), 0)
-        is_te = rank < np.repeat(n_te, n_per)
-        out[f"{name}_tr"] = _csr(rows[~is_te], cols[~is_te], h, n_items)
-        out[f"{name}_te"] = _csr(rows[is_te], cols[is_te], h, n_items)
-        evaluable = int(((n_te > 0) & (n_per - n_te > 0)).sum())
+        out[f"{name}_tr"], out[f"{name}_te"], evaluable, n_heldout = _fold_in(
+            part["row"].to_numpy(), part["col"].to_numpy(), h, n_items, protocol,
+            rng_for(seed, "tail-fold-in", key, name))
         if evaluable == 0:
             raise InputError(
                 f"{source}: every {name} user has an empty held-out set (test_fraction={protocol.test_fraction}, "
                 f"min_items_to_split={protocol.min_items_to_split}); nothing can be evaluated"
             )
         stats[f"{name}_users_evaluable"] = evaluable
-        stats[f"{name}_heldout_interactions"] = int(is_te.sum())
+        stats[f"{name}_heldout_interactions"] = n_heldout
     return Split(item_ids=item_ids, stats=stats, test_user_ids=perm[len(users) - h:], **out)
+
+
+def _fold_in(rows: np.ndarray, cols: np.ndarray, h: int, n_items: int, protocol: Protocol, rng: np.random.Generator):
+    """Held-out users' interactions split into fold-in and held-out parts, in a seeded random order
+    per user: (fold-in CSR, held-out CSR, users with both parts non-empty, held-out interactions)."""
+    draw = rng.random(len(rows))
+    order = np.lexsort((draw, rows))
+    rows, cols = rows[order], cols[order]
+    n_per = np.bincount(rows, minlength=h)
+    start = np.concatenate([[0], np.cumsum(n_per)[:-1]])
+    rank = np.arange(len(rows)) - np.repeat(start, n_per)
+    n_te = np.where(n_per >= protocol.min_items_to_split, (protocol.test_fraction * n_per).astype(np.int64), 0)
+    is_te = rank < np.repeat(n_te, n_per)
+    evaluable = int(((n_te > 0) & (n_per - n_te > 0)).sum())
+    return (_csr(rows[~is_te], cols[~is_te], h, n_items), _csr(rows[is_te], cols[is_te], h, n_items),
+            evaluable, int(is_te.sum()))
 
 
 # --------------------------------------------------------------------------- cache
