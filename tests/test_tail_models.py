@@ -1,4 +1,4 @@
-"""EASE (against Cornac), the gradient model, objectives, adversary, lists (steps/tail/models.py, evaluate.py, train.py)."""
+"""EASE (against Cornac), the gradient model, objectives, adversary, lists (steps/tail/models.py, objectives.py, evaluate.py, train.py)."""
 
 import math
 
@@ -18,20 +18,16 @@ from steps.tail.evaluate import (
     tail_items,
     topk_lists,
 )
-from steps.tail.models import (
+from steps.tail.models import ItemItem, ease_closed_form, ease_l2_for_weight_decay, resolve_device, to_torch_sparse
+from steps.tail.objectives import (
     AdversarialObjective,
     ItemAdversary,
-    ItemItem,
     Objective,
     TailObjective,
     WeightedObjective,
-    ease_closed_form,
-    ease_l2_for_weight_decay,
     ipw_weights,
     item_utility,
     mean_one,
-    resolve_device,
-    to_torch_sparse,
 )
 from steps.tail.synthetic import iter_synthetic_ratings
 from steps.tail.data import split_strong_generalisation

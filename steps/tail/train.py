@@ -31,18 +31,17 @@ from steps import metrics
 from steps.errors import InputError
 from steps.seeding import rng_for
 from steps.tail.config import MethodSpec, Training
-from steps.tail.models import (
+from steps.tail.diagnostics import spearman, weight_drift
+from steps.tail.evaluate import heldout_hits, topk_lists
+from steps.tail.models import ItemItem, to_torch_sparse
+from steps.tail.objectives import (
     AdversarialObjective,
     ItemAdversary,
-    ItemItem,
     Objective,
     TailObjective,
     WeightedObjective,
     ipw_weights,
-    to_torch_sparse,
 )
-from steps.tail.diagnostics import spearman, weight_drift
-from steps.tail.evaluate import heldout_hits, topk_lists
 from steps.torchtools import deterministic_torch
 
 
