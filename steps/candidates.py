@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from steps import ragged
 from steps.errors import InputError
 from steps.storage import atomic_export_dir, sha256_file
-from steps.validate import read_parquet_columns, require_dir
+from steps.validate import read_parquet_columns, read_parquet_schema, require_dir
 
 LAYOUT = "recalign.candidates/1"
 CANDIDATES_FILE = "candidates.parquet"
@@ -169,12 +169,7 @@ class CandidateSet:
 
 
 def _open_schema(path: Path, what: str) -> pa.Schema:
-    if not path.exists():
-        raise InputError(f"{path}: {what} file not found")
-    try:
-        return pq.read_schema(path)
-    except Exception as exc:  # pyarrow raises several types for a non-parquet file
-        raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
+    return read_parquet_schema(path, f"{what} file")
 
 
 def _is_list(t: pa.DataType) -> bool:

@@ -76,6 +76,23 @@ def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     return path
 
 
+def read_parquet_schema(path: str | os.PathLike, what: str = "file", required: Sequence[str] = ()):
+    """The schema of a parquet file that must exist and hold the ``required`` columns; an
+    :class:`InputError` names the file (and the missing column) otherwise. The one guard every
+    parquet reader opens its input with (each then checks the dtypes of its own format)."""
+    import pyarrow.parquet as pq
+
+    path = require_file(path, what)
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:  # pyarrow raises several types for a non-parquet file
+        raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
+    for col in required:
+        if col not in schema.names:
+            raise InputError(f"{path}: missing column {col!r} (found: {', '.join(schema.names)})")
+    return schema
+
+
 # --------------------------------------------------------------------------- ranges
 @dataclass(frozen=True)
 class Field:

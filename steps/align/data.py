@@ -25,13 +25,12 @@ from typing import Iterator, Sequence
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from steps import ragged
 from steps.align.categories import to_codes
 from steps.errors import ConfigError, InputError
 from steps.storage import ArrayAppender, FileRef, file_ref, read_slice, rebase_refs, save_array, staged_dir
-from steps.validate import Field, check_field, fields_table, first_repeat, iter_parquet_batches, require_file, smallest_int_dtype
+from steps.validate import Field, check_field, fields_table, first_repeat, iter_parquet_batches, read_parquet_schema, smallest_int_dtype
 
 IMPRESSION_ID = "impression_id"
 INVIEW = "article_ids_inview"
@@ -85,15 +84,8 @@ def _describe(t: pa.DataType) -> str:
 
 def check_prediction_schema(path: str | os.PathLike) -> pa.Schema:
     """Open the dump's schema and check columns and dtypes; returns the schema."""
-    path = require_file(path, "prediction file")
-    try:
-        schema = pq.read_schema(path)
-    except Exception as exc:  # pyarrow raises several types for a non-parquet file
-        raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
-    names = set(schema.names)
-    for col in (IMPRESSION_ID, INVIEW, SCORES):
-        if col not in names:
-            raise InputError(f"{path}: missing column {col!r} (found: {', '.join(schema.names)})")
+    schema = read_parquet_schema(path, "prediction file", (IMPRESSION_ID, INVIEW, SCORES))
+    path, names = Path(path), set(schema.names)
     if not pa.types.is_integer(schema.field(IMPRESSION_ID).type):
         raise InputError(
             f"{path}: column {IMPRESSION_ID!r} has dtype {_describe(schema.field(IMPRESSION_ID).type)}, expected an integer (u32)"
@@ -113,14 +105,8 @@ def check_prediction_schema(path: str | os.PathLike) -> pa.Schema:
 
 def load_articles(path: str | os.PathLike) -> pl.DataFrame:
     """``article_id`` (i32) and ``category`` (paper code, or the raw name; null if missing)."""
-    path = require_file(path, "articles file")
-    try:
-        schema = pq.read_schema(path)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
-    for col in (ARTICLE_ID, CATEGORY_STR):
-        if col not in schema.names:
-            raise InputError(f"{path}: missing column {col!r} (found: {', '.join(schema.names)})")
+    schema = read_parquet_schema(path, "articles file", (ARTICLE_ID, CATEGORY_STR))
+    path = Path(path)
     if not pa.types.is_integer(schema.field(ARTICLE_ID).type):
         raise InputError(f"{path}: column {ARTICLE_ID!r} has dtype {_describe(schema.field(ARTICLE_ID).type)}, expected i32")
     t = schema.field(CATEGORY_STR).type

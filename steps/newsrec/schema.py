@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from steps.errors import InputError
-from steps.validate import Field, fields_table, require_file
+from steps.validate import Field, fields_table, read_parquet_schema
 
 # behaviors
 IMPRESSION_ID = "impression_id"
@@ -129,14 +128,8 @@ def read_checked_schema(
 ) -> pa.Schema:
     """Open a parquet file's schema: it must exist, hold ``required`` columns, and every known column
     present must have exactly the published dtype. Raises :class:`InputError` naming file and column."""
-    path = require_file(path, what)
-    try:
-        schema = pq.read_schema(path)
-    except Exception as exc:  # pyarrow raises several types for a non-parquet file
-        raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
-    for col in required:
-        if col not in schema.names:
-            raise InputError(f"{path}: missing column {col!r} (found: {', '.join(schema.names)})")
+    schema = read_parquet_schema(path, what, required)
+    path = Path(path)
     for f in schema:
         want = expected.get(f.name)
         if want is not None and _normalise(f.type) != want:
