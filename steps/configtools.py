@@ -7,11 +7,26 @@ from typing import Any, Mapping
 
 import yaml
 
+from configs import config_path
 from steps.errors import ConfigError
 
-#: How a flow runs on a cluster: retries of steps that read remote inputs, the time limit of long
-#: steps, and whether a failed fan-out cell stops the run (then resume it) or is reported.
-DEFAULT_RUN = {"retries": 2, "minutes_between_retries": 1, "timeout_minutes": 240, "on_cell_failure": "stop"}
+
+def _read_defaults() -> dict[str, Any]:
+    with open(config_path("defaults.yaml"), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+#: ``configs/defaults.yaml``: the run settings and every flow's per-step resources.
+DEFAULTS: dict[str, Any] = _read_defaults()
+#: How a flow runs on a cluster (``run:`` in ``configs/defaults.yaml``).
+DEFAULT_RUN: dict[str, Any] = dict(DEFAULTS["run"])
+
+
+def default_resources(flow: str) -> dict[str, dict[str, int]]:
+    """The per-step compute requests of ``flow`` (``align``, ``newsrec``, ``tail``, ``explain``)
+    from ``configs/defaults.yaml``: step group -> {cpu, memory, gpu}."""
+    return {step: dict(req) for step, req in DEFAULTS["resources"][flow].items()}
+
 
 def number(key: str, value: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -11,18 +11,13 @@ from steps.align.synthetic import SyntheticDumpSpec
 from steps.align.targets import BUILTIN_TARGETS
 from steps.configtools import integer as _integer
 from steps.configtools import number as _number
-from steps.configtools import DEFAULT_RUN, choice, common_fields, yaml_mapping
+from steps.configtools import DEFAULT_RUN, choice, common_fields, default_resources, yaml_mapping
 from steps.errors import ConfigError
 from steps.metrics import DEFAULT_TIES, TIE_RULES
 
 METHODS = ("nails", "steck", "nails_steck")
-#: Per-step compute requests (Kubernetes / AWS Batch), memory in MB; overridable per config.
-DEFAULT_RESOURCES = {
-    "start": {"cpu": 2, "memory": 8192, "gpu": 0},
-    "evaluate": {"cpu": 2, "memory": 8192, "gpu": 0},
-    "report": {"cpu": 1, "memory": 4096, "gpu": 0},
-    "join": {"cpu": 1, "memory": 4096, "gpu": 0},
-}
+#: Per-step compute requests, memory in MB (``resources.align`` in ``configs/defaults.yaml``).
+DEFAULT_RESOURCES = default_resources("align")
 
 SELECTIONS = ("det", "stoch")
 BEST_LAMBDA_KEYS = ("nails_det", "nails_stoch", "steck", "nails_steck")

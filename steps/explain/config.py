@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from steps.configtools import DEFAULT_RUN, common_fields, yaml_mapping
+from steps.configtools import DEFAULT_RUN, common_fields, default_resources, yaml_mapping
 from steps.configtools import boolean as _bool
 from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
@@ -21,14 +21,8 @@ DTYPES = ("float64", "float32")
 #: ``value_scale``: the factor on v = mean of the top-K scores. ``notebook`` is the reference
 #: notebook's (extpersonalization's ``GRU4Recold.forward`` divides the top-10 mean by 10 again).
 VALUE_SCALES = {"mean": 1.0, "notebook": 0.1}
-#: Per-step compute requests (memory in MB); ``train`` may ask for a GPU.
-DEFAULT_RESOURCES = {
-    "start": {"cpu": 1, "memory": 4096, "gpu": 0},
-    "train": {"cpu": 4, "memory": 8192, "gpu": 0},
-    "explain": {"cpu": 2, "memory": 4096, "gpu": 0},
-    "report": {"cpu": 1, "memory": 4096, "gpu": 0},
-    "join": {"cpu": 1, "memory": 2048, "gpu": 0},
-}
+#: Per-step compute requests, memory in MB (``resources.explain`` in ``configs/defaults.yaml``).
+DEFAULT_RESOURCES = default_resources("explain")
 #: Exact Shapley enumerates 2^M coalitions; above this many events it is refused.
 MAX_EXACT_EVENTS = 24
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from steps.align.config import AlignConfig
-from steps.configtools import DEFAULT_RUN, choice, common_fields, yaml_mapping
+from steps.configtools import DEFAULT_RUN, choice, common_fields, default_resources, yaml_mapping
 from steps.errors import ConfigError
 from steps.metrics import DEFAULT_TIES, TIE_RULES
 from steps.newsrec.ebnerd import UNKNOWN_POLICIES
@@ -15,15 +15,8 @@ from steps.newsrec.schema import DEFAULT_DOCUMENT_VECTORS
 from steps.newsrec.synthetic import SyntheticEbnerdSpec
 
 MODEL_NAMES = ("nrms", "nrms_docvec")
-#: Per-step compute requests (memory in MB); ``train`` may ask for a GPU.
-DEFAULT_RESOURCES = {
-    "start": {"cpu": 2, "memory": 8192, "gpu": 0},
-    "train": {"cpu": 4, "memory": 16384, "gpu": 0},
-    "dump": {"cpu": 2, "memory": 8192, "gpu": 0},
-    "align": {"cpu": 2, "memory": 8192, "gpu": 0},
-    "report": {"cpu": 1, "memory": 4096, "gpu": 0},
-    "join": {"cpu": 1, "memory": 4096, "gpu": 0},
-}
+#: Per-step compute requests, memory in MB (``resources.newsrec`` in ``configs/defaults.yaml``).
+DEFAULT_RESOURCES = default_resources("newsrec")
 TOKENIZERS = ("vocabulary", "transformers")
 
 

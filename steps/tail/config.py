@@ -16,21 +16,15 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from steps.configtools import DEFAULT_RUN, common_fields, yaml_mapping
+from steps.configtools import DEFAULT_RUN, common_fields, default_resources, yaml_mapping
 from steps.configtools import boolean as _bool
 from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
 from steps.configtools import number as _number
 from steps.errors import ConfigError
 
-#: Per-step compute requests (memory in MB); ``train`` may ask for a GPU (EASE's Gram matrix at
-#: ML-20M size needs ~10 GB).
-DEFAULT_RESOURCES = {
-    "prepare": {"cpu": 2, "memory": 16384, "gpu": 0},
-    "train": {"cpu": 4, "memory": 16384, "gpu": 0},
-    "report": {"cpu": 1, "memory": 4096, "gpu": 0},
-    "join": {"cpu": 1, "memory": 4096, "gpu": 0},
-}
+#: Per-step compute requests, memory in MB (``resources.tail`` in ``configs/defaults.yaml``).
+DEFAULT_RESOURCES = default_resources("tail")
 
 SOURCES = ("synthetic", "ml20m", "netflix", "msd", "ml100k")
 METHODS = ("ease", "ease_gd", "ipw", "tail_opt", "adversarial", "pop_rerank")
