@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import field
 from typing import Any, Mapping
 
 import yaml
@@ -20,6 +21,16 @@ def _read_defaults() -> dict[str, Any]:
 DEFAULTS: dict[str, Any] = _read_defaults()
 #: How a flow runs on a cluster (``run:`` in ``configs/defaults.yaml``).
 DEFAULT_RUN: dict[str, Any] = dict(DEFAULTS["run"])
+
+
+def resources_field(defaults: Mapping[str, Mapping[str, int]]):
+    """A config dataclass's ``resources`` field: a fresh copy of ``defaults`` per instance."""
+    return field(default_factory=lambda: {k: dict(v) for k, v in defaults.items()})
+
+
+def run_field():
+    """A config dataclass's ``run`` field: a fresh copy of :data:`DEFAULT_RUN` per instance."""
+    return field(default_factory=lambda: dict(DEFAULT_RUN))
 
 
 def default_resources(flow: str) -> dict[str, dict[str, int]]:

@@ -48,7 +48,7 @@ import polars as pl
 
 from steps.errors import InputError
 from steps.storage import sha256_file
-from steps.validate import require_dir, require_file
+from steps.validate import read_csv_text, require_dir, require_file
 
 RECBOLE_VERSION = "1.2.1"
 RECBOLE_DIR = "recbole/dataset_example/ml-100k"
@@ -218,12 +218,16 @@ def _atomic(path: Path, header: tuple[str, ...], what: str) -> pl.DataFrame:
 def read_recbole_inter(path: str | os.PathLike) -> pl.DataFrame:
     """RecBole ``ml-100k.inter`` → ratings frame."""
     path = Path(path)
-    raw = _atomic(path, RECBOLE_INTER_HEADER, ".inter")
+    return _ratings(path, _atomic(path, RECBOLE_INTER_HEADER, ".inter"), 2)
+
+
+def _ratings(path: Path, raw: pl.DataFrame, first_line: int) -> pl.DataFrame:
+    """``user_id, item_id, rating, timestamp`` text columns (data from ``first_line`` on) → checked ratings frame."""
     ratings = pl.DataFrame([
-        _int(path, raw, "user_id", 2), _int(path, raw, "item_id", 2), _rating(path, raw, "rating", 2),
-        _int(path, raw, "timestamp", 2, lo=0),
+        _int(path, raw, "user_id", first_line), _int(path, raw, "item_id", first_line),
+        _rating(path, raw, "rating", first_line), _int(path, raw, "timestamp", first_line, lo=0),
     ])
-    return _check_ratings(path, ratings, 2)
+    return _check_ratings(path, ratings, first_line)
 
 
 def read_recbole_item(path: str | os.PathLike) -> pl.DataFrame:
@@ -246,11 +250,7 @@ def read_grouplens_data(path: str | os.PathLike) -> pl.DataFrame:
     """GroupLens ``u.data`` (``user item rating timestamp``, tab-separated, no header) → ratings frame."""
     path = Path(path)
     raw = _fields(path, _lines(path, "latin-1"), "\t", ("user_id", "item_id", "rating", "timestamp"), 1, "u.data")
-    ratings = pl.DataFrame([
-        _int(path, raw, "user_id", 1), _int(path, raw, "item_id", 1), _rating(path, raw, "rating", 1),
-        _int(path, raw, "timestamp", 1, lo=0),
-    ])
-    return _check_ratings(path, ratings, 1)
+    return _ratings(path, raw, 1)
 
 
 def read_grouplens_item(path: str | os.PathLike) -> pl.DataFrame:
@@ -311,13 +311,7 @@ def ml100k_files(source: str | os.PathLike = "recbole") -> list[Path]:
 def read_ml20m_movies(path: str | os.PathLike) -> pl.DataFrame:
     """ML-20M ``movies.csv`` → items frame (see the module docstring for the genre spellings)."""
     path = require_file(path, "movies file")
-    try:
-        raw = pl.read_csv(path, infer_schema=False)
-    except Exception as exc:  # polars raises several types for a malformed file
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from exc
-    for col in ("movieId", "title", "genres"):
-        if col not in raw.columns:
-            raise InputError(f"{path}: missing column {col!r} (found: {', '.join(raw.columns)})")
+    raw = read_csv_text(path, ("movieId", "title", "genres"))
     for col in ("movieId", "genres"):
         if raw[col].null_count():
             r = int(raw[col].is_null().arg_max())

@@ -308,6 +308,17 @@ def file_ref(path: str | os.PathLike, shape: tuple[int, ...] = (), dtype: str = 
 
 
 @contextlib.contextmanager
+def _scratch_dir(tmp: Path) -> Iterator[Path]:
+    """Create ``tmp`` and yield it; on an exception in the block it is removed (and the exception re-raised)."""
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_export_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``final_dir`` in one rename.
 
@@ -316,13 +327,8 @@ def atomic_export_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final_dir).absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.partial")
-    tmp.mkdir()
-    try:
+    with _scratch_dir(final.with_name(f".{final.name}.{uuid.uuid4().hex}.partial")) as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -370,13 +376,8 @@ def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     the temporary folder are moved with :func:`rebase_refs`."""
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".partial-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    with _scratch_dir(out / f".partial-{uuid.uuid4().hex}") as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     try:
         for entry in sorted(tmp.iterdir()):
             dst = out / entry.name

@@ -93,6 +93,21 @@ def read_parquet_schema(path: str | os.PathLike, what: str = "file", required: S
     return schema
 
 
+def read_csv_text(path: Path, required: Sequence[str]):
+    """A CSV file with a header as a Polars frame of text columns, holding the ``required`` columns;
+    an :class:`InputError` names the file otherwise (``path`` already checked by :func:`require_file`)."""
+    import polars as pl
+
+    try:
+        frame = pl.read_csv(path, infer_schema=False)
+    except Exception as exc:  # polars raises several types for a malformed file
+        raise InputError(f"{path}: not a readable CSV file ({exc})") from exc
+    for col in required:
+        if col not in frame.columns:
+            raise InputError(f"{path}: missing column {col!r} (found: {', '.join(frame.columns)})")
+    return frame
+
+
 # --------------------------------------------------------------------------- ranges
 @dataclass(frozen=True)
 class Field:

@@ -11,7 +11,7 @@ from steps.align.synthetic import SyntheticDumpSpec
 from steps.align.targets import BUILTIN_TARGETS
 from steps.configtools import integer as _integer
 from steps.configtools import number as _number
-from steps.configtools import DEFAULT_RUN, choice, common_fields, default_resources, yaml_mapping
+from steps.configtools import choice, common_fields, default_resources, resources_field, run_field, yaml_mapping
 from steps.errors import ConfigError
 from steps.metrics import DEFAULT_TIES, TIE_RULES
 
@@ -181,8 +181,8 @@ class AlignConfig:
     steck_relevance: str = "probability"
     missing_history: str = "error"
     list_chunk_cells: int = 4_000_000
-    resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
-    run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
+    resources: Mapping[str, Mapping[str, int]] = resources_field(DEFAULT_RESOURCES)
+    run: Mapping[str, Any] = run_field()
 
     # ------------------------------------------------------------------ construction
     @classmethod

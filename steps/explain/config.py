@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from steps.configtools import DEFAULT_RUN, common_fields, default_resources, yaml_mapping
+from steps.configtools import common_fields, default_resources, resources_field, run_field, yaml_mapping
 from steps.configtools import boolean as _bool
 from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
@@ -89,8 +89,8 @@ class ExplainConfig:
     # data: {source: ml100k, path: ""} converts MovieLens-100K (steps/explain/candidates.py)
     data: DataSpec = field(default_factory=DataSpec)
     candidates_top_m: int = 100  # GRU4Rec's top-M for the test rows as a candidate bundle (0: none)
-    resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
-    run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
+    resources: Mapping[str, Mapping[str, int]] = resources_field(DEFAULT_RESOURCES)
+    run: Mapping[str, Any] = run_field()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "ExplainConfig":

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from steps.align.config import AlignConfig
-from steps.configtools import DEFAULT_RUN, choice, common_fields, default_resources, yaml_mapping
+from steps.configtools import choice, common_fields, default_resources, resources_field, run_field, yaml_mapping
 from steps.errors import ConfigError
 from steps.metrics import DEFAULT_TIES, TIE_RULES
 from steps.newsrec.ebnerd import UNKNOWN_POLICIES
@@ -179,8 +179,8 @@ class NewsRecConfig:
     training: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticEbnerdSpec = field(default_factory=SyntheticEbnerdSpec)
     align: AlignConfig = field(default_factory=AlignConfig)
-    resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
-    run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
+    resources: Mapping[str, Mapping[str, int]] = resources_field(DEFAULT_RESOURCES)
+    run: Mapping[str, Any] = run_field()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "NewsRecConfig":

@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from steps.configtools import DEFAULT_RUN, common_fields, default_resources, yaml_mapping
+from steps.configtools import common_fields, default_resources, resources_field, run_field, yaml_mapping
 from steps.configtools import boolean as _bool
 from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
@@ -363,8 +363,8 @@ class TailConfig:
     evaluation: Evaluation = field(default_factory=Evaluation)
     save_models: bool = False  # also write every item-item matrix B as .npy (n² floats each)
     candidates_top_m: int = 100  # each method's top-M for the test users as a candidate bundle (0: none)
-    resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
-    run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
+    resources: Mapping[str, Mapping[str, int]] = resources_field(DEFAULT_RESOURCES)
+    run: Mapping[str, Any] = run_field()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "TailConfig":

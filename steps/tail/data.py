@@ -35,7 +35,7 @@ from steps.seeding import rng_for
 from steps.storage import FileRef, atomic_export_dir, file_ref, localize, localize_input, localize_tree
 from steps.tail.config import DatasetSpec, Protocol
 from steps.tail.synthetic import write_synthetic_ratings
-from steps.validate import Field, check_field, fields_table, require_dir, require_file
+from steps.validate import Field, check_field, fields_table, read_csv_text, require_dir, require_file
 
 MATRICES = ("train", "valid_tr", "valid_te", "test_tr", "test_te")
 CACHE_VERSION = 5  # bump when the cached split changes (fold-in draw, test user ids, item genres, range checks)
@@ -81,13 +81,7 @@ def _numeric(path: Path, frame: pl.DataFrame, column: str, dtype, line_of_row, f
 def read_ml20m(path: str | os.PathLike) -> pl.DataFrame:
     """MovieLens-20M ``ratings.csv``: ``user, item, rating``."""
     path = require_file(path, "ratings file")
-    try:
-        frame = pl.read_csv(path, infer_schema=False)
-    except Exception as exc:  # polars raises several types for a malformed file
-        raise InputError(f"{path}: not a readable CSV file ({exc})") from exc
-    for col in ("userId", "movieId", "rating"):
-        if col not in frame.columns:
-            raise InputError(f"{path}: missing column {col!r} (found: {', '.join(frame.columns)})")
+    frame = read_csv_text(path, ("userId", "movieId", "rating"))
     if frame.height == 0:
         raise InputError(f"{path}: the file has no ratings")
     line = lambda r: r + 2  # noqa: E731 — header is line 1
