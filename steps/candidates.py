@@ -262,10 +262,9 @@ def read_items(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...], sp
         flat = int(np.flatnonzero((names == "").to_numpy())[0])
         r = _row_of(off, flat)
         raise InputError(f"{path}: row {r} (item_id {ids[r]}): column {CATEGORIES!r} holds an empty category name")
-    repeat = ragged.first_repeat_in_rows(off, names.cast(pl.Categorical).to_physical().to_numpy().astype(np.int64))
-    if repeat is not None:
-        r, a, _ = repeat
-        raise InputError(f"{path}: row {r} (item_id {ids[r]}): category {names[int(off[r]) + a]!r} is listed twice")
+    ragged.refuse_repeat_in_rows(
+        off, names.cast(pl.Categorical).to_physical().to_numpy().astype(np.int64),
+        lambda r, a, _: f"{path}: row {r} (item_id {ids[r]}): category {names[int(off[r]) + a]!r} is listed twice")
     genres = tuple(sorted(names.unique().to_list()))
     g_index = names.replace_strict(list(genres), list(range(len(genres))), return_dtype=pl.Int64).to_numpy()
     order = np.argsort(ids, kind="stable")
@@ -369,10 +368,8 @@ def _candidate_lists(table: pa.Table, path: Path, users: np.ndarray) -> tuple[np
             "every row must hold the same number of candidates (write each model's top-M)"
         )
     cand_ids = _int_values(vals, path, ITEM_IDS, off, users)
-    repeat = ragged.first_repeat_in_rows(off, _dense_codes(cand_ids))
-    if repeat is not None:
-        r, a, b = repeat
-        raise InputError(f"{path}: row {r} (user_id {users[r]}): item {cand_ids[off[r] + a]} appears twice in {ITEM_IDS!r} (positions {a} and {b})")
+    ragged.refuse_repeat_in_rows(off, _dense_codes(cand_ids), lambda r, a, b: (
+        f"{path}: row {r} (user_id {users[r]}): item {cand_ids[off[r] + a]} appears twice in {ITEM_IDS!r} (positions {a} and {b})"))
     raw_scores = svals.to_numpy(zero_copy_only=False).astype(np.float64)
     bad = ~np.isfinite(raw_scores)
     if bad.any():
@@ -386,10 +383,8 @@ def _heldout(table: pa.Table, path: Path, users: np.ndarray) -> tuple[np.ndarray
     """(offsets, ids) of the held-out items: no item twice in a row."""
     heldout_offsets, hv = ragged.arrow_list_parts(table.column(HELDOUT).combine_chunks(), HELDOUT, path, 0, USER_ID, users)
     heldout_ids = _int_values(hv, path, HELDOUT, heldout_offsets, users)
-    repeat = ragged.first_repeat_in_rows(heldout_offsets, _dense_codes(heldout_ids))
-    if repeat is not None:
-        r, a, b = repeat
-        raise InputError(f"{path}: row {r} (user_id {users[r]}): item {heldout_ids[heldout_offsets[r] + a]} appears twice in {HELDOUT!r}")
+    ragged.refuse_repeat_in_rows(heldout_offsets, _dense_codes(heldout_ids), lambda r, a, b: (
+        f"{path}: row {r} (user_id {users[r]}): item {heldout_ids[heldout_offsets[r] + a]} appears twice in {HELDOUT!r}"))
     return heldout_offsets, heldout_ids
 
 

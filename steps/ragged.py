@@ -112,6 +112,14 @@ def arrow_list_parts(
     return offsets, values
 
 
+def refuse_repeat_in_rows(offsets: np.ndarray, values: np.ndarray, message) -> None:
+    """An :class:`InputError` with ``message(row, first position, second position)`` for the first
+    value listed twice in its row (see :func:`first_repeat_in_rows`); nothing when rows are distinct."""
+    repeat = first_repeat_in_rows(offsets, values)
+    if repeat is not None:
+        raise InputError(message(*repeat))
+
+
 def first_repeat_in_rows(offsets: np.ndarray, values: np.ndarray) -> tuple[int, int, int] | None:
     """The first element (in row, then position order) whose value already occurred earlier in its
     row, as ``(row, position of the value's first occurrence, position of this element)``

@@ -330,13 +330,9 @@ class _DumpScan:
         in_row = lambda flat: int(np.searchsorted(off, flat, side="right") - 1)  # noqa: E731
         check_field(aids_raw, FIELDS[INVIEW], path, self._row_text(imp), in_row)
         aids = aids_raw.astype(np.int64)
-        repeat = ragged.first_repeat_in_rows(off, aids)
-        if repeat is not None:
-            r, a, b = repeat
-            raise InputError(
-                f"{path}: row {row0 + r} (impression_id {imp[r]}): article {aids[off[r] + a]} appears "
-                f"twice in {INVIEW!r} (positions {a} and {b})"
-            )
+        ragged.refuse_repeat_in_rows(off, aids, lambda r, a, b: (
+            f"{path}: row {row0 + r} (impression_id {imp[r]}): article {aids[off[r] + a]} appears "
+            f"twice in {INVIEW!r} (positions {a} and {b})"))
         scores = score_vals.to_numpy().astype(np.float64)
         self._check_scores(scores, imp, off, aids)
         return imp, off, lens, aids, scores

@@ -452,13 +452,9 @@ class _BehaviorsScan:
 def _raise_inview_repeat(ids: np.ndarray, offsets: np.ndarray, imp: np.ndarray, path, row0: int) -> None:
     """An article listed twice in one impression's in-view list: name the earliest such row, the
     article and both positions."""
-    repeat = ragged.first_repeat_in_rows(offsets, ids)
-    if repeat is not None:
-        r, a, b = repeat
-        raise InputError(
-            f"{path}: row {row0 + r} (impression_id {imp[r]}): column {S.INVIEW!r} lists article "
-            f"{int(ids[offsets[r] + a])} twice (positions {a} and {b})"
-        )
+    ragged.refuse_repeat_in_rows(offsets, ids, lambda r, a, b: (
+        f"{path}: row {row0 + r} (impression_id {imp[r]}): column {S.INVIEW!r} lists article "
+        f"{int(ids[offsets[r] + a])} twice (positions {a} and {b})"))
 
 
 def _check_impression_ids_unique(imp: np.ndarray, path) -> None:
