@@ -19,16 +19,8 @@ from steps.tail.evaluate import (
     topk_lists,
 )
 from steps.tail.models import ItemItem, ease_closed_form, ease_l2_for_weight_decay, resolve_device, to_torch_sparse
-from steps.tail.objectives import (
-    AdversarialObjective,
-    ItemAdversary,
-    Objective,
-    TailObjective,
-    WeightedObjective,
-    ipw_weights,
-    item_utility,
-    mean_one,
-)
+from steps.tail.objectives import AdversarialObjective, ItemAdversary, Objective, TailObjective, WeightedObjective
+from steps.tail.objectives import ipw_weights, item_utility, mean_one
 from steps.tail.synthetic import iter_synthetic_ratings
 from steps.tail.data import split_strong_generalisation
 from steps.tail.diagnostics import spearman, weight_drift

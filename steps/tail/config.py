@@ -236,6 +236,13 @@ _METHOD_OPTIONS = {
 }
 
 
+def _choices(key: str, raw: Mapping[str, Any], d: dict[str, Any], keys) -> None:
+    """``d[k]`` = the checked choice of ``raw[k]`` for each ``(k, choices)`` of ``keys`` present in ``raw``."""
+    for k, choices in keys:
+        if k in raw:
+            d[k] = _choice(f"{key}.{k}", raw[k], choices)
+
+
 def _training(key: str, raw: Any, base: Training) -> Training:
     raw = _mapping(key, raw)
     _reject_unknown(key, raw, Training)
@@ -243,14 +250,8 @@ def _training(key: str, raw: Any, base: Training) -> Training:
     for k, lo in (("epochs", 1), ("batch_size", 1), ("patience", 1)):
         if k in raw:
             d[k] = _integer(f"{key}.{k}", raw[k], lo)
-    if "optimizer" in raw:
-        d["optimizer"] = _choice(f"{key}.optimizer", raw["optimizer"], OPTIMIZERS)
-    if "schedule" in raw:
-        d["schedule"] = _choice(f"{key}.schedule", raw["schedule"], SCHEDULES)
-    if "early_stopping" in raw:
-        d["early_stopping"] = _choice(f"{key}.early_stopping", raw["early_stopping"], EARLY_STOPPING)
-    if "select_epoch" in raw:
-        d["select_epoch"] = _choice(f"{key}.select_epoch", raw["select_epoch"], SELECT_EPOCH)
+    _choices(key, raw, d, (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("early_stopping", EARLY_STOPPING),
+                           ("select_epoch", SELECT_EPOCH)))
     if "drop_last" in raw:
         d["drop_last"] = _bool(f"{key}.drop_last", raw["drop_last"])
     if "lr" in raw:
@@ -291,12 +292,7 @@ def _method(name: str, raw: Any, training: Training) -> MethodSpec:
             raise ConfigError(f"{key}.adversary: unknown structure {raw['adversary']!r}; expected linear, 2mlpN, 2bmlpN or "
                               f"b2mlpN (N = hidden width >= 1; only names starting with 'b' centre the input)")
         d["adversary"] = raw["adversary"]
-    if "adv_init" in raw:
-        d["adv_init"] = _choice(f"{key}.adv_init", raw["adv_init"], ADV_INITS)
-    if "aloss" in raw:
-        d["aloss"] = _choice(f"{key}.aloss", raw["aloss"], ADV_LOSSES)
-    if "loss" in raw:
-        d["loss"] = _choice(f"{key}.loss", raw["loss"], LOSSES)
+    _choices(key, raw, d, (("adv_init", ADV_INITS), ("aloss", ADV_LOSSES), ("loss", LOSSES)))
     if "dist_ones" in raw:
         d["dist_ones"] = _bool(f"{key}.dist_ones", raw["dist_ones"])
     if "adv_k" in raw:
