@@ -131,3 +131,17 @@ def common_fields(raw: Mapping[str, Any], allowed: set[str] | frozenset[str],
     if "run" in raw:
         d["run"] = parse_run_settings(raw["run"], DEFAULT_RUN)
     return d
+
+
+def refuse_unknown_keys(section: str, d: Mapping[str, Any], cls) -> None:
+    """A :class:`ConfigError` naming the keys of ``d`` that are not fields of the dataclass ``cls``."""
+    unknown = set(d) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+
+
+def refuse_failed_checks(section: str, spec: Any, checks) -> None:
+    """A :class:`ConfigError` for the first ``(field name, ok)`` of ``checks`` that is not ok."""
+    for name, ok in checks:
+        if not ok:
+            raise ConfigError(f"{section}.{name}: invalid value {getattr(spec, name)!r}")

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from steps.align.data import PREDICTION_SCHEMA, PREDICTION_SCHEMA_NO_LABELS
-from steps.errors import ConfigError
+from steps.configtools import refuse_failed_checks, refuse_unknown_keys
 from steps.seeding import rng_for
 
 #: Danish section names with EB-NeRD-like article shares (the nine paper categories, ``auto`` and
@@ -107,16 +107,12 @@ class SyntheticDumpSpec:
             ("second_click_prob", 0.0 <= self.second_click_prob <= 1.0),
             ("chunk_rows", self.chunk_rows >= 1),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise ConfigError(f"synthetic.{name}: invalid value {getattr(self, name)!r}")
+        refuse_failed_checks("synthetic", self, checks)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SyntheticDumpSpec":
         d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"synthetic: unknown key(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+        refuse_unknown_keys("synthetic", d, cls)
         return cls(**d)
 
     def as_dict(self) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
-from steps.configtools import integer, number
+from steps.configtools import integer, number, refuse_unknown_keys
 from steps.errors import ConfigError
 from steps.explain.data import FEATURE, ITEM, TIME, USER, SeqData, leave_one_out
 from steps.seeding import rng_for
@@ -61,9 +61,7 @@ class SyntheticSeqSpec:
         if d is not None and not isinstance(d, dict):
             raise ConfigError(f"synthetic: expected a mapping, got {d!r}")
         d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"synthetic: unknown key(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+        refuse_unknown_keys("synthetic", d, cls)
         return cls(**d)
 
     def as_dict(self) -> dict:

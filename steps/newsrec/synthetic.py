@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from steps.align.synthetic import CATEGORY_SHARES, synthetic_articles
+from steps.configtools import refuse_failed_checks, refuse_unknown_keys
 from steps.errors import ConfigError
 from steps.newsrec import schema as S
 from steps.seeding import rng_for
@@ -101,16 +102,12 @@ class SyntheticEbnerdSpec:
             ("second_click_prob", 0.0 <= self.second_click_prob <= 1.0),
             ("seed", self.seed >= 0),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise ConfigError(f"synthetic.{name}: invalid value {getattr(self, name)!r}")
+        refuse_failed_checks("synthetic", self, checks)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SyntheticEbnerdSpec":
         d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"synthetic: unknown key(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+        refuse_unknown_keys("synthetic", d, cls)
         for key, value in d.items():
             default = cls.__dataclass_fields__[key].default
             ok = isinstance(value, bool) if isinstance(default, bool) else (
