@@ -215,19 +215,24 @@ def _row_of(offsets: np.ndarray, flat: int) -> int:
     return int(np.searchsorted(offsets, flat, side="right") - 1)
 
 
-def _user_ids(table: pa.Table, path: Path) -> np.ndarray:
-    col = table.column(USER_ID).combine_chunks()
+def _id_column(table: pa.Table, column: str, path: Path) -> tuple[np.ndarray, int | None]:
+    """The column's ids as i64 (no null, none beyond i64) and the first row repeating an earlier id (or None)."""
+    col = table.column(column).combine_chunks()
     if col.null_count:
         r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{path}: row {r}: column {USER_ID!r} is null")
+        raise InputError(f"{path}: row {r}: column {column!r} is null")
     raw = col.to_numpy(zero_copy_only=False)
     if raw.dtype == np.uint64 and (raw > _I64_MAX).any():
         r = int(np.flatnonzero(raw > _I64_MAX)[0])
-        raise InputError(f"{path}: row {r}: column {USER_ID!r} holds {raw[r]}, outside i64")
+        raise InputError(f"{path}: row {r}: column {column!r} holds {raw[r]}, outside i64")
     ids = raw.astype(np.int64)
     dup = ~pl.Series(ids).is_first_distinct().to_numpy()
-    if dup.any():
-        r = int(np.flatnonzero(dup)[0])
+    return ids, (int(np.flatnonzero(dup)[0]) if dup.any() else None)
+
+
+def _user_ids(table: pa.Table, path: Path) -> np.ndarray:
+    ids, r = _id_column(table, USER_ID, path)
+    if r is not None:
         first = int(np.flatnonzero(ids == ids[r])[0])
         raise InputError(f"{path}: row {r}: column {USER_ID!r} repeats user_id {ids[r]} (first in row {first})")
     return ids
@@ -239,18 +244,8 @@ def read_items(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...], sp
     schema = _open_schema(path, "items")
     _check_columns(path, schema, {ITEM_ID: ("i64", pa.types.is_integer), CATEGORIES: ("list[str]", _str_list)})
     table = read_parquet_columns(path, [ITEM_ID, CATEGORIES])
-    ids_col = table.column(ITEM_ID).combine_chunks()
-    if ids_col.null_count:
-        r = int(np.flatnonzero(ids_col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{path}: row {r}: column {ITEM_ID!r} is null")
-    raw = ids_col.to_numpy(zero_copy_only=False)
-    if raw.dtype == np.uint64 and (raw > _I64_MAX).any():
-        r = int(np.flatnonzero(raw > _I64_MAX)[0])
-        raise InputError(f"{path}: row {r}: column {ITEM_ID!r} holds {raw[r]}, outside i64")
-    ids = raw.astype(np.int64)
-    dup = ~pl.Series(ids).is_first_distinct().to_numpy()
-    if dup.any():
-        r = int(np.flatnonzero(dup)[0])
+    ids, r = _id_column(table, ITEM_ID, path)
+    if r is not None:
         raise InputError(f"{path}: row {r}: column {ITEM_ID!r} repeats item_id {ids[r]}")
     off, vals = ragged.arrow_list_parts(table.column(CATEGORIES).combine_chunks(), CATEGORIES, path, 0, ITEM_ID, ids)
     lens = np.diff(off)

@@ -254,12 +254,9 @@ def _training(key: str, raw: Any, base: Training) -> Training:
                            ("select_epoch", SELECT_EPOCH)))
     if "drop_last" in raw:
         d["drop_last"] = _bool(f"{key}.drop_last", raw["drop_last"])
-    if "lr" in raw:
-        d["lr"] = _number(f"{key}.lr", raw["lr"], 0.0, lo_open=True)
-    if "wd" in raw:
-        d["wd"] = _number(f"{key}.wd", raw["wd"], 0.0)
-    if "loss_scale" in raw:
-        d["loss_scale"] = _number(f"{key}.loss_scale", raw["loss_scale"], 0.0, lo_open=True)
+    for k, lo_open in (("lr", True), ("wd", False), ("loss_scale", True)):
+        if k in raw:
+            d[k] = _number(f"{key}.{k}", raw[k], 0.0, lo_open=lo_open)
     return replace(base, **d)
 
 
