@@ -133,11 +133,12 @@ def common_fields(raw: Mapping[str, Any], allowed: set[str] | frozenset[str],
     return d
 
 
-def refuse_unknown_keys(section: str, d: Mapping[str, Any], cls) -> None:
-    """A :class:`ConfigError` naming the keys of ``d`` that are not fields of the dataclass ``cls``."""
+def refuse_unknown_keys(section: str, d: Mapping[str, Any], cls, listed: str = "allowed:") -> None:
+    """A :class:`ConfigError` naming the keys of ``d`` that are not fields of the dataclass ``cls``
+    (then ``listed`` and the fields)."""
     unknown = set(d) - set(cls.__dataclass_fields__)
     if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+        raise ConfigError(f"{section}: unknown key(s) {sorted(unknown)}; {listed} {sorted(cls.__dataclass_fields__)}")
 
 
 def refuse_failed_checks(section: str, spec: Any, checks) -> None:

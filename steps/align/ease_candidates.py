@@ -22,7 +22,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from steps.candidates import write_candidate_bundle
-from steps.configtools import choice, integer, number
+from steps.configtools import choice, integer, number, refuse_unknown_keys
 from steps.errors import ConfigError
 from steps.seeding import rng_for
 
@@ -42,9 +42,7 @@ class EaseCandidatesSpec:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None, where: str = "ml100k_ease") -> "EaseCandidatesSpec":
         raw = dict(raw or {})
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        refuse_unknown_keys(where, raw, cls, "expected")
         d: dict[str, Any] = {}
         if "source" in raw:
             if not isinstance(raw["source"], str) or not raw["source"]:

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from steps.candidates import write_candidate_bundle
-from steps.configtools import integer, number
+from steps.configtools import integer, number, refuse_unknown_keys
 from steps.errors import ConfigError
 from steps.seeding import rng_for
 
@@ -45,9 +45,7 @@ class SyntheticListsSpec:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None, where: str = "synthetic") -> "SyntheticListsSpec":
         raw = dict(raw or {})
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        refuse_unknown_keys(where, raw, cls, "expected")
         d: dict[str, Any] = {}
         for key in ("users", "items", "candidates", "history_items", "heldout_items"):
             if key in raw:
