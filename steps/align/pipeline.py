@@ -77,28 +77,14 @@ def dump_of_run(spec: str, predictions: Mapping[str, FileRef], articles: str, mo
 
 @dataclass
 class MethodOutputs:
-    """The evaluate tasks of one target, gathered (tasks that failed under ``@catch`` are listed)."""
+    """The evaluate tasks of one target, gathered (tasks that failed under ``@catch`` are listed);
+    :func:`recalign.flow.gather_method_outputs` builds it from a join's inputs."""
 
     results: pl.DataFrame
     category_mix: pl.DataFrame
     user_kl_hist: pl.DataFrame
     submissions: list
     failed: list[str]
-
-
-def gather_method_outputs(tasks, target_mix_rows: pl.DataFrame) -> MethodOutputs:
-    """Join the ``outcome`` (:class:`MethodOutcome`) of a target's per-method tasks (duck-typed
-    Metaflow inputs); tasks that failed under ``@catch`` are listed in ``failed``."""
-    from steps.faults import failed_cells
-
-    done = [t.outcome for t in tasks if hasattr(t, "outcome")]
-    return MethodOutputs(
-        results=concat([o.results for o in done]),
-        category_mix=concat([target_mix_rows] + [o.category_mix for o in done]),
-        user_kl_hist=concat([o.user_kl_hist for o in done]),
-        submissions=[s for o in done for s in o.submissions],
-        failed=failed_cells(tasks, lambda t: f"{getattr(t, 'target_name', None) or t.layout.target.name}/{t.input}"),
-    )
 
 
 def combine_targets(parts: Sequence[MethodOutputs], target_order: Sequence[str]) -> MethodOutputs:
