@@ -25,7 +25,7 @@ from steps.align.data import input_refs, prepare_dump
 from steps.align.datasets import LIST_KINDS, check_dataset_params, implicit_dataset, list_data_summary, prepare_list_dataset
 from steps.align.evaluate import RESULT_COLUMNS
 from steps.align.lists import LIST_METRICS, resolve_list_target
-from steps.align.pipeline import (build_reports, data_summary, dataset_line, example_user_figure, export_run,
+from steps.align.pipeline import (build_reports, data_summary, dataset_line, example_user_figure, export_parts,
                                   model_distribution_dict, resolve_inputs, summary_text, with_dataset)
 from steps.align.targets import resolve_target
 from steps.storage import map_refs
@@ -143,14 +143,13 @@ class AlignFlow(AlignFanOut, RecalignFlow):
         rep = build_reports(self.results, self.category_mix, self.user_kl_hist, cfg, self.list_datasets, examples)
         self.best_lambda, self.comparison = rep.best_lambda, rep.comparison
         self.example_user_mix = concat(example_mix)
-        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
-                   "failed_cells": self.failed_cells, "target": self.target, "model_distribution": self.model_distribution}
         tables = {"results": self.results, "comparison": self.comparison, "category_mix": self.category_mix,
                   "best_lambda": self.best_lambda}
         if self.example_user_mix.height:
             tables["example_user_mix"] = self.example_user_mix
         card_figures = {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()}
-        self.export_dir = export_run(self.export_target, tables, rep, self.submissions, summary, self.storage.dir("report"))
+        self.export_dir = self.export(*export_parts(tables, rep, self.submissions), failed_cells=self.failed_cells,
+                                      target=self.target, model_distribution=self.model_distribution)
         self._card(cfg, card_figures)
         self.next(self.end)
 

@@ -28,7 +28,7 @@ from steps.explain.pipeline import (
     choose_users,
     describe_settings,
     efficiency_check,
-    export_run,
+    export_tables,
     feature_summary,
     fit_or_load,
     join_explanations,
@@ -132,10 +132,8 @@ class ExplainFlow(RecalignFlow):
         tables = {"attributions": self.attributions, "explained_users": self.explained_users,
                   "feature_attributions": self.feature_attributions, "model_metrics": self.model_metrics,
                   "training_log": self.training_log, "recency": self.recency}
-        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
-                   "model": vars(self.model_spec), "explained_users": self.explain_user_ids}
-        self.export_dir = export_run(self.export_target,
-                                     tables, figures, self.model_file, summary, self.storage.dir("report"))
+        self.export_dir = self.export(export_tables(tables), figures, {"gru4rec.pt": self.model_file},
+                                      model=vars(self.model_spec), explained_users=self.explain_user_ids)
 
         c = current.card["report"]
         d = self.data_summary

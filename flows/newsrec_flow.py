@@ -30,7 +30,7 @@ from steps.faults import maybe_fail  # noqa: E402
 from steps.newsrec.candidates import news_candidates  # noqa: E402
 from steps.newsrec.config import NewsRecConfig  # noqa: E402
 from steps.newsrec.prepare import prepare_news_data, publish_news_data, resolve_data_root  # noqa: E402
-from steps.newsrec.report import alignment_reports, export_newsrec, train_metrics_rows, training_curves_figure, with_model  # noqa: E402
+from steps.newsrec.report import alignment_reports, export_parts, train_metrics_rows, training_curves_figure, with_model  # noqa: E402
 from steps.storage import localize, localize_input, map_refs  # noqa: E402
 from steps.tables import concat, table_rows  # noqa: E402
 
@@ -156,11 +156,10 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
         alignment = alignment_reports(self.results, self.category_mix, self.user_kl_hist, self.alignment_submissions, cfg.align)
         card_figures = {m: {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()} for m, (_, rep, _) in alignment.items()}
         curves_image = Image.from_matplotlib(training_curves_figure(self.training_curves))
-        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
-                   "models": {m: a.version for m, a in self.model_artifacts.items()},
-                   "predictions": {m: {"path": r.path, "sha256": r.sha256, "rows": r.shape[0]} for m, r in self.predictions.items()}}
-        self.export_dir = export_newsrec(self.export_target, self.train_metrics, self.training_curves, self.predictions,
-                                         self.model_submission_files, alignment, summary, self.storage.dir("report"))
+        parts = export_parts(self.train_metrics, self.training_curves, self.predictions, self.model_submission_files, alignment)
+        self.export_dir = self.export(*parts, models={m: a.version for m, a in self.model_artifacts.items()},
+                                      predictions={m: {"path": r.path, "sha256": r.sha256, "rows": r.shape[0]}
+                                                   for m, r in self.predictions.items()})
 
         c = current.card["report"]
         d = self.data_summary

@@ -22,7 +22,7 @@ from steps.tables import concat, table_rows
 from steps.tail.config import TailConfig
 from steps.tail.data import prepare_dataset
 from steps.tail.pipeline import RESULT_COLUMNS, item_groups, run_method, sort_results
-from steps.tail.report import build_figures, change_sentences, change_vs_baseline, export_run, weight_diagnostics_text
+from steps.tail.report import build_figures, change_sentences, change_vs_baseline, weight_diagnostics_text
 
 CARRIED = ["storage", "dataset_names", "method_names"]
 CARRIED_DATASET = CARRIED + ["prepared", "groups", "data_summary"]
@@ -111,10 +111,7 @@ class TailFlow(RecalignFlow):
         figures = build_figures(self.results, self.buckets)
         card_images = {name: Image.from_matplotlib(fig) for name, fig in figures.items()}
         tables = {"results": self.results, "buckets": self.buckets, "history": self.history, "change_vs_ease": self.change}
-        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary, "statements": self.statements,
-                   "failed_cells": self.failed_cells}
-        self.export_dir = export_run(self.export_target, tables, figures,
-                                     summary, self.storage.dir("report"))
+        self.export_dir = self.export(tables, figures, statements=self.statements, failed_cells=self.failed_cells)
 
         c = current.card["report"]
         c.append(Markdown(f"# TailFlow `{current.run_id}` — {cfg.name}"))

@@ -39,6 +39,14 @@ class RecalignFlow(FlowSpec):
         """This run's folder for large intermediate files."""
         return RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
 
+    def export(self, tables: dict, figures: dict, files: dict | None = None, **summary) -> str:
+        """:func:`steps.export.export_run` to :attr:`export_target`, staged in the run's storage; the
+        summary holds the run, the config, ``data_summary`` and ``summary``'s entries."""
+        from steps.export import export_run
+
+        summary = {"run": current.pathspec, "config": self.cfg.as_dict(), "data": self.data_summary, **summary}
+        return export_run(self.export_target, tables, figures, files or {}, summary, self.storage.dir("report"))
+
     def failed_cells_block(self, card, title: str = "Failed cells (the grid is partial)") -> None:
         """List ``self.failed_cells`` on the card, when there are any."""
         from metaflow.cards import Markdown

@@ -1,8 +1,7 @@
-"""The alignment flow's building blocks above the methods: inputs, joins, exports, summaries."""
+"""The alignment flow's building blocks above the methods: inputs, joins, what it exports, summaries."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ from steps.align.data import PreparedDump
 from steps.align.report import best_lambdas, comparison_table, comparison_wide
 from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
 from steps.errors import InputError
-from steps.tables import concat, json_default
-from steps.storage import FileRef, atomic_export, is_remote, link_or_copy, localize, localize_input
+from steps.tables import concat
+from steps.storage import FileRef, localize, localize_input
 from steps.validate import require_file
 
 
@@ -187,31 +186,19 @@ def build_reports(results: pl.DataFrame, category_mix: pl.DataFrame, user_kl_his
     return Report(best, comparison, figures)
 
 
-def export_run(
-    export_dir: str | os.PathLike,
-    tables: dict[str, pl.DataFrame],
-    report: Report,
-    submissions: Sequence[dict],
-    summary: dict,
-    staging_dir: str | os.PathLike | None = None,
-) -> str:
-    """Write tables (CSV), figures (PNG), submission zips and ``summary.json`` to ``export_dir``
-    (local or ``s3://``) atomically; returns where it went."""
-    with atomic_export(export_dir, staging_dir) as tmp:
-        for name, df in tables.items():
-            df.write_csv(tmp / f"{name}.csv")
-        comp = report.comparison if "dataset" in report.comparison.columns else with_dataset(report.comparison, "")
-        several = comp["dataset"].n_unique() > 1
-        for (ds, dist), part in comp.group_by(["dataset", "distribution"], maintain_order=True):
-            name = f"comparison_{ds}__{dist}.csv" if several else f"comparison_{dist}.csv"
-            comparison_wide(part.drop("dataset"), dist).write_csv(tmp / name)
-        for name, fig in report.figures.items():
-            plots.save(fig, tmp / name)
-        for sub in submissions:
-            ref = localize(sub["file"])
-            link_or_copy(ref.path, tmp / "submissions" / Path(ref.path).name)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
-    return str(export_dir) if is_remote(export_dir) else str(Path(export_dir).absolute())
+def export_parts(tables: Mapping[str, pl.DataFrame], report: Report, submissions: Sequence[dict],
+                 prefix: str = "") -> tuple[dict, dict, dict]:
+    """What an alignment exports, as ``(tables, figures, files)`` for :func:`steps.export.export_run`:
+    the tables, one wide comparison per (dataset and) target, the figures and the submission zips,
+    every name under ``prefix`` (e.g. ``"<model>/"``)."""
+    out = {prefix + name: df for name, df in tables.items()}
+    comp = report.comparison if "dataset" in report.comparison.columns else with_dataset(report.comparison, "")
+    several = comp["dataset"].n_unique() > 1
+    for (ds, dist), part in comp.group_by(["dataset", "distribution"], maintain_order=True):
+        out[prefix + (f"comparison_{ds}__{dist}" if several else f"comparison_{dist}")] = comparison_wide(part.drop("dataset"), dist)
+    figures = {prefix + name: fig for name, fig in report.figures.items()}
+    files = {f"{prefix}submissions/{Path(s['file'].path).name}": s["file"] for s in submissions}
+    return out, figures, files
 
 
 SUMMARY_COLUMNS = ["dataset", "distribution", "method", "selection", "lambda", "kl_at_n", "kl_all", "user_kl_mean",
