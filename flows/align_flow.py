@@ -13,23 +13,17 @@ start → foreach dataset → prepare (load or build, validate) → foreach targ
 evaluate (λ grid) → join_methods → join_targets → join_datasets → report (card, exports) → end
 """
 
-from metaflow import Config, Parameter, card, current, step
-from metaflow.cards import Image, Markdown, Table
+from metaflow import Config, Parameter, card, step
 
 from configs import config_path
 from recalign.fanout import AlignFanOut
+from recalign.cards import align_card, images
 from recalign.flow import RecalignFlow, step_groups
 from recalign.runs import candidates_of_run, dump_source
 from steps.align.config import AlignConfig
-from steps.align.data import input_refs, prepare_dump
-from steps.align.datasets import LIST_KINDS, check_dataset_params, implicit_dataset, list_data_summary, prepare_list_dataset
-from steps.align.evaluate import RESULT_COLUMNS
-from steps.align.lists import LIST_METRICS, resolve_list_target
-from steps.align.pipeline import (build_reports, data_summary, dataset_line, example_user_figure, export_parts,
-                                  model_distribution_dict, resolve_inputs, summary_text, with_dataset)
-from steps.align.targets import resolve_target
-from steps.storage import map_refs
-from steps.tables import concat, table_rows
+from steps.align.datasets import LIST_KINDS, check_dataset_params, implicit_dataset
+from steps.align.pipeline import build_reports, example_users, export_parts, prepare_dataset, summary_text, with_dataset
+from steps.tables import concat
 
 # Artifacts of a dataset's prepare step that the joins carry forward.
 CARRIED = ["storage", "dataset", "kind", "inputs", "prepared", "input_files", "data_summary", "target",
@@ -43,14 +37,10 @@ class AlignFlow(AlignFanOut, RecalignFlow):
 
     config = Config("config", default=config_path("nails_paper.yaml"), parser="steps.align.config.parse_align_config")
     parse_config = AlignConfig.from_dict
-    predictions = Parameter(
-        "predictions", default="", help="Prediction dump (parquet, NAILS layout); empty = synthetic data from the config"
-    )
+    predictions = Parameter("predictions", default="", help="Prediction dump (parquet, NAILS layout); empty = synthetic data from the config")
     articles = Parameter("articles", default="", help="EB-NeRD articles.parquet matching --predictions")
-    predictions_from = Parameter(
-        "predictions-from", default="",
-        help="Align a finished run's output: NewsRecFlow/<run_id>[/<model>], TailFlow/<run_id>/<method>, ExplainFlow/<run_id>",
-    )
+    predictions_from = Parameter("predictions-from", default="", help="Align a finished run's output: NewsRecFlow/<run_id>[/<model>], "
+                                 "TailFlow/<run_id>/<method>, ExplainFlow/<run_id>")
     candidates = Parameter("candidates", default="", help="A candidate bundle folder (steps.candidates layout) to calibrate")
 
     @property
@@ -78,26 +68,9 @@ class AlignFlow(AlignFanOut, RecalignFlow):
         spec = next(d for d in self.datasets if d["name"] == self.input)
         self.dataset, self.kind = spec["name"], spec["kind"]
         self.cell_prefix = f"{self.dataset}/" if self.several_datasets else ""
-        data_dir = self.storage.dir("data", self.dataset)
-        if self.kind in LIST_KINDS:
-            self.prepared = prepare_list_dataset(spec, data_dir, candidates_of_run)
-            self.inputs, self.input_files = None, {}
-            self.data_summary = list_data_summary(self.prepared)
-            cs = self.prepared.load()
-            targets = [resolve_list_target(t, cs, cfg.missing_history) for t in cfg.targets_for(self.dataset)]
-            self.target = {t.name: dict(zip(t.genres, t.mean.tolist())) for t in targets}
-            self.model_distribution = {}
-        else:
-            predictions, articles = dump_source(spec.get("from_run", ""), spec.get("predictions", ""), spec.get("articles", ""))
-            self.inputs = resolve_inputs(predictions, articles, cfg.synthetic, data_dir)
-            prepared = prepare_dump(self.inputs.predictions, self.inputs.articles, data_dir / "prepared",
-                                    cfg.exclude_categories, cfg.missing_category)
-            self.prepared = map_refs(prepared, self.storage.publish)
-            self.input_files = input_refs(prepared)
-            self.data_summary = {"kind": "ebnerd", **data_summary(prepared)}
-            self.targets = [resolve_target(t, self.prepared.candidate_categories) for t in cfg.targets_for(self.dataset)]
-            self.target = {t.name: t.as_dict() for t in self.targets}
-            self.model_distribution = model_distribution_dict(self.prepared)
+        p = prepare_dataset(spec, cfg, self.storage.dir("data", self.dataset), self.storage.publish, candidates_of_run, dump_source)
+        self.prepared, self.inputs, self.input_files, self.data_summary = p.prepared, p.inputs, p.input_files, p.data_summary
+        self.targets, self.target, self.model_distribution = p.targets, p.target, p.model_distribution
         for note in self.data_summary["notes"]:
             print("NOTE:", note)
         self.target_names = cfg.target_names_for(self.dataset)
@@ -135,51 +108,18 @@ class AlignFlow(AlignFanOut, RecalignFlow):
     def report(self):
         """Best-λ comparison, figures, card, and the export to artifacts/AlignFlow/<run_id>/."""
         cfg = self.cfg
-        examples, example_mix = {}, []
-        for ds, prepared in self.prepared_lists.items():
-            user, mix, fig = example_user_figure(prepared, cfg, self.results, ds)
-            examples[ds] = {"user_genre_mix.png": fig}
-            example_mix.append(with_dataset(mix.with_columns(user_id=user), ds))
+        examples, self.example_user_mix = example_users(self.prepared_lists, cfg, self.results)
         rep = build_reports(self.results, self.category_mix, self.user_kl_hist, cfg, self.list_datasets, examples)
         self.best_lambda, self.comparison = rep.best_lambda, rep.comparison
-        self.example_user_mix = concat(example_mix)
         tables = {"results": self.results, "comparison": self.comparison, "category_mix": self.category_mix,
                   "best_lambda": self.best_lambda}
         if self.example_user_mix.height:
             tables["example_user_mix"] = self.example_user_mix
-        card_figures = {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()}
+        card_figures = images(rep.figures)
         self.export_dir = self.export(*export_parts(tables, rep, self.submissions), failed_cells=self.failed_cells,
                                       target=self.target, model_distribution=self.model_distribution)
-        self._card(cfg, card_figures)
+        align_card(self, card_figures)
         self.next(self.end)
-
-    def _card(self, cfg, figures):
-        c = current.card["report"]
-        c.append(Markdown(f"# AlignFlow `{current.run_id}` — {cfg.name}"))
-        c.append(Markdown(f"Top-N = {cfg.top_n}, α = {cfg.alpha:g} (metrics), calibration α = {cfg.calibration_alpha:g}, "
-                          f"repeats = {cfg.repeats}. Exported to `{self.export_dir}`."))
-        self.failed_cells_block(c)
-        summaries = self.data_summary if self.several_datasets else {self.results["dataset"][0]: self.data_summary}
-        for ds, summ in summaries.items():
-            c.append(Markdown(f"## Dataset `{ds}`\n\n{dataset_line(summ)}"))
-            for note in summ["notes"]:
-                c.append(Markdown(f"**Note:** {note}"))
-            sub = self.results.filter(self.results["dataset"] == ds)
-            cols = [col for col in ("distribution", "method", "selection", "lambda", *RESULT_COLUMNS[4:], *LIST_METRICS)
-                    if col in sub.columns and not col.endswith("_sd") and col != "n_repeats" and sub[col].null_count() < sub.height]
-            c.append(Markdown("### Best λ per method"))
-            best = self.best_lambda.filter(self.best_lambda["dataset"] == ds)
-            c.append(Table(table_rows(best), headers=best.columns))
-            prefix = f"{ds}__" if self.several_datasets else ""
-            for title, name in (("Calibration (C_KL) and accuracy against λ", "calibration_vs_lambda.png"),
-                                ("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
-                                ("One user's genre mix before and after", "user_genre_mix.png"),
-                                ("User-level KL density", "user_kl_density.png"), ("Accuracy against KL@N", "accuracy_vs_kl.png")):
-                if prefix + name in figures:
-                    c.append(Markdown(f"### {title}"))
-                    c.append(figures[prefix + name])
-            c.append(Markdown("### Results"))
-            c.append(Table(table_rows(sub, cols), headers=cols))
 
     @step
     def end(self):

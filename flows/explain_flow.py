@@ -12,31 +12,18 @@ checkpoint) → evaluate (HR/nDCG, GRU4Rec vs popularity; pick users) → foreac
 → join → report (card, export) → end
 """
 
-from metaflow import Config, Parameter, card, current, step
-from metaflow.cards import Image, Markdown, Table
+from metaflow import Config, Parameter, card, step
 
 from configs import config_path
+from recalign.cards import explain_card, images
 from recalign.flow import RecalignFlow, step_groups
-from steps.tables import table_rows
 from steps.explain.config import ExplainConfig
 from steps.explain.data import user_consumed_items, user_histories
 from steps.explain.explain import explain_user, feature_codes
 from steps.explain.model import check_checkpoint, save_checkpoint
-from steps.explain.pipeline import (
-    build_figures,
-    check_settings_against_data,
-    choose_users,
-    describe_settings,
-    efficiency_check,
-    export_tables,
-    feature_summary,
-    fit_or_load,
-    join_explanations,
-    load_model,
-    recency_profile,
-    resolve_dataset,
-    store_dataset,
-)
+from steps.explain.pipeline import (build_figures, check_settings_against_data, choose_users, efficiency_check,
+                                     export_tables, fit_or_load, join_explanations, load_model, recency_profile,
+                                     resolve_dataset, store_dataset)
 from steps.explain.train import model_metrics
 from steps.bundles import publish_bundle
 from steps.explain.candidates import store_candidate_items, write_gru4rec_candidates
@@ -124,41 +111,17 @@ class ExplainFlow(RecalignFlow):
     @step
     def report(self):
         """Figures, tables, the card, and the export to artifacts/ExplainFlow/<run_id>/."""
-        cfg = self.cfg
         self.recency = recency_profile(self.attributions)
         self.efficiency = efficiency_check(self.attributions, self.explained_users)
         figures = build_figures(self.attributions, self.explained_users, self.recency)
-        card_figures = {name: Image.from_matplotlib(fig) for name, fig in figures.items()}
+        card_figures = images(figures)
         tables = {"attributions": self.attributions, "explained_users": self.explained_users,
                   "feature_attributions": self.feature_attributions, "model_metrics": self.model_metrics,
                   "training_log": self.training_log, "recency": self.recency}
         self.export_dir = self.export(export_tables(tables), figures, {"gru4rec.pt": self.model_file},
                                       model=vars(self.model_spec), explained_users=self.explain_user_ids)
 
-        c = current.card["report"]
-        d = self.data_summary
-        c.append(Markdown(f"# ExplainFlow `{current.run_id}` — {cfg.name}"))
-        c.append(Markdown(
-            f"Data: {d['source']}: {d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions. "
-            f"GRU4Rec: embedding {self.model_spec.emb_size}, hidden {self.model_spec.hidden_size}, history "
-            f"{cfg.history_max}. Top-{cfg.top_k}, baseline `{cfg.baseline_name}`, estimators {', '.join(cfg.estimators)}. "
-            f"Exported to `{self.export_dir}`. {describe_settings(cfg, d)}"
-        ))
-        self.failed_cells_block(c, "Failed users (not explained)")
-        c.append(Markdown("## Model quality (1 positive + sampled negatives; ties count against the positive)"))
-        c.append(Table(table_rows(self.model_metrics), headers=self.model_metrics.columns))
-        c.append(Markdown("## Explained users (attributions sum to f(x) − f(baseline))"))
-        cols = ["user_id", "estimator", "f_x", "f_baseline", "sum_attribution", "n_events", "n_events_kept", "seconds"]
-        c.append(Table(table_rows(self.efficiency, cols), headers=cols))
-        for title, name in (("Attributions per user (events −1 … −L)", "attributions_by_user.png"),
-                            ("Average |attribution| by recency", "recency_profile.png"),
-                            ("TimeSHAP pruning horizon", "pruning_horizon.png")):
-            c.append(Markdown(f"## {title}"))
-            c.append(card_figures[name])
-        if self.feature_attributions.height:
-            by_feature = feature_summary(self.feature_attributions)
-            c.append(Markdown("## Feature-level attributions (mean over users)"))
-            c.append(Table(table_rows(by_feature), headers=by_feature.columns))
+        explain_card(self, card_figures)
         self.next(self.end)
 
     @step

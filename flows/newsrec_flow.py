@@ -16,11 +16,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from metaflow import Config, Parameter, card, current, step  # noqa: E402
-from metaflow.cards import Image, Markdown, Table  # noqa: E402
+from metaflow import Config, Parameter, card, step  # noqa: E402
 
 from configs import config_path  # noqa: E402
 from recalign.fanout import AlignFanOut  # noqa: E402
+from recalign.cards import images, newsrec_card  # noqa: E402
 from recalign.flow import RecalignFlow, step_groups  # noqa: E402
 from steps.align.data import prepare_dump  # noqa: E402
 from steps.align.pipeline import model_distribution_dict  # noqa: E402
@@ -30,9 +30,9 @@ from steps.faults import maybe_fail  # noqa: E402
 from steps.newsrec.candidates import news_candidates  # noqa: E402
 from steps.newsrec.config import NewsRecConfig  # noqa: E402
 from steps.newsrec.prepare import prepare_news_data, publish_news_data, resolve_data_root  # noqa: E402
-from steps.newsrec.report import alignment_reports, export_parts, train_metrics_rows, training_curves_figure, with_model  # noqa: E402
+from steps.newsrec.report import alignment_reports, export_parts, train_metrics_rows, with_model  # noqa: E402
 from steps.storage import localize, localize_input, map_refs  # noqa: E402
-from steps.tables import concat, table_rows  # noqa: E402
+from steps.tables import concat  # noqa: E402
 
 # Artifacts every model branch carries through the alignment joins.
 CARRIED = ["storage", "data", "data_summary", "model", "model_artifact", "curves", "model_metrics", "prediction_file", "submission_file",
@@ -150,38 +150,13 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
     @step
     def report(self):
         """Training curves, accuracy table, each model's alignment figures; export to artifacts/NewsRecFlow/<run_id>/."""
-        import polars as pl
-
-        cfg = self.cfg
-        alignment = alignment_reports(self.results, self.category_mix, self.user_kl_hist, self.alignment_submissions, cfg.align)
-        card_figures = {m: {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()} for m, (_, rep, _) in alignment.items()}
-        curves_image = Image.from_matplotlib(training_curves_figure(self.training_curves))
+        alignment = alignment_reports(self.results, self.category_mix, self.user_kl_hist, self.alignment_submissions, self.cfg.align)
+        card_figures = {m: images(rep.figures) for m, (_, rep, _) in alignment.items()}
         parts = export_parts(self.train_metrics, self.training_curves, self.predictions, self.model_submission_files, alignment)
         self.export_dir = self.export(*parts, models={m: a.version for m, a in self.model_artifacts.items()},
                                       predictions={m: {"path": r.path, "sha256": r.sha256, "rows": r.shape[0]}
                                                    for m, r in self.predictions.items()})
-
-        c = current.card["report"]
-        d = self.data_summary
-        c.append(Markdown(f"# NewsRecFlow `{current.run_id}` — {cfg.name}"))
-        c.append(Markdown(
-            f"Data: `{d['bundle']}`{' (synthetic)' if d['synthetic'] else ''} — {d['articles']:,} articles, "
-            f"{d['train_impressions']:,} train / {d['validation_impressions']:,} validation / {d['test_impressions']:,} test "
-            f"impressions ({d['test_beyond_accuracy_rows']:,} beyond-accuracy rows). Exported to `{self.export_dir}`."
-        ))
-        self.failed_cells_block(c)
-        c.append(Markdown("## Accuracy at the best epoch"))
-        c.append(Table(table_rows(self.train_metrics), headers=self.train_metrics.columns))
-        c.append(Markdown("## Training curves"))
-        c.append(curves_image)
-        cols = ["distribution", "method", "selection", "lambda", "kl_at_n", "user_kl_mean", "coverage_at_n", "auc", "ndcg_at_10"]
-        for model, figs in card_figures.items():
-            c.append(Markdown(f"## Alignment of `{model}` (version `{self.model_artifacts[model].version}`)"))
-            c.append(Table(table_rows(self.results.filter(pl.col("model") == model), cols), headers=cols))
-            for title, name in (("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
-                                ("User-level KL density", "user_kl_density.png"), ("Accuracy against KL@N", "accuracy_vs_kl.png")):
-                c.append(Markdown(f"### {title} — {model}"))
-                c.append(figs[name])
+        newsrec_card(self, card_figures)
         self.next(self.end)
 
     @step

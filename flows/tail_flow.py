@@ -10,19 +10,19 @@ start → foreach dataset: prepare (load or synthesise, split, cache) → foreac
 → report (card, exports) → end
 """
 
-from metaflow import Config, card, current, step
-from metaflow.cards import Image, Markdown, Table
+from metaflow import Config, card, step
 
 from configs import config_path
+from recalign.cards import tail_card, images
 from recalign.flow import RecalignFlow, step_groups
 from steps.faults import failed_cells, maybe_fail
 from steps.bundles import publish_bundle
 from steps.storage import map_refs
-from steps.tables import concat, table_rows
+from steps.tables import concat
 from steps.tail.config import TailConfig
 from steps.tail.data import prepare_dataset
 from steps.tail.pipeline import RESULT_COLUMNS, item_groups, run_method, sort_results
-from steps.tail.report import build_figures, change_sentences, change_vs_baseline, weight_diagnostics_text
+from steps.tail.report import build_figures, change_sentences, change_vs_baseline
 
 CARRIED = ["storage", "dataset_names", "method_names"]
 CARRIED_DATASET = CARRIED + ["prepared", "groups", "data_summary"]
@@ -105,36 +105,14 @@ class TailFlow(RecalignFlow):
     @step
     def report(self):
         """Change against EASE, figures, the card, and the export to artifacts/TailFlow/<run_id>/."""
-        cfg = self.cfg
         self.change = change_vs_baseline(self.results)
         self.statements = change_sentences(self.change) if not self.change.is_empty() else []
         figures = build_figures(self.results, self.buckets)
-        card_images = {name: Image.from_matplotlib(fig) for name, fig in figures.items()}
+        card_images = images(figures)
         tables = {"results": self.results, "buckets": self.buckets, "history": self.history, "change_vs_ease": self.change}
         self.export_dir = self.export(tables, figures, statements=self.statements, failed_cells=self.failed_cells)
 
-        c = current.card["report"]
-        c.append(Markdown(f"# TailFlow `{current.run_id}` — {cfg.name}"))
-        for name, d in self.data_summary.items():
-            c.append(Markdown(
-                f"**{name}** ({d['source']}): {d['train_users']:,} training users, {d['items']:,} items, "
-                f"{d['train_interactions']:,} training interactions; {d['valid_users_evaluable']:,} validation and "
-                f"{d['test_users_evaluable']:,} test users evaluated; tail = {d['tail_items']:,} items holding "
-                f"{d['tail_interaction_share']:.1%} of the training interactions."
-            ))
-        self.failed_cells_block(c)
-        c.append(Markdown("## Accuracy and coverage against EASE (test users)"))
-        c.append(Markdown("\n".join(f"* {s}" for s in self.statements) or "No EASE baseline in this run."))
-        cols = RESULT_COLUMNS[:11]
-        c.append(Markdown("## Results"))
-        c.append(Table(table_rows(self.results, cols), headers=cols))
-        c.append(Markdown("## Item weights: adversarial, or a popularity prior?"))
-        c.append(Markdown(weight_diagnostics_text(self.results, self.history)))
-        for title, name in (("Accuracy against coverage", "accuracy_vs_coverage.png"),
-                            ("Exposure by popularity bucket, before (EASE) and after promotion", "exposure_by_popularity.png"),
-                            ("Item-level Recall@20 by popularity bucket", "item_recall_by_popularity.png")):
-            c.append(Markdown(f"## {title}"))
-            c.append(card_images[name])
+        tail_card(self, card_images)
         self.next(self.end)
 
     @step

@@ -149,10 +149,12 @@ def _check_csv_out(command: str, out: Path) -> None:
 
 
 def _write_csv_atomically(df: pl.DataFrame, out: Path) -> None:
+    from steps.tables import lists_as_text
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
-        df.write_csv(tmp)
+        lists_as_text(df).write_csv(tmp)
         os.replace(tmp, out)
     finally:
         if tmp.exists():

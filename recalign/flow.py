@@ -1,8 +1,9 @@
 """The house style of recalign's flows: a base FlowSpec and a mutator that decorates steps by group.
 
-A flow subclasses :class:`RecalignFlow`, names how its config is parsed (``config_class``) and
-lists its steps' resource groups with :class:`step_groups`; its file keeps the graph and the card.
-The alignment fan-out AlignFlow and NewsRecFlow share is :class:`recalign.fanout.AlignFanOut`.
+A flow subclasses :class:`RecalignFlow`, names how its config is parsed (``parse_config``) and
+lists its steps' resource groups with :class:`step_groups`; its file keeps the graph and the steps.
+The alignment fan-out AlignFlow and NewsRecFlow share is :class:`recalign.fanout.AlignFanOut`, the
+report cards are in :mod:`recalign.cards`.
 """
 
 from __future__ import annotations

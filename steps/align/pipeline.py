@@ -16,7 +16,7 @@ from steps.align.report import best_lambdas, comparison_table, comparison_wide
 from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
 from steps.errors import InputError
 from steps.tables import concat
-from steps.storage import FileRef, localize, localize_input
+from steps.storage import FileRef, localize, localize_input, map_refs
 from steps.validate import require_file
 
 
@@ -49,6 +49,43 @@ def resolve_inputs(predictions: str, articles: str, spec: SyntheticDumpSpec, dat
     return Inputs(paths["predictions"], paths["articles"], True)
 
 
+@dataclass
+class PreparedDataset:
+    """One dataset of an AlignFlow run, loaded, validated and with its targets resolved."""
+
+    prepared: object  # a PreparedDump (files published) or a prepared candidate-list dataset
+    inputs: Inputs | None  # the files an EB-NeRD dump was read from (None: candidate lists)
+    input_files: dict
+    data_summary: dict
+    targets: list | None  # the dump's resolved targets (None: candidate lists, resolved per task)
+    target: dict  # target name -> {category: share}
+    model_distribution: dict
+
+
+def prepare_dataset(spec: Mapping, cfg: AlignConfig, data_dir: Path, publish, candidates_of_run, dump_source) -> PreparedDataset:
+    """Load (or synthesise / build) the dataset ``spec`` names into ``data_dir``; ``publish`` makes
+    a FileRef visible to every task, ``candidates_of_run`` and ``dump_source`` read finished runs."""
+    from steps.align.data import input_refs, prepare_dump
+    from steps.align.datasets import LIST_KINDS, list_data_summary, prepare_list_dataset
+    from steps.align.lists import resolve_list_target
+    from steps.align.targets import resolve_target
+
+    name = spec["name"]
+    if spec["kind"] in LIST_KINDS:
+        prepared = prepare_list_dataset(spec, data_dir, candidates_of_run)
+        cs = prepared.load()
+        targets = [resolve_list_target(t, cs, cfg.missing_history) for t in cfg.targets_for(name)]
+        return PreparedDataset(prepared, None, {}, list_data_summary(prepared), None,
+                               {t.name: dict(zip(t.genres, t.mean.tolist())) for t in targets}, {})
+    predictions, articles = dump_source(spec.get("from_run", ""), spec.get("predictions", ""), spec.get("articles", ""))
+    inputs = resolve_inputs(predictions, articles, cfg.synthetic, data_dir)
+    local = prepare_dump(inputs.predictions, inputs.articles, data_dir / "prepared", cfg.exclude_categories, cfg.missing_category)
+    prepared = map_refs(local, publish)
+    targets = [resolve_target(t, prepared.candidate_categories) for t in cfg.targets_for(name)]
+    return PreparedDataset(prepared, inputs, input_refs(local), {"kind": "ebnerd", **data_summary(local)}, targets,
+                           {t.name: t.as_dict() for t in targets}, model_distribution_dict(prepared))
+
+
 #: The model whose dump ``--predictions-from`` takes when the spec names none (the NAILS paper's model).
 DEFAULT_DUMP_MODEL = "nrms_docvec"
 
@@ -77,7 +114,7 @@ def dump_of_run(spec: str, predictions: Mapping[str, FileRef], articles: str, mo
 @dataclass
 class MethodOutputs:
     """The evaluate tasks of one target, gathered (tasks that failed under ``@catch`` are listed);
-    :func:`recalign.flow.gather_method_outputs` builds it from a join's inputs."""
+    :func:`recalign.fanout.gather_method_outputs` builds it from a join's inputs."""
 
     results: pl.DataFrame
     category_mix: pl.DataFrame
@@ -239,3 +276,14 @@ def example_user_figure(prepared, cfg: AlignConfig, results: pl.DataFrame, datas
     lam = float(steck["lambda"][0]) if steck.height else 0.9
     user, mix = example_user_mix(cs, target, cfg, lam)
     return user, mix, plots.user_mix_bars(mix, f"{dataset}: user {user}, target {target.name}")
+
+
+def example_users(prepared_lists: Mapping[str, object], cfg: AlignConfig, results: pl.DataFrame) -> tuple[dict, pl.DataFrame]:
+    """:func:`example_user_figure` of each candidate-list dataset: ``({dataset: {file name: figure}},
+    the users' mix rows with ``dataset`` and ``user_id`` columns)``."""
+    examples, mixes = {}, []
+    for ds, prepared in prepared_lists.items():
+        user, mix, fig = example_user_figure(prepared, cfg, results, ds)
+        examples[ds] = {"user_genre_mix.png": fig}
+        mixes.append(with_dataset(mix.with_columns(user_id=user), ds))
+    return examples, concat(mixes)
