@@ -2,7 +2,7 @@
 recommender's candidate lists, toward global or per-user targets.
 
     python flows/align_flow.py run                                    # embedded synthetic EB-NeRD dump
-    python flows/align_flow.py --config config configs/calibrate_ml100k.yaml run   # real MovieLens-100K, EASE
+    python flows/align_flow.py --config config configs/align_calibrate_ml100k.yaml run   # real MovieLens-100K, EASE
     python flows/align_flow.py run --predictions test_scores.parquet --articles articles.parquet
     python flows/align_flow.py run --predictions-from NewsRecFlow/<RUN_ID>        # a NewsRecFlow dump
     python flows/align_flow.py run --predictions-from TailFlow/<RUN_ID>/<method>  # a TailFlow method's lists
@@ -13,166 +13,71 @@ start → foreach dataset → prepare (load or build, validate) → foreach targ
 evaluate (λ grid) → join_methods → join_targets → join_datasets → report (card, exports) → end
 """
 
-from metaflow import Config, FlowSpec, Parameter, card, current, step
-from metaflow.cards import Image, Markdown, Table
+from metaflow import Config, Parameter, card, step
 
 from configs import config_path
-from recalign.flowtools import catch_cells, resources_from, retry_from_config, timeout_from_config
+from recalign.fanout import AlignFanOut
+from recalign.cards import align_card, images
+from recalign.flow import RecalignFlow, step_groups
 from recalign.runs import candidates_of_run, dump_source
 from steps.align.config import AlignConfig
-from steps.align.data import input_refs, prepare_dump
-from steps.align.datasets import LIST_KINDS, check_dataset_params, implicit_dataset, list_data_summary, prepare_list_dataset
-from steps.align.evaluate import RESULT_COLUMNS, evaluate_method, target_layout, target_mix
-from steps.align.lists import LIST_METRICS, evaluate_lists, list_target_mix, resolve_list_target
-from steps.align.pipeline import (
-    build_reports,
-    combine_targets,
-    data_summary,
-    dataset_line,
-    example_user_figure,
-    export_run,
-    gather_method_outputs,
-    model_distribution_dict,
-    publish_outcome,
-    resolve_inputs,
-    summary_text,
-    with_dataset,
-)
-from steps.align.targets import resolve_target
-from steps.faults import maybe_fail
-from steps.storage import RunStorage, map_refs
-from steps.tables import concat, table_rows
+from steps.align.datasets import LIST_KINDS, check_dataset_params, implicit_dataset
+from steps.align.pipeline import build_reports, example_users, export_parts, prepare_dataset, summary_text, with_dataset
+from steps.tables import concat
 
 # Artifacts of a dataset's prepare step that the joins carry forward.
 CARRIED = ["storage", "dataset", "kind", "inputs", "prepared", "input_files", "data_summary", "target",
            "model_distribution", "target_names", "several_datasets"]
-DEFAULT_CONFIG = config_path("align_nails_paper.yaml")
 
 
-class AlignFlow(FlowSpec):
+@step_groups({"start": "start retry timeout", "prepare": "start retry timeout", "evaluate": "evaluate retry timeout cell",
+              "report": "report"})
+class AlignFlow(AlignFanOut, RecalignFlow):
     """Align a recommender's predictions toward target category distributions and measure the cost."""
 
-    config = Config("config", default=DEFAULT_CONFIG, parser="steps.align.config.parse_align_config")
-    predictions = Parameter(
-        "predictions", default="", help="Prediction dump (parquet, NAILS layout); empty = synthetic data from the config"
-    )
+    config = Config("config", default=config_path("align_nails_paper.yaml"), parser="steps.align.config.parse_align_config")
+    parse_config = AlignConfig.from_dict
+    predictions = Parameter("predictions", default="", help="Prediction dump (parquet, NAILS layout); empty = synthetic data from the config")
     articles = Parameter("articles", default="", help="EB-NeRD articles.parquet matching --predictions")
-    predictions_from = Parameter(
-        "predictions-from", default="",
-        help="Align a finished run's output: NewsRecFlow/<run_id>[/<model>], TailFlow/<run_id>/<method>, ExplainFlow/<run_id>",
-    )
+    predictions_from = Parameter("predictions-from", default="", help="Align a finished run's output: NewsRecFlow/<run_id>[/<model>], "
+                                 "TailFlow/<run_id>/<method>, ExplainFlow/<run_id>")
     candidates = Parameter("candidates", default="", help="A candidate bundle folder (steps.candidates layout) to calibrate")
-    artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables, figures and submissions are exported")
-    storage_root = Parameter("storage-root", default="", help="Folder for large intermediate files (default .recalign)")
 
-    def _cfg(self) -> AlignConfig:
-        return AlignConfig.from_dict(self.config.to_dict())
+    @property
+    def align_cfg(self) -> AlignConfig:
+        return self.cfg
 
-    @resources_from("start")
-    @retry_from_config()
-    @timeout_from_config()
+    def carried(self) -> list[str]:
+        return CARRIED
+
     @step
     def start(self):
         """Which datasets this run aligns: the config's list, or one from the parameters."""
-        cfg = self._cfg()
+        cfg = self.cfg
         check_dataset_params(cfg.datasets, self.predictions, self.articles, self.predictions_from, self.candidates)
-        self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
+        self.storage = self.new_storage()
         self.datasets = list(cfg.datasets) or [implicit_dataset(self.predictions, self.articles, self.predictions_from, self.candidates)]
         self.dataset_names = [d["name"] for d in self.datasets]
         self.several_datasets = len(self.datasets) > 1
         self.next(self.prepare, foreach="dataset_names")
 
-    @resources_from("start")
-    @retry_from_config()
-    @timeout_from_config()
     @step
     def prepare(self):
         """Load (or synthesise / build) one dataset, validate every row, resolve the targets."""
-        cfg = self._cfg()
+        cfg = self.cfg
         spec = next(d for d in self.datasets if d["name"] == self.input)
         self.dataset, self.kind = spec["name"], spec["kind"]
-        data_dir = self.storage.dir("data", self.dataset)
-        if self.kind in LIST_KINDS:
-            self.prepared = prepare_list_dataset(spec, data_dir, candidates_of_run)
-            self.inputs, self.input_files = None, {}
-            self.data_summary = list_data_summary(self.prepared)
-            cs = self.prepared.load()
-            targets = [resolve_list_target(t, cs, cfg.missing_history) for t in cfg.targets_for(self.dataset)]
-            self.target = {t.name: dict(zip(t.genres, t.mean.tolist())) for t in targets}
-            self.model_distribution = {}
-        else:
-            predictions, articles = dump_source(spec.get("from_run", ""), spec.get("predictions", ""), spec.get("articles", ""))
-            self.inputs = resolve_inputs(predictions, articles, cfg.synthetic, data_dir)
-            prepared = prepare_dump(self.inputs.predictions, self.inputs.articles, data_dir / "prepared",
-                                    cfg.exclude_categories, cfg.missing_category)
-            self.prepared = map_refs(prepared, self.storage.publish)
-            self.input_files = input_refs(prepared)
-            self.data_summary = {"kind": "ebnerd", **data_summary(prepared)}
-            self.targets = [resolve_target(t, self.prepared.candidate_categories) for t in cfg.targets_for(self.dataset)]
-            self.target = {t.name: t.as_dict() for t in self.targets}
-            self.model_distribution = model_distribution_dict(self.prepared)
+        self.cell_prefix = f"{self.dataset}/" if self.several_datasets else ""
+        p = prepare_dataset(spec, cfg, self.storage.dir("data", self.dataset), self.storage.publish, candidates_of_run, dump_source)
+        self.prepared, self.inputs, self.input_files, self.data_summary = p.prepared, p.inputs, p.input_files, p.data_summary
+        self.targets, self.target, self.model_distribution = p.targets, p.target, p.model_distribution
         for note in self.data_summary["notes"]:
             print("NOTE:", note)
         self.target_names = cfg.target_names_for(self.dataset)
         self.next(self.per_target, foreach="target_names")
 
-    @resources_from("join")
-    @step
-    def per_target(self):
-        """Lay the target over the dataset's categories; fan out over methods."""
-        cfg = self._cfg()
-        self.target_name = self.input
-        if self.kind in LIST_KINDS:
-            cs = self.prepared.load()
-            spec = cfg.target_spec_for(self.dataset, self.input)
-            self.target_mix_rows = list_target_mix(resolve_list_target(spec, cs, cfg.missing_history), cs)
-        else:
-            self.layout = target_layout(self.prepared, next(t for t in self.targets if t.name == self.input),
-                                        cfg.unknown_category_weight)
-            self.target_mix_rows = target_mix(self.layout)
-        self.methods = list(cfg.methods)
-        self.next(self.evaluate, foreach="methods")
+    # per_target → evaluate → join_methods → join_targets: AlignFanOut (recalign/fanout.py)
 
-    @catch_cells
-    @resources_from("evaluate")
-    @retry_from_config()
-    @timeout_from_config()
-    @step
-    def evaluate(self):
-        """One method toward one target over the λ grid: BA / calibration metrics, accuracy, submissions."""
-        cfg = self._cfg()
-        method = self.input
-        maybe_fail("evaluate", f"{self.dataset + '/' if self.several_datasets else ''}{self.target_name}/{method}")
-        if self.kind in LIST_KINDS:
-            cs = self.prepared.load()
-            target = resolve_list_target(cfg.target_spec_for(self.dataset, self.target_name), cs, cfg.missing_history)
-            outcome = evaluate_lists(cs, target, method, cfg, self.dataset)
-            for note in outcome.notes:
-                print("NOTE:", note)
-        else:
-            outcome = evaluate_method(self.prepared, self.layout, method, cfg, self.storage.dir("submissions", self.dataset))
-        self.outcome = publish_outcome(outcome, self.storage)
-        self.next(self.join_methods)
-
-    @resources_from("join")
-    @step
-    def join_methods(self, inputs):
-        """Collect the methods of one target."""
-        self.merge_artifacts(inputs, include=CARRIED)
-        self.gathered = gather_method_outputs(inputs, inputs[0].target_mix_rows)
-        self.notes = sorted({n for i in inputs for n in getattr(getattr(i, "outcome", None), "notes", ())})
-        self.next(self.join_targets)
-
-    @resources_from("join")
-    @step
-    def join_targets(self, inputs):
-        """Collect every target of one dataset."""
-        self.merge_artifacts(inputs, include=CARRIED)
-        self.dataset_outputs = combine_targets([i.gathered for i in inputs], self.target_names)
-        self.data_summary = {**self.data_summary, "notes": self.data_summary["notes"] + [n for i in inputs for n in i.notes]}
-        self.next(self.join_datasets)
-
-    @resources_from("join")
     @step
     def join_datasets(self, inputs):
         """Every dataset's tables in one, with a ``dataset`` column."""
@@ -186,73 +91,36 @@ class AlignFlow(FlowSpec):
         self.list_datasets = [i.dataset for i in inputs if i.kind in LIST_KINDS]
         self.prepared_lists = {i.dataset: i.prepared for i in inputs if i.kind in LIST_KINDS}
         by = {i.dataset: i for i in inputs}
+        summaries = {d: {**i.data_summary, "notes": i.data_summary["notes"] + i.notes} for d, i in by.items()}
         if self.several_datasets:
             self.inputs = {d: by[d].inputs for d in by}  # the files each EB-NeRD dataset read (None: candidate lists)
-            self.data_summary = {d: by[d].data_summary for d in by}
+            self.data_summary = summaries
             self.target = {d: by[d].target for d in by}
             self.model_distribution = {d: by[d].model_distribution for d in by}
         else:
             only = inputs[0]
-            self.inputs, self.data_summary = only.inputs, only.data_summary
+            self.inputs, self.data_summary = only.inputs, summaries[only.dataset]
             self.target, self.model_distribution = only.target, only.model_distribution
         self.next(self.report)
 
     @card(type="blank", id="report")
-    @resources_from("report")
     @step
     def report(self):
         """Best-λ comparison, figures, card, and the export to artifacts/AlignFlow/<run_id>/."""
-        cfg = self._cfg()
-        examples, example_mix = {}, []
-        for ds, prepared in self.prepared_lists.items():
-            user, mix, fig = example_user_figure(prepared, cfg, self.results, ds)
-            examples[ds] = {"user_genre_mix.png": fig}
-            example_mix.append(with_dataset(mix.with_columns(user_id=user), ds))
+        cfg = self.cfg
+        examples, self.example_user_mix = example_users(self.prepared_lists, cfg, self.results)
         rep = build_reports(self.results, self.category_mix, self.user_kl_hist, cfg, self.list_datasets, examples)
         self.best_lambda, self.comparison = rep.best_lambda, rep.comparison
-        self.example_user_mix = concat(example_mix)
-        export_dir = f"{self.artifacts_dir.rstrip('/')}/{current.flow_name}/{current.run_id}"
-        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
-                   "failed_cells": self.failed_cells, "target": self.target, "model_distribution": self.model_distribution}
         tables = {"results": self.results, "comparison": self.comparison, "category_mix": self.category_mix,
                   "best_lambda": self.best_lambda}
         if self.example_user_mix.height:
             tables["example_user_mix"] = self.example_user_mix
-        card_figures = {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()}
-        self.export_dir = export_run(export_dir, tables, rep, self.submissions, summary, self.storage.dir("report"))
-        self._card(cfg, card_figures)
+        card_figures = images(rep.figures)
+        self.export_dir = self.export(*export_parts(tables, rep, self.submissions), failed_cells=self.failed_cells,
+                                      target=self.target, model_distribution=self.model_distribution)
+        align_card(self, card_figures)
         self.next(self.end)
 
-    def _card(self, cfg, figures):
-        c = current.card["report"]
-        c.append(Markdown(f"# AlignFlow `{current.run_id}` — {cfg.name}"))
-        c.append(Markdown(f"Top-N = {cfg.top_n}, α = {cfg.alpha:g} (metrics), calibration α = {cfg.calibration_alpha:g}, "
-                          f"repeats = {cfg.repeats}. Exported to `{self.export_dir}`."))
-        if self.failed_cells:
-            c.append(Markdown("**Failed cells (the grid is partial):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))
-        summaries = self.data_summary if self.several_datasets else {self.results["dataset"][0]: self.data_summary}
-        for ds, summ in summaries.items():
-            c.append(Markdown(f"## Dataset `{ds}`\n\n{dataset_line(summ)}"))
-            for note in summ["notes"]:
-                c.append(Markdown(f"**Note:** {note}"))
-            sub = self.results.filter(self.results["dataset"] == ds)
-            cols = [col for col in ("distribution", "method", "selection", "lambda", *RESULT_COLUMNS[4:], *LIST_METRICS)
-                    if col in sub.columns and not col.endswith("_sd") and col != "n_repeats" and sub[col].null_count() < sub.height]
-            c.append(Markdown("### Best λ per method"))
-            best = self.best_lambda.filter(self.best_lambda["dataset"] == ds)
-            c.append(Table(table_rows(best), headers=best.columns))
-            prefix = f"{ds}__" if self.several_datasets else ""
-            for title, name in (("Calibration (C_KL) and accuracy against λ", "calibration_vs_lambda.png"),
-                                ("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
-                                ("One user's genre mix before and after", "user_genre_mix.png"),
-                                ("User-level KL density", "user_kl_density.png"), ("Accuracy against KL@N", "accuracy_vs_kl.png")):
-                if prefix + name in figures:
-                    c.append(Markdown(f"### {title}"))
-                    c.append(figures[prefix + name])
-            c.append(Markdown("### Results"))
-            c.append(Table(table_rows(sub, cols), headers=cols))
-
-    @resources_from("join")
     @step
     def end(self):
         """Print where the results are."""

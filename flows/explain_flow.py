@@ -12,65 +12,45 @@ checkpoint) → evaluate (HR/nDCG, GRU4Rec vs popularity; pick users) → foreac
 → join → report (card, export) → end
 """
 
-from metaflow import Config, FlowSpec, Parameter, card, current, step
-from metaflow.cards import Image, Markdown, Table
+from metaflow import Config, Parameter, card, step
 
 from configs import config_path
-from recalign.flowtools import catch_cells, resources_from, retry_from_config, timeout_from_config
-
-from steps.tables import table_rows
+from recalign.cards import explain_card, images
+from recalign.flow import RecalignFlow, step_groups
 from steps.explain.config import ExplainConfig
 from steps.explain.data import user_consumed_items, user_histories
 from steps.explain.attribute import explain_user, feature_codes
 from steps.explain.model import check_checkpoint, save_checkpoint
-from steps.explain.pipeline import (
-    build_figures,
-    check_settings_against_data,
-    choose_users,
-    describe_settings,
-    efficiency_check,
-    export_run,
-    feature_summary,
-    fit_or_load,
-    join_explanations,
-    load_model,
-    recency_profile,
-    resolve_dataset,
-    store_dataset,
-)
+from steps.explain.pipeline import (build_figures, check_settings_against_data, choose_users, efficiency_check,
+                                     export_tables, fit_or_load, join_explanations, load_model, recency_profile,
+                                     resolve_dataset, store_dataset)
 from steps.explain.train import model_metrics
 from steps.bundles import publish_bundle
 from steps.explain.candidates import store_candidate_items, write_gru4rec_candidates
 from steps.faults import failed_cells, maybe_fail
-from steps.storage import RunStorage, map_refs
+from steps.storage import map_refs
 
-DEFAULT_CONFIG = config_path("explain_synthetic.yaml")
 CARRIED = ["storage", "data", "data_summary", "model_file", "model_spec", "training_log", "model_metrics", "explain_user_ids",
            "candidates"]
 
 
-class ExplainFlow(FlowSpec):
+@step_groups({"start": "start retry timeout", "train": "train retry timeout", "evaluate": "train retry",
+              "explain": "explain retry timeout cell", "report": "report"})
+class ExplainFlow(RecalignFlow):
     """Which past interactions made GRU4Rec recommend a user's top-K? Shapley attributions."""
 
-    config = Config("config", default=DEFAULT_CONFIG, parser="steps.explain.config.parse_explain_config")
+    config = Config("config", default=config_path("explain_synthetic.yaml"), parser="steps.explain.config.parse_explain_config")
+    parse_config = ExplainConfig.from_dict
     data_dir = Parameter("data-dir", default="", help="ReChorus dataset folder (train.csv, dev.csv, test.csv, item_meta.csv)")
     ml1m_ratings = Parameter("ml1m-ratings", default="", help="MovieLens-1M ratings.dat, converted to ReChorus format")
     ml1m_movies = Parameter("ml1m-movies", default="", help="MovieLens-1M movies.dat (item genres for feature-level attributions)")
     checkpoint = Parameter("checkpoint", default="", help="ReChorus GRU4Rec state_dict to load instead of training")
-    artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables, figures and the model are exported")
-    storage_root = Parameter("storage-root", default="", help="Folder for large intermediate files (default .recalign)")
 
-    def _cfg(self) -> ExplainConfig:
-        return ExplainConfig.from_dict(self.config.to_dict())
-
-    @resources_from("start")
-    @retry_from_config()
-    @timeout_from_config()
     @step
     def start(self):
         """Read (or convert, or synthesise) the data in ReChorus' format and validate every row."""
-        cfg = self._cfg()
-        self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
+        cfg = self.cfg
+        self.storage = self.new_storage()
         data = resolve_dataset(cfg, self.data_dir, self.ml1m_ratings, self.ml1m_movies, self.storage.dir("input"),
                                self.checkpoint)
         check_settings_against_data(data, cfg)
@@ -83,23 +63,18 @@ class ExplainFlow(FlowSpec):
         print(self.data_summary)
         self.next(self.train)
 
-    @resources_from("train")
-    @retry_from_config()
-    @timeout_from_config()
     @step
     def train(self):
         """Train GRU4Rec with early stopping on dev nDCG@5, or load a ReChorus checkpoint."""
-        model, self.training_log = fit_or_load(self.data.load(), self._cfg(), self.checkpoint)
+        model, self.training_log = fit_or_load(self.data.load(), self.cfg, self.checkpoint)
         self.model_file = self.storage.publish(save_checkpoint(model, self.storage.dir("model") / "gru4rec.pt"))
         self.model_spec = model.spec
         self.next(self.evaluate)
 
-    @resources_from("train")
-    @retry_from_config()
     @step
     def evaluate(self):
         """HR@K / nDCG@K of GRU4Rec and the popularity ranker; choose the users to explain."""
-        cfg, data = self._cfg(), self.data.load()
+        cfg, data = self.cfg, self.data.load()
         model = load_model(self.model_file)
         self.model_metrics = model_metrics(model, data, cfg)
         print(self.model_metrics)
@@ -110,14 +85,10 @@ class ExplainFlow(FlowSpec):
         self.explain_user_ids = choose_users(data, cfg)
         self.next(self.explain, foreach="explain_user_ids")
 
-    @catch_cells
-    @resources_from("explain")
-    @retry_from_config()
-    @timeout_from_config()
     @step
     def explain(self):
         """One user: top-K from the unperturbed history, then every estimator's attributions."""
-        cfg, user = self._cfg(), int(self.input)
+        cfg, user = self.cfg, int(self.input)
         maybe_fail("explain", str(user))
         data = self.data.load()
         history = user_histories(data, [user], cfg.history_max)[user]
@@ -125,7 +96,6 @@ class ExplainFlow(FlowSpec):
         self.explanation = explain_user(model, user, history, cfg, feature_codes(data), user_consumed_items(data, user), data.n_items)
         self.next(self.join)
 
-    @resources_from("join")
     @step
     def join(self, inputs):
         """Collect the users' attributions."""
@@ -138,51 +108,22 @@ class ExplainFlow(FlowSpec):
         self.next(self.report)
 
     @card(type="blank", id="report")
-    @resources_from("report")
     @step
     def report(self):
         """Figures, tables, the card, and the export to artifacts/ExplainFlow/<run_id>/."""
-        cfg = self._cfg()
         self.recency = recency_profile(self.attributions)
         self.efficiency = efficiency_check(self.attributions, self.explained_users)
         figures = build_figures(self.attributions, self.explained_users, self.recency)
-        card_figures = {name: Image.from_matplotlib(fig) for name, fig in figures.items()}
+        card_figures = images(figures)
         tables = {"attributions": self.attributions, "explained_users": self.explained_users,
                   "feature_attributions": self.feature_attributions, "model_metrics": self.model_metrics,
                   "training_log": self.training_log, "recency": self.recency}
-        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
-                   "model": vars(self.model_spec), "explained_users": self.explain_user_ids}
-        self.export_dir = export_run(f"{self.artifacts_dir.rstrip('/')}/{current.flow_name}/{current.run_id}",
-                                     tables, figures, self.model_file, summary, self.storage.dir("report"))
+        self.export_dir = self.export(export_tables(tables), figures, {"gru4rec.pt": self.model_file},
+                                      model=vars(self.model_spec), explained_users=self.explain_user_ids)
 
-        c = current.card["report"]
-        d = self.data_summary
-        c.append(Markdown(f"# ExplainFlow `{current.run_id}` — {cfg.name}"))
-        c.append(Markdown(
-            f"Data: {d['source']}: {d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions. "
-            f"GRU4Rec: embedding {self.model_spec.emb_size}, hidden {self.model_spec.hidden_size}, history "
-            f"{cfg.history_max}. Top-{cfg.top_k}, baseline `{cfg.baseline_name}`, estimators {', '.join(cfg.estimators)}. "
-            f"Exported to `{self.export_dir}`. {describe_settings(cfg, d)}"
-        ))
-        if self.failed_cells:
-            c.append(Markdown("**Failed users (not explained):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))
-        c.append(Markdown("## Model quality (1 positive + sampled negatives; ties count against the positive)"))
-        c.append(Table(table_rows(self.model_metrics), headers=self.model_metrics.columns))
-        c.append(Markdown("## Explained users (attributions sum to f(x) − f(baseline))"))
-        cols = ["user_id", "estimator", "f_x", "f_baseline", "sum_attribution", "n_events", "n_events_kept", "seconds"]
-        c.append(Table(table_rows(self.efficiency, cols), headers=cols))
-        for title, name in (("Attributions per user (events −1 … −L)", "attributions_by_user.png"),
-                            ("Average |attribution| by recency", "recency_profile.png"),
-                            ("TimeSHAP pruning horizon", "pruning_horizon.png")):
-            c.append(Markdown(f"## {title}"))
-            c.append(card_figures[name])
-        if self.feature_attributions.height:
-            by_feature = feature_summary(self.feature_attributions)
-            c.append(Markdown("## Feature-level attributions (mean over users)"))
-            c.append(Table(table_rows(by_feature), headers=by_feature.columns))
+        explain_card(self, card_figures)
         self.next(self.end)
 
-    @resources_from("join")
     @step
     def end(self):
         """Print where the results are."""

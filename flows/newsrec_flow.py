@@ -3,12 +3,12 @@ dump the predictions, and run the alignment grid of AlignFlow on each model's du
 
     python flows/newsrec_flow.py run                                   # embedded synthetic EB-NeRD (demo config)
     python flows/newsrec_flow.py --config config configs/newsrec_quick.yaml run
-    python flows/newsrec_flow.py --config config configs/nrms_docvec_ebnerd_small.yaml run --data-root ~/ebnerd
+    python flows/newsrec_flow.py --config config configs/newsrec_nrms_docvec_ebnerd_small.yaml run --data-root ~/ebnerd
     python flows/newsrec_flow.py resume --origin-run-id <RUN_ID>
 
 start (synthesise or read EB-NeRD, validate, tokenise) → foreach model → train (early stopping on
 validation AUC) → dump (score the test split, evaluate, write dump + submission) → prepare_alignment
-→ foreach target → foreach method → align → join_methods → join_targets → join_models → report → end
+→ foreach target → foreach method → evaluate → join_methods → join_targets → join_datasets → report → end
 """
 
 import os
@@ -16,62 +16,51 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from metaflow import Config, FlowSpec, Parameter, card, current, step  # noqa: E402
-from metaflow.cards import Image, Markdown, Table  # noqa: E402
+from metaflow import Config, Parameter, card, step  # noqa: E402
 
 from configs import config_path  # noqa: E402
-from recalign.flowtools import catch_cells, resources_from, retry_from_config, timeout_from_config  # noqa: E402
+from recalign.fanout import AlignFanOut  # noqa: E402
+from recalign.cards import images, newsrec_card  # noqa: E402
+from recalign.flow import RecalignFlow, step_groups  # noqa: E402
 from steps.align.data import prepare_dump  # noqa: E402
-from steps.align.evaluate import evaluate_method, target_layout, target_mix  # noqa: E402
-from steps.align.pipeline import (  # noqa: E402
-    combine_targets,
-    gather_method_outputs,
-    model_distribution_dict,
-    publish_outcome,
-)
+from steps.align.pipeline import model_distribution_dict  # noqa: E402
 from steps.align.targets import resolve_target  # noqa: E402
 from steps.bundles import publish_bundle  # noqa: E402
 from steps.faults import maybe_fail  # noqa: E402
 from steps.newsrec.candidates import news_candidates  # noqa: E402
 from steps.newsrec.config import NewsRecConfig  # noqa: E402
-from steps.newsrec.prepare import prepare_news_data, resolve_data_root  # noqa: E402
-from steps.newsrec.report import (  # noqa: E402
-    alignment_reports,
-    export_newsrec,
-    train_metrics_rows,
-    training_curves_figure,
-    with_model,
-)
-from steps.newsrec.prepare import publish_news_data  # noqa: E402
-from steps.tables import concat, table_rows
-from steps.storage import RunStorage, localize, localize_input, map_refs  # noqa: E402
+from steps.newsrec.prepare import prepare_news_data, publish_news_data, resolve_data_root  # noqa: E402
+from steps.newsrec.report import alignment_reports, export_parts, train_metrics_rows, with_model  # noqa: E402
+from steps.storage import localize, localize_input, map_refs  # noqa: E402
+from steps.tables import concat  # noqa: E402
 
-DEFAULT_CONFIG = config_path("newsrec_demo.yaml")
 # Artifacts every model branch carries through the alignment joins.
 CARRIED = ["storage", "data", "data_summary", "model", "model_artifact", "curves", "model_metrics", "prediction_file", "submission_file",
            "prepared", "target", "model_distribution", "target_names", "candidates_file"]
 
 
-class NewsRecFlow(FlowSpec):
+@step_groups({"start": "start retry timeout", "train": "train retry timeout", "dump": "dump retry timeout",
+              "prepare_alignment": "align retry", "evaluate": "align retry timeout cell", "report": "report"})
+class NewsRecFlow(AlignFanOut, RecalignFlow):
     """NRMS / NRMSDocVec on EB-NeRD → logit dumps → NAILS / Steck alignment of each model's dump."""
 
-    config = Config("config", default=DEFAULT_CONFIG, parser="steps.newsrec.config.parse_newsrec_config")
+    config = Config("config", default=config_path("newsrec_demo.yaml"), parser="steps.newsrec.config.parse_newsrec_config")
+    parse_config = NewsRecConfig.from_dict
     data_root = Parameter("data-root", default="", help="EB-NeRD folder (ebnerd_small/, ebnerd_testset/, artifacts/); empty = synthetic")
     split = Parameter("split", default="", help="EB-NeRD bundle under --data-root (ebnerd_demo, ebnerd_small, ebnerd_large); default: config data.bundle")
-    artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables, figures, dumps and submissions are exported")
-    storage_root = Parameter("storage-root", default="", help="Folder for large intermediate files (default .recalign)")
 
-    def _cfg(self) -> NewsRecConfig:
-        return NewsRecConfig.from_dict(self.config.to_dict())
+    @property
+    def align_cfg(self):
+        return self.cfg.align
 
-    @resources_from("start")
-    @retry_from_config()
-    @timeout_from_config()
+    def carried(self) -> list[str]:
+        return CARRIED
+
     @step
     def start(self):
         """Read (or synthesise) EB-NeRD, validate every file, tokenise, write the model inputs."""
-        cfg = self._cfg()
-        self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
+        cfg = self.cfg
+        self.storage = self.new_storage()
         root, bundle, synthetic = resolve_data_root(self.data_root, cfg, self.storage.dir("synthetic"), self.split)
         data = prepare_news_data(root, bundle, synthetic, cfg, self.storage.dir("prepared"))
         self.data = publish_news_data(data, self.storage)
@@ -80,9 +69,6 @@ class NewsRecFlow(FlowSpec):
         self.models = cfg.model_names
         self.next(self.train, foreach="models")
 
-    @resources_from("train")
-    @retry_from_config()
-    @timeout_from_config()
     @step
     def train(self):
         """Fit one model: Wu et al. samples, early stopping on validation AUC; keep the best weights."""
@@ -90,7 +76,7 @@ class NewsRecFlow(FlowSpec):
         maybe_fail("train", self.model)
         from steps.newsrec.train import build_for, configure_determinism, fit, save_best
 
-        cfg = self._cfg()
+        cfg = self.cfg
         configure_determinism(cfg.seed)
         rec = build_for(self.data, self.model, cfg.models[self.model], cfg.training, cfg.seed)
         outcome = fit(rec, self.data, cfg.training, cfg.seed, cfg.data.train_fraction, ties=cfg.ties)
@@ -100,9 +86,6 @@ class NewsRecFlow(FlowSpec):
         self.model_artifact = map_refs(artifact, self.storage.publish)
         self.next(self.dump)
 
-    @resources_from("dump")
-    @retry_from_config()
-    @timeout_from_config()
     @step
     def dump(self):
         """Score the test split with the best weights (logits), evaluate where labels exist, write the dump."""
@@ -110,7 +93,7 @@ class NewsRecFlow(FlowSpec):
         from steps.newsrec.inference import evaluate_scores, score_split, write_dump
         from steps.newsrec.train import feature_table, load_best
 
-        cfg = self._cfg()
+        cfg = self.cfg
         rec = load_best(self.data, self.model_artifact, cfg.training)
         test = load_split(self.data.splits["test"])
         scores = score_split(rec, feature_table(self.data, self.model), self.data.histories("test").matrix, test,
@@ -126,64 +109,25 @@ class NewsRecFlow(FlowSpec):
         print(self.model_metrics)
         self.next(self.prepare_alignment)
 
-    @resources_from("align")
-    @retry_from_config()
     @step
     def prepare_alignment(self):
         """Hand the dump to AlignFlow's loader and targets (the same code, not a copy)."""
-        acfg = self._cfg().align
+        acfg = self.align_cfg
+        # the fan-out's dataset is this model's dump
+        self.dataset, self.kind, self.cell_prefix = self.model, "ebnerd", f"{self.model}/"
         prepared = prepare_dump(localize(self.prediction_file).path, localize_input(self.data.articles_path),
                                 self.storage.dir("align", self.model), acfg.exclude_categories, acfg.missing_category)
         self.prepared = map_refs(prepared, self.storage.publish)
-        targets = [resolve_target(spec, self.prepared.candidate_categories) for spec in acfg.targets]
-        self.targets = targets
-        self.target = {t.name: t.as_dict() for t in targets}
+        self.targets = [resolve_target(spec, self.prepared.candidate_categories) for spec in acfg.targets]
+        self.target = {t.name: t.as_dict() for t in self.targets}
         self.model_distribution = model_distribution_dict(self.prepared)
-        self.target_names = [t.name for t in targets]
+        self.target_names = [t.name for t in self.targets]
         self.next(self.per_target, foreach="target_names")
 
-    @resources_from("join")
-    @step
-    def per_target(self):
-        """Lay the target over the dump's categories; fan out over methods."""
-        acfg = self._cfg().align
-        target = next(t for t in self.targets if t.name == self.input)
-        self.layout = target_layout(self.prepared, target, acfg.unknown_category_weight)
-        self.methods = list(acfg.methods)
-        self.next(self.align, foreach="methods")
+    # per_target → evaluate → join_methods → join_targets: AlignFanOut (recalign/fanout.py)
 
-    @catch_cells
-    @resources_from("align")
-    @retry_from_config()
-    @timeout_from_config()
     @step
-    def align(self):
-        """One alignment method toward one target over the λ grid, on this model's dump."""
-        acfg = self._cfg().align
-        maybe_fail("align", f"{self.model}/{self.layout.target.name}/{self.input}")
-        outcome = evaluate_method(self.prepared, self.layout, self.input, acfg, self.storage.dir("submissions", self.model))
-        self.outcome = publish_outcome(outcome, self.storage)
-        self.next(self.join_methods)
-
-    @resources_from("join")
-    @step
-    def join_methods(self, inputs):
-        """Collect the methods of one target (same gathering as AlignFlow)."""
-        self.merge_artifacts(inputs, include=CARRIED)
-        self.gathered = gather_method_outputs(inputs, target_mix(inputs[0].layout))
-        self.next(self.join_targets)
-
-    @resources_from("join")
-    @step
-    def join_targets(self, inputs):
-        """Collect the targets of one model."""
-        self.merge_artifacts(inputs, include=CARRIED)
-        self.model_outputs = combine_targets([i.gathered for i in inputs], self.target_names)
-        self.next(self.join_models)
-
-    @resources_from("join")
-    @step
-    def join_models(self, inputs):
+    def join_datasets(self, inputs):
         """Collect every model: accuracy, curves, dumps, and the alignment tables with a model column."""
         self.merge_artifacts(inputs, include=["storage", "data", "data_summary"])
         self.train_metrics = concat([i.model_metrics for i in inputs])
@@ -192,59 +136,29 @@ class NewsRecFlow(FlowSpec):
         self.candidates = {i.model: i.candidates_file for i in inputs if getattr(i, "candidates_file", None) is not None}
         self.model_submission_files = {i.model: i.submission_file for i in inputs}
         self.model_artifacts = {i.model: i.model_artifact for i in inputs}
-        self.results = concat([with_model(i.model_outputs.results, i.model) for i in inputs])
-        self.category_mix = concat([with_model(i.model_outputs.category_mix, i.model) for i in inputs])
-        self.user_kl_hist = concat([with_model(i.model_outputs.user_kl_hist, i.model) for i in inputs])
-        self.alignment_submissions = {i.model: i.model_outputs.submissions for i in inputs}
+        self.results = concat([with_model(i.dataset_outputs.results, i.model) for i in inputs])
+        self.category_mix = concat([with_model(i.dataset_outputs.category_mix, i.model) for i in inputs])
+        self.user_kl_hist = concat([with_model(i.dataset_outputs.user_kl_hist, i.model) for i in inputs])
+        self.alignment_submissions = {i.model: i.dataset_outputs.submissions for i in inputs}
         self.targets_by_model = {i.model: i.target for i in inputs}
         self.model_distribution = {i.model: i.model_distribution for i in inputs}
         self.articles_path = self.data.articles_path
-        self.failed_cells = [f"{i.model}/{f}" for i in inputs for f in i.model_outputs.failed]
+        self.failed_cells = [f"{i.model}/{f}" for i in inputs for f in i.dataset_outputs.failed]
         self.next(self.report)
 
     @card(type="blank", id="report")
-    @resources_from("report")
     @step
     def report(self):
         """Training curves, accuracy table, each model's alignment figures; export to artifacts/NewsRecFlow/<run_id>/."""
-        import polars as pl
-
-        cfg = self._cfg()
-        alignment = alignment_reports(self.results, self.category_mix, self.user_kl_hist, self.alignment_submissions, cfg.align)
-        card_figures = {m: {name: Image.from_matplotlib(fig) for name, fig in rep.figures.items()} for m, (_, rep, _) in alignment.items()}
-        curves_image = Image.from_matplotlib(training_curves_figure(self.training_curves))
-        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary,
-                   "models": {m: a.version for m, a in self.model_artifacts.items()},
-                   "predictions": {m: {"path": r.path, "sha256": r.sha256, "rows": r.shape[0]} for m, r in self.predictions.items()}}
-        export_dir = f"{self.artifacts_dir.rstrip('/')}/{current.flow_name}/{current.run_id}"
-        self.export_dir = export_newsrec(export_dir, self.train_metrics, self.training_curves, self.predictions,
-                                         self.model_submission_files, alignment, summary, self.storage.dir("report"))
-
-        c = current.card["report"]
-        d = self.data_summary
-        c.append(Markdown(f"# NewsRecFlow `{current.run_id}` — {cfg.name}"))
-        c.append(Markdown(
-            f"Data: `{d['bundle']}`{' (synthetic)' if d['synthetic'] else ''} — {d['articles']:,} articles, "
-            f"{d['train_impressions']:,} train / {d['validation_impressions']:,} validation / {d['test_impressions']:,} test "
-            f"impressions ({d['test_beyond_accuracy_rows']:,} beyond-accuracy rows). Exported to `{self.export_dir}`."
-        ))
-        if self.failed_cells:
-            c.append(Markdown("**Failed cells (the grid is partial):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))
-        c.append(Markdown("## Accuracy at the best epoch"))
-        c.append(Table(table_rows(self.train_metrics), headers=self.train_metrics.columns))
-        c.append(Markdown("## Training curves"))
-        c.append(curves_image)
-        cols = ["distribution", "method", "selection", "lambda", "kl_at_n", "user_kl_mean", "coverage_at_n", "auc", "ndcg_at_10"]
-        for model, figs in card_figures.items():
-            c.append(Markdown(f"## Alignment of `{model}` (version `{self.model_artifacts[model].version}`)"))
-            c.append(Table(table_rows(self.results.filter(pl.col("model") == model), cols), headers=cols))
-            for title, name in (("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
-                                ("User-level KL density", "user_kl_density.png"), ("Accuracy against KL@N", "accuracy_vs_kl.png")):
-                c.append(Markdown(f"### {title} — {model}"))
-                c.append(figs[name])
+        alignment = alignment_reports(self.results, self.category_mix, self.user_kl_hist, self.alignment_submissions, self.cfg.align)
+        card_figures = {m: images(rep.figures) for m, (_, rep, _) in alignment.items()}
+        parts = export_parts(self.train_metrics, self.training_curves, self.predictions, self.model_submission_files, alignment)
+        self.export_dir = self.export(*parts, models={m: a.version for m, a in self.model_artifacts.items()},
+                                      predictions={m: {"path": r.path, "sha256": r.sha256, "rows": r.shape[0]}
+                                                   for m, r in self.predictions.items()})
+        newsrec_card(self, card_figures)
         self.next(self.end)
 
-    @resources_from("join")
     @step
     def end(self):
         """Print the accuracy table and where the results are."""

@@ -10,49 +10,44 @@ start → foreach dataset: prepare (load or synthesise, split, cache) → foreac
 → report (card, exports) → end
 """
 
-from metaflow import Config, FlowSpec, Parameter, card, current, step
-from metaflow.cards import Image, Markdown, Table
+from metaflow import Config, card, step
 
 from configs import config_path
-from recalign.flowtools import catch_cells, resources_from, retry_from_config, timeout_from_config
+from recalign.cards import tail_card, images
+from recalign.flow import RecalignFlow, step_groups
 from steps.faults import failed_cells, maybe_fail
 from steps.bundles import publish_bundle
-from steps.storage import RunStorage, map_refs
-from steps.tables import concat, table_rows
+from steps.storage import map_refs
+from steps.tables import concat
 from steps.tail.config import TailConfig
 from steps.tail.data import prepare_dataset
 from steps.tail.pipeline import RESULT_COLUMNS, item_groups, run_method, sort_results
-from steps.tail.report import build_figures, change_sentences, change_vs_baseline, export_run, weight_diagnostics_text
+from steps.tail.report import build_figures, change_sentences, change_vs_baseline
 
-DEFAULT_CONFIG = config_path("tail_quick.yaml")
 CARRIED = ["storage", "dataset_names", "method_names"]
 CARRIED_DATASET = CARRIED + ["prepared", "groups", "data_summary"]
 
 
-class TailFlow(FlowSpec):
+@step_groups({"prepare": "prepare retry timeout", "train": "train retry timeout cell", "report": "report"})
+class TailFlow(RecalignFlow):
     """Promote the item tail of an item-item recommender and measure what it costs in accuracy."""
 
-    config = Config("config", default=DEFAULT_CONFIG, parser="steps.tail.config.parse_tail_config")
-    artifacts_dir = Parameter("artifacts-dir", default="artifacts", help="Where tables and figures are exported")
-    storage_root = Parameter("storage-root", default="", help="Folder for the data cache and large files (default .recalign)")
+    config = Config("config", default=config_path("tail_quick.yaml"), parser="steps.tail.config.parse_tail_config")
+    parse_config = TailConfig.from_dict
 
-    @resources_from("join")
     @step
     def start(self):
         """Validate the config; fan out over datasets."""
-        cfg = TailConfig.from_dict(self.config.to_dict())
-        self.storage = RunStorage.for_run(current.flow_name, current.run_id, self.storage_root or None)
+        cfg = self.cfg
+        self.storage = self.new_storage()
         self.dataset_names = cfg.dataset_names
         self.method_names = cfg.method_names
         self.next(self.prepare, foreach="dataset_names")
 
-    @resources_from("prepare")
-    @retry_from_config()
-    @timeout_from_config()
     @step
     def prepare(self):
         """Load (or synthesise) one dataset, apply the strong-generalisation split, cache it as files."""
-        cfg = TailConfig.from_dict(self.config.to_dict())
+        cfg = self.cfg
         maybe_fail("prepare", self.input)
         prepared = prepare_dataset(cfg.dataset(self.input), cfg.seed, self.storage.cache_dir())
         self.groups = item_groups(prepared, cfg)
@@ -62,14 +57,10 @@ class TailFlow(FlowSpec):
         print(self.input, self.data_summary)
         self.next(self.train, foreach="method_names")
 
-    @catch_cells
-    @resources_from("train")
-    @retry_from_config()
-    @timeout_from_config()
     @step
     def train(self):
         """Fit one method (early stopping on validation), then score validation and test users."""
-        cfg = TailConfig.from_dict(self.config.to_dict())
+        cfg = self.cfg
         maybe_fail("train", f"{self.prepared.name}/{self.input}")
         outcome = run_method(self.prepared, self.groups, cfg.method(self.input), cfg, self.storage.dir("lists"))
         self.part_results = outcome.results
@@ -80,7 +71,6 @@ class TailFlow(FlowSpec):
         print(outcome.results.select(RESULT_COLUMNS[:11]))
         self.next(self.join_methods)
 
-    @resources_from("join")
     @step
     def join_methods(self, inputs):
         """Collect the methods of one dataset."""
@@ -95,7 +85,6 @@ class TailFlow(FlowSpec):
                                 if getattr(i, "part_candidates", None) is not None}
         self.next(self.join_datasets)
 
-    @resources_from("join")
     @step
     def join_datasets(self, inputs):
         """Collect every dataset."""
@@ -113,47 +102,19 @@ class TailFlow(FlowSpec):
         self.next(self.report)
 
     @card(type="blank", id="report")
-    @resources_from("report")
     @step
     def report(self):
         """Change against EASE, figures, the card, and the export to artifacts/TailFlow/<run_id>/."""
-        cfg = TailConfig.from_dict(self.config.to_dict())
         self.change = change_vs_baseline(self.results)
         self.statements = change_sentences(self.change) if not self.change.is_empty() else []
         figures = build_figures(self.results, self.buckets)
-        card_images = {name: Image.from_matplotlib(fig) for name, fig in figures.items()}
+        card_images = images(figures)
         tables = {"results": self.results, "buckets": self.buckets, "history": self.history, "change_vs_ease": self.change}
-        summary = {"run": current.pathspec, "config": cfg.as_dict(), "data": self.data_summary, "statements": self.statements,
-                   "failed_cells": self.failed_cells}
-        self.export_dir = export_run(f"{self.artifacts_dir.rstrip('/')}/{current.flow_name}/{current.run_id}", tables, figures,
-                                     summary, self.storage.dir("report"))
+        self.export_dir = self.export(tables, figures, statements=self.statements, failed_cells=self.failed_cells)
 
-        c = current.card["report"]
-        c.append(Markdown(f"# TailFlow `{current.run_id}` — {cfg.name}"))
-        for name, d in self.data_summary.items():
-            c.append(Markdown(
-                f"**{name}** ({d['source']}): {d['train_users']:,} training users, {d['items']:,} items, "
-                f"{d['train_interactions']:,} training interactions; {d['valid_users_evaluable']:,} validation and "
-                f"{d['test_users_evaluable']:,} test users evaluated; tail = {d['tail_items']:,} items holding "
-                f"{d['tail_interaction_share']:.1%} of the training interactions."
-            ))
-        if self.failed_cells:
-            c.append(Markdown("**Failed cells (the grid is partial):**\n\n" + "\n".join(f"- `{f}`" for f in self.failed_cells)))
-        c.append(Markdown("## Accuracy and coverage against EASE (test users)"))
-        c.append(Markdown("\n".join(f"* {s}" for s in self.statements) or "No EASE baseline in this run."))
-        cols = RESULT_COLUMNS[:11]
-        c.append(Markdown("## Results"))
-        c.append(Table(table_rows(self.results, cols), headers=cols))
-        c.append(Markdown("## Item weights: adversarial, or a popularity prior?"))
-        c.append(Markdown(weight_diagnostics_text(self.results, self.history)))
-        for title, name in (("Accuracy against coverage", "accuracy_vs_coverage.png"),
-                            ("Exposure by popularity bucket, before (EASE) and after promotion", "exposure_by_popularity.png"),
-                            ("Item-level Recall@20 by popularity bucket", "item_recall_by_popularity.png")):
-            c.append(Markdown(f"## {title}"))
-            c.append(card_images[name])
+        tail_card(self, card_images)
         self.next(self.end)
 
-    @resources_from("join")
     @step
     def end(self):
         """Print where the results are."""

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
-import shutil
+import pickle
 import uuid
 import sys
 from pathlib import Path
 from typing import Callable
 
 import polars as pl
-from tqdm import tqdm
 
 # --------------------------------------------------------------------------- synth
 SIZES = ("tiny", "small", "paper")
@@ -109,6 +107,10 @@ def _run(pathspec: str):
     return run
 
 
+#: What unpickling an artifact raises when its class cannot be imported in this process.
+UNREADABLE_ARTIFACT = (AttributeError, ImportError, pickle.UnpicklingError)
+
+
 def _frames(run) -> dict[str, pl.DataFrame]:
     """Every Polars DataFrame artifact of the run's end step."""
     task = run["end"].task
@@ -118,7 +120,8 @@ def _frames(run) -> dict[str, pl.DataFrame]:
             continue
         try:
             value = art.data
-        except Exception:
+        except UNREADABLE_ARTIFACT as exc:  # e.g. a class defined in a flow file (__main__), or not installed here
+            print(f"recalign: artifact {art.id} skipped: it cannot be read here ({type(exc).__name__}: {exc})", file=sys.stderr)
             continue
         if isinstance(value, pl.DataFrame):
             out[art.id] = value
@@ -146,10 +149,12 @@ def _check_csv_out(command: str, out: Path) -> None:
 
 
 def _write_csv_atomically(df: pl.DataFrame, out: Path) -> None:
+    from steps.tables import lists_as_text
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
-        df.write_csv(tmp)
+        lists_as_text(df).write_csv(tmp)
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -174,36 +179,30 @@ def cmd_export(args) -> int:
     from metaflow.cards import get_cards
     from metaflow.plugins.cards.exception import CardNotPresentException
 
-    from steps.storage import atomic_export_dir, download, is_remote
-    from steps.tables import lists_as_text
+    from steps.export import export_run
+    from steps.storage import localize_tree
 
     out = Path(args.out)
     _check_export_folder(out)
     run = _run(args.run)
     frames = _frames(run)
     exported = getattr(run.data, "export_dir", None) if "export_dir" in run.data else None
-    # everything is written into a fresh sibling folder that replaces --out in one rename at the end
-    with atomic_export_dir(out) as tmp:
-        for name, df in tqdm(frames.items(), desc="tables", unit="table"):
-            lists_as_text(df).write_csv(tmp / f"{name}.csv")
-        if exported:
-            if is_remote(exported):
-                download(exported, tmp / "export")
-            elif Path(exported).exists():
-                files = [p for p in Path(exported).rglob("*") if p.is_file()]
-                for p in tqdm(files, desc="files", unit="file"):
-                    dst = tmp / "export" / p.relative_to(exported)
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(p, dst)
-        for step in run:
-            for task in step:
-                try:
-                    cards = list(get_cards(task))
-                except CardNotPresentException:
-                    continue
-                for card in cards:
-                    (tmp / f"card_{step.id}_{card.id or card.type}.html").write_text(card.get())
-        (tmp / "run.json").write_text(json.dumps({"run": run.pathspec, "tables": sorted(frames), "export_dir": exported}, indent=2))
+    files: dict = {}
+    if exported:
+        local = Path(localize_tree(exported))
+        if local.exists():
+            files.update({f"export/{p.relative_to(local)}": p for p in local.rglob("*") if p.is_file()})
+    for step in run:
+        for task in step:
+            try:
+                cards = list(get_cards(task))
+            except CardNotPresentException:
+                continue
+            for card in cards:
+                files[f"card_{step.id}_{card.id or card.type}.html"] = card.get().encode()
+    # written into a fresh sibling folder that replaces --out in one rename at the end (run.json last)
+    export_run(out, frames, {}, files, {"run": run.pathspec, "tables": sorted(frames), "export_dir": exported},
+               summary_name="run.json")
     print(out.absolute())
     return 0
 

@@ -24,7 +24,7 @@ FLOWS = {
                       ["start", "prepare", "evaluate"]),
     "newsrec_flow.py": (CONFIGS / "newsrec_demo.yaml", "steps.newsrec.config",
                         {"start": "start", "train": "train", "dump": "dump", "prepare_alignment": "align",
-                         "align": "align", "report": "report"}, ["start", "train", "dump", "align"]),
+                         "evaluate": "align", "report": "report"}, ["start", "train", "dump", "evaluate"]),
     "explain_flow.py": (CONFIGS / "explain_synthetic.yaml", "steps.explain.config",
                         {"start": "start", "train": "train", "evaluate": "train", "explain": "explain", "report": "report"},
                         ["start", "train", "explain"]),

@@ -1,8 +1,7 @@
-"""The alignment flow's building blocks above the methods: inputs, joins, exports, summaries."""
+"""The alignment flow's building blocks above the methods: inputs, joins, what it exports, summaries."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ from steps.align.data import PreparedDump
 from steps.align.report import best_lambdas, comparison_table, comparison_wide
 from steps.align.synthetic import SyntheticDumpSpec, write_synthetic_dump
 from steps.errors import InputError
-from steps.tables import concat, json_default
-from steps.storage import FileRef, atomic_export, is_remote, link_or_copy, localize, localize_input
+from steps.tables import concat
+from steps.storage import FileRef, localize, localize_input, map_refs
 from steps.validate import require_file
 
 
@@ -50,6 +49,43 @@ def resolve_inputs(predictions: str, articles: str, spec: SyntheticDumpSpec, dat
     return Inputs(paths["predictions"], paths["articles"], True)
 
 
+@dataclass
+class PreparedDataset:
+    """One dataset of an AlignFlow run, loaded, validated and with its targets resolved."""
+
+    prepared: object  # a PreparedDump (files published) or a prepared candidate-list dataset
+    inputs: Inputs | None  # the files an EB-NeRD dump was read from (None: candidate lists)
+    input_files: dict
+    data_summary: dict
+    targets: list | None  # the dump's resolved targets (None: candidate lists, resolved per task)
+    target: dict  # target name -> {category: share}
+    model_distribution: dict
+
+
+def prepare_dataset(spec: Mapping, cfg: AlignConfig, data_dir: Path, publish, candidates_of_run, dump_source) -> PreparedDataset:
+    """Load (or synthesise / build) the dataset ``spec`` names into ``data_dir``; ``publish`` makes
+    a FileRef visible to every task, ``candidates_of_run`` and ``dump_source`` read finished runs."""
+    from steps.align.data import input_refs, prepare_dump
+    from steps.align.datasets import LIST_KINDS, list_data_summary, prepare_list_dataset
+    from steps.align.lists import resolve_list_target
+    from steps.align.targets import resolve_target
+
+    name = spec["name"]
+    if spec["kind"] in LIST_KINDS:
+        prepared = prepare_list_dataset(spec, data_dir, candidates_of_run)
+        cs = prepared.load()
+        targets = [resolve_list_target(t, cs, cfg.missing_history) for t in cfg.targets_for(name)]
+        return PreparedDataset(prepared, None, {}, list_data_summary(prepared), None,
+                               {t.name: dict(zip(t.genres, t.mean.tolist())) for t in targets}, {})
+    predictions, articles = dump_source(spec.get("from_run", ""), spec.get("predictions", ""), spec.get("articles", ""))
+    inputs = resolve_inputs(predictions, articles, cfg.synthetic, data_dir)
+    local = prepare_dump(inputs.predictions, inputs.articles, data_dir / "prepared", cfg.exclude_categories, cfg.missing_category)
+    prepared = map_refs(local, publish)
+    targets = [resolve_target(t, prepared.candidate_categories) for t in cfg.targets_for(name)]
+    return PreparedDataset(prepared, inputs, input_refs(local), {"kind": "ebnerd", **data_summary(local)}, targets,
+                           {t.name: t.as_dict() for t in targets}, model_distribution_dict(prepared))
+
+
 #: The model whose dump ``--predictions-from`` takes when the spec names none (the NAILS paper's model).
 DEFAULT_DUMP_MODEL = "nrms_docvec"
 
@@ -77,28 +113,14 @@ def dump_of_run(spec: str, predictions: Mapping[str, FileRef], articles: str, mo
 
 @dataclass
 class MethodOutputs:
-    """The evaluate tasks of one target, gathered (tasks that failed under ``@catch`` are listed)."""
+    """The evaluate tasks of one target, gathered (tasks that failed under ``@catch`` are listed);
+    :func:`recalign.fanout.gather_method_outputs` builds it from a join's inputs."""
 
     results: pl.DataFrame
     category_mix: pl.DataFrame
     user_kl_hist: pl.DataFrame
     submissions: list
     failed: list[str]
-
-
-def gather_method_outputs(tasks, target_mix_rows: pl.DataFrame) -> MethodOutputs:
-    """Join the ``outcome`` (:class:`MethodOutcome`) of a target's per-method tasks (duck-typed
-    Metaflow inputs); tasks that failed under ``@catch`` are listed in ``failed``."""
-    from steps.faults import failed_cells
-
-    done = [t.outcome for t in tasks if hasattr(t, "outcome")]
-    return MethodOutputs(
-        results=concat([o.results for o in done]),
-        category_mix=concat([target_mix_rows] + [o.category_mix for o in done]),
-        user_kl_hist=concat([o.user_kl_hist for o in done]),
-        submissions=[s for o in done for s in o.submissions],
-        failed=failed_cells(tasks, lambda t: f"{getattr(t, 'target_name', None) or t.layout.target.name}/{t.input}"),
-    )
 
 
 def combine_targets(parts: Sequence[MethodOutputs], target_order: Sequence[str]) -> MethodOutputs:
@@ -201,31 +223,19 @@ def build_reports(results: pl.DataFrame, category_mix: pl.DataFrame, user_kl_his
     return Report(best, comparison, figures)
 
 
-def export_run(
-    export_dir: str | os.PathLike,
-    tables: dict[str, pl.DataFrame],
-    report: Report,
-    submissions: Sequence[dict],
-    summary: dict,
-    staging_dir: str | os.PathLike | None = None,
-) -> str:
-    """Write tables (CSV), figures (PNG), submission zips and ``summary.json`` to ``export_dir``
-    (local or ``s3://``) atomically; returns where it went."""
-    with atomic_export(export_dir, staging_dir) as tmp:
-        for name, df in tables.items():
-            df.write_csv(tmp / f"{name}.csv")
-        comp = report.comparison if "dataset" in report.comparison.columns else with_dataset(report.comparison, "")
-        several = comp["dataset"].n_unique() > 1
-        for (ds, dist), part in comp.group_by(["dataset", "distribution"], maintain_order=True):
-            name = f"comparison_{ds}__{dist}.csv" if several else f"comparison_{dist}.csv"
-            comparison_wide(part.drop("dataset"), dist).write_csv(tmp / name)
-        for name, fig in report.figures.items():
-            plots.save(fig, tmp / name)
-        for sub in submissions:
-            ref = localize(sub["file"])
-            link_or_copy(ref.path, tmp / "submissions" / Path(ref.path).name)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
-    return str(export_dir) if is_remote(export_dir) else str(Path(export_dir).absolute())
+def export_parts(tables: Mapping[str, pl.DataFrame], report: Report, submissions: Sequence[dict],
+                 prefix: str = "") -> tuple[dict, dict, dict]:
+    """What an alignment exports, as ``(tables, figures, files)`` for :func:`steps.export.export_run`:
+    the tables, one wide comparison per (dataset and) target, the figures and the submission zips,
+    every name under ``prefix`` (e.g. ``"<model>/"``)."""
+    out = {prefix + name: df for name, df in tables.items()}
+    comp = report.comparison if "dataset" in report.comparison.columns else with_dataset(report.comparison, "")
+    several = comp["dataset"].n_unique() > 1
+    for (ds, dist), part in comp.group_by(["dataset", "distribution"], maintain_order=True):
+        out[prefix + (f"comparison_{ds}__{dist}" if several else f"comparison_{dist}")] = comparison_wide(part.drop("dataset"), dist)
+    figures = {prefix + name: fig for name, fig in report.figures.items()}
+    files = {f"{prefix}submissions/{Path(s['file'].path).name}": s["file"] for s in submissions}
+    return out, figures, files
 
 
 SUMMARY_COLUMNS = ["dataset", "distribution", "method", "selection", "lambda", "kl_at_n", "kl_all", "user_kl_mean",
@@ -266,3 +276,14 @@ def example_user_figure(prepared, cfg: AlignConfig, results: pl.DataFrame, datas
     lam = float(steck["lambda"][0]) if steck.height else 0.9
     user, mix = example_user_mix(cs, target, cfg, lam)
     return user, mix, plots.user_mix_bars(mix, f"{dataset}: user {user}, target {target.name}")
+
+
+def example_users(prepared_lists: Mapping[str, object], cfg: AlignConfig, results: pl.DataFrame) -> tuple[dict, pl.DataFrame]:
+    """:func:`example_user_figure` of each candidate-list dataset: ``({dataset: {file name: figure}},
+    the users' mix rows with ``dataset`` and ``user_id`` columns)``."""
+    examples, mixes = {}, []
+    for ds, prepared in prepared_lists.items():
+        user, mix, fig = example_user_figure(prepared, cfg, results, ds)
+        examples[ds] = {"user_genre_mix.png": fig}
+        mixes.append(with_dataset(mix.with_columns(user_id=user), ds))
+    return examples, concat(mixes)

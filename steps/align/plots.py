@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import polars as pl
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+from steps.figures import plt
 
 METHOD_LABEL = {
     ("nails", "det"): "NAILS (det)",
@@ -167,7 +164,3 @@ def user_mix_bars(mix: pl.DataFrame, title: str) -> plt.Figure:
     fig.tight_layout()
     return fig
 
-
-def save(fig: plt.Figure, path) -> None:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)

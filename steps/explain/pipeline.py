@@ -3,7 +3,6 @@ sample, joins, the report and the export."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,8 +11,7 @@ from typing import Sequence
 import polars as pl
 import torch
 
-from steps.tables import concat, json_default, lists_as_text
-from steps.align.plots import save as save_figure
+from steps.tables import concat
 from steps.errors import ConfigError, InputError
 from steps.explain import plots
 from steps.explain.candidates import resolve_ml100k
@@ -26,7 +24,7 @@ from steps.explain.model import GRU4Rec, as_dtype, load_rechorus_checkpoint
 from steps.explain.synthetic import synthetic_dataset
 from steps.explain.train import train_gru4rec
 from steps.seeding import rng_for
-from steps.storage import FileRef, atomic_export, file_ref, is_remote, link_or_copy, localize, rebase_refs, staged_dir
+from steps.storage import FileRef, file_ref, localize, rebase_refs, staged_dir
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -230,17 +228,7 @@ def build_figures(attributions: pl.DataFrame, users: pl.DataFrame, profile: pl.D
     }
 
 
-def export_run(export_dir: str | os.PathLike, tables: dict[str, pl.DataFrame], figures: dict, model_file: FileRef,
-               summary: dict, staging_dir: str | os.PathLike | None = None) -> str:
-    """Tables (parquet, and CSV with lists written as text), figures, the model checkpoint and
-    ``summary.json``, exported atomically (local or ``s3://``)."""
-    with atomic_export(export_dir, staging_dir) as tmp:
-        for name, df in tables.items():
-            df.write_parquet(tmp / f"{name}.parquet")
-            lists_as_text(df).write_csv(tmp / f"{name}.csv")
-        for name, fig in figures.items():
-            save_figure(fig, tmp / name)
-        link_or_copy(localize(model_file).path, tmp / "gru4rec.pt")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
-    return str(export_dir) if is_remote(export_dir) else str(Path(export_dir).absolute())
+def export_tables(tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """Each table twice for :func:`steps.export.export_run`: parquet (lists kept) and CSV."""
+    return {**{f"{name}.parquet": df for name, df in tables.items()}, **tables}
 

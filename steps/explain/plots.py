@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
+import numpy as np
+import polars as pl
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+from steps.figures import plt
 
 COLORS = {"exact": "C0", "kernel": "C1", "pruned": "C2"}
 OLDER = "older"  # x label of the pruned group of older events

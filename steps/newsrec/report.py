@@ -1,23 +1,17 @@
-"""NewsRecFlow's tables, figures and export (the alignment parts reuse :mod:`steps.align.pipeline`)."""
+"""NewsRecFlow's tables, figures and what it exports (the alignment parts reuse :mod:`steps.align.pipeline`)."""
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
+import polars as pl
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
-
-from steps.align import plots  # noqa: E402
-from steps.align.config import AlignConfig  # noqa: E402
-from steps.align.pipeline import Report, build_report, export_run  # noqa: E402
-from steps.storage import FileRef, atomic_export, is_remote, link_or_copy, localize  # noqa: E402
+from steps.align.config import AlignConfig
+from steps.align.pipeline import Report, build_report
+from steps.align.pipeline import export_parts as align_export_parts
+from steps.figures import plt
+from steps.storage import FileRef
 
 TRAIN_METRICS_SCHEMA = {"model": pl.String, "split": pl.String, "epoch": pl.Int64, "auc": pl.Float64, "mrr": pl.Float64,
                         "ndcg_at_5": pl.Float64, "ndcg_at_10": pl.Float64, "impressions": pl.Int64}
@@ -67,29 +61,23 @@ def training_curves_figure(curves: pl.DataFrame) -> plt.Figure:
     return fig
 
 
-def export_newsrec(
-    export_dir: str | os.PathLike,
+def export_parts(
     train_metrics: pl.DataFrame,
     curves: pl.DataFrame,
     predictions: Mapping[str, FileRef],
     model_submissions: Mapping[str, FileRef | None],
     alignment: Mapping[str, tuple[dict[str, pl.DataFrame], Report, Sequence[dict]]],
-    summary: dict,
-    staging_dir: str | os.PathLike | None = None,
-) -> str:
-    """Write everything of a run atomically (local or ``s3://``): accuracy tables, curves, the dumps
-    and EB-NeRD submissions per model, and each model's alignment export (``<model>/``, as AlignFlow
-    writes it)."""
-    with atomic_export(export_dir, staging_dir) as tmp:
-        train_metrics.write_csv(tmp / "train_metrics.csv")
-        curves.write_csv(tmp / "training_curves.csv")
-        plots.save(training_curves_figure(curves), tmp / "training_curves.png")
-        for model, ref in predictions.items():
-            link_or_copy(localize(ref).path, tmp / "predictions" / f"{model}_test_scores.parquet")
-        for model, ref in model_submissions.items():
-            if ref is not None:
-                link_or_copy(localize(ref).path, tmp / "submissions" / f"{model}_predictions.zip")
-        for model, (tables, rep, subs) in alignment.items():
-            export_run(tmp / model, tables, rep, subs, {"model": model})
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return str(export_dir) if is_remote(export_dir) else str(Path(export_dir).absolute())
+) -> tuple[dict, dict, dict]:
+    """What a run exports, as ``(tables, figures, files)`` for :func:`steps.export.export_run`:
+    accuracy tables, curves, the dumps and EB-NeRD submissions per model, and each model's
+    alignment (``<model>/``, as AlignFlow exports it)."""
+    tables = {"train_metrics": train_metrics, "training_curves": curves}
+    figures = {"training_curves.png": training_curves_figure(curves)}
+    files = {f"predictions/{model}_test_scores.parquet": ref for model, ref in predictions.items()}
+    files.update({f"submissions/{model}_predictions.zip": ref for model, ref in model_submissions.items() if ref is not None})
+    for model, (model_tables, rep, subs) in alignment.items():
+        t, f, fl = align_export_parts(model_tables, rep, subs, prefix=f"{model}/")
+        tables.update(t)
+        figures.update(f)
+        files.update({**fl, f"{model}/summary.json": json.dumps({"model": model}, indent=2).encode()})
+    return tables, figures, files

@@ -25,13 +25,13 @@ from steps.tail.evaluate import (
 from steps.tail.models import ease_closed_form, resolve_device
 from steps.tail.train import fit_item_item
 
-#: The results table's columns: the issue's list first, then the other metrics.
+#: The results table's columns: the headline metrics first, then the other metrics.
 RESULT_COLUMNS = [
     "dataset", "method", "split", "recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20", "gini", "tail_share",
     "epochs", "seconds",
     "recall_at_100", "ndcg_at_20", "ndcg_at_50", "coverage_at_50", "coverage_at_100", "entropy", "epc",
     "item_recall_at_20", "item_recall_at_50", "item_recall_at_100", "item_recall_spread_at_20", "best_epoch", "users",
-    # issue #11: the epoch evaluated (best_epoch, or the last with select_epoch: last), the reference
+    # the epoch evaluated (best_epoch, or the last with select_epoch: last), the reference
     # code's own metric definitions (evaluate.reference_metrics) and the item-weight diagnostics
     "selected_epoch", "hit_rate_at_20", "hit_rate_at_50", "hit_rate_at_100",
     "coverage_per_100_users_at_20", "coverage_per_100_users_at_50", "coverage_per_100_users_at_100",

@@ -1,21 +1,11 @@
-"""TailFlow's report: the change against EASE, figures (matplotlib, headless) and the export."""
+"""TailFlow's report: the change against EASE, figures (matplotlib, headless)."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+import numpy as np
+import polars as pl
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-
-from steps.tables import json_default  # noqa: E402
-from steps.storage import atomic_export, is_remote  # noqa: E402
+from steps.figures import plt
 
 BASELINE = "ease"
 COMPARED = ("recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20", "gini", "tail_share", "item_recall_at_20")
@@ -135,18 +125,3 @@ def build_figures(results: pl.DataFrame, buckets: pl.DataFrame) -> dict[str, plt
         "exposure_by_popularity.png": exposure_bars(buckets),
         "item_recall_by_popularity.png": exposure_bars(buckets, column="item_recall_at_20", ylabel="mean item Recall@20"),
     }
-
-
-def export_run(export_dir: str | os.PathLike, tables: dict[str, pl.DataFrame], figures: dict[str, plt.Figure],
-               summary: dict, staging_dir: str | os.PathLike | None = None) -> str:
-    """Tables (CSV), figures (PNG) and ``summary.json``, written atomically (local or ``s3://``)."""
-    with atomic_export(export_dir, staging_dir) as tmp:
-        for name, df in tables.items():
-            df.write_csv(tmp / f"{name}.csv")
-        for name, fig in figures.items():
-            fig.savefig(tmp / name, dpi=110, bbox_inches="tight")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
-    for fig in figures.values():
-        plt.close(fig)
-    return str(export_dir) if is_remote(export_dir) else str(Path(export_dir).absolute())
-
