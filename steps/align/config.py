@@ -14,6 +14,7 @@ from steps.configtools import number as _number
 from steps.configtools import DEFAULT_RUN, choice, common_fields, yaml_mapping
 from steps.errors import ConfigError
 from steps.metrics import DEFAULT_TIES, TIE_RULES
+from steps.uncertainty import UncertaintySpec
 
 METHODS = ("nails", "steck", "nails_steck")
 #: Per-step compute requests (Kubernetes / AWS Batch), memory in MB; overridable per config.
@@ -153,6 +154,12 @@ def parse_datasets(raw: Any) -> tuple[dict, ...]:
     return tuple(out)
 
 
+# --------------------------------------------------------------------------- uncertainty (issue #13)
+def _uncertainty(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``uncertainty:`` -> ``{"uncertainty": UncertaintySpec}`` (nothing when the key is absent)."""
+    return {"uncertainty": UncertaintySpec.from_dict(raw["uncertainty"])} if "uncertainty" in raw else {}
+
+
 @dataclass(frozen=True)
 class AlignConfig:
     """Validated settings of one alignment experiment (see ``configs/nails_paper.yaml``)."""
@@ -188,6 +195,8 @@ class AlignConfig:
     list_chunk_cells: int = 4_000_000
     resources: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RESOURCES.items()})
     run: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RUN))
+    # bootstrap intervals and paired differences of the results (steps.uncertainty; resamples: 0 = off)
+    uncertainty: UncertaintySpec = field(default_factory=UncertaintySpec)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -260,6 +269,7 @@ class AlignConfig:
             d["list_chunk_cells"] = _integer("list_chunk_cells", raw["list_chunk_cells"], 1000)
         if raw.get("datasets"):  # an empty list (as as_dict writes it) means: one dataset from the parameters
             d["datasets"] = parse_datasets(raw["datasets"])
+        d.update(_uncertainty(raw))
         cfg = cls(**d)
         news = [ds["name"] for ds in cfg.datasets if ds["kind"] == "ebnerd" and "targets" not in ds]
         per_user = [n for n, t in zip(cfg.target_names, cfg.targets) if is_per_user_target(t)]
