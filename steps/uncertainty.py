@@ -230,6 +230,14 @@ def interval(theta_hat: np.ndarray, theta_star: np.ndarray, accel: np.ndarray, s
     return lo, hi
 
 
+def inverted_p(delta_star: np.ndarray) -> np.ndarray:
+    """Two-sided p-value inverting the percentile interval: ``2 (1 + #{δ* on the smaller side of 0}) / (B + 1)``
+    (capped at 1) — the smallest 1 − level whose percentile interval excludes 0."""
+    ok = np.isfinite(delta_star)
+    le, ge = ((delta_star <= 0) & ok).sum(axis=0), ((delta_star >= 0) & ok).sum(axis=0)
+    return np.minimum(1.0, 2 * (1 + np.minimum(le, ge)) / (1 + ok.sum(axis=0)))
+
+
 def bootstrap_p(delta_hat: np.ndarray, delta_star: np.ndarray) -> np.ndarray:
     """Two-sided shifted-null paired-bootstrap p-value ``(1 + #{|δ* − δ̂| ≥ |δ̂|}) / (B + 1)``."""
     delta_hat = np.atleast_1d(delta_hat)
@@ -267,6 +275,7 @@ class MeanBootstrap:
         self.s = np.zeros((3, n_cols))  # Σx, Σx², Σx³
         self.d = np.zeros((3, len(self.pairs)))  # the same of the pairs' differences
         self.flip = np.zeros((b, len(self.pairs)))  # Σ sᵢ dᵢ (randomisation test)
+        self.shift: np.ndarray | None = None
 
     def add(self, idx: np.ndarray, values: np.ndarray) -> None:
         x = np.asarray(values, dtype=np.float64).reshape(len(idx), self.m)
@@ -278,12 +287,18 @@ class MeanBootstrap:
         d = x[:, self.pairs[:, 0]] - x[:, self.pairs[:, 1]]
         for k in range(3):
             self.d[k] += np.sum(d ** (k + 1), axis=0)
-        x32, d32 = x.astype(np.float32), d.astype(np.float32)
+        if self.shift is None:  # values are summed in float32 around a per-column centre (exact for constants)
+            self.shift = x.mean(axis=0) if len(x) else None
+        x32 = (x - (0.0 if self.shift is None else self.shift)).astype(np.float32)
+        d32 = d.astype(np.float32)
         for part, w, s in self.stream.pieces(idx):
             self.wsum += w.sum(axis=1)
             self.tot += w @ x32[part]
             if s is not None:
                 self.flip += s @ d32[part]
+
+    def _shift(self) -> np.ndarray:
+        return np.zeros(self.m) if self.shift is None else self.shift
 
     def _accel(self, s: np.ndarray) -> np.ndarray:
         n = max(self.n, 1)
@@ -297,14 +312,15 @@ class MeanBootstrap:
     def means(self) -> Interval:
         est = self.s[0] / self.n if self.n else np.full(self.m, np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
-            star = self.tot / self.wsum[:, None]
+            star = self.tot / self.wsum[:, None] + self._shift()
         return Interval(est, *interval(est, star, self._accel(self.s), self.spec), star=star)
 
     def differences(self) -> Interval:
         i, j = self.pairs[:, 0], self.pairs[:, 1]
         est = self.d[0] / self.n if self.n else np.full(len(i), np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
-            star = (self.tot[:, i] - self.tot[:, j]) / self.wsum[:, None]
+            c = self._shift()
+            star = (self.tot[:, i] - self.tot[:, j]) / self.wsum[:, None] + (c[i] - c[j])
         lo, hi = interval(est, star, self._accel(self.d), self.spec)
         if self.spec.test == "randomisation":
             extreme = np.abs(self.flip) >= np.abs(self.d[0])[None, :] * (1 - 1e-12)
@@ -372,27 +388,32 @@ class AggregateBootstrap:
             self.wsum += w.sum(axis=1)
             self.tot += (c[part].T @ w.T).T if is_sparse else w @ c[part]
 
-    def _values(self, fn: Callable, cols) -> tuple[float, np.ndarray, np.ndarray]:
+    def _values(self, fn: Callable, cols=slice(None)) -> tuple[float, np.ndarray, np.ndarray]:
+        """``fn`` on the full sample, on every resample and on every grouped-jackknife leave-out."""
         est = float(np.asarray(fn(self.full[None, cols], np.array([float(self.group_n.sum())])))[0])
         star = np.asarray(fn(self.tot[:, cols], self.wsum), dtype=np.float64)
         keep = self.group_n > 0
-        jack = np.asarray(fn((self.full[None, :] - self.groups[keep])[:, cols], self.group_n.sum() - self.group_n[keep]), dtype=np.float64)
+        jack = np.asarray(fn((self.full[None, :] - self.groups[keep])[:, cols], self.group_n.sum() - self.group_n[keep]),
+                          dtype=np.float64)
         return est, star, jack
 
     def interval(self, fn: Callable, cols=slice(None)) -> Interval:
         est, star, jack = self._values(fn, cols)
-        a = _accel(jack.mean() - jack) if len(jack) > 1 else np.zeros(1)
-        lo, hi = interval(np.array([est]), star[:, None], np.atleast_1d(a), self.spec)
-        return Interval(np.array([est]), lo, hi, star=star[:, None])
+        return _from_values(np.array([est]), star[:, None], jack, self.spec)
 
-    def paired(self, fn: Callable, cols, base_cols) -> Interval:
-        """``fn`` on ``cols`` minus ``fn`` on ``base_cols``, on the same resamples."""
+    def paired(self, fn: Callable, cols, base_cols, base_fn: Callable | None = None) -> Interval:
+        """``fn`` on ``cols`` minus ``base_fn`` (default ``fn``) on ``base_cols``, on the same resamples.
+        The p-value inverts the percentile interval (:func:`inverted_p`): an aggregate's resampled
+        values are biased (coverage can only fall in a resample), which misplaces a shifted null."""
         e1, s1, j1 = self._values(fn, cols)
-        e0, s0, j0 = self._values(fn, base_cols)
-        est, star, jack = np.array([e1 - e0]), (s1 - s0)[:, None], j1 - j0
-        a = _accel(jack.mean() - jack) if len(jack) > 1 else np.zeros(1)
-        lo, hi = interval(est, star, np.atleast_1d(a), self.spec)
-        return Interval(est, lo, hi, bootstrap_p(est, star), star)
+        e0, s0, j0 = self._values(base_fn or fn, base_cols)
+        return _from_values(np.array([e1 - e0]), (s1 - s0)[:, None], j1 - j0, self.spec, paired=True)
+
+
+def _from_values(est: np.ndarray, star: np.ndarray, jack: np.ndarray, spec: UncertaintySpec, paired: bool = False) -> Interval:
+    a = _accel(jack.mean() - jack) if len(jack) > 1 else 0.0
+    lo, hi = interval(est, star, np.atleast_1d(a), spec)
+    return Interval(est, lo, hi, inverted_p(star) if paired else None, star)
 
 
 def aggregate_interval(fn: Callable, counts, spec: UncertaintySpec) -> Interval:
@@ -434,35 +455,119 @@ class CoverageBootstrap:
         rare = np.flatnonzero((listed > 0) & (listed < COMMON_ITEM))
         return m[:, rare], int((listed >= COMMON_ITEM).sum())
 
+    def _prepare(self) -> None:
+        """Stream the weights once over every cell's rare-item incidence."""
+        if getattr(self, "_acc", None) is not None:
+            return
+        mats, self._common = zip(*(self._incidence(c) for c in range(self.n_cells)))
+        widths = np.cumsum([0, *(m.shape[1] for m in mats)])
+        self._cols = [slice(int(widths[c]), int(widths[c + 1])) for c in range(self.n_cells)]
+        self._acc = AggregateBootstrap(self.n_units, int(widths[-1]), self.spec)
+        big = sp.hstack(mats, format="csr") if widths[-1] else sp.csr_matrix((self.n_units, 0), dtype=np.float32)
+        step = UNIT_BLOCK * 8
+        for s in range(0, self.n_units, step):
+            self._acc.add(np.arange(s, min(s + step, self.n_units)), big[s : s + step])
+
+    def _fn(self, cells: Sequence[int], n_cand: int) -> Callable:
+        """Mean coverage over ``cells`` (e.g. the repeats of a stochastic cell), from all columns."""
+        def fn(t, w):
+            return np.mean([((t[:, self._cols[c]] > 0).sum(axis=1) + self._common[c]) / n_cand for c in cells], axis=0)
+        return fn
+
+    def interval(self, cells: Sequence[int], n_candidates: int | None = None) -> Interval:
+        self._prepare()
+        return self._acc.interval(self._fn(cells, n_candidates or self.n_items))
+
+    def paired(self, cells: Sequence[int], base_cells: Sequence[int], n_candidates: int | None = None) -> Interval:
+        self._prepare()
+        n_cand = n_candidates or self.n_items
+        return self._acc.paired(self._fn(cells, n_cand), slice(None), slice(None), self._fn(base_cells, n_cand))
+
     def finish(self, baseline: int | None = None, n_candidates: int | None = None) -> tuple[Interval, Interval | None]:
         """Coverage intervals of every cell and (``baseline``) each cell's paired difference to it."""
-        n_cand = n_candidates or self.n_items
-        mats, common = zip(*(self._incidence(c) for c in range(self.n_cells)))
-        widths = np.cumsum([0, *(m.shape[1] for m in mats)])
-        acc = AggregateBootstrap(self.n_units, int(widths[-1]), self.spec)
-        big = sp.hstack(mats, format="csr") if widths[-1] else sp.csr_matrix((self.n_units, 0))
-        for s in range(0, self.n_units, UNIT_BLOCK * 8):
-            acc.add(np.arange(s, min(s + UNIT_BLOCK * 8, self.n_units)), big[s : s + UNIT_BLOCK * 8])
+        ivs = [self.interval([c], n_candidates) for c in range(self.n_cells)]
+        diffs = None if baseline is None else [self.paired([c], [baseline], n_candidates) for c in range(self.n_cells)]
+        return _stack(ivs), (None if diffs is None else _stack(diffs))
 
-        def fn_for(cell):
-            return lambda t, w: ((t > 0).sum(axis=1) + common[cell]) / n_cand
 
-        cols = [slice(widths[c], widths[c + 1]) for c in range(self.n_cells)]
-        ivs = [acc.interval(fn_for(c), cols[c]) for c in range(self.n_cells)]
-        cov = Interval(*(np.concatenate([getattr(iv, f) for iv in ivs]) for f in ("estimate", "lo", "hi")),
-                       star=np.hstack([iv.star for iv in ivs]))
-        if baseline is None:
-            return cov, None
-        diffs = []
-        for c in range(self.n_cells):
-            fc, fb = fn_for(c), fn_for(baseline)
-            e1, s1, j1 = acc._values(fc, cols[c])
-            e0, s0, j0 = acc._values(fb, cols[baseline])
-            est, star, jack = np.array([e1 - e0]), (s1 - s0)[:, None], j1 - j0
-            lo, hi = interval(est, star, np.atleast_1d(_accel(jack.mean() - jack)), self.spec)
-            diffs.append(Interval(est, lo, hi, bootstrap_p(est, star), star))
-        return cov, Interval(*(np.concatenate([getattr(iv, f) for iv in diffs]) for f in ("estimate", "lo", "hi", "p")),
-                             star=np.hstack([iv.star for iv in diffs]))
+def _stack(ivs: Sequence[Interval]) -> Interval:
+    def cat(f):
+        parts = [getattr(iv, f) for iv in ivs]
+        return None if parts[0] is None else (np.hstack(parts) if f == "star" else np.concatenate(parts))
+    return Interval(*(cat(f) for f in ("estimate", "lo", "hi", "p", "star")))
+
+
+# --------------------------------------------------------------------------- a results table's cells
+def lambda_zero_baseline(cells: Sequence[tuple[str, float]]) -> dict:
+    """(selection, λ) cells -> the same selection at λ = 0 (None where the grid has no λ = 0)."""
+    return {c: ((c[0], 0.0) if (c[0], 0.0) in cells else None) for c in cells}
+
+
+class CellMeans:
+    """Mean metrics of several cells (λ values, methods) on the same units: intervals of each and
+    paired differences to each cell's baseline (``baseline[cell]``, None for none), one weight
+    stream for all. ``add(idx, {cell: (units, metrics) values})``; :meth:`columns` -> table cells."""
+
+    def __init__(self, cells: Sequence, metrics: Sequence[str], n_units: int, spec: UncertaintySpec,
+                 baseline: Mapping | None = None) -> None:
+        self.cells, self.metrics = list(cells), tuple(metrics)
+        m = len(self.metrics)
+        base = baseline or {}
+        self._pair: dict = {}
+        pairs = []
+        for i, c in enumerate(self.cells):
+            b = base.get(c)
+            if b is not None and b in self.cells and b != c:
+                for k in range(m):
+                    self._pair[(c, k)] = len(pairs)
+                    pairs.append((i * m + k, self.cells.index(b) * m + k))
+        self.acc = MeanBootstrap(n_units, len(self.cells) * m, spec, pairs)
+        self._is_base = {c: base.get(c) == c for c in self.cells}
+        self._done: tuple | None = None
+
+    def add(self, idx: np.ndarray, values: Mapping) -> None:
+        self.acc.add(idx, np.hstack([np.asarray(values[c], dtype=np.float64).reshape(len(idx), -1) for c in self.cells]))
+
+    def columns(self, cell) -> dict[str, Any]:
+        if self._done is None:
+            self._done = (self.acc.means(), self.acc.differences() if self._pair else None)
+        means, diffs = self._done
+        i, out = self.cells.index(cell), {}
+        for k, name in enumerate(self.metrics):
+            j = self._pair.get((cell, k))
+            out.update(interval_columns(name, means, i * len(self.metrics) + k, None if j is None else diffs, j or 0,
+                                        is_baseline=self._is_base.get(cell, False)))
+        return out
+
+
+class CellAggregates:
+    """One aggregate metric ``fn(totals, weight_sums)`` of per-unit count vectors (``width``
+    columns) for several cells, each possibly repeated (stochastic selection: the cell's value is
+    the mean over its repeats), with paired differences to ``baseline``: ``add(idx, {(cell, r): counts})``."""
+
+    def __init__(self, keys: Sequence[tuple], width: int, n_units: int, spec: UncertaintySpec, fn: Callable,
+                 name: str, baseline: Mapping | None = None) -> None:
+        self.keys, self.width, self.fn, self.name = list(keys), width, fn, name
+        self.baseline = baseline or {}
+        self.acc = AggregateBootstrap(n_units, len(self.keys) * width, spec)
+
+    def add(self, idx: np.ndarray, counts: Mapping) -> None:
+        self.acc.add(idx, np.hstack([np.asarray(counts[k], dtype=np.float64).reshape(len(idx), self.width) for k in self.keys]))
+
+    def _cell_fn(self, cell) -> Callable:
+        cols = [slice(i * self.width, (i + 1) * self.width) for i, k in enumerate(self.keys) if k[0] == cell]
+
+        def fn(t, w):
+            return np.mean([self.fn(t[:, c], w) for c in cols], axis=0)
+        return fn
+
+    def columns(self, cell) -> dict[str, Any]:
+        iv = self.acc.interval(self._cell_fn(cell))
+        b = self.baseline.get(cell)
+        if b == cell:
+            return interval_columns(self.name, iv, 0, is_baseline=True)
+        d = None if b is None else self.acc.paired(self._cell_fn(cell), slice(None), slice(None), self._cell_fn(b))
+        return interval_columns(self.name, iv, 0, d, 0)
 
 
 # --------------------------------------------------------------------------- multiple testing
@@ -497,13 +602,17 @@ def add_holm_columns(table, prefix: str = "p_"):
     return table.with_columns([pl.Series(f"{c}_holm", a, dtype=pl.Float64).fill_nan(None) for c, a in zip(cols, adj)])
 
 
-def interval_columns(name: str, iv: Interval, k: int = 0, delta: Interval | None = None, dk: int = 0) -> dict[str, Any]:
-    """Table cells ``<name>_lo/_hi`` and, with ``delta``, ``delta_<name>``, ``delta_<name>_lo/_hi``, ``p_<name>``."""
+def interval_columns(name: str, iv: Interval, k: int = 0, delta: Interval | None = None, dk: int = 0,
+                     is_baseline: bool = False) -> dict[str, Any]:
+    """Table cells ``<name>_lo/_hi`` and, with ``delta``, ``delta_<name>``, ``delta_<name>_lo/_hi``,
+    ``p_<name>``; the baseline's own row (``is_baseline``) has delta 0 and no p-value (no test)."""
     def f(v):
         return None if v is None or not np.isfinite(v) else float(v)
 
     out = {f"{name}_lo": f(iv.lo[k]), f"{name}_hi": f(iv.hi[k])}
-    if delta is not None:
+    if is_baseline and f(iv.estimate[k]) is not None:
+        out.update({f"delta_{name}": 0.0, f"delta_{name}_lo": 0.0, f"delta_{name}_hi": 0.0, f"p_{name}": None})
+    elif delta is not None:
         out.update({f"delta_{name}": f(delta.estimate[dk]), f"delta_{name}_lo": f(delta.lo[dk]),
                     f"delta_{name}_hi": f(delta.hi[dk]), f"p_{name}": f(delta.p[dk])})
     return out
