@@ -192,6 +192,31 @@ class WeightStream:
             yield part, (w if full else w[:, local]), (None if s is None else (s if full else s[:, local]))
 
 
+class _Pending:
+    """Rows waiting until their block of units is complete: every block is then multiplied in one
+    piece, so the float32 sums (and the intervals) do not depend on how the caller chunks units."""
+
+    def __init__(self) -> None:
+        self.idx: list[np.ndarray] = []
+        self.rows: list = []
+
+    def push(self, idx: np.ndarray, rows) -> None:
+        if len(idx):
+            self.idx.append(idx)
+            self.rows.append(rows)
+
+    def pop(self, final: bool = False):
+        """``(idx, rows)`` of every complete block (all with ``final``), or None."""
+        if not self.idx:
+            return None
+        idx = np.concatenate(self.idx) if len(self.idx) > 1 else self.idx[0]
+        rows = (sp.vstack(self.rows, format="csr") if sp.issparse(self.rows[0]) else np.concatenate(self.rows)) \
+            if len(self.rows) > 1 else self.rows[0]
+        cut = len(idx) if final else int(np.searchsorted(idx, (idx[-1] // UNIT_BLOCK) * UNIT_BLOCK))
+        self.idx, self.rows = ([idx[cut:]], [rows[cut:]]) if cut < len(idx) else ([], [])
+        return (idx[:cut], rows[:cut]) if cut else None
+
+
 # --------------------------------------------------------------------------- intervals
 def _accel(u: np.ndarray, axis: int = 0) -> np.ndarray:
     """a = Σ U³ / (6 (Σ U²)^{3/2}) of jackknife deviations U (0 where they vanish)."""
@@ -216,8 +241,11 @@ def interval(theta_hat: np.ndarray, theta_star: np.ndarray, accel: np.ndarray, s
         probs = np.broadcast_to(alpha[:, None], (2, m))
     else:
         n_ok = finite.sum(axis=0)
+        tol = _tol(theta_hat, theta_star)[None, :]  # float32 sums: values this close to θ̂ are ties, counted half
+        below = np.sum(theta_star < theta_hat[None, :] - tol, axis=0)
+        ties = np.sum(np.abs(theta_star - theta_hat[None, :]) <= tol, axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            z0 = ndtri(np.sum(theta_star < theta_hat[None, :], axis=0) / np.maximum(n_ok, 1))
+            z0 = ndtri((below + 0.5 * ties) / np.maximum(n_ok, 1))
             z = ndtri(alpha)[:, None]
             a = np.atleast_1d(accel)[None, :]
             probs = ndtr(z0 + (z0 + z) / (1 - a * (z0 + z)))
@@ -230,11 +258,19 @@ def interval(theta_hat: np.ndarray, theta_star: np.ndarray, accel: np.ndarray, s
     return lo, hi
 
 
+def _tol(theta_hat: np.ndarray, theta_star: np.ndarray) -> np.ndarray:
+    """How close two resampled values must be to count as equal (the sums are float32)."""
+    with np.errstate(invalid="ignore"):
+        spread = np.nan_to_num(np.nanstd(np.where(np.isfinite(theta_star), theta_star, np.nan), axis=0))
+    return 1e-5 * (np.abs(np.nan_to_num(theta_hat)) + spread) + 1e-12
+
+
 def inverted_p(delta_star: np.ndarray) -> np.ndarray:
     """Two-sided p-value inverting the percentile interval: ``2 (1 + #{δ* on the smaller side of 0}) / (B + 1)``
     (capped at 1) — the smallest 1 − level whose percentile interval excludes 0."""
     ok = np.isfinite(delta_star)
-    le, ge = ((delta_star <= 0) & ok).sum(axis=0), ((delta_star >= 0) & ok).sum(axis=0)
+    tol = _tol(np.zeros(delta_star.shape[1]), delta_star)[None, :]
+    le, ge = ((delta_star <= tol) & ok).sum(axis=0), ((delta_star >= -tol) & ok).sum(axis=0)
     return np.minimum(1.0, 2 * (1 + np.minimum(le, ge)) / (1 + ok.sum(axis=0)))
 
 
@@ -242,7 +278,8 @@ def bootstrap_p(delta_hat: np.ndarray, delta_star: np.ndarray) -> np.ndarray:
     """Two-sided shifted-null paired-bootstrap p-value ``(1 + #{|δ* − δ̂| ≥ |δ̂|}) / (B + 1)``."""
     delta_hat = np.atleast_1d(delta_hat)
     ok = np.isfinite(delta_star)
-    extreme = (np.abs(delta_star - delta_hat[None, :]) >= np.abs(delta_hat)[None, :] * (1 - 1e-12)) & ok
+    tol = _tol(delta_hat, delta_star)[None, :]
+    extreme = (np.abs(delta_star - delta_hat[None, :]) >= np.abs(delta_hat)[None, :] - tol) & ok
     return (1 + extreme.sum(axis=0)) / (1 + ok.sum(axis=0))
 
 
@@ -276,6 +313,7 @@ class MeanBootstrap:
         self.d = np.zeros((3, len(self.pairs)))  # the same of the pairs' differences
         self.flip = np.zeros((b, len(self.pairs)))  # Σ sᵢ dᵢ (randomisation test)
         self.shift: np.ndarray | None = None
+        self._pending = _Pending()
 
     def add(self, idx: np.ndarray, values: np.ndarray) -> None:
         x = np.asarray(values, dtype=np.float64).reshape(len(idx), self.m)
@@ -287,10 +325,18 @@ class MeanBootstrap:
         d = x[:, self.pairs[:, 0]] - x[:, self.pairs[:, 1]]
         for k in range(3):
             self.d[k] += np.sum(d ** (k + 1), axis=0)
-        if self.shift is None:  # values are summed in float32 around a per-column centre (exact for constants)
-            self.shift = x.mean(axis=0) if len(x) else None
-        x32 = (x - (0.0 if self.shift is None else self.shift)).astype(np.float32)
-        d32 = d.astype(np.float32)
+        self._pending.push(np.asarray(idx, dtype=np.int64), np.hstack([x, d]))
+        self._flush()
+
+    def _flush(self, final: bool = False) -> None:
+        got = self._pending.pop(final)
+        if got is None:
+            return
+        idx, xd = got
+        x, d = xd[:, : self.m], xd[:, self.m :]
+        if self.shift is None:  # summed in float32 around the first block's mean (exact for constants)
+            self.shift = x[idx < (idx[0] // UNIT_BLOCK + 1) * UNIT_BLOCK].mean(axis=0)
+        x32, d32 = (x - self.shift).astype(np.float32), d.astype(np.float32)
         for part, w, s in self.stream.pieces(idx):
             self.wsum += w.sum(axis=1)
             self.tot += w @ x32[part]
@@ -310,12 +356,14 @@ class MeanBootstrap:
         return np.where(m2 > 1e-12 * np.maximum(s[1], 1e-300), a, 0.0)
 
     def means(self) -> Interval:
+        self._flush(final=True)
         est = self.s[0] / self.n if self.n else np.full(self.m, np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
             star = self.tot / self.wsum[:, None] + self._shift()
         return Interval(est, *interval(est, star, self._accel(self.s), self.spec), star=star)
 
     def differences(self) -> Interval:
+        self._flush(final=True)
         i, j = self.pairs[:, 0], self.pairs[:, 1]
         est = self.d[0] / self.n if self.n else np.full(len(i), np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -374,22 +422,33 @@ class AggregateBootstrap:
         self.full = np.zeros(n_cols)
         self.groups = np.zeros((self.g, n_cols))
         self.group_n = np.zeros(self.g)
+        self._pending = _Pending()
 
     def add(self, idx: np.ndarray, counts) -> None:
         idx = np.asarray(idx, dtype=np.int64)
         is_sparse = sp.issparse(counts)
         c = sp.csr_matrix(counts, dtype=np.float32) if is_sparse else np.asarray(counts, dtype=np.float32).reshape(len(idx), self.d)
         group = idx * self.g // max(self.n_units, 1)
-        self.full += np.asarray(c.sum(axis=0), dtype=np.float64).ravel()
+        c64 = c.astype(np.float64)
+        self.full += np.asarray(c64.sum(axis=0)).ravel()
         gm = sp.csr_matrix((np.ones(len(idx)), (group, np.arange(len(idx)))), shape=(self.g, len(idx)))
-        self.groups += np.asarray((gm @ c).todense() if is_sparse else gm @ c, dtype=np.float64)
+        self.groups += np.asarray((gm @ c64).todense() if is_sparse else gm @ c64)
         self.group_n += np.bincount(group, minlength=self.g)
+        self._pending.push(idx, c)
+        self._flush()
+
+    def _flush(self, final: bool = False) -> None:
+        got = self._pending.pop(final)
+        if got is None:
+            return
+        idx, c = got
         for part, w, _ in self.stream.pieces(idx):
             self.wsum += w.sum(axis=1)
-            self.tot += (c[part].T @ w.T).T if is_sparse else w @ c[part]
+            self.tot += (c[part].T @ w.T).T if sp.issparse(c) else w @ c[part]
 
     def _values(self, fn: Callable, cols=slice(None)) -> tuple[float, np.ndarray, np.ndarray]:
         """``fn`` on the full sample, on every resample and on every grouped-jackknife leave-out."""
+        self._flush(final=True)
         est = float(np.asarray(fn(self.full[None, cols], np.array([float(self.group_n.sum())])))[0])
         star = np.asarray(fn(self.tot[:, cols], self.wsum), dtype=np.float64)
         keep = self.group_n > 0
