@@ -456,23 +456,29 @@ class AggregateBootstrap:
                           dtype=np.float64)
         return est, star, jack
 
-    def interval(self, fn: Callable, cols=slice(None)) -> Interval:
+    def interval(self, fn: Callable, cols=slice(None), centre: bool = False) -> Interval:
         est, star, jack = self._values(fn, cols)
-        return _from_values(np.array([est]), star[:, None], jack, self.spec)
+        return _from_values(np.array([est]), star[:, None], jack, self.spec, centre=centre)
 
-    def paired(self, fn: Callable, cols, base_cols, base_fn: Callable | None = None) -> Interval:
+    def paired(self, fn: Callable, cols, base_cols, base_fn: Callable | None = None, centre: bool = False) -> Interval:
         """``fn`` on ``cols`` minus ``base_fn`` (default ``fn``) on ``base_cols``, on the same resamples.
         The p-value inverts the percentile interval (:func:`inverted_p`): an aggregate's resampled
         values are biased (coverage can only fall in a resample), which misplaces a shifted null."""
         e1, s1, j1 = self._values(fn, cols)
         e0, s0, j0 = self._values(base_fn or fn, base_cols)
-        return _from_values(np.array([e1 - e0]), (s1 - s0)[:, None], j1 - j0, self.spec, paired=True)
+        return _from_values(np.array([e1 - e0]), (s1 - s0)[:, None], j1 - j0, self.spec, paired=True, centre=centre)
 
 
-def _from_values(est: np.ndarray, star: np.ndarray, jack: np.ndarray, spec: UncertaintySpec, paired: bool = False) -> Interval:
+def _from_values(est: np.ndarray, star: np.ndarray, jack: np.ndarray, spec: UncertaintySpec, paired: bool = False,
+                 centre: bool = False) -> Interval:
+    """Interval (and p-value) from resampled values; ``centre`` moves them to mean θ̂ first (the
+    bootstrap's bias removed: for coverage, which can only fall in a resample)."""
+    raw = star
+    if centre:
+        star = star - np.nanmean(star, axis=0, keepdims=True) + est[None, :]
     a = _accel(jack.mean() - jack) if len(jack) > 1 else 0.0
     lo, hi = interval(est, star, np.atleast_1d(a), spec)
-    return Interval(est, lo, hi, inverted_p(star) if paired else None, star)
+    return Interval(est, lo, hi, inverted_p(star) if paired else None, raw)
 
 
 def aggregate_interval(fn: Callable, counts, spec: UncertaintySpec) -> Interval:
@@ -492,7 +498,11 @@ class CoverageBootstrap:
     """Coverage (distinct listed items / ``n_candidates``) of several cells' lists on the same
     units, with intervals and paired differences: ``add(cell, idx, items)`` stores the lists
     (items ≥ 0, −1 = empty slot); :meth:`finish` streams the weights once over all cells, using
-    only items listed by fewer than :data:`COMMON_ITEM` units (the others are always covered)."""
+    only items listed by fewer than :data:`COMMON_ITEM` units (the others are always covered).
+
+    Coverage can only fall in a resample (an item leaves when all its units do), so the resampled
+    values sit below the estimate by the bootstrap's bias; the intervals use them centred on the
+    estimate (θ̂ + percentiles of θ* − mean θ*), i.e. they show the spread, not the bias."""
 
     def __init__(self, n_units: int, n_cells: int, n_items: int, spec: UncertaintySpec) -> None:
         self.spec, self.n_units, self.n_cells, self.n_items = spec, n_units, n_cells, n_items
@@ -535,12 +545,12 @@ class CoverageBootstrap:
 
     def interval(self, cells: Sequence[int], n_candidates: int | None = None) -> Interval:
         self._prepare()
-        return self._acc.interval(self._fn(cells, n_candidates or self.n_items))
+        return self._acc.interval(self._fn(cells, n_candidates or self.n_items), centre=True)
 
     def paired(self, cells: Sequence[int], base_cells: Sequence[int], n_candidates: int | None = None) -> Interval:
         self._prepare()
         n_cand = n_candidates or self.n_items
-        return self._acc.paired(self._fn(cells, n_cand), slice(None), slice(None), self._fn(base_cells, n_cand))
+        return self._acc.paired(self._fn(cells, n_cand), slice(None), slice(None), self._fn(base_cells, n_cand), centre=True)
 
     def finish(self, baseline: int | None = None, n_candidates: int | None = None) -> tuple[Interval, Interval | None]:
         """Coverage intervals of every cell and (``baseline``) each cell's paired difference to it."""
