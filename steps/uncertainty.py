@@ -446,6 +446,10 @@ class AggregateBootstrap:
             self.wsum += w.sum(axis=1)
             self.tot += (c[part].T @ w.T).T if sp.issparse(c) else w @ c[part]
 
+    def _flushed(self) -> "AggregateBootstrap":
+        self._flush(final=True)
+        return self
+
     def _values(self, fn: Callable, cols=slice(None)) -> tuple[float, np.ndarray, np.ndarray]:
         """``fn`` on the full sample, on every resample and on every grouped-jackknife leave-out."""
         self._flush(final=True)
