@@ -143,11 +143,15 @@ def block_weights(spec: UncertaintySpec, n_units: int, block: int, stream: str =
     c, b = hi - lo, spec.resamples
     rng = rng_for(spec.seed, stream, spec.weights, block)
     if spec.weights == "poisson":
-        u = rng.integers(0, 65536, size=(b, c), dtype=np.uint16)
-        w = np.zeros((b, c), dtype=np.float32)
-        for t in _poisson_thresholds():
-            w += u >= t
-        return w
+        n16 = b * c
+        raw = rng.bit_generator.random_raw(-(-n16 // 4))  # 4 uniform uint16 per 64-bit draw
+        u = raw.view(np.uint16)[:n16].reshape(b, c)
+        w = np.zeros((b, c), dtype=np.uint8)
+        ge = np.empty((b, c), dtype=bool)
+        for t in _poisson_thresholds():  # weight = #{k : u >= t_k}, summed in uint8
+            np.greater_equal(u, t, out=ge)
+            np.add(w, ge.view(np.uint8), out=w)
+        return w.astype(np.float32)
     counts = (_multinomial_block_counts(spec, n_units) if _counts is None else _counts)[:, block]
     draws = rng.integers(0, c, size=int(counts.sum()), dtype=np.int64) + np.repeat(np.arange(b) * c, counts)
     return np.bincount(draws, minlength=b * c).reshape(b, c).astype(np.float32)
@@ -174,6 +178,20 @@ class WeightStream:
             w = block_weights(self.spec, self.n_units, j, _counts=self._counts)
             self._cache[j] = (w, sign_weights(self.spec, self.n_units, j) if self.signs else None)
         return self._cache[j]
+
+    def blocks(self, idx: np.ndarray):
+        """Yield ``(positions in idx, their columns in the block, the block's W, its signs or None)``."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) == 0:
+            return
+        if idx[0] < 0 or idx[-1] >= self.n_units or (len(idx) > 1 and np.any(np.diff(idx) < 0)):
+            raise ValueError(f"unit indices must be increasing within 0..{self.n_units - 1}")
+        blocks = idx // UNIT_BLOCK
+        cuts = np.flatnonzero(np.diff(blocks)) + 1
+        for part in np.split(np.arange(len(idx)), cuts):
+            j = int(blocks[part[0]])
+            w, s = self._block(j)
+            yield part, idx[part] - j * UNIT_BLOCK, w, s
 
     def pieces(self, idx: np.ndarray):
         """Yield ``(positions in idx, W[:, idx[positions]], signs or None)`` block by block."""
@@ -336,12 +354,18 @@ class MeanBootstrap:
         x, d = xd[:, : self.m], xd[:, self.m :]
         if self.shift is None:  # summed in float32 around the first block's mean (exact for constants)
             self.shift = x[idx < (idx[0] // UNIT_BLOCK + 1) * UNIT_BLOCK].mean(axis=0)
-        x32, d32 = (x - self.shift).astype(np.float32), d.astype(np.float32)
-        for part, w, s in self.stream.pieces(idx):
-            self.wsum += w.sum(axis=1)
-            self.tot += w @ x32[part]
+        # one matmul per block: W (B × block) @ [x − shift | 1] with absent units' rows zero (no gather of W)
+        xs = np.hstack([x - self.shift, np.ones((len(x), 1))]).astype(np.float32)
+        for part, local, w, s in self.stream.blocks(idx):
+            full = np.zeros((w.shape[1], xs.shape[1]), dtype=np.float32)
+            full[local] = xs[part]
+            out = w @ full
+            self.tot += out[:, :-1]
+            self.wsum += out[:, -1]
             if s is not None:
-                self.flip += s @ d32[part]
+                dfull = np.zeros((w.shape[1], d.shape[1]), dtype=np.float32)
+                dfull[local] = d[part]
+                self.flip += s @ dfull
 
     def _shift(self) -> np.ndarray:
         return np.zeros(self.m) if self.shift is None else self.shift
@@ -442,9 +466,18 @@ class AggregateBootstrap:
         if got is None:
             return
         idx, c = got
-        for part, w, _ in self.stream.pieces(idx):
-            self.wsum += w.sum(axis=1)
-            self.tot += (c[part].T @ w.T).T if sp.issparse(c) else w @ c[part]
+        if sp.issparse(c):
+            for part, w, _ in self.stream.pieces(idx):
+                self.wsum += w.sum(axis=1)
+                self.tot += (c[part].T @ w.T).T
+            return
+        cs = np.hstack([c, np.ones((len(idx), 1), dtype=np.float32)])
+        for part, local, w, _ in self.stream.blocks(idx):
+            full = np.zeros((w.shape[1], cs.shape[1]), dtype=np.float32)
+            full[local] = cs[part]
+            out = w @ full
+            self.tot += out[:, :-1]
+            self.wsum += out[:, -1]
 
     def _flushed(self) -> "AggregateBootstrap":
         self._flush(final=True)
