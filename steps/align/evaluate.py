@@ -14,6 +14,11 @@ Both parts stream: BA rows in chunks, impressions in batches, so memory does not
 size of the dump. Stochastic selection is repeated ``repeats`` times (independent seeded
 streams); the table reports the mean over repeats and, in ``*_sd`` columns, the standard
 deviation across repeats.
+
+With ``uncertainty`` enabled (``steps.uncertainty``) every metric of :data:`INTERVAL_METRICS` also
+gets ``<m>_lo`` / ``<m>_hi`` (BA rows, resp. labelled impressions, resampled; stochastic cells:
+per-unit means over repeats, aggregates averaged over repeats) and ``delta_<m>``,
+``delta_<m>_lo`` / ``_hi``, ``p_<m>`` against λ = 0 of the same selection on the same units.
 """
 
 from __future__ import annotations
@@ -323,7 +328,7 @@ def _check_ba(prepared: PreparedDump, layout: TargetLayout, cfg: AlignConfig) ->
     return cand_slot
 
 
-def _ba_top_lists(method, probs, cand_slot, layout, cfg, cells, n_rep, chunk, mass, steck_queues=None):
+def _ba_top_lists(method, probs, cand_slot, layout, cfg, cells, n_rep, chunk, mass):
     """{(sel, λ, repeat): top-N candidate indices} of one BA chunk, and NAILS' per-row slot mass per λ."""
     target, ratio = layout.target, layout.ratio[: layout.n_slots]
     tops, row_mass = {}, {}

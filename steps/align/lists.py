@@ -13,7 +13,9 @@ kept; the table reports, next to AlignFlow's news metrics of the same names,
 * ``precision_at_n``, ``recall_at_n`` (Liang et al.'s normalisation: hits / min(N, #held-out)) and
   ``ndcg_at_n`` against the held-out items, for users that have any.
 
-Users are processed in chunks, so memory stays bounded at any number of users.
+Users are processed in chunks, so memory stays bounded at any number of users. With
+``uncertainty`` enabled, intervals and paired differences to λ = 0 (users resampled) as in
+:mod:`steps.align.evaluate`; KL@N's resamples average the target over the same resampled users.
 """
 
 from __future__ import annotations

@@ -218,7 +218,6 @@ def baseline_deltas(pu: UserValues, base: UserValues, n_items: int, ev: Evaluati
         return {}
     out: dict = {}
     diffs = mean_bootstrap(pu, spec, base).differences()
-    m = len(pu.names)
     for j, name in enumerate(pu.names):
         out.update({k: v for k, v in interval_columns(name, diffs, j, diffs, j).items() if not k.startswith(name)})
     specs, base_specs = _aggregate_specs(pu.lists, n_items, ev), _aggregate_specs(base.lists, n_items, ev)
@@ -235,7 +234,6 @@ def baseline_deltas(pu: UserValues, base: UserValues, n_items: int, ev: Evaluati
     both.full, both.groups, both.group_n = np.r_[ga.full, gb.full], np.hstack([ga.groups, gb.groups]), ga.group_n
     d = both.paired(lambda t, w: metrics.gini_rows(t), slice(0, n_items), slice(n_items, 2 * n_items), centre=True)
     out.update({k: v for k, v in interval_columns("gini", d, 0, d, 0).items() if not k.startswith("gini")})
-    del m
     return out
 
 
