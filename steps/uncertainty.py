@@ -550,16 +550,22 @@ class CoverageBootstrap:
 
     def _incidence(self, cell: int) -> tuple[sp.csr_matrix, int]:
         """(units × rare items) 0/1 matrix of one cell and its number of always-covered items."""
-        idx = np.concatenate([p[0] for p in self.parts[cell]]) if self.parts[cell] else np.zeros(0, np.int64)
-        items = np.concatenate([p[1] for p in self.parts[cell]]) if self.parts[cell] else np.zeros((0, 1), np.int32)
-        rows = np.repeat(idx, items.shape[1])
-        cols = items.ravel()
-        ok = cols >= 0
-        m = sp.csr_matrix((np.ones(int(ok.sum()), dtype=np.float32), (rows[ok], cols[ok])), shape=(self.n_units, self.n_items))
-        m.data[:] = 1.0  # an item twice in a list counts once
-        listed = np.asarray((m > 0).sum(axis=0)).ravel()
-        rare = np.flatnonzero((listed > 0) & (listed < COMMON_ITEM))
-        return m[:, rare], int((listed >= COMMON_ITEM).sum())
+        if not self.parts[cell]:
+            return sp.csr_matrix((self.n_units, 0), dtype=np.float32), 0
+        idx = np.concatenate([p[0] for p in self.parts[cell]])
+        items = np.concatenate([p[1] for p in self.parts[cell]]).astype(np.int64)
+        srt = np.sort(items, axis=1)  # an item twice in one list counts once
+        first = np.ones(srt.shape, dtype=bool)
+        first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        keep = first & (srt >= 0)
+        rows, cols = np.repeat(idx, srt.shape[1])[keep.ravel()], srt[keep]
+        listed = np.bincount(cols, minlength=self.n_items)
+        rare = (listed > 0) & (listed < COMMON_ITEM)
+        col_of = np.cumsum(rare) - 1
+        sel = rare[cols]
+        m = sp.csr_matrix((np.ones(int(sel.sum()), dtype=np.float32), (rows[sel], col_of[cols[sel]])),
+                          shape=(self.n_units, int(rare.sum())))
+        return m, int((listed >= COMMON_ITEM).sum())
 
     def _prepare(self) -> None:
         """Stream the weights once over every cell's rare-item incidence."""
