@@ -3,8 +3,8 @@
 Every compared number is a statistic of **units** — impressions, BA rows, users. A bootstrap
 resample re-weights the units: resample ``b`` gives unit ``i`` the weight ``w[b, i]``, either
 
-* ``poisson`` (default): i.i.d. Poisson(1) weights (probabilities rounded to multiples of 2⁻¹⁶:
-  the weights' mean and variance are 1 within 1e-4), generated per block of
+* ``poisson`` (default): i.i.d. Poisson(1) weights (probabilities rounded to multiples of 1/256
+  with the mean and variance kept exactly 1: :data:`POISSON_BYTE_THRESHOLDS`), generated per block of
   :data:`UNIT_BLOCK` units from its own seeded stream, so the weights of unit ``i`` do not depend
   on how the caller chunks the units; or
 * ``multinomial``: the classical n-out-of-n resample (weights = how often each unit is drawn),
@@ -104,19 +104,10 @@ class UncertaintySpec:
 
 
 # --------------------------------------------------------------------------- weights
-_POISSON_THRESHOLDS = None
-
-
-def _poisson_thresholds() -> np.ndarray:
-    """uint16 thresholds t_k: a weight is #{k : u >= t_k} for u uniform on 0..65535."""
-    global _POISSON_THRESHOLDS
-    if _POISSON_THRESHOLDS is None:
-        k = np.arange(12)
-        pmf = np.exp(-1.0) / np.cumprod(np.maximum(k, 1))
-        t = np.round(np.cumsum(pmf) * 65536).astype(np.int64)
-        _POISSON_THRESHOLDS = t[t < 65536].astype(np.uint16)
-    return _POISSON_THRESHOLDS
-
+#: Poisson(1) weights from one uniform byte u: weight = #{k : u >= t_k}, i.e. P(0..5) =
+#: (94, 95, 46, 16, 4, 1) / 256 (Poisson(1): 94.2, 94.2, 47.1, 15.7, 3.9, 0.8), chosen so that the
+#: weights' mean and variance are exactly 1, as Poisson(1)'s (what the bootstrap needs).
+POISSON_BYTE_THRESHOLDS = np.array([94, 189, 235, 251, 255], dtype=np.uint8)
 
 def _block_bounds(n_units: int, block: int) -> tuple[int, int]:
     return block * UNIT_BLOCK, min(n_units, (block + 1) * UNIT_BLOCK)
@@ -143,12 +134,11 @@ def block_weights(spec: UncertaintySpec, n_units: int, block: int, stream: str =
     c, b = hi - lo, spec.resamples
     rng = rng_for(spec.seed, stream, spec.weights, block)
     if spec.weights == "poisson":
-        n16 = b * c
-        raw = rng.bit_generator.random_raw(-(-n16 // 4))  # 4 uniform uint16 per 64-bit draw
-        u = raw.view(np.uint16)[:n16].reshape(b, c)
+        raw = rng.bit_generator.random_raw(-(-b * c // 8))  # 8 uniform bytes per 64-bit draw
+        u = raw.view(np.uint8)[: b * c].reshape(b, c)
         w = np.zeros((b, c), dtype=np.uint8)
         ge = np.empty((b, c), dtype=bool)
-        for t in _poisson_thresholds():  # weight = #{k : u >= t_k}, summed in uint8
+        for t in POISSON_BYTE_THRESHOLDS:  # weight = #{k : u >= t_k}, summed in uint8
             np.greater_equal(u, t, out=ge)
             np.add(w, ge.view(np.uint8), out=w)
         return w.astype(np.float32)
