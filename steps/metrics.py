@@ -353,6 +353,16 @@ def gini_index(values: np.ndarray) -> float:
     return float(((2 * i - n - 1) * x).sum() / (n * total))
 
 
+def gini_rows(values: np.ndarray) -> np.ndarray:
+    """:func:`gini_index` of every row of ``values`` (R, n) at once (NaN for an all-zero row)."""
+    x = np.sort(np.asarray(values, dtype=np.float64), axis=1)
+    n = x.shape[1]
+    total = x.sum(axis=1)
+    i = np.arange(1, n + 1, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, ((2 * i - n - 1) * x).sum(axis=1) / (n * total), np.nan)
+
+
 def exposure_entropy(values: np.ndarray) -> float:
     """Shannon entropy (natural log) of the exposure distribution; log(n) when uniform."""
     p = normalise(np.asarray(values, dtype=np.float64))

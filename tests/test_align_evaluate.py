@@ -143,3 +143,34 @@ def test_accuracy_columns_rank_tied_scores_by_the_configured_rule(prepared, tmp_
             assert got[name] == pytest.approx(float(np.mean(want[name][rows])), rel=1e-12), (ties, name)
         mrr[ties] = got["mrr"]
     assert mrr["inview"] != mrr["ebrec"] and min(mrr["inview"], mrr["ebrec"]) < mrr["mean"] < max(mrr["inview"], mrr["ebrec"])
+
+
+def test_results_carry_intervals_that_bracket_the_estimates_and_deltas_to_lambda_zero(prepared, tmp_path):
+    from steps.align.evaluate import INTERVAL_METRICS
+
+    for method in ("nails", "steck"):
+        res = run(prepared, "Uniform", method, tmp_path / method).results
+        for m in INTERVAL_METRICS:
+            for col in (f"{m}_lo", f"{m}_hi", f"delta_{m}", f"delta_{m}_lo", f"delta_{m}_hi", f"p_{m}"):
+                assert col in res.columns
+            has = res.filter(pl.col(m).is_not_null())
+            if m == "kl_all" and method == "steck":
+                assert has.height == 0
+                continue
+            assert has.height == res.height
+            assert (has[f"{m}_lo"] <= has[m] + 1e-12).all() and (has[m] <= has[f"{m}_hi"] + 1e-12).all(), m
+            d = has.filter(pl.col("lambda") > 0)
+            assert (d[f"delta_{m}_lo"] <= d[f"delta_{m}"] + 1e-12).all() and (d[f"delta_{m}"] <= d[f"delta_{m}_hi"] + 1e-12).all()
+            assert ((d[f"p_{m}"] > 0) & (d[f"p_{m}"] <= 1)).all()
+            base = has.filter(pl.col("lambda") == 0)
+            assert (base[f"delta_{m}"] == 0).all() and base[f"p_{m}"].null_count() == base.height
+        # λ = 0.5 moves the KL of the aggregate mix clearly: the paired test sees it
+        assert (res.filter(pl.col("lambda") == 1.0)["p_kl_at_n"] < 0.01).all()
+
+
+def test_uncertainty_off_leaves_the_interval_columns_empty(prepared, tmp_path):
+    cfg = AlignConfig.from_dict({**CFG.as_dict(), "uncertainty": {"resamples": 0}})
+    off = run(prepared, "Uniform", "steck", tmp_path, cfg).results
+    on = run(prepared, "Uniform", "steck", tmp_path / "on").results
+    assert off["auc_lo"].null_count() == off.height and off["p_auc"].null_count() == off.height
+    assert_frame_equal(off.select("lambda", "auc", "kl_at_n"), on.select("lambda", "auc", "kl_at_n"))

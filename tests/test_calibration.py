@@ -246,3 +246,19 @@ def test_results_do_not_depend_on_the_chunk_size(tmp_path):
                 a.select(pl.col(pl.Float64)).fill_null(0).to_numpy(), b.select(pl.col(pl.Float64)).fill_null(0).to_numpy(),
                 atol=1e-9, equal_nan=True)
             assert not np.isnan(a["kl_all"].drop_nulls().to_numpy()).any()
+
+
+def test_evaluate_lists_reports_intervals_and_deltas_to_lambda_zero(tmp_path):
+    from steps.align.synthetic_lists import SyntheticListsSpec, write_synthetic_lists
+
+    cs = read_candidate_bundle(write_synthetic_lists(tmp_path / "s", SyntheticListsSpec(users=90, items=120, candidates=20)))
+    cfg = AlignConfig.from_dict({"lambdas": [0, 0.5, 1.0], "uncertainty": {"resamples": 200}})
+    for method in ("nails", "steck"):
+        res = evaluate_lists(cs, resolve_list_target("history", cs), method, cfg).results
+        for m in ("kl_at_n", "user_kl_mean", "c_kl_mean", "coverage_at_n", "precision_at_n", "recall_at_n", "ndcg_at_n"):
+            assert (res[f"{m}_lo"] <= res[m] + 1e-9).all() and (res[m] <= res[f"{m}_hi"] + 1e-9).all(), m
+            d = res.filter(pl.col("lambda") > 0)
+            assert (d[f"delta_{m}_lo"] <= d[f"delta_{m}"] + 1e-9).all() and (d[f"delta_{m}"] <= d[f"delta_{m}_hi"] + 1e-9).all()
+            base = res.filter(pl.col("lambda") == 0)
+            assert d[f"p_{m}"].null_count() == 0 and base[f"p_{m}"].null_count() == base.height
+        assert (res.filter(pl.col("lambda") == 1.0)["p_c_kl_mean"] < 0.05).all()

@@ -188,3 +188,31 @@ def test_hit_rate_on_masked_lists():
     m = evaluate_lists(topk, held, counts, 10, np.zeros(6, dtype=bool), np.zeros(6, dtype=np.int64),
                        Evaluation(ks=(1, 2, 4), buckets=2))
     assert (m.summary["hit_rate_at_1"], m.summary["hit_rate_at_2"], m.summary["hit_rate_at_4"]) == (0.5, 1.0, 1.0)
+
+
+def test_intervals_bracket_and_deltas_against_a_baseline_on_the_same_users():
+    import scipy.sparse as sp
+
+    from steps.tail.config import Evaluation
+    from steps.tail.evaluate import baseline_deltas, evaluate_lists
+    from steps.uncertainty import UncertaintySpec
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 300, 60
+    dense = (rng.random((n_users, n_items)) < 0.05).astype(np.float32)
+    dense[np.arange(n_users), rng.integers(0, n_items, n_users)] = 1.0
+    held = sp.csr_matrix(dense)
+    good = np.argsort(-(dense + rng.random((n_users, n_items)) * 1.5), axis=1)[:, :20]
+    bad = np.argsort(-rng.random((n_users, n_items)), axis=1)[:, :20]
+    ev = Evaluation(ks=(5, 10, 20), buckets=2)
+    spec = UncertaintySpec(resamples=300, seed=4)
+    args = (np.ones(n_items), 10, np.zeros(n_items, dtype=bool), np.zeros(n_items, dtype=np.int64), ev, spec)
+    a, b = evaluate_lists(good, held, *args), evaluate_lists(bad, held, *args)
+    for m in ("recall_at_20", "ndcg_at_10", "hit_rate_at_5", "coverage_at_20", "gini"):
+        assert a.summary[f"{m}_lo"] <= a.summary[m] + 1e-9 <= a.summary[f"{m}_hi"] + 2e-9, m
+    d = baseline_deltas(a.per_user, b.per_user, n_items, ev, spec)
+    assert d["delta_recall_at_20"] == pytest.approx(a.summary["recall_at_20"] - b.summary["recall_at_20"])
+    assert d["p_recall_at_20"] < 0.01 and d["delta_recall_at_20_lo"] > 0
+    same = baseline_deltas(b.per_user, b.per_user, n_items, ev, spec)
+    assert same["delta_ndcg_at_10"] == 0 and same["p_ndcg_at_10"] == 1.0 and same["p_gini"] == 1.0
+    assert "delta_gini_lo" in d and "delta_coverage_at_20" in d

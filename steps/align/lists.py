@@ -13,7 +13,9 @@ kept; the table reports, next to AlignFlow's news metrics of the same names,
 * ``precision_at_n``, ``recall_at_n`` (Liang et al.'s normalisation: hits / min(N, #held-out)) and
   ``ndcg_at_n`` against the held-out items, for users that have any.
 
-Users are processed in chunks, so memory stays bounded at any number of users.
+Users are processed in chunks, so memory stays bounded at any number of users. With
+``uncertainty`` enabled, intervals and paired differences to λ = 0 (users resampled) as in
+:mod:`steps.align.evaluate`; KL@N's resamples average the target over the same resampled users.
 """
 
 from __future__ import annotations
@@ -36,16 +38,19 @@ from steps.align.calibration import (
     nails_user_ratio,
     MultiGenreSteck,
 )
-from steps.align.evaluate import HIST_BINS, MIX_SCHEMA, RESULT_COLUMNS, RESULT_SCHEMA, RunningStats, _mean_sd
+from steps.align.evaluate import HIST_BINS, HIST_SCHEMA, MIX_SCHEMA, RESULT_COLUMNS, RESULT_SCHEMA, RunningStats, _mean_sd
 from steps.align.selection import top_n_indices
 from steps.align.steck import queue_relevance, queues_padded, steck_greedy
 from steps.candidates import CandidateSet
 from steps.errors import ConfigError, InputError
 from steps.seeding import rng_for
+from steps.uncertainty import CellAggregates, CellMeans, CoverageBootstrap, interval_columns, lambda_zero_baseline, uncertainty_columns
 
 LIST_METRICS = ("c_kl_mean", "c_kl_std", "precision_at_n", "recall_at_n", "ndcg_at_n")
 LIST_RESULT_COLUMNS = (*RESULT_COLUMNS, *LIST_METRICS, *(f"{m}_sd" for m in LIST_METRICS if m != "c_kl_std"))
-LIST_RESULT_SCHEMA = {**RESULT_SCHEMA, **{c: pl.Float64 for c in LIST_RESULT_COLUMNS if c not in RESULT_SCHEMA}}
+#: Intervals and deltas to λ = 0 of the list metrics (AlignFlow's own: steps.align.evaluate.INTERVAL_COLUMNS).
+LIST_INTERVAL_COLUMNS = uncertainty_columns(("c_kl_mean", "precision_at_n", "recall_at_n", "ndcg_at_n"))
+LIST_RESULT_SCHEMA = {**RESULT_SCHEMA, **{c: pl.Float64 for c in (*LIST_RESULT_COLUMNS, *LIST_INTERVAL_COLUMNS) if c not in RESULT_SCHEMA}}
 PER_USER_KINDS = ("history", "history_mix")
 
 
@@ -154,16 +159,19 @@ class _CellStats:
         self.covered = np.zeros(self.n_items, dtype=bool)
         self.hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
 
-    def add(self, top_rows, p_t, genres, alpha, calib_alpha, heldout, n):
+    def add(self, top_rows, p_t, genres, alpha, calib_alpha, heldout, n) -> dict:
+        """Add one chunk of users' top-N rows; returns their per-user values (for the intervals)."""
         q = list_mix(top_rows, genres)
         p = np.broadcast_to(p_t, q.shape)
         ckl = metrics.smoothed_kl(p, q, calib_alpha)
+        ukl = metrics.smoothed_kl(p, q, alpha)
         self.c_kl.update(ckl)
-        self.user_kl.update(metrics.smoothed_kl(p, q, alpha))
+        self.user_kl.update(ukl)
         self.hist += np.histogram(ckl, self.edges)[0]
         self.mix_sum += q.sum(axis=0)
         self.n_users += len(q)
         self.covered[top_rows.ravel()] = True
+        out = {"q": q, "c_kl_mean": ckl, "user_kl_mean": ukl, "has": None}
         if heldout is not None:
             off, rows_local, items = heldout
             if len(items):
@@ -172,10 +180,13 @@ class _CellStats:
                 pos[known] = metrics.heldout_positions(top_rows, rows_local[known], items[known])
                 has = np.diff(off) > 0
                 hits = np.bincount(rows_local, weights=(pos < n).astype(float), minlength=len(q))
-                self.acc_sum["precision_at_n"] += float((hits / n)[has].sum())
-                self.acc_sum["recall_at_n"] += float(np.nansum(metrics.recall_at_k(off, pos, n)))
-                self.acc_sum["ndcg_at_n"] += float(np.nansum(metrics.ndcg_at_k(off, pos, n)))
+                acc = {"precision_at_n": (hits / n)[has], "recall_at_n": metrics.recall_at_k(off, pos, n)[has],
+                       "ndcg_at_n": metrics.ndcg_at_k(off, pos, n)[has]}
+                for m, v in acc.items():
+                    self.acc_sum[m] += float(np.nansum(v))
                 self.acc_n += int(has.sum())
+                out.update(acc, has=has)
+        return out
 
 
 def _heldout_chunk(cs: CandidateSet, users: np.ndarray, item_row_of_id):
@@ -297,124 +308,206 @@ def _steck_select(rel, rows, genres, p_t, lam, n, smoothing):
     return _SteckChunk(rel, rows, genres, p_t, smoothing).select(lam, n)
 
 
-def evaluate_lists(cs: CandidateSet, target: ListTarget, method: str, cfg, dataset: str = "") -> ListOutcome:
-    """``method`` toward ``target`` over ``cfg``'s λ grid on candidate set ``cs`` (module docstring)."""
+@dataclass
+class _ListRun:
+    """What every chunk of one ``evaluate_lists`` call shares."""
+
+    cs: CandidateSet
+    target: ListTarget
+    method: str
+    cfg: object
+    dataset: str
+    genres: ItemGenres
+    n_rep: dict
+    chunk: int
+    global_r: np.ndarray | None
+
+    def item_row_of_id(self, ids):
+        n_items = len(self.cs.item_ids_sorted)
+        pos = np.minimum(np.searchsorted(self.cs.item_ids_sorted, ids), n_items - 1)
+        return np.where(self.cs.item_ids_sorted[pos] == ids, pos, -2)
+
+
+def _list_run(cs, target, method, cfg, dataset) -> tuple[_ListRun, list[str]]:
     if method not in ("nails", "steck", "nails_steck"):
         raise ValueError(f"unknown method {method!r}")
-    n = cfg.top_n
-    if n > cs.n_candidates:
-        raise InputError(f"top_n = {n} is larger than the {cs.n_candidates} candidates per user of {cs.path}")
+    if cfg.top_n > cs.n_candidates:
+        raise InputError(f"top_n = {cfg.top_n} is larger than the {cs.n_candidates} candidates per user of {cs.path}")
     genres = ItemGenres.from_csr(cs.item_genre)
-    cells = cfg.cells(method)
-    n_rep = {c: (cfg.repeats if c[0] == "stoch" else 1) for c in cells}
-    edges = np.linspace(0.0, np.log(1.0 / cfg.calibration_alpha) * (1 + 1e-9), HIST_BINS + 1)
-    n_items = len(cs.item_ids_sorted)
-    stats = {c: [_CellStats(genres.n_genres, n_items, edges) for _ in range(n_rep[c])] for c in cells}
-    mass = {lam: np.zeros(genres.n_genres) for lam in cfg.lambdas}
+    n_rep = {c: (cfg.repeats if c[0] == "stoch" else 1) for c in cfg.cells(method)}
     # the widest per-user arrays: (M, K) genre slots for Steck, (M, G) dense genres for NAILS
     width = cs.n_candidates * (genres.index.shape[1] if method == "steck" or genres.single else genres.n_genres)
     chunk = max(1, int(cfg.list_chunk_cells // width))
-    notes = list(target.notes)
-    global_r = None
+    notes, global_r = list(target.notes), None
     if method in ("nails", "nails_steck") and not target.per_user:
         global_r, _, note = global_ratio(cs, genres, target.probs, chunk)
         notes += [f"target {target.name!r}: {note}"] if note else []
-    restricted = 0
-    nails_err = 0.0
+    return _ListRun(cs, target, method, cfg, dataset, genres, n_rep, chunk, global_r), notes
 
-    def item_row_of_id(ids):
-        pos = np.minimum(np.searchsorted(cs.item_ids_sorted, ids), n_items - 1)
-        return np.where(cs.item_ids_sorted[pos] == ids, pos, -2)
 
-    def chunk_work(s: int):
-        """Selections of one chunk of users for every cell."""
-        local = np.arange(s, min(s + chunk, len(target.users)))
-        users = target.users[local]
-        rows = cs.candidate_rows[users]
-        probs = _softmax(cs.scores[users])
-        p_t = target.rows_for(local)
-        ratio, n_restricted, err = global_r, 0, 0.0
-        if method in ("nails", "nails_steck") and target.per_user:
-            nr = nails_user_ratio(probs, rows, genres, p_t)
-            ratio, n_restricted, err = nr.ratio, int(nr.restricted.sum()), nr.max_error
-        picks, masses = {}, {}
-        if method in ("steck", "nails_steck"):
-            if method == "steck":
-                rel = probs if cfg.steck_relevance == "probability" else cs.scores[users]
-            else:
-                rel = nails_reweight_lists(probs, rows, genres, ratio, cfg.nails_lambda_for(target.name))
-            steck = _SteckChunk(rel, rows, genres, p_t, cfg.steck_smoothing_select)
-            for lam in cfg.lambdas:
-                picks[("det", lam, 0)] = steck.select(lam, n)
+def _chunk_work(run: _ListRun, s: int):
+    """Selections of one chunk of users for every cell, and NAILS' per-user candidate mass per λ."""
+    cs, target, method, cfg, genres, n = run.cs, run.target, run.method, run.cfg, run.genres, run.cfg.top_n
+    local = np.arange(s, min(s + run.chunk, len(target.users)))
+    users = target.users[local]
+    rows = cs.candidate_rows[users]
+    probs = _softmax(cs.scores[users])
+    p_t = target.rows_for(local)
+    ratio, n_restricted, err = run.global_r, 0, 0.0
+    if method in ("nails", "nails_steck") and target.per_user:
+        nr = nails_user_ratio(probs, rows, genres, p_t)
+        ratio, n_restricted, err = nr.ratio, int(nr.restricted.sum()), nr.max_error
+    picks, masses = {}, {}
+    if method in ("steck", "nails_steck"):
+        if method == "steck":
+            rel = probs if cfg.steck_relevance == "probability" else cs.scores[users]
         else:
-            for lam in cfg.lambdas:
-                adj = nails_reweight_lists(probs, rows, genres, ratio, lam)
-                masses[lam] = candidate_mass(adj, rows, genres).sum(axis=0)
-                for sel in cfg.selections:
-                    for r in range(n_rep[(sel, lam)]):
-                        if sel == "det":
-                            picks[(sel, lam, r)] = top_n_indices(adj, n)
-                        else:  # sampling without replacement ∝ adj (exponential race), seeded per block of users
-                            noise = block_exponentials((cfg.seed, dataset, target.name, method, sel, lam, r), s,
-                                                       s + len(local), adj.shape[1])
-                            picks[(sel, lam, r)] = top_n_indices(adj / noise, n)
-        return users, rows, p_t, picks, masses, n_restricted, err
+            rel = nails_reweight_lists(probs, rows, genres, ratio, cfg.nails_lambda_for(target.name))
+        steck = _SteckChunk(rel, rows, genres, p_t, cfg.steck_smoothing_select)
+        for lam in cfg.lambdas:
+            picks[("det", lam, 0)] = steck.select(lam, n)
+    else:
+        for lam in cfg.lambdas:
+            adj = nails_reweight_lists(probs, rows, genres, ratio, lam)
+            masses[lam] = candidate_mass(adj, rows, genres)
+            for sel in cfg.selections:
+                for r in range(run.n_rep[(sel, lam)]):
+                    if sel == "det":
+                        picks[(sel, lam, r)] = top_n_indices(adj, n)
+                    else:  # sampling without replacement ∝ adj (exponential race), seeded per block of users
+                        noise = block_exponentials((cfg.seed, run.dataset, target.name, method, sel, lam, r), s,
+                                                   s + len(local), adj.shape[1])
+                        picks[(sel, lam, r)] = top_n_indices(adj / noise, n)
+    return local, users, rows, p_t, picks, masses, n_restricted, err
 
-    for users, rows, p_t, picks, masses, n_restricted, err in map(chunk_work, range(0, len(target.users), chunk)):
-        heldout = _heldout_chunk(cs, users, item_row_of_id)
+
+LIST_MEAN_METRICS = ("c_kl_mean", "user_kl_mean")
+LIST_ACCURACY = ("precision_at_n", "recall_at_n", "ndcg_at_n")
+
+
+class _ListIntervals:
+    """Bootstrap collectors over the evaluated users (``steps.uncertainty``); deltas against λ = 0."""
+
+    def __init__(self, run: _ListRun, cells, n_items: int, n_cand_items: int) -> None:
+        spec, base, g = run.cfg.uncertainty, lambda_zero_baseline(cells), run.genres.n_genres
+        n_users, alpha = len(run.target.users), run.cfg.alpha
+        self.keys = [(c, r) for c in cells for r in range(run.n_rep[c])]
+        self.n_cand_items, self.baseline, self.sel0 = n_cand_items, base, run.cfg.selections[0]
+
+        def kl_of_means(t, w):  # target and list mix both averaged over the resampled users
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return metrics.smoothed_kl(t[:, :g] / w[:, None], t[:, g:] / w[:, None], alpha)
+
+        self.kl_at_n = CellAggregates(self.keys, 2 * g, n_users, spec, kl_of_means, "kl_at_n", base)
+        lam_cells = [(self.sel0, lam) for lam in run.cfg.lambdas]
+        self.kl_all = (CellAggregates([(c, 0) for c in lam_cells], 2 * g, n_users, spec, kl_of_means, "kl_all",
+                                      {c: base.get(c) for c in lam_cells}) if run.method == "nails" else None)
+        self.means = CellMeans(cells, LIST_MEAN_METRICS, n_users, spec, base)
+        self.accuracy = CellMeans(cells, LIST_ACCURACY, n_users, spec, base)
+        self.coverage = CoverageBootstrap(n_users, len(self.keys), n_items, spec)
+        self.any_accuracy = False
+
+    def add(self, local, p_t, per_user: dict, masses: dict, rows, picks) -> None:
+        p = np.broadcast_to(p_t, (len(local), p_t.shape[-1]))
+        self.kl_at_n.add(local, {k: np.hstack([p, per_user[k]["q"]]) for k in self.keys})
+        if self.kl_all is not None:
+            self.kl_all.add(local, {((self.sel0, lam), 0): np.hstack([p, m]) for lam, m in masses.items()})
+        cells = {k[0] for k in self.keys}
+        reps = {c: [v for k, v in per_user.items() if k[0] == c] for c in cells}
+        self.means.add(local, {c: np.column_stack([np.mean([v[m] for v in reps[c]], axis=0) for m in LIST_MEAN_METRICS])
+                               for c in cells})
+        has = per_user[self.keys[0]]["has"]
+        if has is not None and has.any():
+            self.any_accuracy = True
+            self.accuracy.add(local[has], {c: np.column_stack([np.mean([v[m] for v in reps[c]], axis=0) for m in LIST_ACCURACY])
+                                           for c in cells})
+        for i, (c, r) in enumerate(self.keys):
+            self.coverage.add(i, local, np.take_along_axis(rows, picks[(*c, r)], axis=1))
+
+    def columns(self, cell) -> dict:
+        out = {**self.kl_at_n.columns(cell), **self.means.columns(cell)}
+        if self.kl_all is not None:
+            out.update(self.kl_all.columns((self.sel0, cell[1])))
+        if self.any_accuracy:
+            out.update(self.accuracy.columns(cell))
+        mine = [i for i, k in enumerate(self.keys) if k[0] == cell]
+        base = self.baseline.get(cell)
+        iv = self.coverage.interval(mine, self.n_cand_items)
+        if base == cell or base is None:
+            out.update(interval_columns("coverage_at_n", iv, 0, is_baseline=base == cell))
+        else:
+            d = self.coverage.paired(mine, [i for i, k in enumerate(self.keys) if k[0] == base], self.n_cand_items)
+            out.update(interval_columns("coverage_at_n", iv, 0, d, 0))
+        return out
+
+
+def evaluate_lists(cs: CandidateSet, target: ListTarget, method: str, cfg, dataset: str = "") -> ListOutcome:
+    """``method`` toward ``target`` over ``cfg``'s λ grid on candidate set ``cs`` (module docstring)."""
+    run, notes = _list_run(cs, target, method, cfg, dataset)
+    cells, genres, n = cfg.cells(method), run.genres, cfg.top_n
+    edges = np.linspace(0.0, np.log(1.0 / cfg.calibration_alpha) * (1 + 1e-9), HIST_BINS + 1)
+    n_items = len(cs.item_ids_sorted)
+    stats = {c: [_CellStats(genres.n_genres, n_items, edges) for _ in range(run.n_rep[c])] for c in cells}
+    mass = {lam: np.zeros(genres.n_genres) for lam in cfg.lambdas}
+    n_cand_items = len(np.unique(cs.candidate_rows[target.users]))
+    iv = _ListIntervals(run, cells, n_items, n_cand_items) if cfg.uncertainty.enabled else None
+    restricted, nails_err = 0, 0.0
+    for local, users, rows, p_t, picks, masses, n_restricted, err in (_chunk_work(run, s) for s in range(0, len(target.users), run.chunk)):
+        heldout = _heldout_chunk(cs, users, run.item_row_of_id)
         restricted, nails_err = restricted + n_restricted, max(nails_err, err)
         for lam, m in masses.items():
-            mass[lam] += m
-        for (sel, lam, r), pick in picks.items():
-            stats[(sel, lam)][r].add(np.take_along_axis(rows, pick, axis=1), p_t, genres, cfg.alpha,
-                                     cfg.calibration_alpha, heldout, n)
+            mass[lam] += m.sum(axis=0)
+        per_user = {((sel, lam), r): stats[(sel, lam)][r].add(np.take_along_axis(rows, pick, axis=1), p_t, genres, cfg.alpha,
+                                                              cfg.calibration_alpha, heldout, n)
+                    for (sel, lam, r), pick in picks.items()}
+        if iv is not None:
+            iv.add(local, p_t, per_user, masses, rows, picks)
     if restricted:
         notes.append(f"target {target.name!r}: {restricted} user(s) asked for genres none of their candidates carry; "
                      "NAILS re-weighted toward the target restricted to the candidates' genres")
     if nails_err > 1e-6:
         notes.append(f"target {target.name!r}: with multi-genre items NAILS at λ = 1 reaches the users' targets up to "
                      f"{nails_err:.3g} (largest |mix − target|: the rest is outside what the candidates can reach)")
-
-    n_cand_items = len(np.unique(cs.candidate_rows[target.users]))
-    p_mean = target.mean
     rows_out, mixes, hists = [], [], []
     for sel, lam in cells:
-        reps = stats[(sel, lam)]
-        row = {"distribution": target.name, "method": method, "selection": sel, "lambda": lam, "n_repeats": n_rep[(sel, lam)]}
-        mix_each = [s.mix_sum / s.n_users for s in reps]
-        vals = {
-            "kl_at_n": [metrics.smoothed_kl(p_mean, m, cfg.alpha) for m in mix_each],
-            "coverage_at_n": [float(s.covered.sum()) / n_cand_items for s in reps],
-            "user_kl_mean": [s.user_kl.mean for s in reps],
-            "c_kl_mean": [s.c_kl.mean for s in reps],
-        }
-        if reps[0].acc_n:
-            for m in ("precision_at_n", "recall_at_n", "ndcg_at_n"):
-                vals[m] = [s.acc_sum[m] / s.acc_n for s in reps]
-        for name, v in vals.items():
-            row[name], row[f"{name}_sd"] = _mean_sd(v)
-        row["user_kl_std"] = _mean_sd([s.user_kl.std for s in reps])[0]
-        row["c_kl_std"] = _mean_sd([s.c_kl.std for s in reps])[0]
-        if method == "nails":
-            all_mix = mass[lam] / len(target.users)
-            row["kl_all"] = metrics.smoothed_kl(p_mean, all_mix, cfg.alpha)
-            if sel == cfg.selections[0]:
-                mixes += _mix_rows(target, method, "all", lam, "all", all_mix)
-        mixes += _mix_rows(target, method, sel, lam, "top_n", np.mean(mix_each, axis=0))
-        hist = np.sum([s.hist for s in reps], axis=0)
-        hists += [{"distribution": target.name, "method": method, "selection": sel, "lambda": lam,
-                   "bin_left": float(edges[i]), "bin_right": float(edges[i + 1]), "count": int(hist[i])}
-                  for i in np.flatnonzero(hist)]
+        row = _list_row(stats[(sel, lam)], target, method, sel, lam, run.n_rep[(sel, lam)], cfg, mass, n_cand_items, mixes, hists, edges)
+        if iv is not None:
+            row.update(iv.columns((sel, lam)))
         rows_out.append(row)
-    results = pl.DataFrame([{c: r.get(c) for c in LIST_RESULT_COLUMNS} for r in rows_out], schema=LIST_RESULT_SCHEMA)
-    return ListOutcome(
-        results=results,
-        category_mix=pl.DataFrame(mixes, schema=MIX_SCHEMA),
-        user_kl_hist=pl.DataFrame(hists, schema={"distribution": pl.String, "method": pl.String, "selection": pl.String,
-                                                 "lambda": pl.Float64, "bin_left": pl.Float64, "bin_right": pl.Float64,
-                                                 "count": pl.Int64}),
-        notes=tuple(notes),
-    )
+    results = pl.DataFrame([{c: r.get(c) for c in LIST_RESULT_SCHEMA} for r in rows_out], schema=LIST_RESULT_SCHEMA)
+    return ListOutcome(results=results, category_mix=pl.DataFrame(mixes, schema=MIX_SCHEMA),
+                       user_kl_hist=pl.DataFrame(hists, schema=HIST_SCHEMA), notes=tuple(notes))
+
+
+def _list_row(reps, target, method, sel, lam, n_rep, cfg, mass, n_cand_items, mixes, hists, edges) -> dict:
+    """One cell's results row (means over repeats, ``*_sd`` across them); its mix and histogram rows appended."""
+    row = {"distribution": target.name, "method": method, "selection": sel, "lambda": lam, "n_repeats": n_rep}
+    p_mean = target.mean
+    mix_each = [s.mix_sum / s.n_users for s in reps]
+    vals = {
+        "kl_at_n": [metrics.smoothed_kl(p_mean, m, cfg.alpha) for m in mix_each],
+        "coverage_at_n": [float(s.covered.sum()) / n_cand_items for s in reps],
+        "user_kl_mean": [s.user_kl.mean for s in reps],
+        "c_kl_mean": [s.c_kl.mean for s in reps],
+    }
+    if reps[0].acc_n:
+        for m in LIST_ACCURACY:
+            vals[m] = [s.acc_sum[m] / s.acc_n for s in reps]
+    for name, v in vals.items():
+        row[name], row[f"{name}_sd"] = _mean_sd(v)
+    row["user_kl_std"] = _mean_sd([s.user_kl.std for s in reps])[0]
+    row["c_kl_std"] = _mean_sd([s.c_kl.std for s in reps])[0]
+    if method == "nails":
+        all_mix = mass[lam] / len(target.users)
+        row["kl_all"] = metrics.smoothed_kl(p_mean, all_mix, cfg.alpha)
+        if sel == cfg.selections[0]:
+            mixes += _mix_rows(target, method, "all", lam, "all", all_mix)
+    mixes += _mix_rows(target, method, sel, lam, "top_n", np.mean(mix_each, axis=0))
+    hist = np.sum([s.hist for s in reps], axis=0)
+    hists += [{"distribution": target.name, "method": method, "selection": sel, "lambda": lam,
+               "bin_left": float(edges[i]), "bin_right": float(edges[i + 1]), "count": int(hist[i])}
+              for i in np.flatnonzero(hist)]
+    return row
 
 
 def _mix_rows(target: ListTarget, method, sel, lam, basis, mix) -> list[dict]:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from steps.configtools import common_fields, default_resources, resources_field, run_field, yaml_mapping
+from steps.uncertainty import UncertaintySpec
 from steps.configtools import boolean as _bool
 from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
@@ -344,6 +345,12 @@ def _evaluation(raw: Any) -> Evaluation:
     return ev
 
 
+# --------------------------------------------------------------------------- uncertainty
+def _uncertainty(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``uncertainty:`` -> ``{"uncertainty": UncertaintySpec}`` (nothing when the key is absent)."""
+    return {"uncertainty": UncertaintySpec.from_dict(raw["uncertainty"])} if "uncertainty" in raw else {}
+
+
 # --------------------------------------------------------------------------- the whole config
 @dataclass(frozen=True)
 class TailConfig:
@@ -358,6 +365,8 @@ class TailConfig:
     candidates_top_m: int = 100  # each method's top-M for the test users as a candidate bundle (0: none)
     resources: Mapping[str, Mapping[str, int]] = resources_field(DEFAULT_RESOURCES)
     run: Mapping[str, Any] = run_field()
+    # bootstrap intervals and paired differences of the results (steps.uncertainty; resamples: 0 = off)
+    uncertainty: UncertaintySpec = field(default_factory=UncertaintySpec)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "TailConfig":
@@ -381,6 +390,7 @@ class TailConfig:
         if not isinstance(ms, Mapping) or not ms:
             raise ConfigError(f"methods: expected a mapping of method name to options, got {ms!r}")
         methods = tuple(_method(str(n), opts, training) for n, opts in ms.items())
+        d.update(_uncertainty(raw))
         return cls(datasets=datasets, training=training, methods=methods, evaluation=_evaluation(raw.get("evaluation")), **d)
 
     @property
@@ -416,7 +426,8 @@ class TailConfig:
                "candidates_top_m": self.candidates_top_m,
                "datasets": [clean(asdict(d)) for d in self.datasets],
                "training": clean(asdict(self.training)), "methods": {}, "evaluation": clean(asdict(self.evaluation)),
-               "resources": {k: dict(v) for k, v in self.resources.items()}, "run": dict(self.run)}
+               "resources": {k: dict(v) for k, v in self.resources.items()}, "run": dict(self.run),
+               "uncertainty": self.uncertainty.as_dict()}
         for m in self.methods:
             opts = {k: v for k, v in clean(asdict(m)).items() if k in _METHOD_OPTIONS[m.name]}
             if m.trained:

@@ -27,6 +27,7 @@ from steps import metrics
 from steps.errors import InputError
 from steps.tail.config import Evaluation, TailSpec
 from steps.tail.models import to_torch_sparse
+from steps.uncertainty import AggregateBootstrap, CoverageBootstrap, MeanBootstrap, UncertaintySpec, interval_columns
 
 
 def popularity_penalty(item_counts: np.ndarray) -> np.ndarray:
@@ -137,15 +138,111 @@ def heldout_hits(topk: np.ndarray, heldout: sp.csr_matrix) -> Hits:
 
 
 @dataclass(frozen=True)
+class UserValues:
+    """Per evaluated user (rows ``users`` of the split, increasing) the user-level metrics, and the
+    lists: what a paired comparison against another method on the same users needs."""
+
+    users: np.ndarray
+    names: tuple[str, ...]
+    values: np.ndarray  # (users, names)
+    lists: np.ndarray  # (users, k_max) item indices, −1 = empty slot
+    n_units: int  # rows of the split (the bootstrap weights are keyed by row)
+
+
+@dataclass(frozen=True)
 class ListMetrics:
-    summary: dict  # metric name -> value (users averaged)
+    summary: dict  # metric name -> value (users averaged); with intervals also <metric>_lo / _hi
     exposure: np.ndarray  # (n_items,) slots in the top-k_report lists
     item_recall: dict  # k -> (n_items,) item-level Recall@k (NaN where nobody holds the item out)
+    per_user: UserValues | None = None
+
+
+def user_metric_values(hits: Hits, ev: Evaluation) -> tuple[tuple[str, ...], np.ndarray]:
+    """The user-level metrics (recall, nDCG, hit rate at every k) of every evaluated user."""
+    names, cols = [], []
+    found = (hits.positions[:, None] < np.asarray(ev.ks)[None, :]).astype(np.int64)
+    any_hit = np.add.reduceat(found, hits.offsets[:-1], axis=0) > 0
+    for j, k in enumerate(ev.ks):
+        names += [f"recall_at_{k}", f"ndcg_at_{k}", f"hit_rate_at_{k}"]
+        cols += [metrics.recall_at_k(hits.offsets, hits.positions, k), metrics.ndcg_at_k(hits.offsets, hits.positions, k),
+                 any_hit[:, j].astype(np.float64)]
+    return tuple(names), np.column_stack(cols)
+
+
+def _aggregate_specs(lists: np.ndarray, n_items: int, ev: Evaluation):
+    """(name, cell lists) of the aggregate list metrics bootstrapped by recomputation: coverage@k."""
+    return [(f"coverage_at_{k}", lists[:, :k]) for k in ev.ks]
+
+
+def _gini_bootstrap(pu: UserValues, n_items: int, spec: UncertaintySpec) -> AggregateBootstrap:
+    """Weighted top-20 exposure of the resampled users (sparse users × items), for Gini. Like
+    coverage, Gini is biased under resampling (a resample's exposure is more unequal), so its
+    intervals are centred on the estimate (``steps.uncertainty.CoverageBootstrap``)."""
+    sel = pu.lists[:, :20]
+    rows = np.repeat(np.arange(len(sel)), sel.shape[1])
+    ok = sel.ravel() >= 0
+    e = sp.csr_matrix((np.ones(int(ok.sum()), dtype=np.float32), (rows[ok], sel.ravel()[ok])), shape=(len(sel), n_items))
+    acc = AggregateBootstrap(pu.n_units, n_items, spec)
+    acc.add(pu.users, e)
+    return acc
+
+
+def list_intervals(pu: UserValues, n_items: int, ev: Evaluation, spec: UncertaintySpec) -> dict:
+    """``<metric>_lo`` / ``_hi`` of the user-level metrics, coverage@k and Gini (users resampled)."""
+    out: dict = {}
+    means = mean_bootstrap(pu, spec).means()
+    for j, name in enumerate(pu.names):
+        out.update(interval_columns(name, means, j))
+    cov = CoverageBootstrap(pu.n_units, len(ev.ks), n_items, spec)
+    for c, (name, lists) in enumerate(_aggregate_specs(pu.lists, n_items, ev)):
+        cov.add(c, pu.users, lists)
+    for c, (name, _) in enumerate(_aggregate_specs(pu.lists, n_items, ev)):
+        out.update(interval_columns(name, cov.interval([c]), 0))
+    out.update(interval_columns("gini", _gini_bootstrap(pu, n_items, spec).interval(lambda t, w: metrics.gini_rows(t), centre=True), 0))
+    return out
+
+
+def mean_bootstrap(pu: UserValues, spec: UncertaintySpec, base: UserValues | None = None) -> MeanBootstrap:
+    m = len(pu.names)
+    values = pu.values if base is None else np.hstack([pu.values, base.values])
+    acc = MeanBootstrap(pu.n_units, values.shape[1], spec, [] if base is None else [(j, m + j) for j in range(m)])
+    acc.add(pu.users, values)
+    return acc
+
+
+def baseline_deltas(pu: UserValues, base: UserValues, n_items: int, ev: Evaluation, spec: UncertaintySpec) -> dict:
+    """``delta_<metric>``, its interval and ``p_<metric>`` of a method against the baseline (EASE) on
+    the same test users: user-level metrics, coverage@k and Gini, on the same resamples.
+    Empty when the two were not evaluated on the same users."""
+    if not np.array_equal(pu.users, base.users) or pu.n_units != base.n_units:
+        return {}
+    out: dict = {}
+    diffs = mean_bootstrap(pu, spec, base).differences()
+    for j, name in enumerate(pu.names):
+        out.update({k: v for k, v in interval_columns(name, diffs, j, diffs, j).items() if not k.startswith(name)})
+    specs, base_specs = _aggregate_specs(pu.lists, n_items, ev), _aggregate_specs(base.lists, n_items, ev)
+    cov = CoverageBootstrap(pu.n_units, 2 * len(specs), n_items, spec)
+    for c, ((name, lists), (_, b_lists)) in enumerate(zip(specs, base_specs)):
+        cov.add(2 * c, pu.users, lists)
+        cov.add(2 * c + 1, base.users, b_lists)
+    for c, (name, _) in enumerate(specs):
+        d = cov.paired([2 * c], [2 * c + 1])
+        out.update({k: v for k, v in interval_columns(name, d, 0, d, 0).items() if not k.startswith(name)})
+    ga, gb = _gini_bootstrap(pu, n_items, spec), _gini_bootstrap(base, n_items, spec)
+    both = AggregateBootstrap(pu.n_units, 2 * n_items, spec)
+    both.tot, both.wsum = np.hstack([ga._flushed().tot, gb._flushed().tot]), ga.wsum
+    both.full, both.groups, both.group_n = np.r_[ga.full, gb.full], np.hstack([ga.groups, gb.groups]), ga.group_n
+    d = both.paired(lambda t, w: metrics.gini_rows(t), slice(0, n_items), slice(n_items, 2 * n_items), centre=True)
+    out.update({k: v for k, v in interval_columns("gini", d, 0, d, 0).items() if not k.startswith("gini")})
+    return out
 
 
 def evaluate_lists(topk: np.ndarray, heldout: sp.csr_matrix, item_counts: np.ndarray, n_train_users: int,
-                   is_tail: np.ndarray, bucket: np.ndarray, ev: Evaluation) -> ListMetrics:
-    """Every metric of a split's lists; only users with a held-out item and a fold-in list count."""
+                   is_tail: np.ndarray, bucket: np.ndarray, ev: Evaluation,
+                   uncertainty: UncertaintySpec | None = None) -> ListMetrics:
+    """Every metric of a split's lists; only users with a held-out item and a fold-in list count.
+    With ``uncertainty`` (enabled) the summary also holds ``<metric>_lo`` / ``_hi`` (test users
+    resampled) and ``per_user`` what :func:`baseline_deltas` needs."""
     n_items = heldout.shape[1]
     hits = heldout_hits(topk, heldout)
     if len(hits.users) == 0:
@@ -173,7 +270,12 @@ def evaluate_lists(topk: np.ndarray, heldout: sp.csr_matrix, item_counts: np.nda
         out[f"item_recall_at_{k}"] = float(np.nanmean(ir))
         per_bucket = metrics.bucket_means(ir, bucket, ev.buckets)
         out[f"item_recall_spread_at_{k}"] = float(np.nanmax(per_bucket) - np.nanmin(per_bucket))
-    return ListMetrics(out, exposure, item_recall)
+    per_user = None
+    if uncertainty is not None and uncertainty.enabled:
+        names, values = user_metric_values(hits, ev)
+        per_user = UserValues(hits.users, names, values, lists, heldout.shape[0])
+        out.update(list_intervals(per_user, n_items, ev, uncertainty))
+    return ListMetrics(out, exposure, item_recall, per_user)
 
 
 def coverage_per_block(lists: np.ndarray, k: int, block: int = 100) -> float:

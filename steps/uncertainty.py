@@ -1,0 +1,726 @@
+"""Bootstrap intervals, paired differences and Holm's correction for recalign's results tables.
+
+Every compared number is a statistic of **units** — impressions, BA rows, users. A bootstrap
+resample re-weights the units: resample ``b`` gives unit ``i`` the weight ``w[b, i]``, either
+
+* ``poisson`` (default): i.i.d. Poisson(1) weights (probabilities rounded to multiples of 1/256
+  with the mean and variance kept exactly 1: :data:`POISSON_BYTE_THRESHOLDS`), generated per block of
+  :data:`UNIT_BLOCK` units from its own seeded stream, so the weights of unit ``i`` do not depend
+  on how the caller chunks the units; or
+* ``multinomial``: the classical n-out-of-n resample (weights = how often each unit is drawn),
+  split exactly over the blocks (binomial per block, then uniform draws inside it).
+
+The weights form a (B × units) matrix that is never held whole: it is generated block by block and
+multiplied into the per-unit values, so one pass gives every metric's weighted sums for all B
+resamples at once (``W @ X``), at memory B × :data:`UNIT_BLOCK`.
+
+* A **mean** metric on resample ``b`` is Σᵢ w[b,i]·xᵢ / Σᵢ w[b,i].
+* An **aggregate** metric (KL of the aggregate mix, coverage, Gini) is recomputed from the
+  resample's weighted per-unit counts: the weighted category totals ``W @ C`` for KL@N, and for
+  coverage the items whose weighted exposure ``W @ E`` is positive.
+* A **paired difference** (a cell against its baseline on the same units) is the difference of the
+  two statistics on the same resample; its p-value is the shifted-null paired bootstrap
+  ``(1 + #{|δ*_b − δ̂| ≥ |δ̂|}) / (B + 1)`` or, with ``test: randomisation``, the sign-flip
+  randomisation test of the per-unit differences (means only).
+* Intervals are percentile or BCa (bias-corrected and accelerated, Efron 1987): the acceleration
+  ``a = Σ U³ / (6 (Σ U²)^{3/2})`` comes from the jackknife values ``U``; for a mean ``Uᵢ = xᵢ − x̄``
+  exactly (from the power sums Σx, Σx², Σx³), for an aggregate from a grouped jackknife
+  (:data:`JACKKNIFE_GROUPS` groups of consecutive units, each left out in turn).
+
+Hand check (percentile, B = 2): for x = (0, 1) and weights w = ((2, 0), (1, 1)) the resampled means
+are (0, 0.5) and the 95 % percentile interval is (0.0125, 0.4875).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import ndtr, ndtri
+
+from steps.errors import ConfigError
+from steps.seeding import rng_for
+
+#: Units per seeded block of bootstrap weights (the weights do not depend on the caller's chunks).
+UNIT_BLOCK = 8192
+#: Groups of the grouped jackknife that gives an aggregate metric's BCa acceleration.
+JACKKNIFE_GROUPS = 100
+#: An item listed by at least this many units is covered in every resample (P(all their weights
+#: are 0) ≈ e^-COMMON_ITEM ≈ 2e-22): coverage is bootstrapped over the rarer items only.
+COMMON_ITEM = 50
+METHODS = ("bca", "percentile")
+TESTS = ("bootstrap", "randomisation")
+WEIGHTS = ("poisson", "multinomial")
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class UncertaintySpec:
+    """``uncertainty:`` of a flow config; ``resamples: 0`` switches the intervals off."""
+
+    resamples: int = 1000
+    level: float = 0.95
+    method: str = "bca"
+    seed: int = 20250613
+    test: str = "bootstrap"
+    weights: str = "poisson"
+
+    @property
+    def enabled(self) -> bool:
+        return self.resamples > 0
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "uncertainty") -> "UncertaintySpec":
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: expected a mapping with keys {sorted(cls.__dataclass_fields__)}, got {raw!r}")
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {sorted(cls.__dataclass_fields__)}")
+        d = dict(raw)
+        for key in ("resamples", "seed"):
+            if key in d:
+                v = d[key]
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                    raise ConfigError(f"{where}.{key}: expected an integer >= 0, got {v!r}")
+                d[key] = int(v)
+        if 0 < d.get("resamples", cls.resamples) < 20:
+            raise ConfigError(f"{where}.resamples: {d['resamples']} resamples cannot give an interval; use 0 (off) or >= 20")
+        if "level" in d:
+            v = d["level"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) < 1.0:
+                raise ConfigError(f"{where}.level: expected a number in (0, 1), e.g. 0.95, got {v!r}")
+            d["level"] = float(v)
+        for key, choices in (("method", METHODS), ("test", TESTS), ("weights", WEIGHTS)):
+            if key in d and d[key] not in choices:
+                raise ConfigError(f"{where}.{key}: unknown value {d[key]!r}; choose from {list(choices)}")
+        return cls(**d)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- weights
+#: Poisson(1) weights from one uniform byte u: weight = #{k : u >= t_k}, i.e. P(0..5) =
+#: (94, 95, 46, 16, 4, 1) / 256 (Poisson(1): 94.2, 94.2, 47.1, 15.7, 3.9, 0.8), chosen so that the
+#: weights' mean and variance are exactly 1, as Poisson(1)'s (what the bootstrap needs).
+POISSON_BYTE_THRESHOLDS = np.array([94, 189, 235, 251, 255], dtype=np.uint8)
+
+def _block_bounds(n_units: int, block: int) -> tuple[int, int]:
+    return block * UNIT_BLOCK, min(n_units, (block + 1) * UNIT_BLOCK)
+
+
+def _multinomial_block_counts(spec: UncertaintySpec, n_units: int) -> np.ndarray:
+    """(B, blocks) draws falling in each block of an n-out-of-n resample (sequential binomials)."""
+    n_blocks = -(-n_units // UNIT_BLOCK)
+    rng = rng_for(spec.seed, "multinomial", "blocks", n_units)
+    out = np.zeros((spec.resamples, n_blocks), dtype=np.int64)
+    left = np.full(spec.resamples, n_units, dtype=np.int64)
+    for j in range(n_blocks):
+        lo, hi = _block_bounds(n_units, j)
+        share = (hi - lo) / (n_units - lo)
+        out[:, j] = left if j == n_blocks - 1 else rng.binomial(left, share)
+        left -= out[:, j]
+    return out
+
+
+def block_weights(spec: UncertaintySpec, n_units: int, block: int, stream: str = "weights",
+                  _counts: np.ndarray | None = None) -> np.ndarray:
+    """(B, units of ``block``) float32 bootstrap weights of block ``block`` (module docstring)."""
+    lo, hi = _block_bounds(n_units, block)
+    c, b = hi - lo, spec.resamples
+    rng = rng_for(spec.seed, stream, spec.weights, block)
+    if spec.weights == "poisson":
+        raw = rng.bit_generator.random_raw(-(-b * c // 8))  # 8 uniform bytes per 64-bit draw
+        u = raw.view(np.uint8)[: b * c].reshape(b, c)
+        w = np.zeros((b, c), dtype=np.uint8)
+        ge = np.empty((b, c), dtype=bool)
+        for t in POISSON_BYTE_THRESHOLDS:  # weight = #{k : u >= t_k}, summed in uint8
+            np.greater_equal(u, t, out=ge)
+            np.add(w, ge.view(np.uint8), out=w)
+        return w.astype(np.float32)
+    counts = (_multinomial_block_counts(spec, n_units) if _counts is None else _counts)[:, block]
+    draws = rng.integers(0, c, size=int(counts.sum()), dtype=np.int64) + np.repeat(np.arange(b) * c, counts)
+    return np.bincount(draws, minlength=b * c).reshape(b, c).astype(np.float32)
+
+
+def sign_weights(spec: UncertaintySpec, n_units: int, block: int) -> np.ndarray:
+    """(B, units of ``block``) random signs ±1 (float32) for the sign-flip randomisation test."""
+    lo, hi = _block_bounds(n_units, block)
+    bits = rng_for(spec.seed, "signs", block).integers(0, 2, size=(spec.resamples, hi - lo), dtype=np.int8)
+    return (2 * bits - 1).astype(np.float32)
+
+
+class WeightStream:
+    """The weights of any increasing unit indices, generating each block once (the last one kept)."""
+
+    def __init__(self, spec: UncertaintySpec, n_units: int, signs: bool = False) -> None:
+        self.spec, self.n_units, self.signs = spec, n_units, signs
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._counts = _multinomial_block_counts(spec, n_units) if spec.weights == "multinomial" else None
+
+    def _block(self, j: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if j not in self._cache:
+            self._cache.clear()
+            w = block_weights(self.spec, self.n_units, j, _counts=self._counts)
+            self._cache[j] = (w, sign_weights(self.spec, self.n_units, j) if self.signs else None)
+        return self._cache[j]
+
+    def blocks(self, idx: np.ndarray):
+        """Yield ``(positions in idx, their columns in the block, the block's W, its signs or None)``."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) == 0:
+            return
+        if idx[0] < 0 or idx[-1] >= self.n_units or (len(idx) > 1 and np.any(np.diff(idx) < 0)):
+            raise ValueError(f"unit indices must be increasing within 0..{self.n_units - 1}")
+        blocks = idx // UNIT_BLOCK
+        cuts = np.flatnonzero(np.diff(blocks)) + 1
+        for part in np.split(np.arange(len(idx)), cuts):
+            j = int(blocks[part[0]])
+            w, s = self._block(j)
+            yield part, idx[part] - j * UNIT_BLOCK, w, s
+
+    def pieces(self, idx: np.ndarray):
+        """Yield ``(positions in idx, W[:, idx[positions]], signs or None)`` block by block."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) == 0:
+            return
+        if idx[0] < 0 or idx[-1] >= self.n_units or (len(idx) > 1 and np.any(np.diff(idx) < 0)):
+            raise ValueError(f"unit indices must be increasing within 0..{self.n_units - 1}")
+        blocks = idx // UNIT_BLOCK
+        cuts = np.flatnonzero(np.diff(blocks)) + 1
+        for part in np.split(np.arange(len(idx)), cuts):
+            j = int(blocks[part[0]])
+            w, s = self._block(j)
+            local = idx[part] - j * UNIT_BLOCK
+            full = len(local) == w.shape[1]
+            yield part, (w if full else w[:, local]), (None if s is None else (s if full else s[:, local]))
+
+
+class _Pending:
+    """Rows waiting until their block of units is complete: every block is then multiplied in one
+    piece, so the float32 sums (and the intervals) do not depend on how the caller chunks units."""
+
+    def __init__(self) -> None:
+        self.idx: list[np.ndarray] = []
+        self.rows: list = []
+
+    def push(self, idx: np.ndarray, rows) -> None:
+        if len(idx):
+            self.idx.append(idx)
+            self.rows.append(rows)
+
+    def pop(self, final: bool = False):
+        """``(idx, rows)`` of every complete block (all with ``final``), or None."""
+        if not self.idx:
+            return None
+        idx = np.concatenate(self.idx) if len(self.idx) > 1 else self.idx[0]
+        rows = (sp.vstack(self.rows, format="csr") if sp.issparse(self.rows[0]) else np.concatenate(self.rows)) \
+            if len(self.rows) > 1 else self.rows[0]
+        cut = len(idx) if final else int(np.searchsorted(idx, (idx[-1] // UNIT_BLOCK) * UNIT_BLOCK))
+        self.idx, self.rows = ([idx[cut:]], [rows[cut:]]) if cut < len(idx) else ([], [])
+        return (idx[:cut], rows[:cut]) if cut else None
+
+
+# --------------------------------------------------------------------------- intervals
+def _accel(u: np.ndarray, axis: int = 0) -> np.ndarray:
+    """a = Σ U³ / (6 (Σ U²)^{3/2}) of jackknife deviations U (0 where they vanish)."""
+    s2, s3 = np.sum(u**2, axis=axis), np.sum(u**3, axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = s3 / (6.0 * s2**1.5)
+    return np.where(s2 > 0, a, 0.0)
+
+
+def interval(theta_hat: np.ndarray, theta_star: np.ndarray, accel: np.ndarray, spec: UncertaintySpec
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile or BCa bounds of each column of ``theta_star`` (B, m) around ``theta_hat`` (m).
+
+    BCa: z₀ = Φ⁻¹(#{θ* < θ̂}/B), bound αⱼ' = Φ(z₀ + (z₀ + zⱼ)/(1 − a(z₀ + zⱼ))) for
+    zⱼ = Φ⁻¹((1 ∓ level)/2), then the αⱼ' percentiles (as ``scipy.stats.bootstrap``)."""
+    theta_star = np.asarray(theta_star, dtype=np.float64)
+    theta_hat = np.atleast_1d(np.asarray(theta_hat, dtype=np.float64))
+    alpha = np.array([(1 - spec.level) / 2, (1 + spec.level) / 2])
+    m = theta_star.shape[1]
+    finite = np.isfinite(theta_star)
+    if spec.method == "percentile":
+        probs = np.broadcast_to(alpha[:, None], (2, m))
+    else:
+        n_ok = finite.sum(axis=0)
+        tol = _tol(theta_hat, theta_star)[None, :]  # float32 sums: values this close to θ̂ are ties, counted half
+        below = np.sum(theta_star < theta_hat[None, :] - tol, axis=0)
+        ties = np.sum(np.abs(theta_star - theta_hat[None, :]) <= tol, axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z0 = ndtri((below + 0.5 * ties) / np.maximum(n_ok, 1))
+            z = ndtri(alpha)[:, None]
+            a = np.atleast_1d(accel)[None, :]
+            probs = ndtr(z0 + (z0 + z) / (1 - a * (z0 + z)))
+        probs = np.where(np.isfinite(probs), probs, alpha[:, None])  # degenerate: all θ* on one side
+    lo, hi = np.full(m, np.nan), np.full(m, np.nan)
+    for j in range(m):
+        col = theta_star[finite[:, j], j]
+        if len(col):
+            lo[j], hi[j] = np.percentile(col, 100 * probs[:, j])
+    return lo, hi
+
+
+def _tol(theta_hat: np.ndarray, theta_star: np.ndarray) -> np.ndarray:
+    """How close two resampled values must be to count as equal (the sums are float32)."""
+    with np.errstate(invalid="ignore"):
+        spread = np.nan_to_num(np.nanstd(np.where(np.isfinite(theta_star), theta_star, np.nan), axis=0))
+    return 1e-5 * (np.abs(np.nan_to_num(theta_hat)) + spread) + 1e-12
+
+
+def inverted_p(delta_star: np.ndarray) -> np.ndarray:
+    """Two-sided p-value inverting the percentile interval: ``2 (1 + #{δ* on the smaller side of 0}) / (B + 1)``
+    (capped at 1) — the smallest 1 − level whose percentile interval excludes 0."""
+    ok = np.isfinite(delta_star)
+    tol = _tol(np.zeros(delta_star.shape[1]), delta_star)[None, :]
+    le, ge = ((delta_star <= tol) & ok).sum(axis=0), ((delta_star >= -tol) & ok).sum(axis=0)
+    return np.minimum(1.0, 2 * (1 + np.minimum(le, ge)) / (1 + ok.sum(axis=0)))
+
+
+def bootstrap_p(delta_hat: np.ndarray, delta_star: np.ndarray) -> np.ndarray:
+    """Two-sided shifted-null paired-bootstrap p-value ``(1 + #{|δ* − δ̂| ≥ |δ̂|}) / (B + 1)``."""
+    delta_hat = np.atleast_1d(delta_hat)
+    ok = np.isfinite(delta_star)
+    tol = _tol(delta_hat, delta_star)[None, :]
+    extreme = (np.abs(delta_star - delta_hat[None, :]) >= np.abs(delta_hat)[None, :] - tol) & ok
+    return (1 + extreme.sum(axis=0)) / (1 + ok.sum(axis=0))
+
+
+@dataclass
+class Interval:
+    """Per metric column: the estimate, its interval and (differences) a p-value."""
+
+    estimate: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    p: np.ndarray | None = None
+    star: np.ndarray | None = None  # (B, m) the statistic on every resample
+
+
+# --------------------------------------------------------------------------- mean metrics
+class MeanBootstrap:
+    """Streamed bootstrap of the means of ``n_cols`` per-unit metrics and of paired differences.
+
+    ``add(idx, values)`` takes the values (rows = units ``idx``, increasing) of every column;
+    ``pairs`` are ``(column, baseline column)``: their per-unit difference is tested (same units).
+    """
+
+    def __init__(self, n_units: int, n_cols: int, spec: UncertaintySpec, pairs: Sequence[tuple[int, int]] = ()) -> None:
+        self.spec, self.n_units, self.m = spec, n_units, n_cols
+        self.pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        self.stream = WeightStream(spec, n_units, signs=spec.test == "randomisation" and len(self.pairs) > 0)
+        b = spec.resamples
+        self.wsum, self.tot = np.zeros(b), np.zeros((b, n_cols))
+        self.n = 0
+        self.s = np.zeros((3, n_cols))  # Σx, Σx², Σx³
+        self.d = np.zeros((3, len(self.pairs)))  # the same of the pairs' differences
+        self.flip = np.zeros((b, len(self.pairs)))  # Σ sᵢ dᵢ (randomisation test)
+        self.shift: np.ndarray | None = None
+        self._pending = _Pending()
+
+    def add(self, idx: np.ndarray, values: np.ndarray) -> None:
+        x = np.asarray(values, dtype=np.float64).reshape(len(idx), self.m)
+        if not np.isfinite(x).all():
+            raise ValueError("per-unit metric values must be finite (leave out units without a value)")
+        self.n += len(x)
+        for k in range(3):
+            self.s[k] += np.sum(x ** (k + 1), axis=0)
+        d = x[:, self.pairs[:, 0]] - x[:, self.pairs[:, 1]]
+        for k in range(3):
+            self.d[k] += np.sum(d ** (k + 1), axis=0)
+        self._pending.push(np.asarray(idx, dtype=np.int64), np.hstack([x, d]))
+        self._flush()
+
+    def _flush(self, final: bool = False) -> None:
+        got = self._pending.pop(final)
+        if got is None:
+            return
+        idx, xd = got
+        x, d = xd[:, : self.m], xd[:, self.m :]
+        if self.shift is None:  # summed in float32 around the first block's mean (exact for constants)
+            self.shift = x[idx < (idx[0] // UNIT_BLOCK + 1) * UNIT_BLOCK].mean(axis=0)
+        # one matmul per block: W (B × block) @ [x − shift | 1] with absent units' rows zero (no gather of W)
+        xs = np.hstack([x - self.shift, np.ones((len(x), 1))]).astype(np.float32)
+        for part, local, w, s in self.stream.blocks(idx):
+            full = np.zeros((w.shape[1], xs.shape[1]), dtype=np.float32)
+            full[local] = xs[part]
+            out = w @ full
+            self.tot += out[:, :-1]
+            self.wsum += out[:, -1]
+            if s is not None:
+                dfull = np.zeros((w.shape[1], d.shape[1]), dtype=np.float32)
+                dfull[local] = d[part]
+                self.flip += s @ dfull
+
+    def _shift(self) -> np.ndarray:
+        return np.zeros(self.m) if self.shift is None else self.shift
+
+    def _accel(self, s: np.ndarray) -> np.ndarray:
+        n = max(self.n, 1)
+        mean = s[0] / n
+        m2 = s[1] - n * mean**2
+        m3 = s[2] - 3 * mean * s[1] + 2 * n * mean**3
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = m3 / (6.0 * np.maximum(m2, 0) ** 1.5)
+        return np.where(m2 > 1e-12 * np.maximum(s[1], 1e-300), a, 0.0)
+
+    def means(self) -> Interval:
+        self._flush(final=True)
+        est = self.s[0] / self.n if self.n else np.full(self.m, np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            star = self.tot / self.wsum[:, None] + self._shift()
+        return Interval(est, *interval(est, star, self._accel(self.s), self.spec), star=star)
+
+    def differences(self) -> Interval:
+        self._flush(final=True)
+        i, j = self.pairs[:, 0], self.pairs[:, 1]
+        est = self.d[0] / self.n if self.n else np.full(len(i), np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = self._shift()
+            star = (self.tot[:, i] - self.tot[:, j]) / self.wsum[:, None] + (c[i] - c[j])
+        lo, hi = interval(est, star, self._accel(self.d), self.spec)
+        if self.spec.test == "randomisation":
+            extreme = np.abs(self.flip) >= np.abs(self.d[0])[None, :] * (1 - 1e-12)
+            p = (1 + extreme.sum(axis=0)) / (1 + self.spec.resamples)
+        else:
+            p = bootstrap_p(est, star)
+        return Interval(est, lo, hi, p, star)
+
+
+def mean_interval(values: np.ndarray, spec: UncertaintySpec) -> Interval:
+    """Mean and interval of each column of ``values`` (units × metrics), all from one weight matrix.
+
+    >>> spec = UncertaintySpec(resamples=2000, seed=1)
+    >>> r = mean_interval(np.r_[np.zeros(50), np.ones(50)][:, None], spec)
+    >>> float(r.estimate[0]), bool(0.39 < r.lo[0] < 0.42), bool(0.58 < r.hi[0] < 0.61)
+    (0.5, True, True)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = values[:, None] if values.ndim == 1 else values
+    acc = MeanBootstrap(len(values), values.shape[1], spec)
+    acc.add(np.arange(len(values)), values)
+    return acc.means()
+
+
+def paired_difference(x: np.ndarray, base: np.ndarray, spec: UncertaintySpec) -> Interval:
+    """Mean of ``x − base`` (same units, columns = metrics), its interval and a two-sided p-value
+    (``spec.test``): paired, because both are re-weighted by the same resample."""
+    x, base = np.asarray(x, dtype=np.float64), np.asarray(base, dtype=np.float64)
+    x, base = (x[:, None], base[:, None]) if x.ndim == 1 else (x, base)
+    m = x.shape[1]
+    acc = MeanBootstrap(len(x), 2 * m, spec, pairs=[(k, m + k) for k in range(m)])
+    acc.add(np.arange(len(x)), np.hstack([x, base]))
+    return acc.differences()
+
+
+# --------------------------------------------------------------------------- aggregate metrics
+class AggregateBootstrap:
+    """Streamed weighted totals ``W @ C`` of per-unit count columns (dense rows or sparse CSR),
+    from which aggregate metrics are recomputed on each resample (:meth:`interval`, :meth:`paired`).
+
+    ``fn(totals, weight_sums)`` maps (R, d) weighted totals of the columns it is given and the (R,)
+    weight sums to (R,) metric values; it is called on the full sample (R = 1, weights 1), the B
+    resamples and the grouped-jackknife leave-outs."""
+
+    def __init__(self, n_units: int, n_cols: int, spec: UncertaintySpec) -> None:
+        self.spec, self.n_units, self.d = spec, n_units, n_cols
+        self.stream = WeightStream(spec, n_units)
+        self.g = min(JACKKNIFE_GROUPS, max(n_units, 1))
+        self.tot = np.zeros((spec.resamples, n_cols))
+        self.wsum = np.zeros(spec.resamples)
+        self.full = np.zeros(n_cols)
+        self.groups = np.zeros((self.g, n_cols))
+        self.group_n = np.zeros(self.g)
+        self._pending = _Pending()
+
+    def add(self, idx: np.ndarray, counts) -> None:
+        idx = np.asarray(idx, dtype=np.int64)
+        is_sparse = sp.issparse(counts)
+        c = sp.csr_matrix(counts, dtype=np.float32) if is_sparse else np.asarray(counts, dtype=np.float32).reshape(len(idx), self.d)
+        group = idx * self.g // max(self.n_units, 1)
+        c64 = c.astype(np.float64)
+        self.full += np.asarray(c64.sum(axis=0)).ravel()
+        gm = sp.csr_matrix((np.ones(len(idx)), (group, np.arange(len(idx)))), shape=(self.g, len(idx)))
+        self.groups += np.asarray((gm @ c64).todense() if is_sparse else gm @ c64)
+        self.group_n += np.bincount(group, minlength=self.g)
+        self._pending.push(idx, c)
+        self._flush()
+
+    def _flush(self, final: bool = False) -> None:
+        got = self._pending.pop(final)
+        if got is None:
+            return
+        idx, c = got
+        if sp.issparse(c):
+            for part, w, _ in self.stream.pieces(idx):
+                self.wsum += w.sum(axis=1)
+                self.tot += (c[part].T @ w.T).T
+            return
+        cs = np.hstack([c, np.ones((len(idx), 1), dtype=np.float32)])
+        for part, local, w, _ in self.stream.blocks(idx):
+            full = np.zeros((w.shape[1], cs.shape[1]), dtype=np.float32)
+            full[local] = cs[part]
+            out = w @ full
+            self.tot += out[:, :-1]
+            self.wsum += out[:, -1]
+
+    def _flushed(self) -> "AggregateBootstrap":
+        self._flush(final=True)
+        return self
+
+    def _values(self, fn: Callable, cols=slice(None)) -> tuple[float, np.ndarray, np.ndarray]:
+        """``fn`` on the full sample, on every resample and on every grouped-jackknife leave-out."""
+        self._flush(final=True)
+        est = float(np.asarray(fn(self.full[None, cols], np.array([float(self.group_n.sum())])))[0])
+        star = np.asarray(fn(self.tot[:, cols], self.wsum), dtype=np.float64)
+        keep = self.group_n > 0
+        jack = np.asarray(fn((self.full[None, :] - self.groups[keep])[:, cols], self.group_n.sum() - self.group_n[keep]),
+                          dtype=np.float64)
+        return est, star, jack
+
+    def interval(self, fn: Callable, cols=slice(None), centre: bool = False) -> Interval:
+        est, star, jack = self._values(fn, cols)
+        return _from_values(np.array([est]), star[:, None], jack, self.spec, centre=centre)
+
+    def paired(self, fn: Callable, cols, base_cols, base_fn: Callable | None = None, centre: bool = False) -> Interval:
+        """``fn`` on ``cols`` minus ``base_fn`` (default ``fn``) on ``base_cols``, on the same resamples.
+        The p-value inverts the percentile interval (:func:`inverted_p`): an aggregate's resampled
+        values are biased (coverage can only fall in a resample), which misplaces a shifted null."""
+        e1, s1, j1 = self._values(fn, cols)
+        e0, s0, j0 = self._values(base_fn or fn, base_cols)
+        return _from_values(np.array([e1 - e0]), (s1 - s0)[:, None], j1 - j0, self.spec, paired=True, centre=centre)
+
+
+def _from_values(est: np.ndarray, star: np.ndarray, jack: np.ndarray, spec: UncertaintySpec, paired: bool = False,
+                 centre: bool = False) -> Interval:
+    """Interval (and p-value) from resampled values; ``centre`` moves them to mean θ̂ first (the
+    bootstrap's bias removed: for coverage, which can only fall in a resample)."""
+    raw = star
+    if centre:
+        star = star - np.nanmean(star, axis=0, keepdims=True) + est[None, :]
+    a = _accel(jack.mean() - jack) if len(jack) > 1 else 0.0
+    lo, hi = interval(est, star, np.atleast_1d(a), spec)
+    return Interval(est, lo, hi, inverted_p(star) if paired else None, raw)
+
+
+def aggregate_interval(fn: Callable, counts, spec: UncertaintySpec) -> Interval:
+    """Interval of the aggregate metric ``fn`` (see :class:`AggregateBootstrap`) of per-unit
+    ``counts`` (units × d, dense or sparse), recomputed on every resample of units.
+
+    For example KL@N of the aggregate mix: ``counts`` = per-user category counts of the top-N,
+    ``fn = lambda t, w: kl(p_star, t / t.sum(1, keepdims=True))``; coverage: ``counts`` = per-user
+    item indicators, ``fn = lambda t, w: (t > 0).sum(1) / n_items``."""
+    n = counts.shape[0]
+    acc = AggregateBootstrap(n, counts.shape[1], spec)
+    acc.add(np.arange(n), counts)
+    return acc.interval(fn)
+
+
+class CoverageBootstrap:
+    """Coverage (distinct listed items / ``n_candidates``) of several cells' lists on the same
+    units, with intervals and paired differences: ``add(cell, idx, items)`` stores the lists
+    (items ≥ 0, −1 = empty slot); :meth:`finish` streams the weights once over all cells, using
+    only items listed by fewer than :data:`COMMON_ITEM` units (the others are always covered).
+
+    Coverage can only fall in a resample (an item leaves when all its units do), so the resampled
+    values sit below the estimate by the bootstrap's bias; the intervals use them centred on the
+    estimate (θ̂ + percentiles of θ* − mean θ*), i.e. they show the spread, not the bias."""
+
+    def __init__(self, n_units: int, n_cells: int, n_items: int, spec: UncertaintySpec) -> None:
+        self.spec, self.n_units, self.n_cells, self.n_items = spec, n_units, n_cells, n_items
+        self.parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n_cells)]
+
+    def add(self, cell: int, idx: np.ndarray, items: np.ndarray) -> None:
+        self.parts[cell].append((np.asarray(idx, dtype=np.int64), np.asarray(items, dtype=np.int32)))
+
+    def _incidence(self, cell: int) -> tuple[sp.csr_matrix, int]:
+        """(units × rare items) 0/1 matrix of one cell and its number of always-covered items."""
+        if not self.parts[cell]:
+            return sp.csr_matrix((self.n_units, 0), dtype=np.float32), 0
+        idx = np.concatenate([p[0] for p in self.parts[cell]])
+        items = np.concatenate([p[1] for p in self.parts[cell]]).astype(np.int64)
+        srt = np.sort(items, axis=1)  # an item twice in one list counts once
+        first = np.ones(srt.shape, dtype=bool)
+        first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        keep = first & (srt >= 0)
+        rows, cols = np.repeat(idx, srt.shape[1])[keep.ravel()], srt[keep]
+        listed = np.bincount(cols, minlength=self.n_items)
+        rare = (listed > 0) & (listed < COMMON_ITEM)
+        col_of = np.cumsum(rare) - 1
+        sel = rare[cols]
+        m = sp.csr_matrix((np.ones(int(sel.sum()), dtype=np.float32), (rows[sel], col_of[cols[sel]])),
+                          shape=(self.n_units, int(rare.sum())))
+        return m, int((listed >= COMMON_ITEM).sum())
+
+    def _prepare(self) -> None:
+        """Stream the weights once over every cell's rare-item incidence."""
+        if getattr(self, "_acc", None) is not None:
+            return
+        mats, self._common = zip(*(self._incidence(c) for c in range(self.n_cells)))
+        widths = np.cumsum([0, *(m.shape[1] for m in mats)])
+        self._cols = [slice(int(widths[c]), int(widths[c + 1])) for c in range(self.n_cells)]
+        self._acc = AggregateBootstrap(self.n_units, int(widths[-1]), self.spec)
+        big = sp.hstack(mats, format="csr") if widths[-1] else sp.csr_matrix((self.n_units, 0), dtype=np.float32)
+        step = UNIT_BLOCK * 8
+        for s in range(0, self.n_units, step):
+            self._acc.add(np.arange(s, min(s + step, self.n_units)), big[s : s + step])
+
+    def _fn(self, cells: Sequence[int], n_cand: int) -> Callable:
+        """Mean coverage over ``cells`` (e.g. the repeats of a stochastic cell), from all columns."""
+        def fn(t, w):
+            return np.mean([((t[:, self._cols[c]] > 0).sum(axis=1) + self._common[c]) / n_cand for c in cells], axis=0)
+        return fn
+
+    def interval(self, cells: Sequence[int], n_candidates: int | None = None) -> Interval:
+        self._prepare()
+        return self._acc.interval(self._fn(cells, n_candidates or self.n_items), centre=True)
+
+    def paired(self, cells: Sequence[int], base_cells: Sequence[int], n_candidates: int | None = None) -> Interval:
+        self._prepare()
+        n_cand = n_candidates or self.n_items
+        return self._acc.paired(self._fn(cells, n_cand), slice(None), slice(None), self._fn(base_cells, n_cand), centre=True)
+
+    def finish(self, baseline: int | None = None, n_candidates: int | None = None) -> tuple[Interval, Interval | None]:
+        """Coverage intervals of every cell and (``baseline``) each cell's paired difference to it."""
+        ivs = [self.interval([c], n_candidates) for c in range(self.n_cells)]
+        diffs = None if baseline is None else [self.paired([c], [baseline], n_candidates) for c in range(self.n_cells)]
+        return _stack(ivs), (None if diffs is None else _stack(diffs))
+
+
+def _stack(ivs: Sequence[Interval]) -> Interval:
+    def cat(f):
+        parts = [getattr(iv, f) for iv in ivs]
+        return None if parts[0] is None else (np.hstack(parts) if f == "star" else np.concatenate(parts))
+    return Interval(*(cat(f) for f in ("estimate", "lo", "hi", "p", "star")))
+
+
+# --------------------------------------------------------------------------- a results table's cells
+def lambda_zero_baseline(cells: Sequence[tuple[str, float]]) -> dict:
+    """(selection, λ) cells -> the same selection at λ = 0 (None where the grid has no λ = 0)."""
+    return {c: ((c[0], 0.0) if (c[0], 0.0) in cells else None) for c in cells}
+
+
+class CellMeans:
+    """Mean metrics of several cells (λ values, methods) on the same units: intervals of each and
+    paired differences to each cell's baseline (``baseline[cell]``, None for none), one weight
+    stream for all. ``add(idx, {cell: (units, metrics) values})``; :meth:`columns` -> table cells."""
+
+    def __init__(self, cells: Sequence, metrics: Sequence[str], n_units: int, spec: UncertaintySpec,
+                 baseline: Mapping | None = None) -> None:
+        self.cells, self.metrics = list(cells), tuple(metrics)
+        m = len(self.metrics)
+        base = baseline or {}
+        self._pair: dict = {}
+        pairs = []
+        for i, c in enumerate(self.cells):
+            b = base.get(c)
+            if b is not None and b in self.cells and b != c:
+                for k in range(m):
+                    self._pair[(c, k)] = len(pairs)
+                    pairs.append((i * m + k, self.cells.index(b) * m + k))
+        self.acc = MeanBootstrap(n_units, len(self.cells) * m, spec, pairs)
+        self._is_base = {c: base.get(c) == c for c in self.cells}
+        self._done: tuple | None = None
+
+    def add(self, idx: np.ndarray, values: Mapping) -> None:
+        self.acc.add(idx, np.hstack([np.asarray(values[c], dtype=np.float64).reshape(len(idx), -1) for c in self.cells]))
+
+    def columns(self, cell) -> dict[str, Any]:
+        if self._done is None:
+            self._done = (self.acc.means(), self.acc.differences() if self._pair else None)
+        means, diffs = self._done
+        i, out = self.cells.index(cell), {}
+        for k, name in enumerate(self.metrics):
+            j = self._pair.get((cell, k))
+            out.update(interval_columns(name, means, i * len(self.metrics) + k, None if j is None else diffs, j or 0,
+                                        is_baseline=self._is_base.get(cell, False)))
+        return out
+
+
+class CellAggregates:
+    """One aggregate metric ``fn(totals, weight_sums)`` of per-unit count vectors (``width``
+    columns) for several cells, each possibly repeated (stochastic selection: the cell's value is
+    the mean over its repeats), with paired differences to ``baseline``: ``add(idx, {(cell, r): counts})``."""
+
+    def __init__(self, keys: Sequence[tuple], width: int, n_units: int, spec: UncertaintySpec, fn: Callable,
+                 name: str, baseline: Mapping | None = None) -> None:
+        self.keys, self.width, self.fn, self.name = list(keys), width, fn, name
+        self.baseline = baseline or {}
+        self.acc = AggregateBootstrap(n_units, len(self.keys) * width, spec)
+
+    def add(self, idx: np.ndarray, counts: Mapping) -> None:
+        self.acc.add(idx, np.hstack([np.asarray(counts[k], dtype=np.float64).reshape(len(idx), self.width) for k in self.keys]))
+
+    def _cell_fn(self, cell) -> Callable:
+        cols = [slice(i * self.width, (i + 1) * self.width) for i, k in enumerate(self.keys) if k[0] == cell]
+
+        def fn(t, w):
+            return np.mean([self.fn(t[:, c], w) for c in cols], axis=0)
+        return fn
+
+    def columns(self, cell) -> dict[str, Any]:
+        iv = self.acc.interval(self._cell_fn(cell))
+        b = self.baseline.get(cell)
+        if b == cell:
+            return interval_columns(self.name, iv, 0, is_baseline=True)
+        d = None if b is None else self.acc.paired(self._cell_fn(cell), slice(None), slice(None), self._cell_fn(b))
+        return interval_columns(self.name, iv, 0, d, 0)
+
+
+# --------------------------------------------------------------------------- multiple testing
+def holm_adjust(p: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN stay NaN and do not count as tests).
+
+    >>> holm_adjust([0.01, 0.04, 0.03, 0.005]).round(3).tolist()
+    [0.03, 0.06, 0.06, 0.02]
+    """
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adj
+    return out
+
+
+def add_holm_columns(table, prefix: str = "p_"):
+    """``table`` (polars) with a ``<p column>_holm`` next to every ``p_*`` column: Holm's correction
+    across all the run's cells and metrics together (every p-value of the table is one test)."""
+    import polars as pl
+
+    cols = [c for c in table.columns if c.startswith(prefix) and not c.endswith("_holm")]
+    if not cols or table.height == 0:
+        return table
+    flat = np.concatenate([table[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in cols])
+    adj = holm_adjust(flat).reshape(len(cols), table.height)
+    return table.with_columns([pl.Series(f"{c}_holm", a, dtype=pl.Float64).fill_nan(None) for c, a in zip(cols, adj)])
+
+
+def interval_columns(name: str, iv: Interval, k: int = 0, delta: Interval | None = None, dk: int = 0,
+                     is_baseline: bool = False) -> dict[str, Any]:
+    """Table cells ``<name>_lo/_hi`` and, with ``delta``, ``delta_<name>``, ``delta_<name>_lo/_hi``,
+    ``p_<name>``; the baseline's own row (``is_baseline``) has delta 0 and no p-value (no test)."""
+    def f(v):
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    out = {f"{name}_lo": f(iv.lo[k]), f"{name}_hi": f(iv.hi[k])}
+    if is_baseline and f(iv.estimate[k]) is not None:
+        out.update({f"delta_{name}": 0.0, f"delta_{name}_lo": 0.0, f"delta_{name}_hi": 0.0, f"p_{name}": None})
+    elif delta is not None:
+        out.update({f"delta_{name}": f(delta.estimate[dk]), f"delta_{name}_lo": f(delta.lo[dk]),
+                    f"delta_{name}_hi": f(delta.hi[dk]), f"p_{name}": f(delta.p[dk])})
+    return out
+
+
+def uncertainty_columns(metrics: Sequence[str]) -> tuple[str, ...]:
+    """The column names :func:`interval_columns` writes for ``metrics``."""
+    return (*(f"{m}_{s}" for m in metrics for s in ("lo", "hi")),
+            *(c for m in metrics for c in (f"delta_{m}", f"delta_{m}_lo", f"delta_{m}_hi", f"p_{m}")))

@@ -1,0 +1,181 @@
+"""steps.uncertainty: interval coverage on known answers, paired-test size and power, aggregate
+metrics against explicit resamples, determinism, Holm, BCa against scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from steps.errors import ConfigError
+from steps.metrics import smoothed_kl
+from steps.seeding import rng_for
+from steps.uncertainty import (
+    UNIT_BLOCK,
+    AggregateBootstrap,
+    CoverageBootstrap,
+    MeanBootstrap,
+    UncertaintySpec,
+    add_holm_columns,
+    aggregate_interval,
+    block_weights,
+    holm_adjust,
+    interval,
+    mean_interval,
+    paired_difference,
+)
+
+REPS = 400
+
+
+def _binomial_band(rate: float, reps: int, sds: float = 3.5) -> tuple[float, float]:
+    sd = np.sqrt(rate * (1 - rate) / reps)
+    return rate - sds * sd, rate + sds * sd
+
+
+@pytest.mark.parametrize("method", ["percentile", "bca"])
+@pytest.mark.parametrize("kind", ["normal", "bernoulli"])
+def test_interval_covers_truth_at_nominal_rate(kind, method):
+    """400 seeded samples of 100 units: the 90 % interval holds the true mean ~90 % of the time
+    (3.5 binomial standard deviations; all 400 samples bootstrapped at once as 400 columns)."""
+    n, truth = 100, (2.0 if kind == "normal" else 0.3)
+    rng = rng_for(7, "coverage", kind)
+    x = rng.normal(truth, 1.5, (n, REPS)) if kind == "normal" else (rng.random((n, REPS)) < truth).astype(float)
+    iv = mean_interval(x, UncertaintySpec(resamples=1000, level=0.9, method=method, seed=11))
+    rate = float(np.mean((iv.lo <= truth) & (truth <= iv.hi)))
+    lo, hi = _binomial_band(0.9, REPS)
+    assert lo - 0.01 <= rate <= hi, rate  # the bootstrap is a little narrow at n = 100: 1 point of slack below
+
+
+def test_mean_bootstrap_with_multinomial_weights_resamples_n_out_of_n():
+    spec = UncertaintySpec(resamples=50, weights="multinomial", seed=3)
+    n = 2 * UNIT_BLOCK + 17
+    from steps.uncertainty import WeightStream
+
+    stream = WeightStream(spec, n)
+    total = sum(w.sum(axis=1) for _, w, _ in stream.pieces(np.arange(n)))
+    assert np.all(total == n)
+
+
+@pytest.mark.parametrize("test", ["bootstrap", "randomisation"])
+def test_paired_test_size_under_null_and_power_under_shift(test):
+    """Two methods with the same per-unit distribution: ~5 % of 400 runs reject at 0.05; a planted
+    shift of 0.5 (unit sd 1 per method) on 100 paired units is found in most runs."""
+    n = 100
+    rng = rng_for(5, "size")
+    common = rng.normal(0, 1, (n, REPS))  # a unit effect both methods share (pairing matters)
+    a, b = common + rng.normal(0, 1, (n, REPS)), common + rng.normal(0, 1, (n, REPS))
+    spec = UncertaintySpec(resamples=500, seed=2, test=test)
+    null = paired_difference(a, b, spec)
+    lo, hi = _binomial_band(0.05, REPS)
+    assert lo <= float(np.mean(null.p < 0.05)) <= hi
+    shifted = paired_difference(a + 0.5, b, spec)
+    assert float(np.mean(shifted.p < 0.05)) > 0.85
+    assert np.all(shifted.lo <= shifted.estimate) and np.all(shifted.estimate <= shifted.hi)
+
+
+def test_aggregate_bootstrap_equals_recomputation_on_explicit_resamples():
+    """KL@N of the aggregate mix and coverage, bootstrapped by weights, equal the same metrics
+    recomputed on the explicit resamples (units repeated as often as they are drawn)."""
+    spec = UncertaintySpec(resamples=40, weights="multinomial", seed=9)
+    rng = rng_for(1, "agg")
+    n, n_cat, n_items = 9, 3, 12
+    counts = rng.integers(0, 4, (n, n_cat)).astype(float)
+    counts[:, 0] += 1
+    lists = rng.integers(0, n_items, (n, 3))
+    p_star = np.array([0.5, 0.3, 0.2])
+
+    def kl_fn(t, w):
+        return smoothed_kl(p_star, t / t.sum(axis=1, keepdims=True), 1e-4)
+
+    iv = aggregate_interval(kl_fn, counts, spec)
+    cov = CoverageBootstrap(n, 1, n_items, spec)
+    cov.add(0, np.arange(n), lists)
+    cov_iv, _ = cov.finish()
+    w = block_weights(spec, n, 0).astype(int)
+    for b in range(spec.resamples):
+        units = np.repeat(np.arange(n), w[b])
+        mix = counts[units].sum(axis=0)
+        assert iv.star[b, 0] == pytest.approx(float(smoothed_kl(p_star, mix / mix.sum(), 1e-4)), rel=1e-5)
+        assert cov_iv.star[b, 0] == pytest.approx(len(np.unique(lists[units])) / n_items)
+    assert iv.estimate[0] == pytest.approx(float(smoothed_kl(p_star, counts.sum(0) / counts.sum(), 1e-4)))
+    assert cov_iv.estimate[0] == len(np.unique(lists)) / n_items
+
+
+def test_same_seed_same_intervals_and_chunking_does_not_matter():
+    rng = rng_for(3, "det")
+    x = rng.exponential(1.0, (2 * UNIT_BLOCK + 5, 2))
+    spec = UncertaintySpec(resamples=100, seed=42)
+    one, two = mean_interval(x, spec), mean_interval(x, spec)
+    np.testing.assert_array_equal(one.lo, two.lo)
+    np.testing.assert_array_equal(one.hi, two.hi)
+    acc = MeanBootstrap(len(x), 2, spec)
+    for s in range(0, len(x), 5000):  # chunks that do not line up with the weight blocks
+        acc.add(np.arange(s, min(s + 5000, len(x))), x[s : s + 5000])
+    chunked = acc.means()
+    np.testing.assert_allclose(chunked.lo, one.lo, rtol=1e-6)
+    np.testing.assert_allclose(chunked.hi, one.hi, rtol=1e-6)
+    other = mean_interval(x, UncertaintySpec(resamples=100, seed=43))
+    assert not np.array_equal(other.lo, one.lo)
+
+
+def test_holm_against_a_hand_checked_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> ×4, ×3, ×2, ×1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.02, 0.03, 0.06, 0.06
+    np.testing.assert_allclose(holm_adjust([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    out = holm_adjust([0.5, np.nan, 0.01])
+    assert np.isnan(out[1]) and out.tolist()[::2] == [0.5, 0.02]
+    import polars as pl
+
+    t = add_holm_columns(pl.DataFrame({"p_auc": [0.01, None], "p_mrr": [0.04, 0.03], "auc": [0.5, 0.6]}))
+    assert t["p_auc_holm"].to_list() == [pytest.approx(0.03), None]
+    assert t["p_mrr_holm"].to_list() == [pytest.approx(0.06), pytest.approx(0.06)]
+
+
+def test_bca_matches_scipy_on_a_skewed_sample():
+    x = rng_for(4, "skew").exponential(1.0, 60)
+    ref = scipy.stats.bootstrap((x,), np.mean, n_resamples=20000, method="BCa", confidence_level=0.95,
+                                random_state=np.random.default_rng(0)).confidence_interval
+    iv = mean_interval(x, UncertaintySpec(resamples=20000, seed=8, method="bca"))
+    width = ref.high - ref.low
+    assert abs(iv.lo[0] - ref.low) < 0.05 * width and abs(iv.hi[0] - ref.high) < 0.05 * width
+    pct = mean_interval(x, UncertaintySpec(resamples=20000, seed=8, method="percentile"))
+    assert iv.hi[0] > pct.hi[0]  # right skew: BCa moves the interval up
+
+
+def test_bca_acceleration_of_an_aggregate_uses_the_jackknife():
+    """For a mean written as an aggregate, the grouped jackknife with one unit per group is the
+    ordinary jackknife: the BCa bounds equal those of the mean path on the same weights."""
+    x = rng_for(6, "agg-mean").exponential(1.0, 80)
+    spec = UncertaintySpec(resamples=2000, seed=1)
+    acc = AggregateBootstrap(len(x), 1, spec)
+    acc.add(np.arange(len(x)), x[:, None])
+    agg = acc.interval(lambda t, w: t[:, 0] / w)
+    direct = mean_interval(x, spec)
+    np.testing.assert_allclose([agg.lo[0], agg.hi[0]], [direct.lo[0], direct.hi[0]], rtol=1e-5)
+
+
+def test_percentile_hand_check():
+    lo, hi = interval(np.array([0.25]), np.array([[0.0], [0.5]]), np.zeros(1), UncertaintySpec(method="percentile"))
+    assert (lo[0], hi[0]) == pytest.approx((0.0125, 0.4875))
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"resamples": -1}, "uncertainty.resamples: expected an integer >= 0, got -1"),
+    ({"resamples": 5}, "uncertainty.resamples: 5 resamples"),
+    ({"level": 1.5}, "uncertainty.level: expected a number in (0, 1)"),
+    ({"method": "basic"}, "uncertainty.method: unknown value 'basic'"),
+    ({"test": "t"}, "uncertainty.test: unknown value 't'"),
+    ({"B": 10}, "uncertainty: unknown key(s) ['B']"),
+    ([1], "uncertainty: expected a mapping"),
+])
+def test_spec_validation_names_key_and_value(raw, message):
+    with pytest.raises(ConfigError) as e:
+        UncertaintySpec.from_dict(raw)
+    assert message in str(e.value)
+
+
+def test_spec_defaults_and_off():
+    assert UncertaintySpec.from_dict(None).resamples == 1000
+    assert not UncertaintySpec.from_dict({"resamples": 0}).enabled
+    spec = UncertaintySpec.from_dict({"resamples": 100, "level": 0.9, "method": "percentile", "seed": 1, "test": "randomisation"})
+    assert UncertaintySpec.from_dict(spec.as_dict()) == spec
