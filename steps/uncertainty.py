@@ -724,3 +724,43 @@ def uncertainty_columns(metrics: Sequence[str]) -> tuple[str, ...]:
     """The column names :func:`interval_columns` writes for ``metrics``."""
     return (*(f"{m}_{s}" for m in metrics for s in ("lo", "hi")),
             *(c for m in metrics for c in (f"delta_{m}", f"delta_{m}_lo", f"delta_{m}_hi", f"p_{m}")))
+
+
+# --------------------------------------------------------------------------- training seeds
+def aggregate_over_seeds(table, keys: Sequence[str], metrics: Sequence[str], level: float = 0.95,
+                         seed_column: str = "seed"):
+    """One row per ``keys`` group of a results table that has one row per training seed: for each
+    metric its ``<m>_mean``, ``<m>_sd`` (sample sd, n − 1) and the Student-t interval of the mean
+    over seeds ``<m>_seed_lo/_hi`` (mean ± t_{n−1, (1+level)/2} · sd / √n), plus ``n_seeds``.
+
+    The unit resampled by the bootstrap columns is a user or an impression of one trained model;
+    this is the spread over retrainings, which the bootstrap cannot see. With one seed the sd and
+    the interval are null (no spread can be estimated from one model).
+
+    >>> import polars as pl
+    >>> t = pl.DataFrame({"method": ["a"] * 3, "seed": [1, 2, 3], "recall": [0.1, 0.2, 0.3]})
+    >>> r = aggregate_over_seeds(t, ["method"], ["recall"]).row(0, named=True)
+    >>> round(r["recall_mean"], 6), round(r["recall_sd"], 6), round(r["recall_seed_hi"], 4)
+    (0.2, 0.1, 0.4484)
+    """
+    import polars as pl
+    from scipy import stats as sst
+
+    missing = [c for c in (*keys, seed_column, *metrics) if c not in table.columns]
+    if missing:
+        raise ValueError(f"aggregate_over_seeds: the results table has no column {missing[0]!r}")
+    exprs = [pl.col(seed_column).n_unique().alias("n_seeds")]
+    for m in metrics:
+        exprs += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std(ddof=1).alias(f"{m}_sd"),
+                  pl.col(m).count().alias(f"_{m}_n")]
+    out = table.group_by(list(keys), maintain_order=True).agg(exprs)
+    cols = []
+    for m in metrics:
+        n = out[f"_{m}_n"].to_numpy().astype(np.float64)
+        sd = out[f"{m}_sd"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        mean = out[f"{m}_mean"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = np.where(n > 1, sst.t.ppf((1 + level) / 2, np.maximum(n - 1, 1)), np.nan)
+            half = t * sd / np.sqrt(n)
+        cols += [pl.Series(f"{m}_seed_lo", mean - half).fill_nan(None), pl.Series(f"{m}_seed_hi", mean + half).fill_nan(None)]
+    return out.with_columns(cols).drop([f"_{m}_n" for m in metrics])

@@ -179,3 +179,24 @@ def test_spec_defaults_and_off():
     assert not UncertaintySpec.from_dict({"resamples": 0}).enabled
     spec = UncertaintySpec.from_dict({"resamples": 100, "level": 0.9, "method": "percentile", "seed": 1, "test": "randomisation"})
     assert UncertaintySpec.from_dict(spec.as_dict()) == spec
+
+
+def test_seed_aggregate_is_the_t_interval_over_seeds():
+    import polars as pl
+    from scipy import stats as sst
+
+    from steps.uncertainty import aggregate_over_seeds
+
+    t = pl.DataFrame({"method": ["a", "a", "a", "a", "b"], "seed": [1, 2, 3, 4, 1],
+                      "recall": [0.10, 0.14, 0.12, 0.16, 0.3]})
+    out = aggregate_over_seeds(t, ["method"], ["recall"], level=0.9)
+    a = out.row(0, named=True)
+    x = np.array([0.10, 0.14, 0.12, 0.16])
+    half = sst.t.ppf(0.95, 3) * x.std(ddof=1) / 2
+    assert a["n_seeds"] == 4 and a["recall_mean"] == pytest.approx(0.13)
+    assert a["recall_sd"] == pytest.approx(x.std(ddof=1))
+    assert (a["recall_seed_lo"], a["recall_seed_hi"]) == pytest.approx((0.13 - half, 0.13 + half))
+    b = out.row(1, named=True)  # one seed: no spread can be estimated
+    assert b["n_seeds"] == 1 and b["recall_sd"] is None and b["recall_seed_lo"] is None
+    with pytest.raises(ValueError, match="no column 'ndcg'"):
+        aggregate_over_seeds(t, ["method"], ["ndcg"])
