@@ -22,7 +22,7 @@ from recalign.flow import RecalignFlow, step_groups
 from recalign.runs import candidates_of_run, dump_source
 from steps.align.config import AlignConfig
 from steps.align.datasets import LIST_KINDS, check_dataset_params, implicit_dataset
-from steps.align.pipeline import build_reports, example_users, export_parts, prepare_dataset, summary_text, with_dataset
+from steps.align.pipeline import build_reports, example_users, export_parts, prepare_dataset, run_results, summary_text, with_dataset
 from steps.tables import concat
 
 # Artifacts of a dataset's prepare step that the joins carry forward.
@@ -80,10 +80,10 @@ class AlignFlow(AlignFanOut, RecalignFlow):
 
     @step
     def join_datasets(self, inputs):
-        """Every dataset's tables in one, with a ``dataset`` column."""
+        """Every dataset's tables in one, with a ``dataset`` column; Holm's correction across the run."""
         self.merge_artifacts(inputs, include=["storage", "several_datasets"])
         parts = [(i.dataset, i.dataset_outputs) for i in inputs]
-        self.results = concat([with_dataset(o.results, d) for d, o in parts])
+        self.results = run_results([with_dataset(o.results, d) for d, o in parts])  # + Holm across the run
         self.category_mix = concat([with_dataset(o.category_mix, d) for d, o in parts])
         self.user_kl_hist = concat([with_dataset(o.user_kl_hist, d) for d, o in parts])
         self.submissions = [s for _, o in parts for s in o.submissions]

@@ -23,7 +23,7 @@ from recalign.fanout import AlignFanOut  # noqa: E402
 from recalign.cards import images, newsrec_card  # noqa: E402
 from recalign.flow import RecalignFlow, step_groups  # noqa: E402
 from steps.align.data import prepare_dump  # noqa: E402
-from steps.align.pipeline import model_distribution_dict  # noqa: E402
+from steps.align.pipeline import model_distribution_dict, run_results  # noqa: E402
 from steps.align.targets import resolve_target  # noqa: E402
 from steps.bundles import publish_bundle  # noqa: E402
 from steps.faults import maybe_fail  # noqa: E402
@@ -136,7 +136,7 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
         self.candidates = {i.model: i.candidates_file for i in inputs if getattr(i, "candidates_file", None) is not None}
         self.model_submission_files = {i.model: i.submission_file for i in inputs}
         self.model_artifacts = {i.model: i.model_artifact for i in inputs}
-        self.results = concat([with_model(i.dataset_outputs.results, i.model) for i in inputs])
+        self.results = run_results([with_model(i.dataset_outputs.results, i.model) for i in inputs])  # + Holm across the run
         self.category_mix = concat([with_model(i.dataset_outputs.category_mix, i.model) for i in inputs])
         self.user_kl_hist = concat([with_model(i.dataset_outputs.user_kl_hist, i.model) for i in inputs])
         self.alignment_submissions = {i.model: i.dataset_outputs.submissions for i in inputs}

@@ -192,12 +192,22 @@ def build_report(results: pl.DataFrame, category_mix: pl.DataFrame, user_kl_hist
     figures = {
         "kl_vs_lambda.png": plots.kl_vs_lambda(results),
         "category_mix.png": plots.category_mix_bars(comparison),
-        "user_kl_density.png": plots.user_kl_density(user_kl_hist),
+        "user_kl_density.png": plots.user_kl_density(user_kl_hist, best),
         "accuracy_vs_kl.png": plots.accuracy_vs_kl(results, "precision_at_n" if lists else "ndcg_at_10"),
     }
     if lists:
         figures["calibration_vs_lambda.png"] = plots.calibration_curve(results)
     return Report(best, comparison, figures)
+
+
+def run_results(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """A run's final results table: every dataset's (or model's) rows in one, and Holm's correction
+    across all of them (``p_<m>_holm`` next to each ``p_<m>``, every p-value of the run one test:
+    :func:`steps.uncertainty.add_holm_columns`). AlignFlow and NewsRecFlow build ``results`` with it
+    in their last join, before best λ, comparison, card and export."""
+    from steps.uncertainty import add_holm_columns
+
+    return add_holm_columns(concat(parts))
 
 
 def with_dataset(df: pl.DataFrame, dataset: str) -> pl.DataFrame:
