@@ -1,4 +1,9 @@
-"""Figures of the alignment experiment (matplotlib, headless): each returns a Figure."""
+"""Figures of the alignment experiment (matplotlib, headless): each returns a Figure.
+
+Where the results carry bootstrap intervals (``<m>_lo`` / ``<m>_hi``, :mod:`steps.uncertainty`)
+the curves get shaded bands and the points error bars; without them (``uncertainty: resamples: 0``,
+or null cells) the figures are drawn without.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,33 @@ def _label(method: str, selection: str) -> str:
     return METHOD_LABEL.get((method, selection), f"{method} ({selection})")
 
 
+def _bounds(grp: pl.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(lo, hi)`` of ``col`` as float arrays (NaN where null), or None when the table has no
+    finite interval of it."""
+    lo, hi = f"{col}_lo", f"{col}_hi"
+    if lo not in grp.columns or hi not in grp.columns:
+        return None
+    a = grp[lo].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    b = grp[hi].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    return (a, b) if np.isfinite(a).any() and np.isfinite(b).any() else None
+
+
+def _band(ax, x, grp: pl.DataFrame, col: str, color) -> None:
+    """Shade ``col``'s interval around its curve (nothing when there is none)."""
+    b = _bounds(grp, col)
+    if b is not None:
+        ax.fill_between(np.asarray(x, dtype=np.float64), b[0], b[1], color=color, alpha=0.18, lw=0)
+
+
+def _err(est: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
+    """Asymmetric error-bar lengths (2, n) from interval bounds (0 where null), for ``errorbar``."""
+    if bounds is None:
+        return None
+    lo, hi = bounds
+    err = np.vstack([est - lo, hi - est])
+    return np.clip(np.nan_to_num(err, nan=0.0), 0.0, None)
+
+
 def kl_vs_lambda(results: pl.DataFrame) -> plt.Figure:
     """KL@N (and KL@|C| for NAILS) against λ, one panel per target distribution."""
     dists = results["distribution"].unique(maintain_order=True).to_list()
@@ -28,14 +60,17 @@ def kl_vs_lambda(results: pl.DataFrame) -> plt.Figure:
         sub = results.filter(pl.col("distribution") == dist)
         for (method, sel), grp in sub.group_by(["method", "selection"], maintain_order=True):
             grp = grp.sort("lambda")
+            color = COLORS.get((method, sel))
             if grp["kl_at_n"].null_count() < grp.height:
-                ax.plot(grp["lambda"], grp["kl_at_n"], "o-", color=COLORS.get((method, sel)), label=f"{_label(method, sel)} KL@N")
+                ax.plot(grp["lambda"], grp["kl_at_n"], "o-", color=color, label=f"{_label(method, sel)} KL@N")
+                _band(ax, grp["lambda"], grp, "kl_at_n", color)
             if method == "nails" and sel == "det" and grp["kl_all"].null_count() < grp.height:
                 ax.plot(grp["lambda"], grp["kl_all"], "k--", label="NAILS KL@|C| (all scores)")
+                _band(ax, grp["lambda"], grp, "kl_all", "k")
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_xlabel("λ")
         ax.set_ylabel("KL(p* ‖ category mix)")
-        ax.set_title(dist)
+        ax.set_title(dist + (" (bands: bootstrap interval)" if _bounds(sub, "kl_at_n") else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -66,29 +101,54 @@ def category_mix_bars(comparison: pl.DataFrame) -> plt.Figure:
     return fig
 
 
-def user_kl_density(hist: pl.DataFrame) -> plt.Figure:
-    """Density of the per-row KL of each top-N list, one panel per (distribution, method), a line per λ."""
+def _shown_lambdas(lams: list[float], best: float | None) -> list[float]:
+    """At most three λ of a grid: 0 (or the smallest), the best λ, and the largest."""
+    lams = sorted(lams)
+    pick = [lams[0]]
+    if best is not None and best in lams:
+        pick.append(best)
+    elif len(lams) > 2:
+        pick.append(lams[len(lams) // 2])
+    pick.append(lams[-1])
+    return sorted(set(pick))
+
+
+def user_kl_density(hist: pl.DataFrame, best: pl.DataFrame | None = None) -> plt.Figure:
+    """How the per-row (user-level) KL of the top-N lists is spread: the ECDF from the histogram's
+    bins, one panel per (distribution, method), a curve for λ = 0, the best λ (``best``: a
+    :func:`steps.align.report.best_lambdas` table; without it the middle λ) and the largest λ."""
     if hist.is_empty():
         fig, ax = plt.subplots(figsize=(6, 2))
         ax.text(0.5, 0.5, "no beyond-accuracy block: user-level KL not computed", ha="center")
         ax.axis("off")
         return fig
+    best_of = {} if best is None else {(r["distribution"], r["method"], r["selection"]): r["lambda"]
+                                       for r in best.iter_rows(named=True)}
     keys = hist.select("distribution", "method", "selection").unique(maintain_order=True).rows()
     n = len(keys)
     ncols = min(4, n)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.2 * nrows), squeeze=False)
-    for ax, (dist, method, sel) in zip(axes.ravel(), keys):
+    styles = ("-", "--", ":")
+    for ax, key in zip(axes.ravel(), keys):
+        dist, method, sel = key
         sub = hist.filter((pl.col("distribution") == dist) & (pl.col("method") == method) & (pl.col("selection") == sel))
-        for lam, grp in sorted(sub.group_by("lambda"), key=lambda g: g[0][0]):
-            grp = grp.sort("bin_left")
-            width = (grp["bin_right"] - grp["bin_left"]).to_numpy()
-            dens = grp["count"].to_numpy() / grp["count"].sum() / width
-            ax.plot((grp["bin_left"] + grp["bin_right"]).to_numpy() / 2, dens, label=f"λ={lam[0]:g}", lw=1)
+        b = best_of.get(key)
+        for i, lam in enumerate(_shown_lambdas(sub["lambda"].unique().to_list(), b)):
+            grp = sub.filter(pl.col("lambda") == lam).sort("bin_left")
+            counts = grp["count"].to_numpy().astype(np.float64)
+            if counts.sum() <= 0:
+                continue
+            x = np.concatenate([[grp["bin_left"][0]], grp["bin_right"].to_numpy()])
+            y = np.concatenate([[0.0], np.cumsum(counts) / counts.sum()])
+            label = f"λ={lam:g}" + (" (best)" if b is not None and lam == b else "")
+            ax.plot(x, y, styles[i % len(styles)], color=f"C{i}", label=label, lw=1.5)
         ax.set_title(f"{dist}: {_label(method, sel)}", fontsize=9)
         ax.set_xlabel("user-level KL@N")
-        ax.set_ylabel("density")
-        ax.legend(fontsize=6)
+        ax.set_ylabel("share of users ≤ x")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     fig.tight_layout()
@@ -96,7 +156,8 @@ def user_kl_density(hist: pl.DataFrame) -> plt.Figure:
 
 
 def accuracy_vs_kl(results: pl.DataFrame, accuracy: str = "ndcg_at_10") -> plt.Figure:
-    """Trade-off: one point per method × λ (x: KL@N on the BA block, y: accuracy on impressions)."""
+    """Trade-off: one point per method × λ (x: KL@N on the BA block, y: accuracy on impressions),
+    with 2-D error bars from the bootstrap intervals where the results have them."""
     dists = results["distribution"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(1, len(dists), figsize=(5.5 * len(dists), 4), squeeze=False)
     for ax, dist in zip(axes[0], dists):
@@ -105,13 +166,16 @@ def accuracy_vs_kl(results: pl.DataFrame, accuracy: str = "ndcg_at_10") -> plt.F
             grp = grp.sort("lambda").drop_nulls([accuracy])
             if grp.is_empty():
                 continue
-            x = grp["kl_at_n"].fill_null(np.nan).to_numpy()
+            x = grp["kl_at_n"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+            xerr = _err(x, _bounds(grp, "kl_at_n"))
             if np.isnan(x).all():
-                x = grp["lambda"].to_numpy()
+                x, xerr = grp["lambda"].to_numpy(), None
                 ax.set_xlabel("λ (no beyond-accuracy block)")
             else:
                 ax.set_xlabel("KL@N (beyond-accuracy block)")
-            ax.plot(x, grp[accuracy], "o-", color=COLORS.get((method, sel)), label=_label(method, sel), ms=4)
+            y = grp[accuracy].cast(pl.Float64).to_numpy()
+            ax.errorbar(x, y, xerr=xerr, yerr=_err(y, _bounds(grp, accuracy)), fmt="o-", color=COLORS.get((method, sel)),
+                        label=_label(method, sel), ms=4, capsize=2, elinewidth=0.8)
             for xi, yi, lam in zip(x, grp[accuracy], grp["lambda"]):
                 ax.annotate(f"{lam:g}", (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
         ax.set_xscale("symlog", linthresh=1e-3)
@@ -133,8 +197,10 @@ def calibration_curve(results: pl.DataFrame, accuracy: str = "precision_at_n") -
             grp = grp.sort("lambda")
             style = dict(color=COLORS.get((method, sel)), label=_label(method, sel), ms=4)
             axes[0, j].plot(grp["lambda"], grp["c_kl_mean"], "o-", **style)
+            _band(axes[0, j], grp["lambda"], grp, "c_kl_mean", style["color"])
             if grp[accuracy].null_count() < grp.height:
                 axes[1, j].plot(grp["lambda"], grp[accuracy], "o-", **style)
+                _band(axes[1, j], grp["lambda"], grp, accuracy, style["color"])
         axes[0, j].set_title(dist)
         axes[0, j].set_ylabel("mean C_KL (miscalibration)")
         axes[1, j].set_ylabel(accuracy)
