@@ -18,17 +18,47 @@ def images(figures: dict) -> dict:
     return {name: Image.from_matplotlib(fig) for name, fig in figures.items()}
 
 
-def align_card(flow, figures: dict) -> None:
-    """AlignFlow: per dataset, its summary, best λ per method, the figures and the results."""
+ALIGN_FIGURES = (("Calibration (C_KL) and accuracy against λ", "calibration_vs_lambda.png"),
+                 ("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
+                 ("One user's genre mix before and after", "user_genre_mix.png"),
+                 ("User-level KL: distribution over users (ECDF)", "user_kl_density.png"),
+                 ("Accuracy against KL@N", "accuracy_vs_kl.png"))
+
+
+def best_lambda_blocks(results: pl.DataFrame, best: pl.DataFrame, run_results: pl.DataFrame, spec, lists: bool,
+                       heading: str = "###") -> list:
+    """The best-λ comparison: each compared method's difference to λ = 0 with its interval and Holm
+    mark (``run_results``: the whole run's table, whose p-values the correction counted)."""
+    from steps.align.report import best_lambda_differences, uncertainty_legend
+
+    table = best_lambda_differences(results, best)
+    return [Markdown(f"{heading} Best λ per method: differences to λ = 0"),
+            Markdown(uncertainty_legend(run_results, spec, lists)),
+            Table(table_rows(table), headers=table.columns)]
+
+
+def grid_columns(results: pl.DataFrame) -> list[str]:
+    """The full grid's columns: keys and every metric with values (no sd, interval or test columns)."""
     from steps.align.evaluate import RESULT_COLUMNS
     from steps.align.lists import LIST_METRICS
+
+    return [col for col in ("distribution", "method", "selection", "lambda", *RESULT_COLUMNS[4:], *LIST_METRICS)
+            if col in results.columns and not col.endswith("_sd") and col != "n_repeats"
+            and results[col].null_count() < results.height]
+
+
+GRID_NOTE = "Intervals, differences to λ = 0 and p-values (raw and Holm) of every cell: `results.csv`."
+
+
+def align_card_blocks(flow, figures: dict, run_id) -> list:
+    """AlignFlow's card, in order: per dataset its summary, the best-λ comparison with intervals and
+    the figures; then the full results grid of every dataset."""
     from steps.align.pipeline import dataset_line
 
     cfg = flow.cfg
-    c = current.card["report"]
-    c.append(Markdown(f"# AlignFlow `{current.run_id}` — {cfg.name}"))
-    c.append(Markdown(f"Top-N = {cfg.top_n}, α = {cfg.alpha:g} (metrics), calibration α = {cfg.calibration_alpha:g}, "
-                      f"repeats = {cfg.repeats}. Exported to `{flow.export_dir}`."))
+    c: list = [Markdown(f"# AlignFlow `{run_id}` — {cfg.name}"),
+               Markdown(f"Top-N = {cfg.top_n}, α = {cfg.alpha:g} (metrics), calibration α = {cfg.calibration_alpha:g}, "
+                        f"repeats = {cfg.repeats}. Exported to `{flow.export_dir}`.")]
     flow.failed_cells_block(c)
     summaries = flow.data_summary if flow.several_datasets else {flow.results["dataset"][0]: flow.data_summary}
     for ds, summ in summaries.items():
@@ -36,49 +66,74 @@ def align_card(flow, figures: dict) -> None:
         for note in summ["notes"]:
             c.append(Markdown(f"**Note:** {note}"))
         sub = flow.results.filter(flow.results["dataset"] == ds)
-        cols = [col for col in ("distribution", "method", "selection", "lambda", *RESULT_COLUMNS[4:], *LIST_METRICS)
-                if col in sub.columns and not col.endswith("_sd") and col != "n_repeats" and sub[col].null_count() < sub.height]
-        c.append(Markdown("### Best λ per method"))
         best = flow.best_lambda.filter(flow.best_lambda["dataset"] == ds)
-        c.append(Table(table_rows(best), headers=best.columns))
+        c += best_lambda_blocks(sub, best, flow.results, cfg.uncertainty, summ.get("kind") == "candidates")
         prefix = f"{ds}__" if flow.several_datasets else ""
-        for title, name in (("Calibration (C_KL) and accuracy against λ", "calibration_vs_lambda.png"),
-                            ("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
-                            ("One user's genre mix before and after", "user_genre_mix.png"),
-                            ("User-level KL density", "user_kl_density.png"), ("Accuracy against KL@N", "accuracy_vs_kl.png")):
+        for title, name in ALIGN_FIGURES:
             if prefix + name in figures:
                 c.append(Markdown(f"### {title}"))
                 c.append(figures[prefix + name])
-        c.append(Markdown("### Results"))
+    c.append(Markdown(f"## Results: the full grid\n\n{GRID_NOTE}"))
+    for ds in summaries:
+        sub = flow.results.filter(flow.results["dataset"] == ds)
+        cols = grid_columns(sub)
+        if flow.several_datasets:
+            c.append(Markdown(f"### Dataset `{ds}`"))
         c.append(Table(table_rows(sub, cols), headers=cols))
+    return c
 
 
-def newsrec_card(flow, card_figures: dict) -> None:
-    """NewsRecFlow: the data, accuracy at the best epoch, training curves, each model's alignment."""
+def align_card(flow, figures: dict) -> None:
+    """AlignFlow: :func:`align_card_blocks` on the report card."""
+    card = current.card["report"]
+    for block in align_card_blocks(flow, figures, current.run_id):
+        card.append(block)
+
+
+NEWSREC_FIGURES = (("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
+                   ("User-level KL: distribution over users (ECDF)", "user_kl_density.png"),
+                   ("Accuracy against KL@N", "accuracy_vs_kl.png"))
+
+
+def newsrec_card_blocks(flow, card_figures: dict, run_id) -> list:
+    """NewsRecFlow's card, in order: the data, accuracy at the best epoch, training curves, per model
+    the best-λ comparison with intervals and the figures; then every model's full results grid."""
+    from steps.align.report import best_lambdas
     from steps.newsrec.report import training_curves_figure
 
     cfg = flow.cfg
-    c = current.card["report"]
     d = flow.data_summary
-    c.append(Markdown(f"# NewsRecFlow `{current.run_id}` — {cfg.name}"))
-    c.append(Markdown(
+    c: list = [Markdown(f"# NewsRecFlow `{run_id}` — {cfg.name}"), Markdown(
         f"Data: `{d['bundle']}`{' (synthetic)' if d['synthetic'] else ''} — {d['articles']:,} articles, "
         f"{d['train_impressions']:,} train / {d['validation_impressions']:,} validation / {d['test_impressions']:,} test "
         f"impressions ({d['test_beyond_accuracy_rows']:,} beyond-accuracy rows). Exported to `{flow.export_dir}`."
-    ))
+    )]
     flow.failed_cells_block(c)
     c.append(Markdown("## Accuracy at the best epoch"))
     c.append(Table(table_rows(flow.train_metrics), headers=flow.train_metrics.columns))
     c.append(Markdown("## Training curves"))
     c.append(Image.from_matplotlib(training_curves_figure(flow.training_curves)))
-    cols = ["distribution", "method", "selection", "lambda", "kl_at_n", "user_kl_mean", "coverage_at_n", "auc", "ndcg_at_10"]
     for model, figs in card_figures.items():
         c.append(Markdown(f"## Alignment of `{model}` (version `{flow.model_artifacts[model].version}`)"))
+        res = flow.results.filter(pl.col("model") == model).drop("model")
+        c += best_lambda_blocks(res, best_lambdas(res, cfg.align), flow.results, cfg.align.uncertainty, False)
+        for title, name in NEWSREC_FIGURES:
+            if name in figs:
+                c.append(Markdown(f"### {title} — {model}"))
+                c.append(figs[name])
+    cols = ["distribution", "method", "selection", "lambda", "kl_at_n", "user_kl_mean", "coverage_at_n", "auc", "ndcg_at_10"]
+    c.append(Markdown(f"## Results: the full grid\n\n{GRID_NOTE}"))
+    for model in card_figures:
+        c.append(Markdown(f"### `{model}`"))
         c.append(Table(table_rows(flow.results.filter(pl.col("model") == model), cols), headers=cols))
-        for title, name in (("KL@N against λ", "kl_vs_lambda.png"), ("Category mix at the best λ", "category_mix.png"),
-                            ("User-level KL density", "user_kl_density.png"), ("Accuracy against KL@N", "accuracy_vs_kl.png")):
-            c.append(Markdown(f"### {title} — {model}"))
-            c.append(figs[name])
+    return c
+
+
+def newsrec_card(flow, card_figures: dict) -> None:
+    """NewsRecFlow: :func:`newsrec_card_blocks` on the report card."""
+    card = current.card["report"]
+    for block in newsrec_card_blocks(flow, card_figures, current.run_id):
+        card.append(block)
 
 
 def tail_card(flow, card_images: dict) -> None:

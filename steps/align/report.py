@@ -96,3 +96,90 @@ def comparison_wide(comparison: pl.DataFrame, distribution: str) -> pl.DataFrame
     rows = sorted(r for r in wide["row"].to_list() if r not in ("kl", "coverage")) + ["kl", "coverage"]
     wide = wide.with_columns(pl.col("row").replace_strict(rows, list(range(len(rows))), return_dtype=pl.Int64).alias("_o"))
     return wide.sort("_o").select(["row", *[c for c in order if c in wide.columns]])
+
+
+# --------------------------------------------------------------------------- the card's best-λ table
+#: Metrics the card's best-λ table shows (value at the best λ and its difference to λ = 0), in this
+#: order, where the results have them.
+SHOWN_METRICS = (("kl_at_n", "KL@N"), ("user_kl_mean", "user KL"), ("c_kl_mean", "C_KL"), ("coverage_at_n", "coverage@N"),
+                 ("ndcg_at_10", "nDCG@10"), ("precision_at_n", "precision@N"), ("ndcg_at_n", "nDCG@N"))
+#: Marks a difference whose Holm-adjusted p-value is below the level.
+HOLM_MARK = "✓"
+
+
+def _num(v: float | None) -> str:
+    if v is None or v != v:
+        return "–"
+    return f"{v:.3g}".replace("-", "−") if v != 0 else "0"
+
+
+def _value(row: dict, name: str) -> float | None:
+    v = row.get(name)
+    return None if v is None or v != v else float(v)
+
+
+def shown_metrics(results: pl.DataFrame) -> list[tuple[str, str]]:
+    """The :data:`SHOWN_METRICS` the table has values of."""
+    return [(m, label) for m, label in SHOWN_METRICS if m in results.columns and results[m].null_count() < results.height]
+
+
+def difference_cell(row: dict, base: dict | None, metric: str, alpha: float = 0.05) -> str:
+    """``"−0.012 [−0.015, −0.009] ✓"``: the cell's difference to λ = 0 (``delta_<m>``, else the
+    point difference to ``base``), its interval, and :data:`HOLM_MARK` when ``p_<m>_holm < alpha``."""
+    est = _value(row, metric)
+    if est is None:
+        return "–"
+    if float(row["lambda"]) == 0.0:
+        return "0 (λ = 0)"
+    d = _value(row, f"delta_{metric}")
+    if d is None:
+        b = None if base is None else _value(base, metric)
+        return "–" if b is None else _num(est - b)
+    lo, hi = _value(row, f"delta_{metric}_lo"), _value(row, f"delta_{metric}_hi")
+    text = _num(d) if lo is None or hi is None else f"{_num(d)} [{_num(lo)}, {_num(hi)}]"
+    p = _value(row, f"p_{metric}_holm")
+    return f"{text} {HOLM_MARK}" if p is not None and p < alpha else text
+
+
+def best_lambda_differences(results: pl.DataFrame, best: pl.DataFrame, alpha: float = 0.05) -> pl.DataFrame:
+    """The card's best-λ table (strings): per (distribution, compared method) the best λ, and per
+    shown metric its value there and the difference to λ = 0 with its interval and Holm mark."""
+    metrics = shown_metrics(results)
+    key = ["distribution", "method", "selection"]
+    rows = []
+    for b in best.iter_rows(named=True):
+        cell = results.filter(*(pl.col(k) == b[k] for k in key))
+        at = cell.filter(pl.col("lambda") == b["lambda"])
+        zero = cell.filter(pl.col("lambda") == 0.0)
+        if at.is_empty():
+            continue
+        r, z = at.row(0, named=True), (zero.row(0, named=True) if zero.height else None)
+        out = {"distribution": b["distribution"], "compared": b["compared"], "λ": f"{b['lambda']:g}",
+               "chosen by": b["chosen_by"]}
+        for m, label in metrics:
+            out[label] = _num(_value(r, m))
+            out[f"Δ {label} vs λ = 0"] = difference_cell(r, z, m, alpha)
+        rows.append(out)
+    headers = ["distribution", "compared", "λ", "chosen by",
+               *(c for _, label in metrics for c in (label, f"Δ {label} vs λ = 0"))]
+    return pl.DataFrame(rows, schema={h: pl.String for h in headers})
+
+
+def n_tests(results: pl.DataFrame) -> int:
+    """How many p-values the run's Holm correction counted (every non-null ``p_*`` cell)."""
+    return sum(results[c].count() for c in results.columns if c.startswith("p_") and not c.endswith("_holm"))
+
+
+def uncertainty_legend(results: pl.DataFrame, spec, lists: bool, alpha: float = 0.05) -> str:
+    """One line under the best-λ table: what was resampled, paired against what, the correction."""
+    if not getattr(spec, "enabled", False) or not any(c.startswith("delta_") for c in results.columns) \
+            or all(results[c].null_count() == results.height for c in results.columns if c.startswith("delta_")):
+        return ("Δ = difference to λ = 0 of the same target, method and selection; no intervals or tests "
+                "(`uncertainty: resamples: 0`).")
+    units = ("the evaluated users" if lists else
+             "the beyond-accuracy rows (KL, coverage) and the labelled impressions (accuracy)")
+    return (f"Δ = difference to λ = 0 of the same target, method and selection on the same units; [lo, hi] its "
+            f"{spec.level:.0%} {'BCa' if spec.method == 'bca' else spec.method} bootstrap interval over "
+            f"{spec.resamples:,} paired resamples of {units}, the model and candidates held fixed. "
+            f"{HOLM_MARK} = p < {alpha:g} after Holm's correction across all {n_tests(results):,} p-values of the run "
+            f"(cells × metrics).")
