@@ -139,8 +139,10 @@ def user_kl_density(hist: pl.DataFrame, best: pl.DataFrame | None = None) -> plt
             counts = grp["count"].to_numpy().astype(np.float64)
             if counts.sum() <= 0:
                 continue
-            x = np.concatenate([[grp["bin_left"][0]], grp["bin_right"].to_numpy()])
-            y = np.concatenate([[0.0], np.cumsum(counts) / counts.sum()])
+            cum = np.cumsum(counts) / counts.sum()
+            # bins with no rows are absent: rise within each bin, flat across the gaps between them
+            x = np.column_stack([grp["bin_left"].to_numpy(), grp["bin_right"].to_numpy()]).ravel()
+            y = np.column_stack([np.concatenate([[0.0], cum[:-1]]), cum]).ravel()
             label = f"λ={lam:g}" + (" (best)" if b is not None and lam == b else "")
             ax.plot(x, y, styles[i % len(styles)], color=f"C{i}", label=label, lw=1.5)
         ax.set_title(f"{dist}: {_label(method, sel)}", fontsize=9)
