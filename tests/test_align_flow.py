@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from steps.align.evaluate import INTERVAL_METRICS
 from tests.flowrun import CONFIGS, card_data
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
@@ -30,6 +31,11 @@ def test_results_artifact_has_the_promised_shape(quick_run):
     for dist in ["Editorial", "Uniform", "NewsHeavy"]:
         d = nails.filter(pl.col("distribution") == dist).sort("lambda")
         assert d["kl_at_n"][-1] < d["kl_at_n"][0]
+    for m in INTERVAL_METRICS:  # intervals bracket the estimates; Holm across the run never lowers a p-value
+        assert {f"{m}_lo", f"{m}_hi", f"delta_{m}", f"delta_{m}_lo", f"delta_{m}_hi", f"p_{m}", f"p_{m}_holm"} <= set(results.columns)
+        has = results.drop_nulls([m, f"{m}_lo", f"{m}_hi"])
+        assert ((has[f"{m}_lo"] <= has[m] + 1e-12) & (has[m] <= has[f"{m}_hi"] + 1e-12)).all(), m
+        assert (results[f"p_{m}_holm"].fill_null(1.0) >= results[f"p_{m}"].fill_null(1.0)).all()
     target = quick_run.run.data.target
     assert abs(sum(target["Editorial"].values()) - 1) < 1e-12
     assert abs(sum(quick_run.run.data.model_distribution.values()) - 1) < 1e-9
@@ -45,7 +51,7 @@ def test_exports_and_card(quick_run, flow_runner):
     zips = sorted((export / "submissions").glob("*.zip"))
     assert len(zips) == 36
     data = card_data(quick_run.run["report"].task, "report")
-    for text in ["Results", "Best λ per method", "Category mix at the best λ", "User-level KL density", "image"]:
+    for text in ["Results: the full grid", "Best λ per method", "Holm", "Category mix at the best λ", "User-level KL", "image"]:
         assert text in data
 
 
