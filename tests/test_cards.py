@@ -92,6 +92,9 @@ def test_best_lambda_table_shows_intervals_and_marks_only_holm_survivors():
     legend = uncertainty_legend(res, CFG.uncertainty, lists=False)
     n = sum(res[f"p_{m}"].count() for m in METRICS)
     assert f"{n:,} p-values" in legend and "Holm" in legend and "λ = 0" in legend and "95%" in legend
+    assert "no marks are possible" not in legend
+    few = AlignConfig.from_dict({"lambdas": [0, 0.5, 1.0], "uncertainty": {"resamples": 199}}).uncertainty
+    assert f"no marks are possible — set `uncertainty.resamples` to at least {n * 20:,}" in uncertainty_legend(res, few, lists=False)
     # the same cells at the configured λ = 0: no difference to show
     zero = best.with_columns(pl.lit(0.0).alias("lambda"))
     assert set(best_lambda_differences(res, zero)["Δ KL@N vs λ = 0"]) == {"0 (λ = 0)"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 
 from steps.align.config import AUTO, AlignConfig
@@ -176,10 +178,17 @@ def uncertainty_legend(results: pl.DataFrame, spec, lists: bool, alpha: float = 
             or all(results[c].null_count() == results.height for c in results.columns if c.startswith("delta_")):
         return ("Δ = difference to λ = 0 of the same target, method and selection; no intervals or tests "
                 "(`uncertainty: resamples: 0`).")
+    n = n_tests(results)
+    floor = ""
+    if n / (spec.resamples + 1) >= alpha:  # resampling p-values are ≥ 1/(B + 1): Holm's smallest is ≥ n/(B + 1)
+        floor = (f" With B = {spec.resamples:,} no p-value is below 1/{spec.resamples + 1:,}, so after Holm over {n:,} tests "
+                 f"none can be below {alpha:g}: no marks are possible — set `uncertainty.resamples` to at least "
+                 f"{math.ceil(n / alpha):,} (read the intervals meanwhile: one that excludes 0 is a clear difference "
+                 f"on its own, not corrected for the others).")
     units = ("the evaluated users" if lists else
              "the beyond-accuracy rows (KL, coverage) and the labelled impressions (accuracy)")
     return (f"Δ = difference to λ = 0 of the same target, method and selection on the same units; [lo, hi] its "
             f"{spec.level:.0%} {'BCa' if spec.method == 'bca' else spec.method} bootstrap interval over "
             f"{spec.resamples:,} paired resamples of {units}, the model and candidates held fixed. "
-            f"{HOLM_MARK} = p < {alpha:g} after Holm's correction across all {n_tests(results):,} p-values of the run "
-            f"(cells × metrics).")
+            f"{HOLM_MARK} = p < {alpha:g} after Holm's correction across all {n:,} p-values of the run "
+            f"(cells × metrics).{floor}")
