@@ -123,7 +123,7 @@ def _fake_align_flow(intervals: bool, cfg=CFG):
 def _order(blocks):
     first_image = next(i for i, b in enumerate(blocks) if isinstance(b, Image))
     tables = [i for i, b in enumerate(blocks) if isinstance(b, Table)]
-    grid = next(i for i in tables if "lambda" in blocks[i]._headers and "auc" in blocks[i]._headers)
+    grid = next(i for i in tables if "lambda" in blocks[i]._headers and "kl_at_n" in blocks[i]._headers)
     best = next(i for i in tables if any(h.startswith("Δ ") for h in blocks[i]._headers))
     return first_image, best, grid
 
@@ -209,4 +209,29 @@ def test_user_kl_panels_are_ecdfs_of_at_most_three_lambdas():
     many = pl.concat([hist, hist.with_columns(pl.col("lambda") + 0.1), hist.with_columns(pl.col("lambda") + 0.2)])
     fig = plots.user_kl_density(many)  # no best table: the smallest, middle and largest λ
     assert max(len(ax.lines) for ax in fig.axes) == 3
+    plots.plt.close("all")
+
+
+def test_candidate_list_card_has_the_calibration_figure_with_bands_and_a_users_legend(tmp_path):
+    from steps.align.lists import evaluate_lists, resolve_list_target
+    from steps.align.synthetic_lists import SyntheticListsSpec, write_synthetic_lists
+    from steps.candidates import read_candidate_bundle
+    from steps.tables import concat
+
+    cs = read_candidate_bundle(write_synthetic_lists(tmp_path / "s", SyntheticListsSpec(users=90, items=120, candidates=20)))
+    cfg = AlignConfig.from_dict({"lambdas": [0, 0.5, 1.0], "selections": ["det"], "uncertainty": {"resamples": 200}})
+    target = resolve_list_target("history", cs)
+    outs = [evaluate_lists(cs, target, m, cfg) for m in ("nails", "steck")]
+    res = with_dataset(run_results([o.results for o in outs]), "lists")
+    rep = build_reports(res, with_dataset(concat([o.category_mix for o in outs]), "lists"),
+                        with_dataset(concat([o.user_kl_hist for o in outs]), "lists"), cfg, ["lists"])
+    assert len(rep.figures["calibration_vs_lambda.png"].axes[0].collections) == 2  # C_KL bands: NAILS det, Steck
+    flow = SimpleNamespace(cfg=cfg, export_dir="/tmp/x", failed_cells=[], several_datasets=False, results=res,
+                           best_lambda=rep.best_lambda, failed_cells_block=lambda card, title="": None,
+                           data_summary={"kind": "candidates", "users": 90, "candidates_per_user": 20, "genres": ["a", "b"],
+                                         "single_genre": False, "source": "synthetic", "notes": []})
+    blocks = align_card_blocks(flow, images(rep.figures), "1")
+    first_image, best, grid = _order(blocks)
+    assert best < first_image < grid
+    assert "C_KL" in blocks[best]._headers and "evaluated users" in blocks[best - 1]._text
     plots.plt.close("all")
