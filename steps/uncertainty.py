@@ -103,6 +103,11 @@ class UncertaintySpec:
         return asdict(self)
 
 
+def uncertainty_key(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A flow config's ``uncertainty:`` -> ``{"uncertainty": UncertaintySpec}`` (nothing when absent)."""
+    return {"uncertainty": UncertaintySpec.from_dict(raw["uncertainty"])} if "uncertainty" in raw else {}
+
+
 # --------------------------------------------------------------------------- weights
 #: Poisson(1) weights from one uniform byte u: weight = #{k : u >= t_k}, i.e. P(0..5) =
 #: (94, 95, 46, 16, 4, 1) / 256 (Poisson(1): 94.2, 94.2, 47.1, 15.7, 3.9, 0.8), chosen so that the
