@@ -103,6 +103,11 @@ class UncertaintySpec:
         return asdict(self)
 
 
+def uncertainty_key(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A flow config's ``uncertainty:`` -> ``{"uncertainty": UncertaintySpec}`` (nothing when absent)."""
+    return {"uncertainty": UncertaintySpec.from_dict(raw["uncertainty"])} if "uncertainty" in raw else {}
+
+
 # --------------------------------------------------------------------------- weights
 #: Poisson(1) weights from one uniform byte u: weight = #{k : u >= t_k}, i.e. P(0..5) =
 #: (94, 95, 46, 16, 4, 1) / 256 (Poisson(1): 94.2, 94.2, 47.1, 15.7, 3.9, 0.8), chosen so that the
@@ -185,17 +190,7 @@ class WeightStream:
 
     def pieces(self, idx: np.ndarray):
         """Yield ``(positions in idx, W[:, idx[positions]], signs or None)`` block by block."""
-        idx = np.asarray(idx, dtype=np.int64)
-        if len(idx) == 0:
-            return
-        if idx[0] < 0 or idx[-1] >= self.n_units or (len(idx) > 1 and np.any(np.diff(idx) < 0)):
-            raise ValueError(f"unit indices must be increasing within 0..{self.n_units - 1}")
-        blocks = idx // UNIT_BLOCK
-        cuts = np.flatnonzero(np.diff(blocks)) + 1
-        for part in np.split(np.arange(len(idx)), cuts):
-            j = int(blocks[part[0]])
-            w, s = self._block(j)
-            local = idx[part] - j * UNIT_BLOCK
+        for part, local, w, s in self.blocks(idx):
             full = len(local) == w.shape[1]
             yield part, (w if full else w[:, local]), (None if s is None else (s if full else s[:, local]))
 

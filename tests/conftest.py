@@ -26,19 +26,19 @@ def flow_runner(tmp_path_factory) -> FlowRunner:
 
 @pytest.fixture(scope="session")
 def quick_run(flow_runner):
-    """One AlignFlow run of configs/align_quick.yaml, shared by the tests that only read it."""
-    from tests.flowrun import CONFIGS
+    """One AlignFlow run of the quick config, shared by the tests that only read it."""
+    from tests.flowrun import ALIGN_QUICK
 
-    run = flow_runner.run("align_flow.py", CONFIGS / "align_quick.yaml")
+    run = flow_runner.run("align_flow.py", ALIGN_QUICK)
     assert run.ok, run.stderr[-3000:]
     return run
 
 
 @pytest.fixture(scope="session")
 def tail_quick_run(flow_runner):
-    """One TailFlow run of configs/tail_quick.yaml, shared by TailFlow's tests and AlignFlow's chained test."""
-    from tests.flowrun import CONFIGS
+    """One TailFlow run of the quick config, shared by TailFlow's tests and AlignFlow's chained test."""
+    from tests.flowrun import TAIL_QUICK
 
-    run = flow_runner.run("tail_flow.py", CONFIGS / "tail_quick.yaml")
+    run = flow_runner.run("tail_flow.py", TAIL_QUICK)
     assert run.ok, run.stderr[-3000:]
     return run

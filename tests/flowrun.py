@@ -10,6 +10,30 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "flows"
 CONFIGS = ROOT / "configs"
 
+# Every config the flow tests run, named once here (a renamed config is a one-line change).
+ALIGN_QUICK = CONFIGS / "align_quick.yaml"
+ALIGN_ML100K = CONFIGS / "align_calibrate_ml100k.yaml"
+TAIL_QUICK = CONFIGS / "tail_quick.yaml"
+NEWSREC_QUICK = CONFIGS / "newsrec_quick.yaml"
+EXPLAIN_QUICK = CONFIGS / "explain_quick.yaml"
+
+
+def derived_config(base: Path, out: Path, **overrides) -> Path:
+    """``base`` with top-level keys replaced by ``overrides`` (``None``: key removed), written to
+    ``out`` (a test's tmp folder)."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(base).read_text())
+    for key, value in overrides.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return out
+
 
 @dataclass
 class FlowRun:

@@ -148,3 +148,18 @@ def test_the_range_table_covers_every_stored_column():
     assert set(FIELDS) == {"impression_id", "article_ids_inview", "article_ids_clicked", "scores", "article_id"}
     assert FIELDS["impression_id"].bounds() == (0, 2**32 - 1)
     assert FIELDS["article_ids_inview"].bounds() == (0, 2**31 - 1)
+
+
+def test_a_bad_row_fails_the_prepare_step_before_anything_is_written(tmp_path, art):
+    """What AlignFlow's ``prepare`` step does with ``--predictions``/``--articles`` (in-process; the
+    flow test of a failed run checks that a failed run exports nothing): the inputs resolve, the
+    loader names the row, impression and position, and no prepared output is left."""
+    from steps.align.pipeline import resolve_inputs
+    from steps.align.synthetic import SyntheticDumpSpec
+
+    dump = write_dump(tmp_path / "predictions.parquet", GOOD[:2] + [(21, [1, 2], [0.3, float("nan")], [1])])
+    inputs = resolve_inputs(str(dump), str(art), SyntheticDumpSpec(), tmp_path / "data")
+    assert not inputs.synthetic and inputs.predictions == str(dump.absolute())
+    with pytest.raises(InputError, match=r"row 2 \(impression_id 21\): column 'scores' holds nan at position 1"):
+        prepare_dump(inputs.predictions, inputs.articles, tmp_path / "data" / "prepared")
+    assert _no_outputs(tmp_path / "data" / "prepared") and not (tmp_path / "data" / "synthetic").exists()

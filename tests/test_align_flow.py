@@ -1,4 +1,8 @@
-"""End-to-end: AlignFlow through Metaflow's Runner on tiny synthetic data, failure and resume."""
+"""End-to-end: AlignFlow through Metaflow's Runner on tiny synthetic data, failure and resume.
+
+Runner runs here: the session's quick run (``quick_run``, tests/conftest.py), one failed run and
+its resume, and one tiny ``on_cell_failure: continue`` run. Bad inputs are checked in-process
+(tests/test_align_bad_inputs.py); the two-run determinism check is the resume test."""
 
 from pathlib import Path
 
@@ -7,10 +11,10 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from steps.align.evaluate import INTERVAL_METRICS
-from tests.flowrun import CONFIGS, card_data
+from tests.flowrun import ALIGN_QUICK, card_data, derived_config
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
-QUICK = CONFIGS / "align_quick.yaml"
+QUICK = ALIGN_QUICK
 
 
 def test_results_artifact_has_the_promised_shape(quick_run):
@@ -58,6 +62,9 @@ def test_exports_and_card(quick_run, flow_runner):
 
 
 def test_failed_fanout_task_then_resume_matches_uninterrupted_run(quick_run, flow_runner):
+    """Also the two-run determinism check: the failed run computes every task but the failed cell
+    afresh and the resume computes that cell and everything after it; all must equal the first run
+    bit for bit."""
     env = flow_runner.env(RECALIGN_FAIL_AT="evaluate:Uniform/steck")
     failed = flow_runner.run("align_flow.py", QUICK, env=env)
     assert failed.status == "failed"
@@ -68,38 +75,17 @@ def test_failed_fanout_task_then_resume_matches_uninterrupted_run(quick_run, flo
     assert_frame_equal(resumed.run.data.category_mix, quick_run.run.data.category_mix, check_exact=True)
 
 
-def test_bad_input_fails_in_start_and_exports_nothing(flow_runner, tmp_path):
-    from tests.test_align_data import GOOD, write_articles, write_dump
-
-    bad = GOOD[:2] + [(21, [1, 2], [0.3, float("nan")], [1])]
-    dump = write_dump(tmp_path / "predictions.parquet", bad)
-    articles = write_articles(tmp_path / "articles.parquet")
-    run = flow_runner.run("align_flow.py", QUICK, predictions=str(dump), articles=str(articles))
-    assert run.status == "failed"
-    assert "row 2 (impression_id 21): column 'scores' holds nan at position 1" in run.stderr + run.stdout
-    assert not (flow_runner.cwd / "artifacts" / "AlignFlow" / run.run_id).exists()
-
-
-def test_two_runs_give_bit_identical_tables(quick_run, flow_runner):
-    again = flow_runner.run("align_flow.py", QUICK)
-    assert again.ok
-    assert again.run.data.results.equals(quick_run.run.data.results)
-    assert again.run.data.category_mix.equals(quick_run.run.data.category_mix)
-
-
 def test_partial_grid_when_failed_cells_may_continue(flow_runner, tmp_path):
-    import yaml
-
-    cfg = yaml.safe_load(QUICK.read_text())
-    cfg["run"] = {"minutes_between_retries": 0, "retries": 0, "on_cell_failure": "continue"}
-    cfg["targets"] = ["Editorial", "Uniform"]
-    path = tmp_path / "continue.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    """With ``on_cell_failure: continue`` a failed cell is listed and the rest of its target's grid
+    is kept (one target, two methods, two λ: the smallest grid that shows it)."""
+    path = derived_config(QUICK, tmp_path / "continue.yaml", targets=["Uniform"], methods=["nails", "steck"],
+                          selections=["det"], lambdas=[0, 0.99], best_lambda=None, submissions=False,
+                          run={"minutes_between_retries": 0, "retries": 0, "on_cell_failure": "continue"})
     run = flow_runner.run("align_flow.py", path, env=flow_runner.env(RECALIGN_FAIL_AT="evaluate:Uniform/steck"))
     assert run.ok, run.stderr[-3000:]
     failed = run.run.data.failed_cells
     assert len(failed) == 1 and failed[0].startswith("Uniform/steck: ")
     results = run.run.data.results
-    assert results.filter((pl.col("distribution") == "Uniform") & (pl.col("method") == "steck")).is_empty()
-    assert results.height == 2 * 4 * 3 - 3
+    assert results.filter(pl.col("method") == "steck").is_empty()
+    assert results.height == 2 and set(results["method"]) == {"nails"} and set(results["distribution"]) == {"Uniform"}
     assert "Failed cells" in card_data(run.run["report"].task, "report")

@@ -1,5 +1,8 @@
-"""End-to-end: ExplainFlow through Metaflow's Runner on tiny synthetic data, a checkpoint run,
-a failed explain task and its resume."""
+"""End-to-end: ExplainFlow through Metaflow's Runner on tiny synthetic data, then a run from the
+first run's checkpoint and ReChorus folder with a failed explain task, and its resume.
+
+Runner runs here: one quick run shared by the tests that read it, one failed run and its resume
+(training reproducibility is tests/test_explain_model.py::test_training_is_reproducible)."""
 
 from pathlib import Path
 
@@ -12,10 +15,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from tests.flowrun import CONFIGS, card_data
+from tests.flowrun import EXPLAIN_QUICK, card_data
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
-QUICK = CONFIGS / "explain_quick.yaml"
+QUICK = EXPLAIN_QUICK
 FLOW = "explain_flow.py"
 
 
@@ -64,28 +67,22 @@ def test_exports_and_card(quick_run, flow_runner):
         assert heading in text
 
 
-def test_checkpoint_and_rechorus_folder_reproduce_the_run(quick_run, flow_runner):
-    """Load the trained model as a ReChorus checkpoint and read the synthetic ReChorus files back:
-    the same metrics and attributions come out."""
+def test_checkpoint_run_with_a_failed_explain_task_then_resume_reproduces_the_run(quick_run, flow_runner):
+    """Load the trained model as a ReChorus checkpoint and read the synthetic ReChorus files back,
+    in a run whose explain task of one user fails; the failed run explains the other users afresh,
+    the resume explains the failed one: the same metrics and attributions as the first run come out."""
     folder = flow_runner.cwd / ".recalign" / "ExplainFlow" / quick_run.run_id / "input" / "synthetic"
     ckpt = Path(quick_run.run.data.export_dir) / "gru4rec.pt"
-    run = flow_runner.run(FLOW, QUICK, data_dir=str(folder), checkpoint=str(ckpt))
-    assert run.ok, run.stderr[-3000:]
-    assert run.run.data.training_log.height == 0
-    assert_frame_equal(run.run.data.model_metrics, quick_run.run.data.model_metrics)
-    assert_frame_equal(run.run.data.attributions, quick_run.run.data.attributions)
-
-
-def test_failed_explain_task_then_resume_matches_uninterrupted_run(quick_run, flow_runner):
-    """Also the two-run determinism check of issue #6: the failed run trains GRU4Rec and explains the
-    other users afresh, the resume explains the failed user; all must equal the first run."""
     user = quick_run.run.data.explain_user_ids[1]
-    failed = flow_runner.run(FLOW, QUICK, env=flow_runner.env(RECALIGN_FAIL_AT=f"explain:{user}"))
+    failed = flow_runner.run(FLOW, QUICK, env=flow_runner.env(RECALIGN_FAIL_AT=f"explain:{user}"),
+                             data_dir=str(folder), checkpoint=str(ckpt))
     assert failed.status == "failed"
     assert not (flow_runner.cwd / "artifacts" / "ExplainFlow" / failed.run_id).exists()
     resumed = flow_runner.resume(FLOW, failed.run_id)
     assert resumed.ok, resumed.stderr[-3000:]
     data, ref = resumed.run.data, quick_run.run.data
+    assert data.training_log.height == 0  # loaded, not trained
+    assert data.explain_user_ids == ref.explain_user_ids
     assert_frame_equal(data.attributions, ref.attributions)
     assert_frame_equal(data.feature_attributions, ref.feature_attributions)
     assert_frame_equal(data.explained_users.drop("seconds"), ref.explained_users.drop("seconds"))

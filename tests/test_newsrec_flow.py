@@ -1,5 +1,8 @@
 """End-to-end: NewsRecFlow through Metaflow's Runner on tiny synthetic EB-NeRD (train → dump →
-align → report), a failure injected in the train step and its resume, and AlignFlow on the dump."""
+align → report), a failure injected in the train step and its resume, and AlignFlow's steps on the dump.
+
+Runner runs here: one NewsRecFlow run shared by every test that reads it, one failed run and its
+resume (also the two-run determinism check)."""
 
 from pathlib import Path
 
@@ -10,10 +13,10 @@ import yaml
 from polars.testing import assert_frame_equal
 
 from steps.metrics import mean_ranking_metrics, ranking_metrics
-from tests.flowrun import CONFIGS, card_data
+from tests.flowrun import NEWSREC_QUICK, card_data
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
-QUICK = CONFIGS / "newsrec_quick.yaml"
+QUICK = NEWSREC_QUICK
 SPEC = yaml.safe_load(QUICK.read_text())["synthetic"]
 
 
@@ -99,19 +102,35 @@ def test_failed_train_step_then_resume_matches_uninterrupted_run(newsrec_run, fl
     assert {m: r.version for m, r in a.model_artifacts.items()} == {m: r.version for m, r in b.model_artifacts.items()}
 
 
-def test_alignflow_takes_the_dump_of_a_newsrecflow_run(newsrec_run, flow_runner, tmp_path):
-    cfg = tmp_path / "align.yaml"
-    cfg.write_text(yaml.safe_dump({"name": "from_newsrec", "targets": ["Editorial", "Uniform"], "methods": ["nails"],
-                                   "selections": ["det"], "lambdas": [0.0, 0.99], "submissions": False}))
-    run = flow_runner.run("align_flow.py", cfg, predictions_from=f"NewsRecFlow/{newsrec_run.run_id}")
-    assert run.ok, run.stderr[-4000:]
-    data = run.run.data
-    assert data.inputs.predictions == newsrec_run.run.data.predictions["nrms_docvec"].path
-    assert not data.inputs.synthetic
+def test_alignflow_steps_take_the_dump_of_a_newsrecflow_run(newsrec_run, tmp_path):
+    """AlignFlow's ``prepare`` and ``evaluate`` steps, in-process, on what ``--predictions-from
+    NewsRecFlow/<run>`` resolves to (through the Client, as the flow does): the dump of the paper's
+    model, whose alignment reproduces the NewsRecFlow run's own numbers. (The chain through a
+    second flow run is AlignFlow ← TailFlow in tests/test_calibrate_flow.py.)"""
+    from recalign.runs import dump_source
+    from steps.align.config import AlignConfig
+    from steps.align.data import prepare_dump
+    from steps.align.evaluate import evaluate_method, target_layout
+    from steps.align.pipeline import resolve_inputs
+    from steps.align.targets import resolve_target
+
+    cfg = AlignConfig.from_dict({"name": "from_newsrec", "targets": ["Editorial", "Uniform"], "methods": ["nails"],
+                                 "selections": ["det"], "lambdas": [0.0, 0.99], "submissions": False})
+    predictions, articles = dump_source(f"NewsRecFlow/{newsrec_run.run_id}", "", "")
+    inputs = resolve_inputs(predictions, articles, cfg.synthetic, tmp_path)
+    assert inputs.predictions == newsrec_run.run.data.predictions["nrms_docvec"].path
+    assert not inputs.synthetic
+    prepared = prepare_dump(inputs.predictions, inputs.articles, tmp_path / "prepared", cfg.exclude_categories,
+                            cfg.missing_category)
+    theirs = pl.concat([
+        evaluate_method(prepared, target_layout(prepared, resolve_target(t, prepared.candidate_categories),
+                                                cfg.unknown_category_weight), "nails", cfg, tmp_path / "out").results
+        for t in cfg.targets])
     ours = newsrec_run.run.data.results.filter((pl.col("model") == "nrms_docvec") & (pl.col("method") == "nails")
                                              & (pl.col("selection") == "det") & pl.col("lambda").is_in([0.0, 0.99]))
-    theirs = data.results.sort(["distribution", "lambda"])
-    assert theirs["kl_at_n"].to_list() == ours.sort(["distribution", "lambda"])["kl_at_n"].to_list()
+    assert theirs.height == ours.height == 4
+    cols = ["distribution", "lambda"]
+    assert theirs.sort(cols)["kl_at_n"].to_list() == ours.sort(cols)["kl_at_n"].to_list()
 
 
 def test_the_candidates_artifact_calibrates_the_ba_lists_toward_the_users_histories(newsrec_run):

@@ -7,10 +7,10 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from steps.storage import load_array
-from tests.flowrun import CONFIGS, card_data
+from tests.flowrun import TAIL_QUICK, card_data
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
-QUICK = CONFIGS / "tail_quick.yaml"
+QUICK = TAIL_QUICK
 ISSUE_COLUMNS = ["dataset", "method", "split", "recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20", "gini",
                  "tail_share", "epochs", "seconds"]
 METHODS = ["ease", "ease_gd", "ipw", "tail_opt", "adversarial", "pop_rerank"]

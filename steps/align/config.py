@@ -14,7 +14,7 @@ from steps.configtools import number as _number
 from steps.configtools import choice, common_fields, default_resources, resources_field, run_field, yaml_mapping
 from steps.errors import ConfigError
 from steps.metrics import DEFAULT_TIES, TIE_RULES
-from steps.uncertainty import UncertaintySpec
+from steps.uncertainty import UncertaintySpec, uncertainty_key
 
 METHODS = ("nails", "steck", "nails_steck")
 #: Per-step compute requests, memory in MB (``resources.align`` in ``configs/defaults.yaml``).
@@ -149,12 +149,6 @@ def parse_datasets(raw: Any) -> tuple[dict, ...]:
     return tuple(out)
 
 
-# --------------------------------------------------------------------------- uncertainty
-def _uncertainty(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """``uncertainty:`` -> ``{"uncertainty": UncertaintySpec}`` (nothing when the key is absent)."""
-    return {"uncertainty": UncertaintySpec.from_dict(raw["uncertainty"])} if "uncertainty" in raw else {}
-
-
 @dataclass(frozen=True)
 class AlignConfig:
     """Validated settings of one alignment experiment (see ``configs/align_nails_paper.yaml``)."""
@@ -200,7 +194,7 @@ class AlignConfig:
         d = common_fields(raw, set(cls.__dataclass_fields__), DEFAULT_RESOURCES)
         d.update(_grid_fields(raw))
         d.update(_data_fields(raw))
-        d.update(_uncertainty(raw))
+        d.update(uncertainty_key(raw))
         cfg = cls(**d)
         _check_per_user_targets(cfg)
         target_names = sorted({*cfg.target_names, *(n for ds in cfg.datasets for n in cfg.target_names_for(ds['name']))})

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from steps.configtools import common_fields, default_resources, resources_field, run_field, yaml_mapping
-from steps.uncertainty import UncertaintySpec
+from steps.uncertainty import UncertaintySpec, uncertainty_key
 from steps.configtools import boolean as _bool
 from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
@@ -345,12 +345,6 @@ def _evaluation(raw: Any) -> Evaluation:
     return ev
 
 
-# --------------------------------------------------------------------------- uncertainty
-def _uncertainty(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """``uncertainty:`` -> ``{"uncertainty": UncertaintySpec}`` (nothing when the key is absent)."""
-    return {"uncertainty": UncertaintySpec.from_dict(raw["uncertainty"])} if "uncertainty" in raw else {}
-
-
 # --------------------------------------------------------------------------- the whole config
 @dataclass(frozen=True)
 class TailConfig:
@@ -390,7 +384,7 @@ class TailConfig:
         if not isinstance(ms, Mapping) or not ms:
             raise ConfigError(f"methods: expected a mapping of method name to options, got {ms!r}")
         methods = tuple(_method(str(n), opts, training) for n, opts in ms.items())
-        d.update(_uncertainty(raw))
+        d.update(uncertainty_key(raw))
         return cls(datasets=datasets, training=training, methods=methods, evaluation=_evaluation(raw.get("evaluation")), **d)
 
     @property
