@@ -161,7 +161,7 @@ def test_results_carry_intervals_that_bracket_the_estimates_and_deltas_to_lambda
             assert (has[f"{m}_lo"] <= has[m] + 1e-12).all() and (has[m] <= has[f"{m}_hi"] + 1e-12).all(), m
             d = has.filter(pl.col("lambda") > 0)
             assert (d[f"delta_{m}_lo"] <= d[f"delta_{m}"] + 1e-12).all() and (d[f"delta_{m}"] <= d[f"delta_{m}_hi"] + 1e-12).all()
-            assert ((d[f"p_{m}"] > 0) & (d[f"p_{m}"] <= 1)).all()
+            assert ((d[f"p_{m}"] >= 0) & (d[f"p_{m}"] <= 1)).all()  # the normal test underflows to 0 for huge shifts
             base = has.filter(pl.col("lambda") == 0)
             assert (base[f"delta_{m}"] == 0).all() and base[f"p_{m}"].null_count() == base.height
         # λ = 0.5 moves the KL of the aggregate mix clearly: the paired test sees it

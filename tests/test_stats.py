@@ -57,7 +57,7 @@ def test_mean_bootstrap_with_multinomial_weights_resamples_n_out_of_n():
     assert np.all(total == n)
 
 
-@pytest.mark.parametrize("test", ["bootstrap", "randomisation"])
+@pytest.mark.parametrize("test", ["normal", "bootstrap", "randomisation"])
 def test_paired_test_size_under_null_and_power_under_shift(test):
     """Two methods with the same per-unit distribution: ~5 % of 400 runs reject at 0.05; a planted
     shift of 0.5 (unit sd 1 per method) on 100 paired units is found in most runs."""
@@ -200,3 +200,26 @@ def test_seed_aggregate_is_the_t_interval_over_seeds():
     assert b["n_seeds"] == 1 and b["recall_sd"] is None and b["recall_seed_lo"] is None
     with pytest.raises(ValueError, match="no column 'ndcg'"):
         aggregate_over_seeds(t, ["method"], ["ndcg"])
+
+
+def test_coverage_interval_contains_the_estimate_when_resamples_sit_on_one_side():
+    """Coverage 1.0 where a few resamples miss an item: the (centred) interval still holds 1.0."""
+    spec = UncertaintySpec(resamples=200, seed=3)
+    n, n_items = 400, 50
+    lists = np.tile(np.arange(10), (n, 1)) % n_items
+    lists[:, 0] = np.arange(n) % n_items  # items 10..49 each listed by 8 units: rarely all dropped
+    lists[0, 1] = 49
+    cov = CoverageBootstrap(n, 1, n_items, spec)
+    cov.add(0, np.arange(n), lists)
+    iv, _ = cov.finish()
+    assert iv.estimate[0] == 1.0
+    assert iv.lo[0] <= 1.0 <= iv.hi[0]
+
+
+def test_normal_p_reaches_below_one_over_b():
+    """A large planted shift: the default p-value is far below 1/(B+1), so Holm over many cells can keep it."""
+    rng = rng_for(8, "normal-p")
+    a = rng.normal(0, 1, (500, 1))
+    spec = UncertaintySpec(resamples=200, seed=1)
+    r = paired_difference(a + 1.0, a + rng.normal(0, 0.1, (500, 1)), spec)
+    assert spec.test == "normal" and r.p[0] < 1e-6
