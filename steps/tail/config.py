@@ -351,11 +351,26 @@ def _uncertainty(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {"uncertainty": UncertaintySpec.from_dict(raw["uncertainty"])} if "uncertainty" in raw else {}
 
 
+# --------------------------------------------------------------------------- training seeds
+def _seeds(raw: Mapping[str, Any], seed: int) -> tuple[int, ...]:
+    """``seeds:`` (training seeds: a non-empty list of distinct integers >= 0); absent: ``(seed,)``."""
+    if "seeds" not in raw or raw["seeds"] is None:
+        return (seed,)
+    value = raw["seeds"]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"seeds: expected a non-empty list of distinct integers >= 0 (training seeds), got {value!r}")
+    seeds = tuple(_integer(f"seeds[{i}]", v, 0) for i, v in enumerate(value))
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"seeds: {value!r} repeats {dup}; the training seeds must be distinct")
+    return seeds
+
+
 # --------------------------------------------------------------------------- the whole config
 @dataclass(frozen=True)
 class TailConfig:
     name: str = "tail"
-    seed: int = 7
+    seed: int = 7  # the data split (synthetic data has its own seed); the training seed when ``seeds`` is absent
     device: str = "auto"
     datasets: tuple[DatasetSpec, ...] = ()
     training: Training = field(default_factory=Training)
@@ -367,6 +382,12 @@ class TailConfig:
     run: Mapping[str, Any] = run_field()
     # bootstrap intervals and paired differences of the results (steps.uncertainty; resamples: 0 = off)
     uncertainty: UncertaintySpec = field(default_factory=UncertaintySpec)
+    # training seeds: every method is trained once per seed (a fan-out); default (seed,)
+    seeds: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            object.__setattr__(self, "seeds", (self.seed,))
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "TailConfig":
@@ -391,6 +412,7 @@ class TailConfig:
             raise ConfigError(f"methods: expected a mapping of method name to options, got {ms!r}")
         methods = tuple(_method(str(n), opts, training) for n, opts in ms.items())
         d.update(_uncertainty(raw))
+        d["seeds"] = _seeds(raw, d.get("seed", cls.seed))
         return cls(datasets=datasets, training=training, methods=methods, evaluation=_evaluation(raw.get("evaluation")), **d)
 
     @property
@@ -400,6 +422,23 @@ class TailConfig:
     @property
     def method_names(self) -> list[str]:
         return [m.name for m in self.methods]
+
+    @property
+    def cell_names(self) -> list[str]:
+        """The train fan-out: one cell per (method, seed), ``"<method>"`` with one seed (as before
+        seeds existed), else ``"<method>@<seed>"``, method-major."""
+        if len(self.seeds) == 1:
+            return list(self.method_names)
+        return [f"{m}@{s}" for m in self.method_names for s in self.seeds]
+
+    def cell(self, name: str) -> tuple[MethodSpec, int]:
+        """``(method, training seed)`` of a :attr:`cell_names` entry."""
+        method, sep, seed = name.partition("@")
+        if not sep:
+            return self.method(method), self.seeds[0]
+        if not seed.isdigit() or int(seed) not in self.seeds:
+            raise ConfigError(f"cell {name!r}: seed {seed!r} is not one of seeds {list(self.seeds)}")
+        return self.method(method), int(seed)
 
     def dataset(self, name: str) -> DatasetSpec:
         for d in self.datasets:
@@ -427,7 +466,7 @@ class TailConfig:
                "datasets": [clean(asdict(d)) for d in self.datasets],
                "training": clean(asdict(self.training)), "methods": {}, "evaluation": clean(asdict(self.evaluation)),
                "resources": {k: dict(v) for k, v in self.resources.items()}, "run": dict(self.run),
-               "uncertainty": self.uncertainty.as_dict()}
+               "uncertainty": self.uncertainty.as_dict(), "seeds": list(self.seeds)}
         for m in self.methods:
             opts = {k: v for k, v in clean(asdict(m)).items() if k in _METHOD_OPTIONS[m.name]}
             if m.trained:
