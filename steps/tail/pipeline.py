@@ -10,7 +10,8 @@ import numpy as np
 import polars as pl
 
 from steps.storage import FileRef, save_array
-from steps.uncertainty import aggregate_over_seeds
+from steps.tables import concat
+from steps.uncertainty import add_holm_columns, aggregate_over_seeds
 from steps.tail.candidates import write_tail_candidates
 from steps.tail.config import MethodSpec, TailConfig
 from steps.tail.data import PreparedData
@@ -173,6 +174,14 @@ def add_baseline_deltas(results: pl.DataFrame, per_user: dict[tuple[str, int], U
     deltas = deltas.select("method", "seed", "split", *[c for c in columns if c in deltas.columns]).with_columns(
         pl.col("seed").cast(pl.Int64), pl.exclude("method", "seed", "split").cast(pl.Float64))
     return results.join(deltas, on=["method", "seed", "split"], how="left", maintain_order="left")
+
+
+def run_results(parts, cfg: TailConfig) -> pl.DataFrame:
+    """The whole run's results (every dataset's, with its deltas) in config order, with
+    ``p_<m>_holm``: Holm's correction over every p-value of the run (all datasets, methods, seeds
+    and metrics together)."""
+    results = sort_results(concat(list(parts)), cfg.dataset_names, cfg.method_names, cfg.seeds)
+    return add_holm_columns(results)
 
 
 def seed_table(results: pl.DataFrame, cfg: TailConfig) -> pl.DataFrame | None:
