@@ -264,3 +264,11 @@ def test_intervals_deltas_holm_and_seeds_through_run_method_and_the_joins(tmp_pa
     assert by_seed.height == 4 and (by_seed["n_seeds"] == 2).all()
     assert {"recall_at_20_mean", "recall_at_20_sd", "recall_at_20_seed_lo", "coverage_at_20_seed_hi"} <= set(by_seed.columns)
     assert seed_table(results, TailConfig.from_dict({**cfg.as_dict(), "seeds": [1]})) is None
+    # the report states each change with its interval and which differences survive Holm
+    from steps.tail.report import change_sentences, change_vs_baseline
+
+    change = change_vs_baseline(results)
+    assert change.height == 2 and change["seed"].to_list() == [1, 2]
+    assert (change["coverage_at_20_change_lo"] <= change["coverage_at_20_change"] + 1e-9).all()
+    lines = change_sentences(change)
+    assert len(lines) == 2 and all("(seed " in s and "coverage@20 by " in s and " [" in s and "Holm" in s for s in lines)
