@@ -75,6 +75,31 @@ def change_sentences(change: pl.DataFrame, alpha: float = 0.05) -> list[str]:
     return lines
 
 
+#: The differences the card shows with their intervals.
+CARD_DELTAS = ("recall_at_20", "ndcg_at_100", "coverage_at_20", "gini")
+
+
+def delta_table(results: pl.DataFrame, split: str = "test", baseline: str = BASELINE) -> pl.DataFrame:
+    """The card's table of paired differences against EASE: per dataset, method and seed, for each
+    of :data:`CARD_DELTAS` ``Δ [lo, hi]`` and the Holm-adjusted p (text); empty without deltas."""
+    if f"delta_{CARD_DELTAS[0]}" not in results.columns:
+        return pl.DataFrame()
+    sub = results.filter((pl.col("split") == split) & (pl.col("method") != baseline) & pl.col(f"delta_{CARD_DELTAS[0]}").is_not_null())
+
+    def cell(v, lo, hi):
+        return "–" if v is None else f"{v:+.4f} [{lo:+.4f}, {hi:+.4f}]" if lo is not None and hi is not None else f"{v:+.4f}"
+
+    rows = []
+    for r in sub.iter_rows(named=True):
+        row = {"dataset": r["dataset"], "method": r["method"], "seed": str(r.get("seed", ""))}
+        for m in CARD_DELTAS:
+            row[f"Δ {LABEL[m]}"] = cell(r.get(f"delta_{m}"), r.get(f"delta_{m}_lo"), r.get(f"delta_{m}_hi"))
+            p = r.get(f"p_{m}_holm")
+            row[f"p Holm {LABEL[m]}"] = "–" if p is None else f"{p:.3g}"
+        rows.append(row)
+    return pl.DataFrame(rows) if rows else pl.DataFrame()
+
+
 def first_seed(table: pl.DataFrame) -> pl.DataFrame:
     """The rows of the first training seed (the figures show one trained model per method)."""
     if "seed" not in table.columns or table.is_empty():
