@@ -138,8 +138,8 @@ def newsrec_card(flow, card_figures: dict) -> None:
 
 def tail_card(flow, card_images: dict) -> None:
     """TailFlow: each dataset, the change against EASE, the results, the weight diagnostics, figures."""
-    from steps.tail.pipeline import RESULT_COLUMNS
-    from steps.tail.report import weight_diagnostics_text
+    from steps.tail.pipeline import RESULT_COLUMNS, SEED_METRICS
+    from steps.tail.report import delta_table, weight_diagnostics_text
 
     cfg = flow.cfg
     c = current.card["report"]
@@ -155,8 +155,24 @@ def tail_card(flow, card_images: dict) -> None:
     c.append(Markdown("## Accuracy and coverage against EASE (test users)"))
     c.append(Markdown("\n".join(f"* {s}" for s in flow.statements) or "No EASE baseline in this run."))
     cols = RESULT_COLUMNS[:11]
+    if len(cfg.seeds) > 1:
+        cols = [*cols[:3], "seed", *cols[3:]]
     c.append(Markdown("## Results"))
     c.append(Table(table_rows(flow.results, cols), headers=cols))
+    deltas = delta_table(flow.results)
+    if not deltas.is_empty():
+        spec = cfg.uncertainty
+        c.append(Markdown(
+            f"## Differences against EASE (test users, {spec.level:.0%} {spec.method} intervals, {spec.resamples} resamples)\n\n"
+            "Paired on the same test users and resamples, against EASE of the same training seed; p adjusted by "
+            "Holm over every test of the run. The results table (exported `results.csv`) holds every metric's "
+            "`_lo`/`_hi`, `delta_*`, `p_*` and `p_*_holm`."))
+        c.append(Table(table_rows(deltas), headers=deltas.columns))
+    by_seed = getattr(flow, "results_by_seed", None)
+    if by_seed is not None:
+        seed_cols = ["dataset", "method", "split", "n_seeds"] + [f"{m}_{s}" for m in SEED_METRICS[:5] for s in ("mean", "sd")]
+        c.append(Markdown(f"## Over training seeds {list(cfg.seeds)} (mean, sd; `results_by_seed.csv` has the t intervals)"))
+        c.append(Table(table_rows(by_seed.filter(by_seed["split"] == "test"), seed_cols), headers=seed_cols))
     c.append(Markdown("## Item weights: adversarial, or a popularity prior?"))
     c.append(Markdown(weight_diagnostics_text(flow.results, flow.history)))
     for title, name in (("Accuracy against coverage", "accuracy_vs_coverage.png"),

@@ -146,3 +146,17 @@ def refuse_failed_checks(section: str, spec: Any, checks) -> None:
     for name, ok in checks:
         if not ok:
             raise ConfigError(f"{section}.{name}: invalid value {getattr(spec, name)!r}")
+
+
+def training_seeds(raw: Mapping[str, Any], seed: int) -> tuple[int, ...]:
+    """``seeds:`` of a training flow (a non-empty list of distinct integers >= 0); absent: ``(seed,)``."""
+    if "seeds" not in raw or raw["seeds"] is None:
+        return (seed,)
+    value = raw["seeds"]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"seeds: expected a non-empty list of distinct integers >= 0 (training seeds), got {value!r}")
+    seeds = tuple(integer(f"seeds[{i}]", v, 0) for i, v in enumerate(value))
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"seeds: {value!r} repeats {dup}; the training seeds must be distinct")
+    return seeds

@@ -306,3 +306,29 @@ def test_a_dataset_may_be_named_by_its_source_alone():
     raw = yaml.safe_load((CONFIGS / "tail_quick.yaml").read_text())
     cfg = TailConfig.from_dict({**raw, "datasets": ["ml100k"]})
     assert [(d.name, d.source, d.path) for d in cfg.datasets] == [("ml100k", "ml100k", "")]
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ([], r"seeds: expected a non-empty list of distinct integers >= 0 \(training seeds\), got \[\]"),
+    (3, r"seeds: expected a non-empty list of distinct integers >= 0 \(training seeds\), got 3"),
+    ([1, 2, 1], r"seeds: \[1, 2, 1\] repeats \[1\]; the training seeds must be distinct"),
+    ([0, -1], r"seeds\[1\]: expected an integer >= 0, got -1"),
+    ([1.5], r"seeds\[0\]: expected an integer >= 0, got 1.5"),
+    (["7"], r"seeds\[0\]: expected an integer >= 0, got '7'"),
+])
+def test_bad_seeds_are_named_with_key_and_value(seeds, message):
+    with pytest.raises(ConfigError, match=message):
+        TailConfig.from_dict({"datasets": [{"name": "a"}], "methods": {"ease": {}}, "seeds": seeds})
+
+
+def test_seeds_default_to_the_seed_and_name_the_train_cells():
+    raw = {"datasets": [{"name": "a"}], "methods": {"ease": {}, "ipw": {}}, "seed": 11}
+    one = TailConfig.from_dict(raw)
+    assert one.seeds == (11,) and one.cell_names == ["ease", "ipw"] and one.cell("ipw") == (one.method("ipw"), 11)
+    assert TailConfig.from_dict(one.as_dict()) == one
+    two = TailConfig.from_dict({**raw, "seeds": [3, 0]})
+    assert two.seeds == (3, 0) and two.seed == 11
+    assert two.cell_names == ["ease@3", "ease@0", "ipw@3", "ipw@0"] and two.cell("ease@0")[1] == 0
+    assert TailConfig.from_dict(two.as_dict()) == two
+    with pytest.raises(ConfigError, match=r"cell 'ease@5': seed '5' is not one of seeds \[3, 0\]"):
+        two.cell("ease@5")

@@ -45,6 +45,13 @@ def test_results_artifact(quick_run):
     weighted = results.filter(pl.col("method").is_in(["ipw", "adversarial"]))
     assert weighted["weight_popularity_spearman"].is_between(-1, 1).all()
     assert results.filter(~pl.col("method").is_in(["ipw", "adversarial"]))["weight_first_step"].is_null().all()
+    # issue #13: intervals bracket the estimate; paired deltas against EASE (its own 0) and Holm
+    test = results.filter(pl.col("split") == "test")
+    for m in ("recall_at_20", "ndcg_at_100", "hit_rate_at_20", "coverage_at_20", "gini"):
+        assert ((results[f"{m}_lo"] <= results[m] + 1e-9) & (results[m] <= results[f"{m}_hi"] + 1e-9)).all(), m
+        assert ((test[f"delta_{m}_lo"] <= test[f"delta_{m}"] + 1e-9) & (test[f"delta_{m}"] <= test[f"delta_{m}_hi"] + 1e-9)).all(), m
+        assert (test.filter(pl.col("method") == "ease")[f"delta_{m}"] == 0).all() and f"p_{m}_holm" in results.columns
+    assert (results["seed"] == 7).all() and quick_run.run.data.results_by_seed is None
 
 
 def test_promotion_raises_coverage_over_ease(quick_run):

@@ -216,3 +216,59 @@ def test_intervals_bracket_and_deltas_against_a_baseline_on_the_same_users():
     same = baseline_deltas(b.per_user, b.per_user, n_items, ev, spec)
     assert same["delta_ndcg_at_10"] == 0 and same["p_ndcg_at_10"] == 1.0 and same["p_gini"] == 1.0
     assert "delta_gini_lo" in d and "delta_coverage_at_20" in d
+
+
+def test_intervals_deltas_holm_and_seeds_through_run_method_and_the_joins(tmp_path):
+    """Issue #13 wiring in-process: run_method for two training seeds on a tiny synthetic dataset,
+    then the joins (deltas against EASE of the same seed, Holm over the run, the seed table)."""
+    import polars as pl
+
+    from steps.tail.config import TailConfig
+    from steps.tail.data import prepare_dataset
+    from steps.tail.pipeline import add_baseline_deltas, item_groups, run_method, run_results, seed_table
+
+    cfg = TailConfig.from_dict({
+        "seeds": [1, 2], "device": "cpu", "candidates_top_m": 0,
+        "datasets": [{"name": "syn", "synthetic": {"n_users": 500, "n_items": 80, "n_clusters": 4, "mean_items_per_user": 12},
+                      "protocol": {"heldout_users": 60}}],
+        "training": {"epochs": 2, "batch_size": 128, "patience": 2, "wd": 1.0},
+        "methods": {"ease": {"l2": 50}, "ipw": {"alpha": 0.01}},
+        "uncertainty": {"resamples": 200, "seed": 3}})
+    prepared = prepare_dataset(cfg.datasets[0], cfg.seed, tmp_path / "cache")
+    groups = item_groups(prepared, cfg)
+    outcomes = {}
+    for cell in cfg.cell_names:
+        method, seed = cfg.cell(cell)
+        outcomes[(method.name, seed)] = run_method(prepared, groups, method, cfg, tmp_path / "lists", log=lambda *a: None,
+                                                   seed=seed)
+    assert {o.lists.path for o in outcomes.values()}.__len__() == 4  # one lists file per cell
+    per_user = {k: o.per_user for k, o in outcomes.items()}
+    part = add_baseline_deltas(pl.concat([o.results for o in outcomes.values()], how="diagonal_relaxed"), per_user,
+                               prepared.n_items, cfg)
+    results = run_results([part], cfg)
+    assert results.height == 8 and results["seed"].to_list() == [1, 1, 2, 2] * 2
+    for m in ("recall_at_20", "ndcg_at_100", "hit_rate_at_50", "coverage_at_20", "gini"):
+        assert (results[f"{m}_lo"] <= results[m] + 1e-9).all() and (results[m] <= results[f"{m}_hi"] + 1e-9).all(), m
+        test = results.filter(pl.col("split") == "test")
+        assert (test[f"delta_{m}_lo"] <= test[f"delta_{m}"] + 1e-9).all(), m
+        assert (test[f"delta_{m}"] <= test[f"delta_{m}_hi"] + 1e-9).all(), m
+        ease = test.filter(pl.col("method") == "ease")
+        assert (ease[f"delta_{m}"] == 0).all() and ease[f"p_{m}"].is_null().all() and ease[f"p_{m}_holm"].is_null().all()
+        ipw = test.filter(pl.col("method") == "ipw").sort("seed")
+        for seed, row in zip((1, 2), ipw.iter_rows(named=True)):  # paired with EASE of the same seed
+            base = test.filter((pl.col("method") == "ease") & (pl.col("seed") == seed))[m].item()
+            assert row[f"delta_{m}"] == pytest.approx(row[m] - base, abs=1e-9), (m, seed)
+            assert row[f"p_{m}"] <= row[f"p_{m}_holm"] <= 1
+        assert results.filter(pl.col("split") == "validation")[f"delta_{m}"].is_null().all()
+    by_seed = seed_table(results, cfg)
+    assert by_seed.height == 4 and (by_seed["n_seeds"] == 2).all()
+    assert {"recall_at_20_mean", "recall_at_20_sd", "recall_at_20_seed_lo", "coverage_at_20_seed_hi"} <= set(by_seed.columns)
+    assert seed_table(results, TailConfig.from_dict({**cfg.as_dict(), "seeds": [1]})) is None
+    # the report states each change with its interval and which differences survive Holm
+    from steps.tail.report import change_sentences, change_vs_baseline
+
+    change = change_vs_baseline(results)
+    assert change.height == 2 and change["seed"].to_list() == [1, 2]
+    assert (change["coverage_at_20_change_lo"] <= change["coverage_at_20_change"] + 1e-9).all()
+    lines = change_sentences(change)
+    assert len(lines) == 2 and all("(seed " in s and "coverage@20 by " in s and " [" in s and "Holm" in s for s in lines)

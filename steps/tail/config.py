@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from steps.configtools import common_fields, default_resources, resources_field, run_field, yaml_mapping
+from steps.configtools import common_fields, training_seeds, default_resources, resources_field, run_field, yaml_mapping
 from steps.uncertainty import UncertaintySpec, uncertainty_key
 from steps.configtools import boolean as _bool
 from steps.configtools import choice as _choice
@@ -349,7 +349,7 @@ def _evaluation(raw: Any) -> Evaluation:
 @dataclass(frozen=True)
 class TailConfig:
     name: str = "tail"
-    seed: int = 7
+    seed: int = 7  # the data split (synthetic data has its own seed); the training seed when ``seeds`` is absent
     device: str = "auto"
     datasets: tuple[DatasetSpec, ...] = ()
     training: Training = field(default_factory=Training)
@@ -361,6 +361,12 @@ class TailConfig:
     run: Mapping[str, Any] = run_field()
     # bootstrap intervals and paired differences of the results (steps.uncertainty; resamples: 0 = off)
     uncertainty: UncertaintySpec = field(default_factory=UncertaintySpec)
+    # training seeds: every method is trained once per seed (a fan-out); default (seed,)
+    seeds: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            object.__setattr__(self, "seeds", (self.seed,))
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "TailConfig":
@@ -385,6 +391,7 @@ class TailConfig:
             raise ConfigError(f"methods: expected a mapping of method name to options, got {ms!r}")
         methods = tuple(_method(str(n), opts, training) for n, opts in ms.items())
         d.update(uncertainty_key(raw))
+        d["seeds"] = training_seeds(raw, d.get("seed", cls.seed))
         return cls(datasets=datasets, training=training, methods=methods, evaluation=_evaluation(raw.get("evaluation")), **d)
 
     @property
@@ -394,6 +401,23 @@ class TailConfig:
     @property
     def method_names(self) -> list[str]:
         return [m.name for m in self.methods]
+
+    @property
+    def cell_names(self) -> list[str]:
+        """The train fan-out: one cell per (method, seed), ``"<method>"`` with one seed (as before
+        seeds existed), else ``"<method>@<seed>"``, method-major."""
+        if len(self.seeds) == 1:
+            return list(self.method_names)
+        return [f"{m}@{s}" for m in self.method_names for s in self.seeds]
+
+    def cell(self, name: str) -> tuple[MethodSpec, int]:
+        """``(method, training seed)`` of a :attr:`cell_names` entry."""
+        method, sep, seed = name.partition("@")
+        if not sep:
+            return self.method(method), self.seeds[0]
+        if not seed.isdigit() or int(seed) not in self.seeds:
+            raise ConfigError(f"cell {name!r}: seed {seed!r} is not one of seeds {list(self.seeds)}")
+        return self.method(method), int(seed)
 
     def dataset(self, name: str) -> DatasetSpec:
         for d in self.datasets:
@@ -421,7 +445,7 @@ class TailConfig:
                "datasets": [clean(asdict(d)) for d in self.datasets],
                "training": clean(asdict(self.training)), "methods": {}, "evaluation": clean(asdict(self.evaluation)),
                "resources": {k: dict(v) for k, v in self.resources.items()}, "run": dict(self.run),
-               "uncertainty": self.uncertainty.as_dict()}
+               "uncertainty": self.uncertainty.as_dict(), "seeds": list(self.seeds)}
         for m in self.methods:
             opts = {k: v for k, v in clean(asdict(m)).items() if k in _METHOD_OPTIONS[m.name]}
             if m.trained:

@@ -14,31 +14,97 @@ METHOD_LABEL = {"ease": "EASE (closed form)", "ease_gd": "EASE (gradient)", "ipw
 COLORS = {"ease": "C0", "ease_gd": "C7", "ipw": "C1", "tail_opt": "C2", "adversarial": "C3", "pop_rerank": "C4"}
 
 
+#: How the sentences name the compared metrics.
+LABEL = {"recall_at_20": "Recall@20", "recall_at_50": "Recall@50", "ndcg_at_100": "nDCG@100", "coverage_at_20": "coverage@20",
+         "gini": "Gini", "tail_share": "tail share", "item_recall_at_20": "item Recall@20"}
+
+
 def change_vs_baseline(results: pl.DataFrame, split: str = "test", baseline: str = BASELINE) -> pl.DataFrame:
-    """Per dataset and method: each compared metric, the baseline's value and the relative change."""
+    """Per dataset, method (and training seed): each compared metric's relative change against the
+    baseline of the same dataset and seed; where the results hold paired deltas (``delta_<m>``,
+    uncertainty on) also ``<m>_change_lo/_hi`` (the delta's interval over the baseline's value) and
+    ``p_<m>_holm``."""
     sub = results.filter(pl.col("split") == split)
-    base = sub.filter(pl.col("method") == baseline).select("dataset", *[pl.col(c).alias(f"{c}_base") for c in COMPARED])
+    on = ["dataset", "seed"] if "seed" in sub.columns else ["dataset"]
+    base = sub.filter(pl.col("method") == baseline).select(*on, *[pl.col(c).alias(f"{c}_base") for c in COMPARED])
     if base.is_empty():
         return pl.DataFrame()
-    out = sub.join(base, on="dataset", how="inner").select(
-        "dataset", "method",
-        *[((pl.col(c) - pl.col(f"{c}_base")) / pl.col(f"{c}_base")).alias(f"{c}_change") for c in COMPARED],
-    )
+    exprs = []
+    for c in COMPARED:
+        exprs.append(((pl.col(c) - pl.col(f"{c}_base")) / pl.col(f"{c}_base")).alias(f"{c}_change"))
+        if f"delta_{c}_lo" in sub.columns:
+            exprs += [(pl.col(f"delta_{c}_lo") / pl.col(f"{c}_base")).alias(f"{c}_change_lo"),
+                      (pl.col(f"delta_{c}_hi") / pl.col(f"{c}_base")).alias(f"{c}_change_hi")]
+        if f"p_{c}_holm" in sub.columns:
+            exprs.append(pl.col(f"p_{c}_holm"))
+    out = sub.join(base, on=on, how="inner", maintain_order="left").select("dataset", "method", *on[1:], *exprs)
     return out.filter(pl.col("method") != baseline)
 
 
-def change_sentences(change: pl.DataFrame) -> list[str]:
-    """Plain statements of the accuracy and coverage change of each method against EASE."""
+def _pct(r: dict, c: str) -> str:
+    """``+27.0% [+22.1, +31.3]``: the relative change and, where known, its interval (in %)."""
+    text = f"{r[c + '_change']:+.1%}"
+    lo, hi = r.get(f"{c}_change_lo"), r.get(f"{c}_change_hi")
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        text += f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return text
+
+
+def change_sentences(change: pl.DataFrame, alpha: float = 0.05) -> list[str]:
+    """Plain statements of the accuracy and coverage change of each method against EASE, with the
+    intervals of the paired differences where the run has them, and which differences survive
+    Holm's correction (adjusted p < ``alpha``) over the whole run."""
     lines = []
+    seeds = change["seed"].n_unique() if "seed" in change.columns else 1
     for r in change.iter_rows(named=True):
         acc = r["recall_at_20_change"]
         verdict = "keeps Recall@20 (within 0.05%)" if abs(acc) < 5e-4 else f"{'raises' if acc > 0 else 'lowers'} Recall@20 by {abs(acc):.1%}"
-        lines.append(
-            f"{r['dataset']}: {METHOD_LABEL.get(r['method'], r['method'])} {verdict} "
-            f"(nDCG@100 {r['ndcg_at_100_change']:+.1%}) and changes coverage@20 by {r['coverage_at_20_change']:+.1%}, "
-            f"tail share by {r['tail_share_change']:+.1%}, item Recall@20 by {r['item_recall_at_20_change']:+.1%} against EASE."
-        )
+        if r.get("recall_at_20_change_lo") is not None:  # the signed change's interval, in %
+            verdict += _pct(r, "recall_at_20")[len(f"{acc:+.1%}"):]
+        who = METHOD_LABEL.get(r["method"], r["method"]) + (f" (seed {r['seed']})" if seeds > 1 else "")
+        line = (f"{r['dataset']}: {who} {verdict} "
+                f"(nDCG@100 {_pct(r, 'ndcg_at_100')}) and changes coverage@20 by {_pct(r, 'coverage_at_20')}, "
+                f"Gini by {_pct(r, 'gini')}, tail share by {r['tail_share_change']:+.1%}, "
+                f"item Recall@20 by {r['item_recall_at_20_change']:+.1%} against EASE.")
+        tested = [c for c in COMPARED if r.get(f"p_{c}_holm") is not None]
+        if tested:
+            kept = [LABEL[c] for c in tested if r[f"p_{c}_holm"] < alpha]
+            line += (f" Surviving Holm's correction over the run (adjusted p < {alpha:g}): {', '.join(kept)}." if kept
+                     else f" None of its differences survives Holm's correction over the run (adjusted p < {alpha:g}).")
+        lines.append(line)
     return lines
+
+
+#: The differences the card shows with their intervals.
+CARD_DELTAS = ("recall_at_20", "ndcg_at_100", "coverage_at_20", "gini")
+
+
+def delta_table(results: pl.DataFrame, split: str = "test", baseline: str = BASELINE) -> pl.DataFrame:
+    """The card's table of paired differences against EASE: per dataset, method and seed, for each
+    of :data:`CARD_DELTAS` ``Δ [lo, hi]`` and the Holm-adjusted p (text); empty without deltas."""
+    if f"delta_{CARD_DELTAS[0]}" not in results.columns:
+        return pl.DataFrame()
+    sub = results.filter((pl.col("split") == split) & (pl.col("method") != baseline) & pl.col(f"delta_{CARD_DELTAS[0]}").is_not_null())
+
+    def cell(v, lo, hi):
+        return "–" if v is None else f"{v:+.4f} [{lo:+.4f}, {hi:+.4f}]" if lo is not None and hi is not None else f"{v:+.4f}"
+
+    rows = []
+    for r in sub.iter_rows(named=True):
+        row = {"dataset": r["dataset"], "method": r["method"], "seed": str(r.get("seed", ""))}
+        for m in CARD_DELTAS:
+            row[f"Δ {LABEL[m]}"] = cell(r.get(f"delta_{m}"), r.get(f"delta_{m}_lo"), r.get(f"delta_{m}_hi"))
+            p = r.get(f"p_{m}_holm")
+            row[f"p Holm {LABEL[m]}"] = "–" if p is None else f"{p:.3g}"
+        rows.append(row)
+    return pl.DataFrame(rows) if rows else pl.DataFrame()
+
+
+def first_seed(table: pl.DataFrame) -> pl.DataFrame:
+    """The rows of the first training seed (the figures show one trained model per method)."""
+    if "seed" not in table.columns or table.is_empty():
+        return table
+    return table.filter(pl.col("seed") == table["seed"][0])
 
 
 def weight_diagnostics_text(results: pl.DataFrame, history: pl.DataFrame) -> str:
@@ -58,10 +124,14 @@ def weight_diagnostics_text(results: pl.DataFrame, history: pl.DataFrame) -> str
     for r in res.iter_rows(named=True):
         per_epoch = ""
         if has_hist:
-            h = history.filter((pl.col("dataset") == r["dataset"]) & (pl.col("method") == r["method"])).sort("epoch")
+            h = history.filter((pl.col("dataset") == r["dataset"]) & (pl.col("method") == r["method"]))
+            if "seed" in h.columns and r.get("seed") is not None:
+                h = h.filter(pl.col("seed") == r["seed"])
+            h = h.sort("epoch")
             per_epoch = "; per epoch drift " + ", ".join(f"{v:.2g}" for v in h["weight_drift"].to_list()) + \
                         ", ρ " + ", ".join(f"{v:+.2f}" for v in h["weight_popularity_spearman"].to_list())
-        lines.append(f"* {r['dataset']} / {METHOD_LABEL.get(r['method'], r['method'])}: first step {r['weight_first_step']:.3g}, "
+        seed = f" seed {r['seed']}" if "seed" in res.columns and res["seed"].n_unique() > 1 else ""
+        lines.append(f"* {r['dataset']} / {METHOD_LABEL.get(r['method'], r['method'])}{seed}: first step {r['weight_first_step']:.3g}, "
                      f"after it {r['weight_drift_after_first_step']:.3g}, ρ = {r['weight_popularity_spearman']:+.3f} "
                      f"(epoch {r['selected_epoch']}){per_epoch}.")
     return "\n".join(lines)
@@ -120,6 +190,8 @@ def exposure_bars(buckets: pl.DataFrame, split: str = "test", column: str = "exp
 
 
 def build_figures(results: pl.DataFrame, buckets: pl.DataFrame) -> dict[str, plt.Figure]:
+    """The report's figures, of the first training seed."""
+    results, buckets = first_seed(results), first_seed(buckets)
     return {
         "accuracy_vs_coverage.png": accuracy_vs_coverage(results),
         "exposure_by_popularity.png": exposure_bars(buckets),
