@@ -69,6 +69,12 @@ def newsrec_card(flow, card_figures: dict) -> None:
     flow.failed_cells_block(c)
     c.append(Markdown("## Accuracy at the best epoch"))
     c.append(Table(table_rows(flow.train_metrics), headers=flow.train_metrics.columns))
+    by_seed = getattr(flow, "train_metrics_by_seed", None)
+    if by_seed is not None:
+        c.append(Markdown(f"### Over {len(cfg.seeds)} training seeds ({', '.join(map(str, cfg.seeds))}): mean, sd and the "
+                          "95 % Student-t interval of the mean (the spread over retrainings, which the bootstrap over "
+                          "impressions does not see)"))
+        c.append(Table(table_rows(by_seed), headers=by_seed.columns))
     c.append(Markdown("## Training curves"))
     c.append(Image.from_matplotlib(training_curves_figure(flow.training_curves)))
     cols = ["distribution", "method", "selection", "lambda", "kl_at_n", "user_kl_mean", "coverage_at_n", "auc", "ndcg_at_10"]
