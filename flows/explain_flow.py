@@ -8,8 +8,8 @@
     python flows/explain_flow.py resume --origin-run-id <RUN_ID>
 
 start (data: ReChorus folder, ML-1M conversion or synthetic; validate) → foreach training seed
-→ train (or load a checkpoint) → evaluate (HR/nDCG, GRU4Rec vs popularity) → join_seeds (metrics
-over seeds; the first seed's model goes on: candidates, pick users) → foreach user → explain
+→ train (or load a checkpoint) → evaluate (HR/nDCG, GRU4Rec vs popularity; the first seed's model:
+candidates, pick users) → join_seeds (metrics over seeds) → foreach user → explain
 → join → report (card, export) → end
 
 ``seeds`` (default ``[seed]``: one model, as before) retrains GRU4Rec per seed; ``model_metrics``
@@ -43,7 +43,7 @@ CARRIED = ["storage", "data", "data_summary", "model_file", "model_spec", "train
            "candidates", "model_metrics_by_seed", "explained_seed"]
 
 
-@step_groups({"start": "start retry timeout", "train": "train retry timeout", "evaluate": "train retry", "join_seeds": "train retry",
+@step_groups({"start": "start retry timeout", "train": "train retry timeout", "evaluate": "train retry",
               "explain": "explain retry timeout cell", "report": "report"})
 class ExplainFlow(RecalignFlow):
     """Which past interactions made GRU4Rec recommend a user's top-K? Shapley attributions."""
@@ -87,16 +87,23 @@ class ExplainFlow(RecalignFlow):
 
     @step
     def evaluate(self):
-        """HR@K / nDCG@K of this seed's GRU4Rec and of the popularity ranker."""
+        """HR@K / nDCG@K of this seed's GRU4Rec and of the popularity ranker; the first seed's model
+        (the one explained) also writes its candidate bundle and chooses the users to explain."""
+        cfg, data = self.cfg, self.data.load()
         model = load_model(self.model_file)
-        self.model_metrics = with_seed(model_metrics(model, self.data.load(), self.cfg), self.seed)
+        self.model_metrics = with_seed(model_metrics(model, data, cfg), self.seed)
         print(self.model_metrics)
+        if self.seed == cfg.seeds[0]:
+            # GRU4Rec's top-M for the test rows, for AlignFlow: {"gru4rec": FileRef of manifest.json} (steps.bundles)
+            manifest = write_gru4rec_candidates(model, data, cfg.history_max, cfg.candidates_top_m, self.candidate_items,
+                                                self.storage.dir("candidates", "gru4rec"), cfg.eval_batch_size)
+            self.candidates = {"gru4rec": publish_bundle(manifest, self.storage.publish)} if manifest else {}
+            self.explain_user_ids = choose_users(data, cfg)
         self.next(self.join_seeds)
 
     @step
     def join_seeds(self, inputs):
-        """The metrics of every seed (and over seeds); the first seed's model goes on: its candidate
-        bundle, and the users to explain."""
+        """The metrics of every seed (and over seeds); the first seed's model goes on to be explained."""
         cfg = self.cfg
         self.merge_artifacts(inputs, include=["storage", "data", "data_summary", "candidate_items"])
         by_seed = {i.seed: i for i in inputs}
@@ -106,13 +113,7 @@ class ExplainFlow(RecalignFlow):
         self.model_metrics_by_seed = metrics_by_seed(self.model_metrics) if cfg.several_seeds else None
         first = ordered[0]
         self.explained_seed, self.model_file, self.model_spec = first.seed, first.model_file, first.model_spec
-        data = self.data.load()
-        model = load_model(self.model_file)
-        # GRU4Rec's top-M for the test rows, for AlignFlow: {"gru4rec": FileRef of manifest.json} (steps.bundles)
-        manifest = write_gru4rec_candidates(model, data, cfg.history_max, cfg.candidates_top_m, self.candidate_items,
-                                            self.storage.dir("candidates", "gru4rec"), cfg.eval_batch_size)
-        self.candidates = {"gru4rec": publish_bundle(manifest, self.storage.publish)} if manifest else {}
-        self.explain_user_ids = choose_users(data, cfg)
+        self.candidates, self.explain_user_ids = first.candidates, first.explain_user_ids
         self.next(self.explain, foreach="explain_user_ids")
 
     @step
