@@ -3,7 +3,7 @@
     recalign synth ebnerd|ml|sequences --out DIR [--size tiny|small|paper] [--seed N]   # synthetic data sets
     recalign export AlignFlow/1234 --out DIR                               # tables, figures, submissions, card
                                         # (DIR: new, empty, or an earlier export, which is replaced)
-    recalign compare AlignFlow/1234 AlignFlow/1240 [--out deltas.csv] [--level 0.95]
+    recalign compare AlignFlow/1234 AlignFlow/1240 [--out deltas.csv] [--keys a,b] [--level 0.95]
                                         # B − A per shared cell, with intervals where both runs have them
 """
 
@@ -226,6 +226,21 @@ def metric_deltas(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def deltas_long(deltas: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """The delta table one row per (cell, metric): ``metric``, ``a``, ``b``, ``delta`` and, where
+    there are intervals, ``delta_lo``, ``delta_hi``, ``p``, ``p_holm`` (for printing)."""
+    keys = [k for k in keys if k in deltas.columns]
+    metrics = [c[: -len("_delta")] for c in deltas.columns if c.endswith("_delta")]
+    parts = []
+    for m in metrics:
+        cols = {"a": f"{m}_a", "b": f"{m}_b", "delta": f"{m}_delta", "delta_lo": f"{m}_delta_lo",
+                "delta_hi": f"{m}_delta_hi", "p": f"{m}_delta_p", "p_holm": f"{m}_delta_p_holm"}
+        parts.append(deltas.select(*keys, pl.lit(m).alias("metric"),
+                                   *(pl.col(c).alias(n) if c in deltas.columns else pl.lit(None, pl.Float64).alias(n)
+                                     for n, c in cols.items())))
+    return pl.concat(parts) if parts else deltas.select(keys)
+
+
 def _leaves(d, prefix: str = ""):
     """``path -> value`` of the numbers in a nested summary (paths, names and notes left out)."""
     if isinstance(d, dict):
@@ -274,8 +289,21 @@ def cmd_compare(args) -> int:
             + "); a difference of their metrics would mix the data with the method, so none is reported"
         )
     keys = key_columns(ra, rb)
+    if args.keys:
+        keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+        missing = [k for k in keys if k not in ra.columns or k not in rb.columns]
+        if missing:
+            raise SystemExit(f"recalign compare: --keys {missing[0]!r} is not a column of both runs' results; "
+                             f"their shared columns: {', '.join(c for c in ra.columns if c in rb.columns)}")
+    shared_cells = ra.select(keys).join(rb.select(keys), on=keys, how="semi", nulls_equal=True).height if keys else 0
+    if shared_cells == 0:
+        raise SystemExit(f"recalign compare: no cell (keys {', '.join(keys)}) is in both runs' results; "
+                         "choose the columns that name a cell with --keys (e.g. leave out seed)")
     if _has_intervals(ra) and _has_intervals(rb):
-        deltas = compare_results(ra, rb, keys, level=args.level)
+        try:
+            deltas = compare_results(ra, rb, keys, level=args.level)
+        except ValueError as exc:
+            raise SystemExit(f"recalign {exc}; name the cells with --keys") from exc
         shared = deltas.height
         print(f"B − A for the {shared} cell(s) both runs hold ({ra.height - shared} of A and {rb.height - shared} of B only "
               f"in one run, left out). Intervals ({args.level:g}): unpaired normal approximation from the two runs' "
@@ -283,9 +311,10 @@ def cmd_compare(args) -> int:
     else:
         deltas = metric_deltas(ra, rb)
         print("B − A per cell; the runs' results hold no intervals (<metric>_lo/_hi), so none is given.")
-    shown = [c for c in deltas.columns if not c.endswith(("_a", "_b", "_holm"))]
-    with pl.Config(tbl_rows=200, tbl_cols=30, tbl_width_chars=200):
-        print(deltas.select(shown))
+    with pl.Config(tbl_rows=200, tbl_cols=30, tbl_width_chars=200, fmt_str_lengths=40):
+        print(deltas_long(deltas, keys))
+    if not args.out:
+        print("(the wide table with every column: --out deltas.csv)")
     if args.out:
         _write_csv_atomically(deltas, Path(args.out))
     return 0
@@ -308,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("run_a")
     c.add_argument("run_b")
     c.add_argument("--out", help="write the full delta table as CSV")
+    c.add_argument("--keys", help="comma-separated columns that name a cell (default: the string and integer "
+                   "columns both results share, and lambda)")
     c.add_argument("--level", type=float, default=0.95,
                    help="the level of the runs' intervals (their uncertainty.level), also the level of the deltas' intervals")
     c.set_defaults(func=cmd_compare)

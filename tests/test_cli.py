@@ -228,6 +228,18 @@ def test_compare_two_runs_with_intervals_and_refuse_other_units(tmp_path, monkey
         main(["compare", "AlignFlow/1", "TailFlow/4"])
     with pytest.raises(SystemExit, match=r"--level 95 is not a level in \(0, 1\)"):
         main(["compare", "AlignFlow/1", "AlignFlow/2", "--level", "95"])
+    # runs trained with other seeds share no cell while seed is a key; --keys names the cells
+    runs["AlignFlow/6"] = _ResultsRun(results([0.6, 0.7]).with_columns(seed=pl.lit(8)), summary)
+    runs["AlignFlow/7"] = _ResultsRun(results([0.6, 0.6]).with_columns(seed=pl.lit(9)), summary)
+    with pytest.raises(SystemExit, match="no cell .*seed.* is in both runs' results; choose .* with --keys"):
+        main(["compare", "AlignFlow/6", "AlignFlow/7"])
+    assert main(["compare", "AlignFlow/6", "AlignFlow/7", "--keys", "method,lambda", "--out", str(out)]) == 0
+    assert pl.read_csv(out)["auc_delta"].to_list() == pytest.approx([0.0, -0.1])
+    assert "metric" in capsys.readouterr().out  # printed one row per (cell, metric)
+    with pytest.raises(SystemExit, match="--keys 'colour' is not a column of both runs' results"):
+        main(["compare", "AlignFlow/6", "AlignFlow/7", "--keys", "method,colour"])
+    with pytest.raises(SystemExit, match=r"the keys \['method'\] do not identify one row of run A's results.*--keys"):
+        main(["compare", "AlignFlow/6", "AlignFlow/7", "--keys", "method"])
     # without data_summary the units are not checked, and said so
     runs["AlignFlow/5"] = _ResultsRun(results([0.6, 0.7]))
     assert main(["compare", "AlignFlow/1", "AlignFlow/5"]) == 0
