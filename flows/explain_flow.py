@@ -8,8 +8,8 @@
     python flows/explain_flow.py resume --origin-run-id <RUN_ID>
 
 start (data: ReChorus folder, ML-1M conversion or synthetic; validate) → foreach training seed
-→ train (or load a checkpoint) → evaluate (HR/nDCG, GRU4Rec vs popularity; the first seed's model:
-candidates, pick users) → join_seeds (metrics over seeds) → foreach user → explain
+→ train (or load a checkpoint; HR/nDCG, GRU4Rec vs popularity) → join_seeds (metrics over seeds)
+→ evaluate (the first seed's model: candidate bundle, pick users) → foreach user → explain
 → join → report (card, export) → end
 
 ``seeds`` (default ``[seed]``: one model, as before) retrains GRU4Rec per seed; ``model_metrics``
@@ -76,29 +76,18 @@ class ExplainFlow(RecalignFlow):
 
     @step
     def train(self):
-        """Train GRU4Rec with one training seed (early stopping on dev nDCG@5), or load a ReChorus checkpoint."""
+        """Train GRU4Rec with one training seed (early stopping on dev nDCG@5), or load a ReChorus
+        checkpoint; HR@K / nDCG@K of this model and of the popularity ranker."""
         cfg, self.seed = self.cfg, int(self.input)
-        model, log = fit_or_load(self.data.load(), replace(cfg, seed=self.seed), self.checkpoint)
+        data = self.data.load()
+        model, log = fit_or_load(data, replace(cfg, seed=self.seed), self.checkpoint)
         self.training_log = with_seed(log, self.seed)
         folder = self.storage.dir("model", f"seed{self.seed}") if cfg.several_seeds else self.storage.dir("model")
         self.model_file = self.storage.publish(save_checkpoint(model, folder / "gru4rec.pt"))
         self.model_spec = model.spec
-        self.next(self.evaluate)
-
-    @step
-    def evaluate(self):
-        """HR@K / nDCG@K of this seed's GRU4Rec and of the popularity ranker; the first seed's model
-        (the one explained) also writes its candidate bundle and chooses the users to explain."""
-        cfg, data = self.cfg, self.data.load()
-        model = load_model(self.model_file)
-        self.model_metrics = with_seed(model_metrics(model, data, cfg), self.seed)
+        # the saved weights, as the later steps load them
+        self.model_metrics = with_seed(model_metrics(load_model(self.model_file), data, cfg), self.seed)
         print(self.model_metrics)
-        if self.seed == cfg.seeds[0]:
-            # GRU4Rec's top-M for the test rows, for AlignFlow: {"gru4rec": FileRef of manifest.json} (steps.bundles)
-            manifest = write_gru4rec_candidates(model, data, cfg.history_max, cfg.candidates_top_m, self.candidate_items,
-                                                self.storage.dir("candidates", "gru4rec"), cfg.eval_batch_size)
-            self.candidates = {"gru4rec": publish_bundle(manifest, self.storage.publish)} if manifest else {}
-            self.explain_user_ids = choose_users(data, cfg)
         self.next(self.join_seeds)
 
     @step
@@ -113,7 +102,18 @@ class ExplainFlow(RecalignFlow):
         self.model_metrics_by_seed = metrics_by_seed(self.model_metrics) if cfg.several_seeds else None
         first = ordered[0]
         self.explained_seed, self.model_file, self.model_spec = first.seed, first.model_file, first.model_spec
-        self.candidates, self.explain_user_ids = first.candidates, first.explain_user_ids
+        self.next(self.evaluate)
+
+    @step
+    def evaluate(self):
+        """The explained (first seed's) model: its candidate bundle; choose the users to explain."""
+        cfg, data = self.cfg, self.data.load()
+        model = load_model(self.model_file)
+        # GRU4Rec's top-M for the test rows, for AlignFlow: {"gru4rec": FileRef of manifest.json} (steps.bundles)
+        manifest = write_gru4rec_candidates(model, data, cfg.history_max, cfg.candidates_top_m, self.candidate_items,
+                                            self.storage.dir("candidates", "gru4rec"), cfg.eval_batch_size)
+        self.candidates = {"gru4rec": publish_bundle(manifest, self.storage.publish)} if manifest else {}
+        self.explain_user_ids = choose_users(data, cfg)
         self.next(self.explain, foreach="explain_user_ids")
 
     @step
