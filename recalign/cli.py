@@ -214,10 +214,10 @@ def key_columns(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
     return [k for k in keys if not k.startswith("n_")]
 
 
-def metric_deltas(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
-    """Join two results tables on their key columns (:func:`key_columns`) and give ``<metric>_a``,
+def metric_deltas(a: pl.DataFrame, b: pl.DataFrame, keys: list[str] | None = None) -> pl.DataFrame:
+    """Join two results tables on their key columns (default :func:`key_columns`) and give ``<metric>_a``,
     ``<metric>_b`` and ``<metric>_delta`` (b − a) for every float metric (tables without intervals)."""
-    keys = key_columns(a, b)
+    keys = key_columns(a, b) if keys is None else keys
     metrics = [c for c in a.columns if c in b.columns and c not in keys and a.schema[c] in (pl.Float64, pl.Float32)]
     joined = a.select(keys + metrics).join(b.select(keys + metrics), on=keys, how="full", coalesce=True, suffix="_b")
     joined = joined.rename({m: f"{m}_a" for m in metrics})
@@ -309,7 +309,7 @@ def cmd_compare(args) -> int:
               f"in one run, left out). Intervals ({args.level:g}): unpaired normal approximation from the two runs' "
               "bootstrap intervals (the runs keep no per-unit values to pair; on the same units this is conservative).")
     else:
-        deltas = metric_deltas(ra, rb)
+        deltas = metric_deltas(ra, rb, keys)
         print("B − A per cell; the runs' results hold no intervals (<metric>_lo/_hi), so none is given.")
     with pl.Config(tbl_rows=200, tbl_cols=30, tbl_width_chars=200, fmt_str_lengths=40):
         print(deltas_long(deltas, keys))
