@@ -6,12 +6,19 @@ dump the predictions, and run the alignment grid of AlignFlow on each model's du
     python flows/newsrec_flow.py --config config configs/newsrec_nrms_docvec_ebnerd_small.yaml run --data-root ~/ebnerd
     python flows/newsrec_flow.py resume --origin-run-id <RUN_ID>
 
-start (synthesise or read EB-NeRD, validate, tokenise) → foreach model → train (early stopping on
+start (synthesise or read EB-NeRD, validate, tokenise) → foreach (model, training seed) → train (early stopping on
 validation AUC) → dump (score the test split, evaluate, write dump + submission) → prepare_alignment
 → foreach target → foreach method → evaluate → join_methods → join_targets → join_datasets → report → end
+
+With one training seed (``seeds`` not set: ``[seed]``) a branch is labelled by its model name; with
+several, ``<model>@<seed>`` (fault names ``train:nrms@7``, file names, the ``model`` column of the
+alignment tables); ``train_metrics`` keeps the model name with a ``seed`` column, and
+``train_metrics_by_seed`` aggregates it over the seeds (mean, sd, Student-t interval).
 """
 
 import os
+
+import polars as pl
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -28,14 +35,15 @@ from steps.align.targets import resolve_target  # noqa: E402
 from steps.bundles import publish_bundle  # noqa: E402
 from steps.faults import maybe_fail  # noqa: E402
 from steps.newsrec.candidates import news_candidates  # noqa: E402
-from steps.newsrec.config import NewsRecConfig  # noqa: E402
+from steps.newsrec.config import NewsRecConfig, seed_label  # noqa: E402
 from steps.newsrec.prepare import prepare_news_data, publish_news_data, resolve_data_root  # noqa: E402
-from steps.newsrec.report import alignment_reports, export_parts, train_metrics_rows, with_model  # noqa: E402
+from steps.newsrec.report import (alignment_reports, export_parts, train_metrics_by_seed, train_metrics_rows,  # noqa: E402
+                                  with_model)
 from steps.storage import localize, localize_input, map_refs  # noqa: E402
 from steps.tables import concat  # noqa: E402
 
 # Artifacts every model branch carries through the alignment joins.
-CARRIED = ["storage", "data", "data_summary", "model", "model_artifact", "curves", "model_metrics", "prediction_file", "submission_file",
+CARRIED = ["storage", "data", "data_summary", "model", "model_name", "seed", "model_artifact", "curves", "model_metrics", "prediction_file", "submission_file",
            "prepared", "target", "model_distribution", "target_names", "candidates_file"]
 
 
@@ -67,22 +75,27 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
         self.data_summary = data.summary()
         print(self.data_summary)
         self.models = cfg.model_names
-        self.next(self.train, foreach="models")
+        self.train_cells = cfg.train_cells  # (model, training seed)
+        self.next(self.train, foreach="train_cells")
 
     @step
     def train(self):
-        """Fit one model: Wu et al. samples, early stopping on validation AUC; keep the best weights."""
-        self.model = self.input
+        """Fit one model with one training seed: Wu et al. samples, early stopping on validation AUC;
+        keep the best weights. ``model`` is the branch label (the model name with one seed)."""
+        cfg = self.cfg
+        self.model_name, self.seed = self.input
+        self.model = seed_label(self.model_name, self.seed, cfg.several_seeds)
         maybe_fail("train", self.model)
         from steps.newsrec.train import build_for, configure_determinism, fit, save_best
 
-        cfg = self.cfg
-        configure_determinism(cfg.seed)
-        rec = build_for(self.data, self.model, cfg.models[self.model], cfg.training, cfg.seed)
-        outcome = fit(rec, self.data, cfg.training, cfg.seed, cfg.data.train_fraction, ties=cfg.ties)
-        self.curves = outcome.curves
+        hp, seed = cfg.models[self.model_name], self.seed
+        configure_determinism(seed)
+        rec = build_for(self.data, self.model_name, hp, cfg.training, seed)
+        outcome = fit(rec, self.data, cfg.training, seed, cfg.data.train_fraction, ties=cfg.ties)
+        self.curves = outcome.curves.with_columns(pl.lit(seed, dtype=pl.Int64).alias("seed"))
         self.validation_metrics = outcome.best_validation
-        artifact = save_best(rec, self.storage.dir("models"), outcome.best_epoch, cfg.models[self.model], cfg.training, cfg.seed)
+        models_dir = self.storage.dir("models", f"seed{seed}") if cfg.several_seeds else self.storage.dir("models")
+        artifact = save_best(rec, models_dir, outcome.best_epoch, hp, cfg.training, seed)
         self.model_artifact = map_refs(artifact, self.storage.publish)
         self.next(self.dump)
 
@@ -96,7 +109,7 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
         cfg = self.cfg
         rec = load_best(self.data, self.model_artifact, cfg.training)
         test = load_split(self.data.splits["test"])
-        scores = score_split(rec, feature_table(self.data, self.model), self.data.histories("test").matrix, test,
+        scores = score_split(rec, feature_table(self.data, self.model_name), self.data.histories("test").matrix, test,
                              cfg.training.eval_batch_users, cfg.training.score_chunk)
         out = self.storage.dir("predictions")
         dump, submission = write_dump(test, scores, out / f"{self.model}_test_scores.parquet",
@@ -104,8 +117,9 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
         self.prediction_file, self.submission_file = self.storage.publish(dump), self.storage.publish(submission)
         bundle = news_candidates(self.data, test, scores, self.model, out / f"{self.model}_candidates", cfg.align.missing_category)
         self.candidates_file = publish_bundle(bundle, self.storage.publish) if bundle else None
-        self.model_metrics = train_metrics_rows(self.model, self.model_artifact.best_epoch,
-                                                {"validation": self.validation_metrics, "test": evaluate_scores(test, scores, cfg.ties)})
+        self.model_metrics = train_metrics_rows(self.model_name, self.model_artifact.best_epoch,
+                                                {"validation": self.validation_metrics, "test": evaluate_scores(test, scores, cfg.ties)},
+                                                self.seed)
         print(self.model_metrics)
         self.next(self.prepare_alignment)
 
@@ -131,12 +145,14 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
         """Collect every model: accuracy, curves, dumps, and the alignment tables with a model column."""
         self.merge_artifacts(inputs, include=["storage", "data", "data_summary"])
         self.train_metrics = concat([i.model_metrics for i in inputs])
+        # the accuracy over training seeds, per model and split (none with one seed)
+        self.train_metrics_by_seed = train_metrics_by_seed(self.train_metrics) if self.cfg.several_seeds else None
         self.training_curves = concat([i.curves for i in inputs])
         self.predictions = {i.model: i.prediction_file for i in inputs}
         self.candidates = {i.model: i.candidates_file for i in inputs if getattr(i, "candidates_file", None) is not None}
         self.model_submission_files = {i.model: i.submission_file for i in inputs}
         self.model_artifacts = {i.model: i.model_artifact for i in inputs}
-        self.results = run_results([with_model(i.dataset_outputs.results, i.model) for i in inputs])  # + Holm across the run
+        self.results = run_results([with_model(i.dataset_outputs.results, i.model, i.seed) for i in inputs])  # + Holm across the run
         self.category_mix = concat([with_model(i.dataset_outputs.category_mix, i.model) for i in inputs])
         self.user_kl_hist = concat([with_model(i.dataset_outputs.user_kl_hist, i.model) for i in inputs])
         self.alignment_submissions = {i.model: i.dataset_outputs.submissions for i in inputs}
@@ -152,7 +168,8 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
         """Training curves, accuracy table, each model's alignment figures; export to artifacts/NewsRecFlow/<run_id>/."""
         alignment = alignment_reports(self.results, self.category_mix, self.user_kl_hist, self.alignment_submissions, self.cfg.align)
         card_figures = {m: images(rep.figures) for m, (_, rep, _) in alignment.items()}
-        parts = export_parts(self.train_metrics, self.training_curves, self.predictions, self.model_submission_files, alignment)
+        parts = export_parts(self.train_metrics, self.training_curves, self.predictions, self.model_submission_files, alignment,
+                             self.train_metrics_by_seed)
         self.export_dir = self.export(*parts, models={m: a.version for m, a in self.model_artifacts.items()},
                                       predictions={m: {"path": r.path, "sha256": r.sha256, "rows": r.shape[0]}
                                                    for m, r in self.predictions.items()})

@@ -3,7 +3,8 @@
     recalign synth ebnerd|ml|sequences --out DIR [--size tiny|small|paper] [--seed N]   # synthetic data sets
     recalign export AlignFlow/1234 --out DIR                               # tables, figures, submissions, card
                                         # (DIR: new, empty, or an earlier export, which is replaced)
-    recalign compare AlignFlow/1234 AlignFlow/1240 [--out deltas.csv]      # metric deltas between two runs
+    recalign compare AlignFlow/1234 AlignFlow/1240 [--out deltas.csv] [--keys a,b] [--level 0.95]
+                                        # B − A per shared cell, with intervals where both runs have them
 """
 
 from __future__ import annotations
@@ -207,11 +208,16 @@ def cmd_export(args) -> int:
     return 0
 
 
-def metric_deltas(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
-    """Join two results tables on their key columns (strings, integers, ``lambda``) and give
-    ``<metric>_a``, ``<metric>_b`` and ``<metric>_delta`` (b − a) for every float metric."""
+def key_columns(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
+    """The columns that name a cell in both results tables: strings, integers (not ``n_*`` counts), ``lambda``."""
     keys = [c for c in a.columns if c in b.columns and (a.schema[c] in (pl.String, pl.Int64, pl.Int32) or c == "lambda")]
-    keys = [k for k in keys if not k.startswith("n_")]
+    return [k for k in keys if not k.startswith("n_")]
+
+
+def metric_deltas(a: pl.DataFrame, b: pl.DataFrame, keys: list[str] | None = None) -> pl.DataFrame:
+    """Join two results tables on their key columns (default :func:`key_columns`) and give ``<metric>_a``,
+    ``<metric>_b`` and ``<metric>_delta`` (b − a) for every float metric (tables without intervals)."""
+    keys = key_columns(a, b) if keys is None else keys
     metrics = [c for c in a.columns if c in b.columns and c not in keys and a.schema[c] in (pl.Float64, pl.Float32)]
     joined = a.select(keys + metrics).join(b.select(keys + metrics), on=keys, how="full", coalesce=True, suffix="_b")
     joined = joined.rename({m: f"{m}_a" for m in metrics})
@@ -220,15 +226,95 @@ def metric_deltas(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def deltas_long(deltas: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """The delta table one row per (cell, metric): ``metric``, ``a``, ``b``, ``delta`` and, where
+    there are intervals, ``delta_lo``, ``delta_hi``, ``p``, ``p_holm`` (for printing)."""
+    keys = [k for k in keys if k in deltas.columns]
+    metrics = [c[: -len("_delta")] for c in deltas.columns if c.endswith("_delta")]
+    parts = []
+    for m in metrics:
+        cols = {"a": f"{m}_a", "b": f"{m}_b", "delta": f"{m}_delta", "delta_lo": f"{m}_delta_lo",
+                "delta_hi": f"{m}_delta_hi", "p": f"{m}_delta_p", "p_holm": f"{m}_delta_p_holm"}
+        parts.append(deltas.select(*keys, pl.lit(m).alias("metric"),
+                                   *(pl.col(c).alias(n) if c in deltas.columns else pl.lit(None, pl.Float64).alias(n)
+                                     for n, c in cols.items())))
+    return pl.concat(parts) if parts else deltas.select(keys)
+
+
+def _leaves(d, prefix: str = ""):
+    """``path -> value`` of the numbers in a nested summary (paths, names and notes left out)."""
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    elif isinstance(d, (int, float)):
+        yield prefix[:-1], d
+
+
+def unit_differences(summary_a, summary_b) -> list[str]:
+    """Where two runs' ``data_summary`` counts differ (rows, impressions, users, items...): a run
+    that evaluated other units. File paths are not compared (each run keeps its own copies)."""
+    la, lb = dict(_leaves(summary_a or {})), dict(_leaves(summary_b or {}))
+    return [f"{k}: {la.get(k, 'absent')} vs {lb.get(k, 'absent')}" for k in sorted(set(la) | set(lb)) if la.get(k) != lb.get(k)]
+
+
+def _has_intervals(df: pl.DataFrame) -> bool:
+    return any(c.endswith("_lo") and c[:-3] in df.columns and f"{c[:-3]}_hi" in df.columns for c in df.columns)
+
+
+def _summary(run):
+    return run.data.data_summary if "data_summary" in run.data else None
+
+
 def cmd_compare(args) -> int:
+    from steps.uncertainty import compare_results
+
+    if not 0.0 < args.level < 1.0:
+        raise SystemExit(f"recalign compare: --level {args.level:g} is not a level in (0, 1), e.g. 0.95")
     if args.out:
         _check_csv_out("compare", Path(args.out))
+    flow_a, flow_b = (spec.split("/")[0] for spec in (args.run_a, args.run_b))
+    if flow_a != flow_b:
+        raise SystemExit(f"recalign compare: {args.run_a} and {args.run_b} are runs of different flows; compare two runs of one flow")
     a, b = _run(args.run_a), _run(args.run_b)
     if "results" not in a.data or "results" not in b.data:
         raise SystemExit("recalign compare: both runs need a `results` artifact")
-    deltas = metric_deltas(a.data.results, b.data.results)
-    with pl.Config(tbl_rows=200, tbl_cols=30, tbl_width_chars=200):
-        print(deltas.select([c for c in deltas.columns if not c.endswith(("_a", "_b"))]))
+    ra, rb = a.data.results, b.data.results
+    sa, sb = _summary(a), _summary(b)
+    if sa is None or sb is None:
+        print("recalign compare: a run has no data_summary; whether both evaluated the same units is not checked", file=sys.stderr)
+    elif diff := unit_differences(sa, sb):
+        raise SystemExit(
+            f"recalign compare: {args.run_a} and {args.run_b} were evaluated on different units (their data differ: "
+            + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
+            + "); a difference of their metrics would mix the data with the method, so none is reported"
+        )
+    keys = key_columns(ra, rb)
+    if args.keys:
+        keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+        missing = [k for k in keys if k not in ra.columns or k not in rb.columns]
+        if missing:
+            raise SystemExit(f"recalign compare: --keys {missing[0]!r} is not a column of both runs' results; "
+                             f"their shared columns: {', '.join(c for c in ra.columns if c in rb.columns)}")
+    shared_cells = ra.select(keys).join(rb.select(keys), on=keys, how="semi", nulls_equal=True).height if keys else 0
+    if shared_cells == 0:
+        raise SystemExit(f"recalign compare: no cell (keys {', '.join(keys)}) is in both runs' results; "
+                         "choose the columns that name a cell with --keys (e.g. leave out seed)")
+    if _has_intervals(ra) and _has_intervals(rb):
+        try:
+            deltas = compare_results(ra, rb, keys, level=args.level)
+        except ValueError as exc:
+            raise SystemExit(f"recalign {exc}; name the cells with --keys") from exc
+        shared = deltas.height
+        print(f"B − A for the {shared} cell(s) both runs hold ({ra.height - shared} of A and {rb.height - shared} of B only "
+              f"in one run, left out). Intervals ({args.level:g}): unpaired normal approximation from the two runs' "
+              "bootstrap intervals (the runs keep no per-unit values to pair; on the same units this is conservative).")
+    else:
+        deltas = metric_deltas(ra, rb, keys)
+        print("B − A per cell; the runs' results hold no intervals (<metric>_lo/_hi), so none is given.")
+    with pl.Config(tbl_rows=200, tbl_cols=30, tbl_width_chars=200, fmt_str_lengths=40):
+        print(deltas_long(deltas, keys))
+    if not args.out:
+        print("(the wide table with every column: --out deltas.csv)")
     if args.out:
         _write_csv_atomically(deltas, Path(args.out))
     return 0
@@ -247,10 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("run", help="Flow/run_id")
     e.add_argument("--out", required=True, help="a new or empty folder, or an earlier export (replaced whole)")
     e.set_defaults(func=cmd_export)
-    c = sub.add_parser("compare", help="metric deltas between two runs (b - a)")
+    c = sub.add_parser("compare", help="B - A per cell two runs of one flow share, with intervals where both have them")
     c.add_argument("run_a")
     c.add_argument("run_b")
     c.add_argument("--out", help="write the full delta table as CSV")
+    c.add_argument("--keys", help="comma-separated columns that name a cell (default: the string and integer "
+                   "columns both results share, and lambda)")
+    c.add_argument("--level", type=float, default=0.95,
+                   help="the level of the runs' intervals (their uncertainty.level), also the level of the deltas' intervals")
     c.set_defaults(func=cmd_compare)
     args = ap.parse_args(argv)
     return args.func(args)

@@ -789,3 +789,84 @@ def aggregate_over_seeds(table, keys: Sequence[str], metrics: Sequence[str], lev
             half = t * sd / np.sqrt(n)
         cols += [pl.Series(f"{m}_seed_lo", mean - half).fill_nan(None), pl.Series(f"{m}_seed_hi", mean + half).fill_nan(None)]
     return out.with_columns(cols).drop([f"_{m}_n" for m in metrics])
+
+
+# --------------------------------------------------------------------------- two runs
+def _interval_source(name: str) -> bool:
+    """Whether a column is an interval, a difference, a p-value or a seed summary (not a metric)."""
+    return name.startswith(("delta_", "p_")) or name.endswith(("_lo", "_hi", "_sd", "_holm"))
+
+
+def compare_results(a, b, keys: Sequence[str], metrics: Sequence[str] | None = None, level: float = 0.95):
+    """Run B − run A for every cell (a row identified by ``keys``) both results tables hold.
+
+    Per metric ``m``: ``<m>_a``, ``<m>_b``, ``<m>_delta`` = b − a and, where both runs have the
+    bootstrap interval ``<m>_lo/_hi``, ``<m>_delta_lo/_hi`` and the two-sided ``<m>_delta_p``
+    (plus ``<m>_delta_p_holm``: Holm's correction over every p-value of the table).
+
+    The results tables keep each cell's interval, not its per-unit values, so the difference
+    cannot be resampled pairwise. Its interval is the **unpaired normal approximation**: each
+    run's standard error is read off its interval, se = (hi − lo) / (2 z) with z = Φ⁻¹((1 + level)/2),
+    and δ ± z·√(se_a² + se_b²). ``level`` must be the level the runs' intervals were computed at
+    (their ``uncertainty.level``). On the same units the two runs' errors are positively
+    correlated, so this interval is conservative (wider than a paired one); it is meaningful only
+    when both runs evaluated the same units, which the caller checks. Cells in one run only are
+    left out. ``metrics`` default: every float column both tables share that is not a key, an
+    interval, a difference, a p-value or an sd.
+
+    >>> import polars as pl
+    >>> a = pl.DataFrame({"method": ["x"], "auc": [0.60], "auc_lo": [0.58], "auc_hi": [0.62]})
+    >>> b = pl.DataFrame({"method": ["x"], "auc": [0.63], "auc_lo": [0.61], "auc_hi": [0.65]})
+    >>> r = compare_results(a, b, ["method"]).row(0, named=True)
+    >>> round(r["auc_delta"], 4), round(r["auc_delta_lo"], 4), round(r["auc_delta_hi"], 4)
+    (0.03, 0.0017, 0.0583)
+    """
+    import polars as pl
+
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"compare_results: level must be in (0, 1), got {level!r}")
+    keys = list(keys)
+    for name, t in (("A", a), ("B", b)):
+        missing = [k for k in keys if k not in t.columns]
+        if missing:
+            raise ValueError(f"compare_results: run {name}'s results have no key column {missing[0]!r}")
+    for name, t in (("A", a), ("B", b)):
+        dup = t.select(keys).is_duplicated()
+        if dup.any():
+            row = t.filter(dup).select(keys).row(0, named=True)
+            raise ValueError(f"compare_results: the keys {keys} do not identify one row of run {name}'s results "
+                             f"(several rows have {row}); add the key column that tells them apart")
+    if metrics is None:
+        metrics = [c for c in a.columns if c in b.columns and c not in keys and not _interval_source(c)
+                   and a.schema[c].is_float() and b.schema[c].is_float()]
+    with_iv = [m for m in metrics if all(f"{m}_{s}" in t.columns for s in ("lo", "hi") for t in (a, b))]
+    wanted = keys + [c for m in metrics for c in (m, *((f"{m}_lo", f"{m}_hi") if m in with_iv else ()))]
+    j = a.select(wanted).join(b.select(wanted), on=keys, how="inner", suffix="__b", nulls_equal=True, maintain_order="left")
+    z = float(ndtri((1 + level) / 2))
+    out = [j[k] for k in keys]
+    for m in metrics:
+        va, vb = (j[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in (m, f"{m}__b"))
+        d = vb - va
+        series = {f"{m}_a": va, f"{m}_b": vb, f"{m}_delta": d}
+        if m in with_iv:
+            lo_a, hi_a, lo_b, hi_b = (j[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                                      for c in (f"{m}_lo", f"{m}_hi", f"{m}_lo__b", f"{m}_hi__b"))
+            se = np.sqrt(((hi_a - lo_a) / (2 * z)) ** 2 + ((hi_b - lo_b) / (2 * z)) ** 2)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                p = np.where(se > 0, 2 * ndtr(-np.abs(d) / se), np.where(d == 0, 1.0, 0.0))
+            p = np.where(np.isfinite(se) & np.isfinite(d), p, np.nan)
+            series.update({f"{m}_delta_lo": d - z * se, f"{m}_delta_hi": d + z * se, f"{m}_delta_p": p})
+        out += [pl.Series(name, v, dtype=pl.Float64).fill_nan(None) for name, v in series.items()]
+    return _holm_of_deltas(pl.DataFrame(out))
+
+
+def _holm_of_deltas(table):
+    """``<m>_delta_p_holm`` next to every ``<m>_delta_p``: Holm over all the table's p-values."""
+    import polars as pl
+
+    cols = [c for c in table.columns if c.endswith("_delta_p")]
+    if not cols or table.height == 0:
+        return table
+    flat = np.concatenate([table[c].fill_null(np.nan).to_numpy() for c in cols])
+    adj = holm_adjust(flat).reshape(len(cols), table.height)
+    return table.with_columns([pl.Series(f"{c}_holm", x, dtype=pl.Float64).fill_nan(None) for c, x in zip(cols, adj)])

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -153,3 +154,102 @@ def test_compare_out_must_be_a_file_name(tmp_path, monkeypatch):
     assert main(["compare", "AlignFlow/1", "AlignFlow/2", "--out", str(out)]) == 0
     assert pl.read_csv(out)["auc_delta"].to_list() == [0.25]
     assert [p.name for p in out.parent.iterdir()] == ["d.csv"]  # no temporary file left
+
+
+def test_compare_results_hand_checked():
+    from scipy.stats import norm
+
+    from steps.uncertainty import compare_results
+
+    a = pl.DataFrame({"method": ["nails", "nails", "steck"], "lambda": [0.0, 0.5, 0.5], "auc": [0.60, 0.62, 0.70],
+                      "auc_lo": [0.58, 0.60, None], "auc_hi": [0.62, 0.64, None], "kl_at_n": [0.3, 0.2, 0.1],
+                      "delta_auc": [0.0, 0.02, None], "p_auc": [None, 0.1, None]})
+    b = pl.DataFrame({"method": ["nails", "nails", "other"], "lambda": [0.0, 0.5, 0.5], "auc": [0.60, 0.66, 0.5],
+                      "auc_lo": [0.59, 0.63, 0.4], "auc_hi": [0.61, 0.69, 0.6], "kl_at_n": [0.3, 0.1, 0.0]})
+    d = compare_results(a, b, ["method", "lambda"])
+    assert d.columns == ["method", "lambda", "auc_a", "auc_b", "auc_delta", "auc_delta_lo", "auc_delta_hi", "auc_delta_p",
+                         "kl_at_n_a", "kl_at_n_b", "kl_at_n_delta", "auc_delta_p_holm"]
+    assert d.select("method", "lambda").rows() == [("nails", 0.0), ("nails", 0.5)]  # cells of one run only: left out
+    z = norm.ppf(0.975)
+    se = np.hypot(0.04 / (2 * z), 0.06 / (2 * z))
+    r = d.row(1, named=True)
+    assert r["auc_delta"] == pytest.approx(0.04) and r["kl_at_n_delta"] == pytest.approx(-0.1)
+    assert (r["auc_delta_lo"], r["auc_delta_hi"]) == pytest.approx((0.04 - z * se, 0.04 + z * se))
+    assert r["auc_delta_p"] == pytest.approx(2 * norm.sf(0.04 / se))
+    p0 = d.row(0, named=True)["auc_delta_p"]
+    assert p0 == pytest.approx(1.0)  # no difference
+    assert r["auc_delta_p_holm"] == pytest.approx(min(1.0, 2 * r["auc_delta_p"]))
+    # at 90 % the same intervals mean smaller standard errors
+    d90 = compare_results(a, b, ["method", "lambda"], level=0.9).row(1, named=True)
+    assert d90["auc_delta_hi"] - d90["auc_delta_lo"] == pytest.approx(2 * z * se)
+    # a missing interval gives a delta without one
+    iv = compare_results(a.with_columns(auc_lo=pl.lit(None, pl.Float64)), b, ["method", "lambda"])
+    assert iv["auc_delta"].null_count() == 0 and iv["auc_delta_lo"].null_count() == 2
+    with pytest.raises(ValueError, match=r"the keys \['lambda'\] do not identify one row of run A's results"):
+        compare_results(a, b, ["lambda"])
+    with pytest.raises(ValueError, match="run B's results have no key column 'selection'"):
+        compare_results(a.with_columns(selection=pl.lit("det")), b, ["method", "selection"])
+
+
+class _Data(dict):
+    __getattr__ = dict.__getitem__
+
+
+class _ResultsRun:
+    def __init__(self, results, data_summary=None):
+        self.data = _Data(results=results, **({"data_summary": data_summary} if data_summary is not None else {}))
+
+
+def test_compare_two_runs_with_intervals_and_refuse_other_units(tmp_path, monkeypatch, capsys):
+    import recalign.cli as cli
+
+    def results(auc):
+        return pl.DataFrame({"distribution": ["E", "E"], "method": ["nails"] * 2, "selection": ["det"] * 2,
+                             "lambda": [0.0, 0.5], "auc": auc, "auc_lo": [x - 0.02 for x in auc],
+                             "auc_hi": [x + 0.02 for x in auc], "n_repeats": [1, 1]})
+
+    summary = {"predictions": "/run1/predictions.parquet", "rows": 100, "impressions": 40, "notes": []}
+    runs = {"AlignFlow/1": _ResultsRun(results([0.6, 0.62]), summary),
+            "AlignFlow/2": _ResultsRun(results([0.6, 0.66]), {**summary, "predictions": "/run2/predictions.parquet"}),
+            "AlignFlow/3": _ResultsRun(results([0.6, 0.66]), {**summary, "rows": 120, "impressions": 50}),
+            "TailFlow/4": _ResultsRun(results([0.6, 0.66]), summary)}
+    monkeypatch.setattr(cli, "_run", lambda spec: runs[spec])
+    out = tmp_path / "d.csv"
+    assert main(["compare", "AlignFlow/1", "AlignFlow/2", "--out", str(out)]) == 0  # other paths, same units
+    printed = capsys.readouterr().out
+    assert "for the 2 cell(s) both runs hold" in printed and "unpaired normal approximation" in printed
+    d = pl.read_csv(out)
+    assert d["auc_delta"].to_list() == pytest.approx([0.0, 0.04])
+    assert d["auc_delta_hi"][1] - d["auc_delta_lo"][1] == pytest.approx(2 * 0.02 * np.sqrt(2))  # √2 × one run's width
+    assert "n_repeats_delta" not in d.columns and "auc_lo_delta" not in d.columns
+    with pytest.raises(SystemExit, match=r"evaluated on different units \(their data differ: impressions: 40 vs 50; rows: 100 vs 120\)"):
+        main(["compare", "AlignFlow/1", "AlignFlow/3"])
+    with pytest.raises(SystemExit, match="runs of different flows"):
+        main(["compare", "AlignFlow/1", "TailFlow/4"])
+    with pytest.raises(SystemExit, match=r"--level 95 is not a level in \(0, 1\)"):
+        main(["compare", "AlignFlow/1", "AlignFlow/2", "--level", "95"])
+    # runs trained with other seeds share no cell while seed is a key; --keys names the cells
+    runs["AlignFlow/6"] = _ResultsRun(results([0.6, 0.7]).with_columns(seed=pl.lit(8)), summary)
+    runs["AlignFlow/7"] = _ResultsRun(results([0.6, 0.6]).with_columns(seed=pl.lit(9)), summary)
+    with pytest.raises(SystemExit, match="no cell .*seed.* is in both runs' results; choose .* with --keys"):
+        main(["compare", "AlignFlow/6", "AlignFlow/7"])
+    assert main(["compare", "AlignFlow/6", "AlignFlow/7", "--keys", "method,lambda", "--out", str(out)]) == 0
+    assert pl.read_csv(out)["auc_delta"].to_list() == pytest.approx([0.0, -0.1])
+    assert "metric" in capsys.readouterr().out  # printed one row per (cell, metric)
+    with pytest.raises(SystemExit, match="--keys 'colour' is not a column of both runs' results"):
+        main(["compare", "AlignFlow/6", "AlignFlow/7", "--keys", "method,colour"])
+    with pytest.raises(SystemExit, match=r"the keys \['method'\] do not identify one row of run A's results.*--keys"):
+        main(["compare", "AlignFlow/6", "AlignFlow/7", "--keys", "method"])
+    # without data_summary the units are not checked, and said so
+    runs["AlignFlow/5"] = _ResultsRun(results([0.6, 0.7]))
+    assert main(["compare", "AlignFlow/1", "AlignFlow/5"]) == 0
+    assert "whether both evaluated the same units is not checked" in capsys.readouterr().err
+
+
+def test_unit_differences_compare_the_counts_not_the_paths():
+    from recalign.cli import unit_differences
+
+    a = {"ml": {"source": "/a/ratings.csv", "train_users": 10, "items": 5}, "notes": ["x"]}
+    assert unit_differences(a, {"ml": {"source": "/b/ratings.csv", "train_users": 10, "items": 5}, "notes": []}) == []
+    assert unit_differences(a, {"ml": {"train_users": 11, "items": 5}}) == ["ml.train_users: 10 vs 11"]
+    assert unit_differences(a, {"other": {"train_users": 10, "items": 5}})[0] == "ml.items: 5 vs absent"

@@ -239,6 +239,41 @@ def test_unknown_user_and_empty_history(tmp_path):
         user_histories(d, [9], 20)
 
 
+def test_config_seeds_default_to_seed_and_are_checked():
+    from dataclasses import replace
+
+    assert ExplainConfig.from_dict({}).seeds == (2024,) and ExplainConfig.from_dict({"seed": 3}).seeds == (3,)
+    cfg = ExplainConfig.from_dict({"seeds": [5, 1]})
+    assert cfg.seeds == (5, 1) and cfg.several_seeds and cfg.seed == 2024
+    assert ExplainConfig.from_dict(cfg.as_dict()) == cfg and replace(cfg, seed=5).seeds == (5, 1)
+    for bad, message in [([], r"seeds: expected a non-empty list of distinct integers >= 0 \(training seeds\), got \[\]"),
+                         ([2, 2], r"seeds: \[2, 2\] repeats \[2\]; the training seeds must be distinct"),
+                         ([1, -3], r"seeds\[1\]: expected an integer >= 0, got -3"), ("7", "seeds: expected a non-empty list")]:
+        with pytest.raises(ConfigError, match=message):
+            ExplainConfig.from_dict({"seeds": bad})
+
+
+def test_model_metrics_over_seeds_hand_checked():
+    from steps.explain.pipeline import check_seeds_against_checkpoint, metrics_by_seed, with_seed
+
+    def one(seed, hr):
+        return with_seed(pl.DataFrame({"model": ["GRU4Rec", "POP"], "split": ["test", "test"], "protocol": ["sampled"] * 2,
+                                       "rows": [10, 10], "hr_at_5": [hr, 0.3]}), seed)
+
+    mm = pl.concat([one(1, 0.5), one(2, 0.7)])
+    assert mm.columns[-1] == "seed" and mm["seed"].to_list() == [1, 1, 2, 2]
+    agg = metrics_by_seed(mm)
+    assert agg.columns == ["model", "split", "protocol", "n_seeds", "hr_at_5_mean", "hr_at_5_sd", "hr_at_5_seed_lo", "hr_at_5_seed_hi"]
+    gru, pop = agg.rows(named=True)
+    half = 12.706204736174707 * np.sqrt(0.02) / np.sqrt(2)  # t_{1, 0.975} · sd / √2
+    assert gru["hr_at_5_mean"] == pytest.approx(0.6) and gru["hr_at_5_seed_hi"] == pytest.approx(0.6 + half)
+    assert pop["hr_at_5_sd"] == pytest.approx(0.0) and pop["n_seeds"] == 2
+    assert with_seed(pl.DataFrame(), 3).width == 0  # a loaded checkpoint's (empty) training log
+    check_seeds_against_checkpoint(ExplainConfig.from_dict({}), "m.pt")
+    with pytest.raises(ConfigError, match=r"seeds: \[1, 2\] asks for one GRU4Rec per training seed, but --checkpoint m.pt"):
+        check_seeds_against_checkpoint(ExplainConfig.from_dict({"seeds": [1, 2]}), "m.pt")
+
+
 def test_configs_validate():
     for path in CONFIGS.glob("explain_*.yaml"):
         parse_explain_config(path.read_text())

@@ -48,6 +48,7 @@ def test_artifacts_have_the_promised_shape(quick_run):
     assert exact["event_position"].null_count() == 0 and exact["event_position"].max() == -1
     metrics = data.model_metrics
     assert set(metrics["model"]) == {"GRU4Rec", "POP"} and set(metrics["protocol"]) == {"sampled", "full"}
+    assert metrics["seed"].unique().to_list() == [11] and data.model_metrics_by_seed is None  # seeds: [seed]
     for k in (5, 10, 20):
         assert f"hr_at_{k}" in metrics.columns and f"ndcg_at_{k}" in metrics.columns
     assert data.training_log.height >= 1

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from steps.errors import ConfigError, InputError
 from steps.metrics import mean_ranking_metrics, ranking_metrics
 from steps.newsrec import schema as S
-from steps.newsrec.config import NewsRecConfig, parse_newsrec_config
+from steps.newsrec.config import NewsRecConfig, parse_newsrec_config, seed_label
 from steps.newsrec.ebnerd import (
     UNKNOWN,
     article_index,
@@ -502,6 +502,42 @@ def test_config_rejects_bad_values_with_key_and_value():
     # one tie rule per run: the alignment takes the top-level one
     assert NewsRecConfig.from_dict({"ties": "mean"}).align.ties == "mean"
     assert NewsRecConfig.from_dict({"ties": "inview", "align": {"ties": "inview", "top_n": 5}}).align.top_n == 5
+
+
+def test_config_seeds_default_to_seed_and_are_checked():
+    assert NewsRecConfig.from_dict({}).seeds == (42,) and NewsRecConfig().seeds == (42,)
+    one = NewsRecConfig.from_dict({"seed": 5, "models": {"nrms": {}}})
+    assert one.seeds == (5,) and not one.several_seeds and one.train_cells == [("nrms", 5)]
+    several = NewsRecConfig.from_dict({"seeds": [7, 3], "models": {"nrms": {}, "nrms_docvec": {}}})
+    assert several.several_seeds and several.seed == 42  # seed still drives the data, seeds the training
+    assert several.train_cells == [("nrms", 7), ("nrms", 3), ("nrms_docvec", 7), ("nrms_docvec", 3)]
+    assert NewsRecConfig.from_dict(several.as_dict()) == several
+    assert seed_label("nrms", 7, False) == "nrms" and seed_label("nrms", 7, True) == "nrms@7"
+    for bad, msg in [([], r"seeds: expected a non-empty list of distinct integers >= 0 \(training seeds\), got \[\]"),
+                     ([1, 1], r"seeds: \[1, 1\] repeats \[1\]; the training seeds must be distinct"), ([3, -1], r"seeds\[1\]: expected an integer >= 0, got -1"),
+                     (7, "seeds: expected a non-empty list of distinct integers >= 0 .*got 7"),
+                     ([True], r"seeds\[0\]: expected an integer >= 0, got True")]:
+        with pytest.raises(ConfigError, match=msg):
+            NewsRecConfig.from_dict({"seeds": bad})
+
+
+def test_train_metrics_over_seeds_hand_checked():
+    from steps.newsrec.report import train_metrics_by_seed, train_metrics_rows, with_model
+
+    m = {"auc": 0.6, "mrr": 0.3, "ndcg_at_5": 0.2, "ndcg_at_10": 0.25, "impressions": 10}
+    rows = [train_metrics_rows("nrms", 2, {"validation": {**m, "auc": auc}, "test": None}, seed)
+            for seed, auc in ((1, 0.6), (2, 0.7), (3, 0.8))]
+    tm = pl.concat(rows)
+    assert tm.columns[:7] == ["model", "split", "epoch", "auc", "mrr", "ndcg_at_5", "ndcg_at_10"] and tm["seed"].to_list() == [1, 2, 3]
+    agg = train_metrics_by_seed(tm).row(0, named=True)
+    assert (agg["model"], agg["split"], agg["n_seeds"]) == ("nrms", "validation", 3)
+    assert agg["auc_mean"] == pytest.approx(0.7) and agg["auc_sd"] == pytest.approx(0.1)
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)  # t_{2, 0.975}
+    assert (agg["auc_seed_lo"], agg["auc_seed_hi"]) == pytest.approx((0.7 - half, 0.7 + half))
+    assert agg["mrr_sd"] == pytest.approx(0.0)
+    res = with_model(pl.DataFrame({"method": ["nails"], "kl_at_n": [0.1]}), "nrms@3", 3)
+    assert res.columns == ["model", "seed", "method", "kl_at_n"] and res.row(0) == ("nrms@3", 3, "nails", 0.1)
+    assert with_model(pl.DataFrame({"x": [1]}), "nrms").columns == ["model", "x"]
 
 
 # --------------------------------------------------------------------------- scoring and the dump

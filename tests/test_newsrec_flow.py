@@ -33,6 +33,7 @@ def test_training_reaches_the_accuracy_goal_and_artifacts_have_their_shape(newsr
     assert tm.columns[:7] == ["model", "split", "epoch", "auc", "mrr", "ndcg_at_5", "ndcg_at_10"]
     assert sorted(tm.select("model", "split").rows()) == [
         ("nrms", "test"), ("nrms", "validation"), ("nrms_docvec", "test"), ("nrms_docvec", "validation")]
+    assert tm["seed"].unique().to_list() == [42] and data.train_metrics_by_seed is None  # seeds: [seed]
     val = tm.filter(pl.col("split") == "validation")
     assert (val["auc"] >= 0.70).all(), val  # random = 0.5
     assert (tm.filter(pl.col("split") == "test")["auc"] > 0.6).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from steps.configtools import common_fields, default_resources, resources_field, run_field, yaml_mapping
+from steps.configtools import common_fields, default_resources, resources_field, run_field, training_seeds, yaml_mapping
 from steps.configtools import boolean as _bool
 from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
@@ -53,7 +53,9 @@ class ExplainConfig:
     """Validated settings of one explanation experiment (see ``configs/explain_synthetic.yaml``)."""
 
     name: str = "explain"
-    seed: int = 2024
+    seed: int = 2024  # data, the users to explain; and the training seed when seeds is not given
+    # training seeds: GRU4Rec is trained once per seed; default (seed,). The first seed's model is explained
+    seeds: tuple[int, ...] = ()
     # data (used when this project builds the split: synthetic data or the ML-1M converter)
     n_neg: int = 99
     # GRU4Rec
@@ -91,6 +93,14 @@ class ExplainConfig:
     candidates_top_m: int = 100  # GRU4Rec's top-M for the test rows as a candidate bundle (0: none)
     resources: Mapping[str, Mapping[str, int]] = resources_field(DEFAULT_RESOURCES)
     run: Mapping[str, Any] = run_field()
+
+    def __post_init__(self) -> None:
+        if not self.seeds:  # no seeds given: train with seed, as before seeds existed
+            object.__setattr__(self, "seeds", (self.seed,))
+
+    @property
+    def several_seeds(self) -> bool:
+        return len(self.seeds) > 1
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "ExplainConfig":
@@ -174,6 +184,8 @@ def _explanation_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("full_ranking", "exclude_history_from_top_k", "feature_level"):
         if key in raw:
             d[key] = _bool(key, raw[key])
+    if "seeds" in raw:
+        d["seeds"] = training_seeds(raw, 0)
     if "ks" in raw:
         d["ks"] = tuple(sorted(_int_list("ks", raw["ks"], 1)))
     if "explain_user_ids" in raw:

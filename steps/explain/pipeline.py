@@ -116,6 +116,29 @@ def fit_or_load(data: SeqData, cfg: ExplainConfig, checkpoint: str = "") -> tupl
     return train_gru4rec(data, cfg)
 
 
+def with_seed(df: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """``df`` with a trailing ``seed`` column (the training seed); an empty table (no training log
+    of a loaded checkpoint) stays as it is."""
+    return df.with_columns(pl.lit(seed, dtype=pl.Int64).alias("seed")) if df.width else df
+
+
+def check_seeds_against_checkpoint(cfg: ExplainConfig, checkpoint: str) -> None:
+    """A checkpoint is one trained model: several training seeds need training."""
+    if checkpoint and cfg.several_seeds:
+        raise ConfigError(f"seeds: {list(cfg.seeds)} asks for one GRU4Rec per training seed, but --checkpoint {checkpoint} "
+                          "loads one trained model; give one seed (or none) with --checkpoint")
+
+
+def metrics_by_seed(model_metrics: pl.DataFrame, level: float = 0.95) -> pl.DataFrame:
+    """Per (model, split, protocol): every metric's mean, sd and Student-t interval over the training
+    seeds (:func:`steps.uncertainty.aggregate_over_seeds`); POP does not depend on the seed (sd 0)."""
+    from steps.uncertainty import aggregate_over_seeds
+
+    keys = ["model", "split", "protocol"]
+    metrics = [c for c, t in model_metrics.schema.items() if c not in (*keys, "rows", "seed") and t.is_float()]
+    return aggregate_over_seeds(model_metrics, keys, metrics, level)
+
+
 def load_model(ref: FileRef, dtype: str = "float32") -> GRU4Rec:
     ref.verify()
     return as_dtype(load_rechorus_checkpoint(localize(ref).path), TORCH_DTYPES[dtype])

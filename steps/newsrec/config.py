@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from steps.align.config import AlignConfig
-from steps.configtools import choice, common_fields, default_resources, resources_field, run_field, yaml_mapping
+from steps.configtools import choice, common_fields, default_resources, resources_field, run_field, training_seeds, yaml_mapping
 from steps.errors import ConfigError
 from steps.metrics import DEFAULT_TIES, TIE_RULES
 from steps.newsrec.ebnerd import UNKNOWN_POLICIES
@@ -59,6 +59,11 @@ def _section(cls, key: str, raw: Any):
     obj = cls(**values)
     obj.validate(key)
     return obj
+
+
+def seed_label(name: str, seed: int, several: bool) -> str:
+    """The label of one (model, seed) branch: the model name with one seed, ``<name>@<seed>`` with several."""
+    return f"{name}@{seed}" if several else name
 
 
 def _positive(key: str, value, lo=0, strict=True) -> None:
@@ -169,7 +174,9 @@ class NewsRecConfig:
     """Validated settings of a NewsRecFlow run (see ``configs/newsrec_quick.yaml``)."""
 
     name: str = "newsrec"
-    seed: int = 42
+    seed: int = 42  # data synthesis, sampling; and the training seed when seeds is not given
+    # training seeds: the train foreach runs every (model, seed); default (seed,)
+    seeds: tuple[int, ...] = ()
     # how MRR/nDCG rank equal scores (steps.metrics.TIE_RULES) in the accuracy table, the training
     # curves, the submission and the alignment (align.ties follows it); ebrec = the ebnerd-benchmark's
     ties: str = DEFAULT_TIES
@@ -211,7 +218,22 @@ class NewsRecConfig:
             d["align"] = AlignConfig.from_dict(align)
         except ConfigError as exc:
             raise ConfigError(f"align: {exc}") from exc
+        if "seeds" in raw:
+            d["seeds"] = training_seeds(raw, 0)
         return cls(**d)
+
+    def __post_init__(self) -> None:
+        if not self.seeds:  # no seeds given: train with seed, as before seeds existed
+            object.__setattr__(self, "seeds", (self.seed,))
+
+    @property
+    def several_seeds(self) -> bool:
+        return len(self.seeds) > 1
+
+    @property
+    def train_cells(self) -> list[tuple[str, int]]:
+        """The train foreach: every (model, training seed), models first."""
+        return [(m, s) for m in self.models for s in self.seeds]
 
     @property
     def model_names(self) -> list[str]:
@@ -219,7 +241,7 @@ class NewsRecConfig:
 
     def as_dict(self) -> dict:
         out = {
-            "name": self.name, "seed": self.seed, "ties": self.ties,
+            "name": self.name, "seed": self.seed, "seeds": list(self.seeds), "ties": self.ties,
             "models": {k: asdict(v) for k, v in self.models.items()},
             "data": asdict(self.data), "text": asdict(self.text), "training": asdict(self.training),
             "synthetic": self.synthetic.as_dict(), "align": self.align.as_dict(),
