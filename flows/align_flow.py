@@ -1,16 +1,14 @@
 """AlignFlow: NAILS, Steck's calibrated re-ranking and their combination, on news dumps and on any
-recommender's candidate lists, toward global or per-user targets.
+recommender's candidate lists, toward global or per-user targets (details: README).
 
     python flows/align_flow.py run                                    # embedded synthetic EB-NeRD dump
     python flows/align_flow.py --config config configs/align_calibrate_ml100k.yaml run   # real MovieLens-100K, EASE
     python flows/align_flow.py run --predictions test_scores.parquet --articles articles.parquet
-    python flows/align_flow.py run --predictions-from NewsRecFlow/<RUN_ID>        # a NewsRecFlow dump
-    python flows/align_flow.py run --predictions-from TailFlow/<RUN_ID>/<method>  # a TailFlow method's lists
+    python flows/align_flow.py run --predictions-from NewsRecFlow/<RUN_ID>        # or TailFlow/<RUN_ID>/<method>
     python flows/align_flow.py run --candidates path/to/bundle                    # your own model's lists
     python flows/align_flow.py resume --origin-run-id <RUN_ID>
 
-start → foreach dataset → prepare (load or build, validate) → foreach target → foreach method →
-evaluate (λ grid) → join_methods → join_targets → join_datasets → report (card, exports) → end
+start → foreach dataset: prepare → foreach target → foreach method: evaluate → join_methods → join_targets → join_datasets → report → end
 """
 
 from metaflow import Config, Parameter, card, step
@@ -19,9 +17,10 @@ from configs import config_path
 from recalign.fanout import AlignFanOut
 from recalign.cards import align_card, images
 from recalign.flow import RecalignFlow, step_groups
+from recalign.joins import align_dataset_outputs, list_datasets
 from recalign.runs import candidates_of_run, dump_source
 from steps.align.config import AlignConfig
-from steps.align.datasets import LIST_KINDS, check_dataset_params, implicit_dataset
+from steps.align.datasets import check_dataset_params, implicit_dataset
 from steps.align.pipeline import build_reports, example_users, export_parts, prepare_dataset, run_results, summary_text, with_dataset
 from steps.tables import concat
 
@@ -88,19 +87,8 @@ class AlignFlow(AlignFanOut, RecalignFlow):
         self.user_kl_hist = concat([with_dataset(o.user_kl_hist, d) for d, o in parts])
         self.submissions = [s for _, o in parts for s in o.submissions]
         self.failed_cells = [f"{d}/{f}" if self.several_datasets else f for d, o in parts for f in o.failed]
-        self.list_datasets = [i.dataset for i in inputs if i.kind in LIST_KINDS]
-        self.prepared_lists = {i.dataset: i.prepared for i in inputs if i.kind in LIST_KINDS}
-        by = {i.dataset: i for i in inputs}
-        summaries = {d: {**i.data_summary, "notes": i.data_summary["notes"] + i.notes} for d, i in by.items()}
-        if self.several_datasets:
-            self.inputs = {d: by[d].inputs for d in by}  # the files each EB-NeRD dataset read (None: candidate lists)
-            self.data_summary = summaries
-            self.target = {d: by[d].target for d in by}
-            self.model_distribution = {d: by[d].model_distribution for d in by}
-        else:
-            only = inputs[0]
-            self.inputs, self.data_summary = only.inputs, summaries[only.dataset]
-            self.target, self.model_distribution = only.target, only.model_distribution
+        self.list_datasets, self.prepared_lists = list_datasets(inputs)
+        self.inputs, self.data_summary, self.target, self.model_distribution = align_dataset_outputs(inputs, self.several_datasets)
         self.next(self.report)
 
     @card(type="blank", id="report")

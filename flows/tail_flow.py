@@ -1,17 +1,11 @@
-"""TailFlow: semantic item-tail promotion — EASE, IPW, CVaR tail optimisation, adversarial item
-re-weighting and popularity re-ranking on MovieLens-20M, Netflix Prize and MSD (or synthetic data).
+"""TailFlow: semantic item-tail promotion — EASE, IPW, CVaR, adversarial re-weighting and popularity
+re-ranking on MovieLens-20M, Netflix Prize and MSD or synthetic data (details: README).
 
     python flows/tail_flow.py run                                         # tiny synthetic data
     python flows/tail_flow.py --config config configs/tail_ml20m.yaml run  # real ML-20M ratings.csv
     python flows/tail_flow.py resume --origin-run-id <RUN_ID>
 
-start → foreach dataset: prepare (load or synthesise, split, cache) → foreach (method, training
-seed) cell: train (early stopping on validation) and evaluate on test, with bootstrap intervals
-→ join_methods (paired deltas against EASE of the same seed) → join_datasets (Holm over the run,
-the table over seeds) → report (card, exports) → end
-
-The train cells are the method names with one training seed (config ``seeds``, default
-``[seed]``), else ``<method>@<seed>``.
+start → foreach dataset: prepare → foreach (method, seed) cell: train → join_methods → join_datasets → report → end
 """
 
 from metaflow import Config, card, step
@@ -19,15 +13,15 @@ from metaflow import Config, card, step
 from configs import config_path
 from recalign.cards import tail_card, images
 from recalign.flow import RecalignFlow, step_groups
-from steps.faults import failed_cells, maybe_fail
+from recalign.joins import tail_dataset_parts, tail_method_parts
 from steps.bundles import publish_bundle
+from steps.faults import failed_cells, maybe_fail
 from steps.storage import map_refs
 from steps.tables import concat
 from steps.tail.config import TailConfig
 from steps.tail.data import prepare_dataset
-from steps.tail.pipeline import (RESULT_COLUMNS, add_baseline_deltas, item_groups, run_method, run_results, seed_table,
-                                 sort_results)
-from steps.tail.report import build_figures, change_sentences, change_vs_baseline
+from steps.tail.pipeline import RESULT_COLUMNS, add_baseline_deltas, item_groups, run_method, run_results, seed_table, sort_results
+from steps.tail.report import build_figures, change_report, export_tables
 
 CARRIED = ["storage", "dataset_names", "method_names", "cell_names"]
 CARRIED_DATASET = CARRIED + ["prepared", "groups", "data_summary"]
@@ -71,11 +65,9 @@ class TailFlow(RecalignFlow):
         maybe_fail("train", f"{self.prepared.name}/{self.input}")
         method, seed = cfg.cell(self.input)
         outcome = run_method(self.prepared, self.groups, method, cfg, self.storage.dir("lists"), seed=seed)
-        self.part_cell = (method.name, seed)
-        self.part_per_user = outcome.per_user  # steps.tail.evaluate.UserValues (test users × a few metrics, lists)
-        self.part_results = outcome.results
-        self.part_buckets = outcome.buckets
-        self.part_history = outcome.history
+        # part_per_user: steps.tail.evaluate.UserValues (test users × a few metrics, lists)
+        self.part_cell, self.part_per_user, self.part_results = (method.name, seed), outcome.per_user, outcome.results
+        self.part_buckets, self.part_history = outcome.buckets, outcome.history
         self.part_files = map_refs({"lists": outcome.lists, "model": outcome.model}, self.storage.publish)
         self.part_candidates = publish_bundle(outcome.candidates, self.storage.publish) if outcome.candidates else None
         print(outcome.results.select(RESULT_COLUMNS[:11]))
@@ -86,15 +78,9 @@ class TailFlow(RecalignFlow):
         """Collect the cells of one dataset; each method's paired differences against EASE of the same seed."""
         self.merge_artifacts(inputs, include=CARRIED_DATASET)
         self.part_failed = failed_cells(inputs, lambda i: f"{i.prepared.name}/{i.input}")
-        done = [i for i in inputs if hasattr(i, "part_results")]
-        per_user = {i.part_cell: i.part_per_user for i in done}
-        self.part_results = add_baseline_deltas(concat([i.part_results for i in done]), per_user, self.prepared.n_items,
-                                                self.cfg)
-        self.part_buckets = concat([i.part_buckets for i in done])
-        self.part_history = concat([i.part_history for i in done])
-        self.part_files = {f"{self.prepared.name}/{i.input}": i.part_files for i in done}
-        self.part_candidates = {f"{self.prepared.name}/{i.input}": i.part_candidates for i in done
-                                if getattr(i, "part_candidates", None) is not None}
+        per_user, results, self.part_buckets, self.part_history, self.part_files, self.part_candidates = \
+            tail_method_parts(inputs, self.prepared.name)
+        self.part_results = add_baseline_deltas(results, per_user, self.prepared.n_items, self.cfg)
         self.next(self.join_datasets)
 
     @step
@@ -105,32 +91,21 @@ class TailFlow(RecalignFlow):
         self.results = run_results([i.part_results for i in inputs], cfg)
         # with more than one training seed: mean, sd and t interval over the seeds (else None)
         self.results_by_seed = seed_table(self.results, cfg)
-        self.buckets = sort_results(concat([i.part_buckets for i in inputs]), self.dataset_names, self.method_names,
-                                    cfg.seeds)
-        self.history = concat([i.part_history for i in inputs])
-        self.files = {k: v for i in inputs for k, v in i.part_files.items()}
-        # candidate bundles for AlignFlow: {"<dataset>/<method>": FileRef of manifest.json} (steps.bundles)
-        self.candidates = {k: v for i in inputs for k, v in i.part_candidates.items()}
-        self.candidates_notes = [f"{i.prepared.name} ({i.prepared.source}): no item genres, no candidate bundles"
-                                 for i in inputs if i.prepared.items is None]
-        self.data_summary = {i.prepared.name: i.data_summary for i in inputs}
-        self.failed_cells = [f for i in inputs for f in i.part_failed]
+        self.buckets = sort_results(concat([i.part_buckets for i in inputs]), self.dataset_names, self.method_names, cfg.seeds)
+        # candidates: the bundles for AlignFlow (steps.bundles)
+        (self.history, self.files, self.candidates, self.candidates_notes, self.data_summary,
+         self.failed_cells) = tail_dataset_parts(inputs)
         self.next(self.report)
 
     @card(type="blank", id="report")
     @step
     def report(self):
         """Change against EASE, figures, the card, and the export to artifacts/TailFlow/<run_id>/."""
-        self.change = change_vs_baseline(self.results)
-        alpha = 1 - self.cfg.uncertainty.level
-        self.statements = change_sentences(self.change, alpha) if not self.change.is_empty() else []
+        self.change, self.statements = change_report(self.results, self.cfg.uncertainty.level)
         figures = build_figures(self.results, self.buckets)
         card_images = images(figures)
-        tables = {"results": self.results, "buckets": self.buckets, "history": self.history, "change_vs_ease": self.change}
-        if self.results_by_seed is not None:
-            tables["results_by_seed"] = self.results_by_seed
+        tables = export_tables(self.results, self.buckets, self.history, self.change, self.results_by_seed)
         self.export_dir = self.export(tables, figures, statements=self.statements, failed_cells=self.failed_cells)
-
         tail_card(self, card_images)
         self.next(self.end)
 

@@ -255,3 +255,65 @@ def export_tables(tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     """Each table twice for :func:`steps.export.export_run`: parquet (lists kept) and CSV."""
     return {**{f"{name}.parquet": df for name, df in tables.items()}, **tables}
 
+
+
+def check_inputs(data: SeqData, cfg: ExplainConfig, checkpoint: str) -> None:
+    """Every check of the start step: settings against the data, the checkpoint (a bad one fails
+    here, not in train) and the training seeds against it."""
+    from steps.explain.model import check_checkpoint
+
+    check_settings_against_data(data, cfg)
+    check_checkpoint(checkpoint, data.n_items)
+    check_seeds_against_checkpoint(cfg, checkpoint)
+
+
+def publish_data(data: SeqData, cfg: ExplainConfig, storage) -> tuple:
+    """Store the data and the candidate items as files visible to every task (a
+    :class:`steps.storage.RunStorage`): ``(StoredData of FileRefs, FileRef of the items or None)``."""
+    from steps.explain.candidates import store_candidate_items
+    from steps.storage import map_refs
+
+    stored = map_refs(store_dataset(data, storage.dir("data")), storage.publish)
+    items = store_candidate_items(data, storage.dir("data"), storage.dir("input", "ml100k") if cfg.data.source == "ml100k" else None)
+    return stored, (storage.publish(items) if items is not None else None)
+
+
+def report_tables(attributions, explained_users, feature_attributions, model_metrics, training_log, recency,
+                  model_metrics_by_seed) -> dict:
+    """ExplainFlow's exported tables (:func:`export_tables`; ``model_metrics_by_seed`` only with several seeds)."""
+    tables = {"attributions": attributions, "explained_users": explained_users, "feature_attributions": feature_attributions,
+              "model_metrics": model_metrics, "training_log": training_log, "recency": recency}
+    if model_metrics_by_seed is not None:
+        tables["model_metrics_by_seed"] = model_metrics_by_seed
+    return export_tables(tables)
+
+
+def explain_one(model: GRU4Rec, data: SeqData, user: int, cfg: ExplainConfig) -> Explanation:
+    """One user's top-K from the unperturbed history, then every estimator's attributions."""
+    from steps.explain.attribute import explain_user, feature_codes
+    from steps.explain.data import user_consumed_items
+
+    history = user_histories(data, [user], cfg.history_max)[user]
+    return explain_user(model, user, history, cfg, feature_codes(data), user_consumed_items(data, user), data.n_items)
+
+
+def report_parts(attributions: pl.DataFrame, users: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """The report step's ``(recency profile, efficiency check, figures)``."""
+    recency = recency_profile(attributions)
+    return recency, efficiency_check(attributions, users), build_figures(attributions, users, recency)
+
+
+def train_seed(data: SeqData, cfg: ExplainConfig, seed: int, checkpoint: str, folder: Path) -> tuple:
+    """Fit (or load) GRU4Rec with one training seed and save its weights under ``folder``:
+    ``(model, training log with a seed column, path of gru4rec.pt)``."""
+    from steps.explain.model import save_checkpoint
+
+    model, log = fit_or_load(data, replace(cfg, seed=seed), checkpoint)
+    return model, with_seed(log, seed), save_checkpoint(model, folder / "gru4rec.pt")
+
+
+def gru4rec_bundle(model: GRU4Rec, data: SeqData, cfg: ExplainConfig, items_ref, out_dir: Path) -> Path | None:
+    """GRU4Rec's top-M candidate bundle for the test rows (:func:`steps.explain.candidates.write_gru4rec_candidates`)."""
+    from steps.explain.candidates import write_gru4rec_candidates
+
+    return write_gru4rec_candidates(model, data, cfg.history_max, cfg.candidates_top_m, items_ref, out_dir, cfg.eval_batch_size)

@@ -197,3 +197,17 @@ def build_figures(results: pl.DataFrame, buckets: pl.DataFrame) -> dict[str, plt
         "exposure_by_popularity.png": exposure_bars(buckets),
         "item_recall_by_popularity.png": exposure_bars(buckets, column="item_recall_at_20", ylabel="mean item Recall@20"),
     }
+
+
+def change_report(results: pl.DataFrame, level: float) -> tuple[pl.DataFrame, list[str]]:
+    """The change of every method against EASE and its plain statements (Holm at ``1 - level``)."""
+    change = change_vs_baseline(results)
+    return change, (change_sentences(change, 1 - level) if not change.is_empty() else [])
+
+
+def export_tables(results, buckets, history, change, results_by_seed) -> dict:
+    """TailFlow's exported tables (``results_by_seed`` only with several training seeds)."""
+    tables = {"results": results, "buckets": buckets, "history": history, "change_vs_ease": change}
+    if results_by_seed is not None:
+        tables["results_by_seed"] = results_by_seed
+    return tables
