@@ -94,18 +94,11 @@ def cmd_synth(args) -> int:
 
 # --------------------------------------------------------------------------- runs
 def _run(pathspec: str):
-    from metaflow import Run, namespace
+    from recalign.runs import finished_run
 
-    namespace(None)
     if pathspec.count("/") != 1:
         raise SystemExit(f"recalign: expected a run pathspec Flow/run_id, got {pathspec!r}")
-    try:
-        run = Run(pathspec)
-    except Exception as exc:  # the Client raises several types for a missing run
-        raise SystemExit(f"recalign: run {pathspec} not found ({exc})") from exc
-    if not run.successful:
-        raise SystemExit(f"recalign: run {pathspec} did not finish successfully")
-    return run
+    return finished_run(pathspec, "recalign", error=SystemExit)
 
 
 #: What unpickling an artifact raises when its class cannot be imported in this process.

@@ -6,6 +6,21 @@ from steps.align.pipeline import dump_of_run, parse_predictions_from
 from steps.errors import InputError
 
 
+def finished_run(pathspec: str, what: str, error=InputError, require_success: bool = True):
+    """The Metaflow ``Run`` at ``pathspec`` (any namespace); ``error(f"{what}: …")`` when it does not
+    exist or (``require_success``) did not finish successfully."""
+    from metaflow import Run, namespace
+
+    namespace(None)
+    try:
+        run = Run(pathspec)
+    except Exception as exc:  # the Client raises several types for a missing run
+        raise error(f"{what}: run {pathspec} not found ({exc})") from exc
+    if require_success and not run.successful:
+        raise error(f"{what}: run {pathspec} did not finish successfully")
+    return run
+
+
 def dump_source(predictions_from: str, predictions: str, articles: str) -> tuple[str, str]:
     """The prediction dump and articles file to align: ``--predictions``/``--articles`` as given, or
     the dump of a finished run named by ``--predictions-from NewsRecFlow/<run_id>[/<model>]``."""
@@ -13,14 +28,8 @@ def dump_source(predictions_from: str, predictions: str, articles: str) -> tuple
         return predictions, articles
     if predictions or articles:
         raise InputError("give either --predictions-from or --predictions/--articles, not both")
-    from metaflow import Run, namespace
-
     pathspec, model = parse_predictions_from(predictions_from)
-    namespace(None)
-    try:
-        source = Run(pathspec).data
-    except Exception as exc:  # the Client raises several types for a missing run
-        raise InputError(f"--predictions-from {predictions_from!r}: run {pathspec} not found ({exc})") from exc
+    source = finished_run(pathspec, f"--predictions-from {predictions_from!r}", require_success=False).data
     return dump_of_run(predictions_from, source.predictions, source.articles_path, model)
 
 
@@ -28,18 +37,10 @@ def candidates_of_run(spec: str):
     """The verified local folder of a finished run's candidate bundle, named by
     ``TailFlow/<run_id>[/<dataset>]/<method>`` or ``ExplainFlow/<run_id>[/gru4rec]`` (see
     :mod:`steps.bundles`); read it with :func:`steps.candidates.read_candidate_bundle`."""
-    from metaflow import Run, namespace
-
     from steps.bundles import bundle_of_run, parse_candidates_from
 
     pathspec, name = parse_candidates_from(spec)
-    namespace(None)
-    try:
-        run = Run(pathspec)
-    except Exception as exc:  # the Client raises several types for a missing run
-        raise InputError(f"--candidates-from {spec!r}: run {pathspec} not found ({exc})") from exc
-    if not run.successful:
-        raise InputError(f"--candidates-from {spec!r}: run {pathspec} did not finish successfully")
+    run = finished_run(pathspec, f"--candidates-from {spec!r}")
     try:
         candidates = run.data.candidates
     except (AttributeError, KeyError):

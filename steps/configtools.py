@@ -160,3 +160,16 @@ def training_seeds(raw: Mapping[str, Any], seed: int) -> tuple[int, ...]:
     if dup:
         raise ConfigError(f"seeds: {value!r} repeats {dup}; the training seeds must be distinct")
     return seeds
+
+
+class TrainingSeedsMixin:
+    """For frozen config dataclasses with ``seed`` and ``seeds`` fields: an empty ``seeds`` means
+    "train once, with ``seed``" (configs written before ``seeds`` existed behave as they did)."""
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            object.__setattr__(self, "seeds", (self.seed,))
+
+    @property
+    def several_seeds(self) -> bool:
+        return len(self.seeds) > 1

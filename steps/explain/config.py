@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from steps.configtools import common_fields, default_resources, resources_field, run_field, training_seeds, yaml_mapping
+from steps.configtools import common_fields, default_resources, resources_field, TrainingSeedsMixin, run_field, training_seeds, yaml_mapping
 from steps.configtools import boolean as _bool
 from steps.configtools import choice as _choice
 from steps.configtools import integer as _integer
@@ -49,7 +49,7 @@ def parse_baseline(value: Any, key: str = "baseline") -> str | int:
 
 
 @dataclass(frozen=True)
-class ExplainConfig:
+class ExplainConfig(TrainingSeedsMixin):
     """Validated settings of one explanation experiment (see ``configs/explain_synthetic.yaml``)."""
 
     name: str = "explain"
@@ -93,14 +93,6 @@ class ExplainConfig:
     candidates_top_m: int = 100  # GRU4Rec's top-M for the test rows as a candidate bundle (0: none)
     resources: Mapping[str, Mapping[str, int]] = resources_field(DEFAULT_RESOURCES)
     run: Mapping[str, Any] = run_field()
-
-    def __post_init__(self) -> None:
-        if not self.seeds:  # no seeds given: train with seed, as before seeds existed
-            object.__setattr__(self, "seeds", (self.seed,))
-
-    @property
-    def several_seeds(self) -> bool:
-        return len(self.seeds) > 1
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "ExplainConfig":

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from steps.align.config import AlignConfig
-from steps.configtools import choice, common_fields, default_resources, resources_field, run_field, training_seeds, yaml_mapping
+from steps.configtools import choice, common_fields, default_resources, resources_field, TrainingSeedsMixin, run_field, training_seeds, yaml_mapping
 from steps.errors import ConfigError
 from steps.metrics import DEFAULT_TIES, TIE_RULES
 from steps.newsrec.ebnerd import UNKNOWN_POLICIES
@@ -170,7 +170,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class NewsRecConfig:
+class NewsRecConfig(TrainingSeedsMixin):
     """Validated settings of a NewsRecFlow run (see ``configs/newsrec_quick.yaml``)."""
 
     name: str = "newsrec"
@@ -221,14 +221,6 @@ class NewsRecConfig:
         if "seeds" in raw:
             d["seeds"] = training_seeds(raw, 0)
         return cls(**d)
-
-    def __post_init__(self) -> None:
-        if not self.seeds:  # no seeds given: train with seed, as before seeds existed
-            object.__setattr__(self, "seeds", (self.seed,))
-
-    @property
-    def several_seeds(self) -> bool:
-        return len(self.seeds) > 1
 
     @property
     def train_cells(self) -> list[tuple[str, int]]:
