@@ -13,6 +13,16 @@ from metaflow.cards import Image, Markdown, Table
 from steps.tables import table_rows
 
 
+
+def seeds_block(c: list, cfg, by_seed, why: str, after: str = "") -> None:
+    """A table over training seeds (mean, sd, Student-t interval), when the run trained several."""
+    if by_seed is None:
+        return
+    seeds = cfg.seeds
+    c.append(Markdown(f"### Over {len(seeds)} training seeds ({', '.join(map(str, seeds))}): mean, sd and the "
+                      f"95 % Student-t interval of the mean ({why}). {after}".rstrip()))
+    c.append(Table(table_rows(by_seed), headers=by_seed.columns))
+
 def images(figures: dict) -> dict:
     """Card images of matplotlib figures, by file name."""
     return {name: Image.from_matplotlib(fig) for name, fig in figures.items()}
@@ -111,12 +121,8 @@ def newsrec_card_blocks(flow, card_figures: dict, run_id) -> list:
     flow.failed_cells_block(c)
     c.append(Markdown("## Accuracy at the best epoch"))
     c.append(Table(table_rows(flow.train_metrics), headers=flow.train_metrics.columns))
-    by_seed = getattr(flow, "train_metrics_by_seed", None)
-    if by_seed is not None:
-        c.append(Markdown(f"### Over {len(cfg.seeds)} training seeds ({', '.join(map(str, cfg.seeds))}): mean, sd and the "
-                          "95 % Student-t interval of the mean (the spread over retrainings, which the bootstrap over "
-                          "impressions does not see)"))
-        c.append(Table(table_rows(by_seed), headers=by_seed.columns))
+    seeds_block(c, cfg, getattr(flow, "train_metrics_by_seed", None),
+                "the spread over retrainings, which the bootstrap over impressions does not see")
     c.append(Markdown("## Training curves"))
     c.append(Image.from_matplotlib(training_curves_figure(flow.training_curves)))
     for model, figs in card_figures.items():
@@ -205,12 +211,8 @@ def explain_card(flow, card_figures: dict) -> None:
     flow.failed_cells_block(c, "Failed users (not explained)")
     c.append(Markdown("## Model quality (1 positive + sampled negatives; ties count against the positive)"))
     c.append(Table(table_rows(flow.model_metrics), headers=flow.model_metrics.columns))
-    by_seed = getattr(flow, "model_metrics_by_seed", None)
-    if by_seed is not None:
-        c.append(Markdown(f"### Over {len(cfg.seeds)} training seeds ({', '.join(map(str, cfg.seeds))}): mean, sd and the "
-                          "95 % Student-t interval of the mean (POP does not depend on the seed). The attributions "
-                          f"below explain the model of the first seed, {flow.explained_seed}."))
-        c.append(Table(table_rows(by_seed), headers=by_seed.columns))
+    seeds_block(c, cfg, getattr(flow, "model_metrics_by_seed", None), "POP does not depend on the seed",
+                f"The attributions below explain the model of the first seed, {getattr(flow, 'explained_seed', None)}.")
     c.append(Markdown("## Explained users (attributions sum to f(x) − f(baseline))"))
     cols = ["user_id", "estimator", "f_x", "f_baseline", "sum_attribution", "n_events", "n_events_kept", "seconds"]
     c.append(Table(table_rows(flow.efficiency, cols), headers=cols))

@@ -235,3 +235,18 @@ def test_candidate_list_card_has_the_calibration_figure_with_bands_and_a_users_l
     assert best < first_image < grid
     assert "C_KL" in blocks[best]._headers and "evaluated users" in blocks[best - 1]._text
     plots.plt.close("all")
+
+
+def test_seeds_block_only_with_several_seeds():
+    from types import SimpleNamespace
+
+    from recalign.cards import seeds_block
+
+    c: list = []
+    seeds_block(c, SimpleNamespace(), None, "why")
+    assert c == []
+    table = pl.DataFrame({"model": ["nrms"], "n_seeds": [2], "auc_mean": [0.7]})
+    seeds_block(c, SimpleNamespace(seeds=(7, 8)), table, "the spread over retrainings", "Explained: seed 7.")
+    text = c[0].render()["source"]
+    assert "Over 2 training seeds (7, 8)" in text and "the spread over retrainings" in text and "seed 7." in text
+    assert len(c) == 2
