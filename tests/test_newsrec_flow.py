@@ -50,6 +50,10 @@ def test_training_reaches_the_accuracy_goal_and_artifacts_have_their_shape(newsr
     assert results.columns[0] == "model" and set(results["model"]) == {"nrms", "nrms_docvec"}
     # per model: 2 targets x (nails det + nails stoch) x 3 lambdas
     assert results.height == 2 * 2 * 2 * 3
+    for m in ("kl_at_n", "coverage_at_n", "auc", "ndcg_at_10"):  # intervals bracket the estimates; Holm over the run
+        assert {f"{m}_lo", f"{m}_hi", f"delta_{m}", f"p_{m}", f"p_{m}_holm"} <= set(results.columns), m
+        has = results.drop_nulls([m, f"{m}_lo", f"{m}_hi"])
+        assert has.height and ((has[f"{m}_lo"] <= has[m] + 1e-12) & (has[m] <= has[f"{m}_hi"] + 1e-12)).all(), m
     nails = results.filter((pl.col("method") == "nails") & (pl.col("selection") == "det"))
     for (model, dist), grp in nails.group_by(["model", "distribution"]):
         grp = grp.sort("lambda")
