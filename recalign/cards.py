@@ -24,8 +24,11 @@ def seeds_block(c: list, cfg, by_seed, why: str, after: str = "") -> None:
     c.append(Table(table_rows(by_seed), headers=by_seed.columns))
 
 def images(figures: dict) -> dict:
-    """Card images of matplotlib figures, by file name."""
-    return {name: Image.from_matplotlib(fig) for name, fig in figures.items()}
+    """Card images of matplotlib figures, by file name: the PNG the export writes (drawn once,
+    :func:`steps.figures.png_bytes`)."""
+    from steps.figures import png_bytes
+
+    return {name: Image(png_bytes(fig)) for name, fig in figures.items()}
 
 
 ALIGN_FIGURES = (("Calibration (C_KL) and accuracy against λ", "calibration_vs_lambda.png"),

@@ -35,7 +35,7 @@ def export_run(
 
     ``tables``: ``name`` → ``<name>.csv`` (list columns written as text, see
     :func:`steps.tables.lists_as_text`), or ``<name>.parquet`` when the name ends so; ``figures``:
-    file name → matplotlib Figure (PNG, closed after); ``files``: relative path → :data:`ExportFile`;
+    file name → matplotlib Figure or its PNG bytes (:func:`steps.figures.png_bytes`); ``files``: relative path → :data:`ExportFile`;
     ``summary``: JSON in ``summary_name``, written last. Names may hold ``/`` (sub-folders).
     ``work_dir`` stages a remote export (default: a temporary folder).
     """

@@ -1,7 +1,8 @@
 """Matplotlib for the reports, headless: the one place that selects the Agg backend.
 
 Import ``plt`` from here (``from steps.figures import plt``) so that no figure module chooses a
-backend on its own; :func:`save` writes a figure as PNG and closes it.
+backend on its own; :func:`png_bytes` renders a finished figure as PNG once (the export and
+the card both use those bytes) and :func:`save` writes them to a file.
 
 ``plt`` is loaded on first use, not on import: every Metaflow task imports its flow file (and so
 the report modules), and only the report steps draw. Importing matplotlib.pyplot costs about a
@@ -10,9 +11,11 @@ second per task on the 2-core machines, which adds up over a fan-out of dozens o
 
 from __future__ import annotations
 
+import io
 import os
+from pathlib import Path
 
-__all__ = ["plt", "save"]
+__all__ = ["plt", "png_bytes", "save"]
 
 
 class _Pyplot:
@@ -34,7 +37,29 @@ class _Pyplot:
 plt = _Pyplot()
 
 
+#: The attribute of a rendered Figure that holds its PNG (a figure handed to a report is final).
+_PNG = "_recalign_png"
+
+
+def png_bytes(fig) -> bytes:
+    """``fig`` (a matplotlib Figure, or PNG bytes already) as PNG bytes (110 dpi, tight).
+
+    The figure is drawn once and closed; the bytes are kept on it, so the exported file and the
+    card's image are the same picture and a report step draws each figure once, not twice
+    (drawing is most of a report step's time).
+    """
+    if isinstance(fig, (bytes, bytearray)):
+        return bytes(fig)
+    cached = getattr(fig, _PNG, None)
+    if cached is None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        cached = buf.getvalue()
+        setattr(fig, _PNG, cached)
+    return cached
+
+
 def save(fig, path: str | os.PathLike) -> None:
-    """``fig`` (a matplotlib Figure) as a PNG at ``path`` (110 dpi, tight), then closed."""
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    """``fig`` (a Figure or PNG bytes, see :func:`png_bytes`) as a PNG file at ``path``."""
+    Path(path).write_bytes(png_bytes(fig))

@@ -24,15 +24,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-import torch
 
 from steps.candidates import write_candidate_bundle
 from steps.errors import InputError
 from steps.storage import localize
 from steps.movielens import genre_table, load_ml100k, read_ml20m_movies
 from steps.tail.config import DatasetSpec
-from steps.tail.evaluate import _topk_rows
-from steps.tail.models import to_torch_sparse
+from steps.tail.evaluate import _topk_rows, no_grad
 from steps.tail.synthetic import item_truth
 
 if TYPE_CHECKING:
@@ -66,11 +64,15 @@ def rating_times(ratings: pl.DataFrame, test_user_ids: np.ndarray) -> pl.DataFra
 
 
 # --------------------------------------------------------------------------- scoring
-@torch.no_grad()
+@no_grad
 def scored_topk(B: np.ndarray, fold_in: sp.csr_matrix, k: int, batch_users: int = 1000, device="cpu",
                 penalty: np.ndarray | None = None, gamma: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """``(rows (users × k) int64, scores float32)``: the lists of :func:`steps.tail.evaluate.topk_lists`
     (same scores, same tie rule) together with the scores they were ranked by."""
+    import torch
+
+    from steps.tail.models import to_torch_sparse
+
     fold_in = sp.csr_matrix(fold_in)
     n_users, n_items = fold_in.shape
     bt = torch.as_tensor(B, dtype=torch.float32, device=device)

@@ -16,18 +16,33 @@ names, so the paper's figures can be compared (see the README's TailFlow section
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-import torch
 
 from steps import metrics
 from steps.errors import InputError
 from steps.tail.config import Evaluation, TailSpec
-from steps.tail.models import to_torch_sparse
 from steps.uncertainty import AggregateBootstrap, CoverageBootstrap, MeanBootstrap, UncertaintySpec, interval_columns
+
+if TYPE_CHECKING:
+    import torch
+
+
+def no_grad(fn):
+    """``torch.no_grad()`` around ``fn``, importing torch when ``fn`` is first called: the tasks
+    that only join and report results import this module without paying torch's import (seconds)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def popularity_penalty(item_counts: np.ndarray) -> np.ndarray:
@@ -37,6 +52,8 @@ def popularity_penalty(item_counts: np.ndarray) -> np.ndarray:
 
 def _topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k best scores per row, best first; ties go to the lower index; −1 for −∞."""
+    import torch
+
     b, n = scores.shape
     k = min(k, n)
     thr = torch.topk(scores, k, dim=1).values[:, -1:]
@@ -51,12 +68,16 @@ def _topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(torch.isneginf(vals.gather(1, order)), torch.full_like(idx, -1), idx)
 
 
-@torch.no_grad()
+@no_grad
 def topk_lists(B: np.ndarray | torch.Tensor, fold_in: sp.csr_matrix, k: int, batch_users: int = 1000,
                device: torch.device | str = "cpu", penalty: np.ndarray | None = None, gamma: float = 0.0,
                mask_seen: bool = True) -> np.ndarray:
     """(users × k) int32 item indices of every user's list (see the module docstring);
     ``mask_seen=False`` leaves the fold-in items in (the reference's unmasked lists)."""
+    import torch
+
+    from steps.tail.models import to_torch_sparse
+
     fold_in = sp.csr_matrix(fold_in)
     n_users, n_items = fold_in.shape
     bt = torch.as_tensor(B, dtype=torch.float32, device=device)
@@ -299,12 +320,16 @@ def _per_item_mean(items: np.ndarray, values: np.ndarray, n_items: int) -> np.nd
     return np.divide(total, holders, out=np.zeros(n_items), where=holders > 0)
 
 
-@torch.no_grad()
+@no_grad
 def item_ndcg_over_users(B: np.ndarray, fold_in: sp.csr_matrix, heldout: sp.csr_matrix, device="cpu",
                          penalty: np.ndarray | None = None, gamma: float = 0.0, block_items: int = 512) -> np.ndarray:
     """The reference's ``i_ndcg``, per item: the users ranked by their score for the item (fold-in
     cells scored 0, as the reference zeroes them; ties by lower user row), nDCG over the whole
     ranking with the users who hold the item out as relevant; 0 for items nobody holds out."""
+    import torch
+
+    from steps.tail.models import to_torch_sparse
+
     fold_in, heldout = sp.csr_matrix(fold_in, dtype=np.float32), sp.csr_matrix(heldout)
     n_users, n_items = fold_in.shape
     bt = torch.as_tensor(B, dtype=torch.float32, device=device)

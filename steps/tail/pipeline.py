@@ -26,8 +26,6 @@ from steps.tail.evaluate import (
     tail_items,
     topk_lists,
 )
-from steps.tail.models import ease_closed_form, resolve_device
-from steps.tail.train import fit_item_item
 
 #: The results table's columns: the headline metrics first, then the other metrics.
 RESULT_COLUMNS = [
@@ -96,6 +94,9 @@ def run_method(prepared: PreparedData, groups: ItemGroups, method: MethodSpec, c
     """Fit ``method`` on the training users with training seed ``seed`` (default: the first of
     ``cfg.seeds``; early stopping on validation), then list and score the validation and test users
     (with ``cfg.uncertainty`` on: intervals too, and the test users' values on ``per_user``)."""
+    from steps.tail.models import ease_closed_form, resolve_device  # torch: only the tasks that train import it
+    from steps.tail.train import fit_item_item
+
     seed = cfg.seeds[0] if seed is None else int(seed)
     device = resolve_device(cfg.device)
     ev = cfg.evaluation
