@@ -18,7 +18,7 @@ from recalign.joins import seed_outputs
 from steps.bundles import publish_bundle
 from steps.explain.config import ExplainConfig
 from steps.explain.pipeline import (check_inputs, choose_users, explain_one, gru4rec_bundle, join_explanations, load_model,
-                                    metrics_by_seed, publish_data, report_parts, report_tables, resolve_dataset, train_seed,
+                                    publish_data, report_parts, report_tables, resolve_dataset, run_model_metrics, train_seed,
                                     with_seed)
 from steps.explain.train import model_metrics
 from steps.faults import failed_cells, maybe_fail
@@ -69,10 +69,9 @@ class ExplainFlow(RecalignFlow):
     @step
     def join_seeds(self, inputs):
         """The metrics of every seed (and over seeds); the first seed's model goes on to be explained."""
-        cfg = self.cfg
         self.merge_artifacts(inputs, include=["storage", "data", "data_summary", "candidate_items"])
-        self.model_metrics, self.training_log, first = seed_outputs(inputs, cfg.seeds)  # the config's seed order
-        self.model_metrics_by_seed = metrics_by_seed(self.model_metrics) if cfg.several_seeds else None
+        per_seed, self.training_log, first = seed_outputs(inputs, self.cfg.seeds)  # the config's seed order
+        self.model_metrics, self.model_metrics_by_seed = run_model_metrics(per_seed, self.cfg.several_seeds)  # Holm over the run
         self.explained_seed, self.model_file, self.model_spec = first.seed, first.model_file, first.model_spec
         self.next(self.evaluate)
 

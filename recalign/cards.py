@@ -199,7 +199,8 @@ def tail_card(flow, card_images: dict) -> None:
 
 def explain_card(flow, card_figures: dict) -> None:
     """ExplainFlow: the data and model, model quality, the explained users, figures, feature attributions."""
-    from steps.explain.pipeline import describe_settings, feature_summary
+    from steps.explain.pipeline import describe_settings, feature_summary, model_quality_legend, model_quality_table
+    from steps.uncertainty import is_interval_column
 
     cfg = flow.cfg
     c = current.card["report"]
@@ -213,7 +214,13 @@ def explain_card(flow, card_figures: dict) -> None:
     ))
     flow.failed_cells_block(c, "Failed users (not explained)")
     c.append(Markdown("## Model quality (1 positive + sampled negatives; ties count against the positive)"))
-    c.append(Table(table_rows(flow.model_metrics), headers=flow.model_metrics.columns))
+    point = [col for col in flow.model_metrics.columns if not is_interval_column(col)]
+    c.append(Table(table_rows(flow.model_metrics, point), headers=point))
+    quality = model_quality_table(flow.model_metrics, cfg.ks)
+    if quality.height:
+        c.append(Markdown("### GRU4Rec against POP: intervals and paired differences"))
+        c.append(Markdown(model_quality_legend(flow.model_metrics, cfg.uncertainty)))
+        c.append(Table(table_rows(quality), headers=quality.columns))
     seeds_block(c, cfg, getattr(flow, "model_metrics_by_seed", None), "POP does not depend on the seed",
                 f"The attributions below explain the model of the first seed, {getattr(flow, 'explained_seed', None)}.")
     c.append(Markdown("## Explained users (attributions sum to f(x) − f(baseline))"))

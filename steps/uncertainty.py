@@ -792,7 +792,7 @@ def aggregate_over_seeds(table, keys: Sequence[str], metrics: Sequence[str], lev
 
 
 # --------------------------------------------------------------------------- two runs
-def _interval_source(name: str) -> bool:
+def is_interval_column(name: str) -> bool:
     """Whether a column is an interval, a difference, a p-value or a seed summary (not a metric)."""
     return name.startswith(("delta_", "p_")) or name.endswith(("_lo", "_hi", "_sd", "_holm"))
 
@@ -837,7 +837,7 @@ def compare_results(a, b, keys: Sequence[str], metrics: Sequence[str] | None = N
             raise ValueError(f"compare_results: the keys {keys} do not identify one row of run {name}'s results "
                              f"(several rows have {row}); add the key column that tells them apart")
     if metrics is None:
-        metrics = [c for c in a.columns if c in b.columns and c not in keys and not _interval_source(c)
+        metrics = [c for c in a.columns if c in b.columns and c not in keys and not is_interval_column(c)
                    and a.schema[c].is_float() and b.schema[c].is_float()]
     with_iv = [m for m in metrics if all(f"{m}_{s}" in t.columns for s in ("lo", "hi") for t in (a, b))]
     wanted = keys + [c for m in metrics for c in (m, *((f"{m}_lo", f"{m}_hi") if m in with_iv else ()))]

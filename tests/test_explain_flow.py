@@ -51,6 +51,10 @@ def test_artifacts_have_the_promised_shape(quick_run):
     assert metrics["seed"].unique().to_list() == [11] and data.model_metrics_by_seed is None  # seeds: [seed]
     for k in (5, 10, 20):
         assert f"hr_at_{k}" in metrics.columns and f"ndcg_at_{k}" in metrics.columns
+    for m in ("hr_at_10", "ndcg_at_10", "mrr"):  # intervals over the test instances bracket the estimates; Holm over the run
+        assert {f"{m}_lo", f"{m}_hi", f"delta_{m}", f"p_{m}", f"p_{m}_holm"} <= set(metrics.columns), m
+        has = metrics.drop_nulls([m, f"{m}_lo", f"{m}_hi"])
+        assert has.height and ((has[f"{m}_lo"] <= has[m] + 1e-12) & (has[m] <= has[f"{m}_hi"] + 1e-12)).all(), m
     assert data.training_log.height >= 1
     assert data.feature_attributions.height > 0
 
@@ -64,7 +68,7 @@ def test_exports_and_card(quick_run, flow_runner):
     assert (export / "gru4rec.pt").exists() and (export / "model_metrics.csv").exists()
     text = card_data(quick_run.run["report"].task, "report")
     for heading in ["Model quality", "Explained users", "Attributions per user", "Average |attribution| by recency",
-                    "TimeSHAP pruning horizon", "Feature-level attributions", "image"]:
+                    "TimeSHAP pruning horizon", "Feature-level attributions", "image", "GRU4Rec against POP"]:
         assert heading in text
 
 

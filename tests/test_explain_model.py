@@ -11,8 +11,9 @@ from steps.explain.data import user_histories
 from steps.explain.attribute import explain_user, feature_codes
 from steps.explain.model import RECHORUS_KEYS, GRU4Rec, as_dtype, load_rechorus_checkpoint, save_checkpoint
 from steps.explain.synthetic import synthetic_dataset
-from steps.explain.train import bpr_loss, full_softmax_loss, model_metrics, train_gru4rec
+from steps.explain.train import bpr_loss, full_softmax_loss, metric_rows, model_metrics, train_gru4rec
 from steps.metrics import heldout_ranking_metrics, pessimistic_positions
+from steps.uncertainty import UncertaintySpec
 
 
 # --------------------------------------------------------------------------- metrics (steps/metrics.py)
@@ -31,6 +32,40 @@ def test_heldout_metrics_by_hand():
     np.testing.assert_allclose(m["ndcg_at_1"], [1, 0, 0])
     np.testing.assert_allclose(m["ndcg_at_2"], [1, 1 / np.log2(3), 0])
     np.testing.assert_allclose(m["mrr"], [1, 0.5, 0.25])
+
+
+SPEC = UncertaintySpec(resamples=500, seed=3)
+
+
+def test_metric_rows_identical_models_differ_by_exactly_zero():
+    """GRU4Rec == POP on every row: the difference is 0 on every resample ([0, 0]) and p = 1."""
+    per_row = heldout_ranking_metrics(np.array([0, 1, 3, 0, 2, 5] * 10), ks=(1, 2))
+    gru, pop = metric_rows({"GRU4Rec": per_row, "POP": dict(per_row)}, "test", "sampled", SPEC)
+    assert list(gru)[:8] == ["model", "split", "protocol", "rows", "hr_at_1", "hr_at_2", "ndcg_at_1", "ndcg_at_2"]
+    assert gru["rows"] == 60 and gru["hr_at_1"] == pytest.approx(2 / 6)  # positions 0 in 2 of every 6 rows
+    for m in ("hr_at_1", "hr_at_2", "ndcg_at_1", "ndcg_at_2", "mrr"):
+        assert gru[f"delta_{m}"] == pytest.approx(0, abs=1e-12) and gru[f"p_{m}"] == pytest.approx(1.0)
+        assert gru[f"delta_{m}_lo"] == pytest.approx(0, abs=1e-6) and gru[f"delta_{m}_hi"] == pytest.approx(0, abs=1e-6)
+        assert (pop[f"delta_{m}"], pop[f"delta_{m}_lo"], pop[f"delta_{m}_hi"], pop[f"p_{m}"]) == (0.0, 0.0, 0.0, None)
+        assert gru[f"{m}_lo"] == pop[f"{m}_lo"] and gru[f"{m}_lo"] <= gru[m] <= gru[f"{m}_hi"]
+
+
+def test_metric_rows_intervals_bracket_the_estimates_and_repeat_with_the_seed():
+    """GRU4Rec hits on half of 200 rows, POP on none: HR@1 0.5 ± about 1.96·√(0.25/200) = 0.069,
+    POP's interval [0, 0], the difference 0.5 with p ≈ 0; same seed, same columns."""
+    n = 200
+    gru = {"hr_at_1": np.tile([1.0, 0.0], n // 2), "mrr": np.tile([1.0, 0.5], n // 2)}
+    pop = {"hr_at_1": np.zeros(n), "mrr": np.full(n, 0.25)}
+    a, b = metric_rows({"GRU4Rec": gru, "POP": pop}, "dev", "full", SPEC)
+    assert a["hr_at_1"] == 0.5 and a["mrr"] == 0.75 and (b["hr_at_1_lo"], b["hr_at_1_hi"]) == (0.0, 0.0)
+    assert 0.40 < a["hr_at_1_lo"] < 0.46 and 0.54 < a["hr_at_1_hi"] < 0.60
+    assert a["delta_hr_at_1"] == pytest.approx(0.5) and a["delta_hr_at_1_lo"] < 0.5 < a["delta_hr_at_1_hi"]
+    assert a["delta_mrr"] == pytest.approx(0.5) and a["p_hr_at_1"] < 1e-6 and b["p_mrr"] is None
+    assert metric_rows({"GRU4Rec": gru, "POP": pop}, "dev", "full", SPEC) == [a, b]
+    other = metric_rows({"GRU4Rec": gru, "POP": pop}, "dev", "full", UncertaintySpec(resamples=500, seed=4))[0]
+    assert other["hr_at_1"] == a["hr_at_1"] and other["hr_at_1_lo"] != a["hr_at_1_lo"]
+    off = metric_rows({"GRU4Rec": gru, "POP": pop}, "dev", "full", UncertaintySpec(resamples=0))
+    assert list(off[0]) == ["model", "split", "protocol", "rows", "hr_at_1", "mrr"]
 
 
 def test_losses_by_hand():
@@ -120,6 +155,11 @@ def test_training_is_reproducible():
         ("GRU4Rec", "dev", "sampled"), ("POP", "dev", "sampled"), ("GRU4Rec", "dev", "full"), ("POP", "dev", "full"),
         ("GRU4Rec", "test", "sampled"), ("POP", "test", "sampled"), ("GRU4Rec", "test", "full"), ("POP", "test", "full"),
     ]
+    points = ["model", "split", "protocol", "rows", "hr_at_1", "hr_at_5", "ndcg_at_1", "ndcg_at_5", "mrr"]
+    assert metrics.columns[:9] == points and "p_ndcg_at_5" in metrics.columns
+    for m in points[4:]:  # the default uncertainty: intervals over the evaluated rows bracket the estimates
+        assert ((metrics[f"{m}_lo"] <= metrics[m] + 1e-12) & (metrics[m] <= metrics[f"{m}_hi"] + 1e-12)).all(), m
+    assert metrics.filter(pl.col("model") == "POP")["p_mrr"].null_count() == 4
     with pytest.raises(InputError, match="K = 50 is larger than the 21 candidates"):
         model_metrics(c, data, ExplainConfig.from_dict({**TINY, "ks": [5, 50]}))
 

@@ -14,11 +14,15 @@ from steps.explain.pipeline import (
     describe_settings,
     efficiency_check,
     join_explanations,
+    model_quality_legend,
+    model_quality_table,
     recency_profile,
     resolve_dataset,
+    run_model_metrics,
     store_dataset,
 )
-from steps.explain.train import training_negative_exclusions
+from steps.explain.train import metric_rows, training_negative_exclusions
+from steps.uncertainty import UncertaintySpec
 
 SMALL = ExplainConfig.from_dict({"n_neg": 10, "explain_users": 4, "synthetic": {
     "n_users": 20, "n_items": 40, "n_genres": 4, "min_len": 5, "max_len": 8}})
@@ -117,3 +121,43 @@ def test_card_says_the_value_scale_top_k_rule_and_feature_columns():
     assert "the mean of the top-K scores." in text and "are excluded" in text and "categorical column `i_genre`" in text
     assert "none (no item_meta.csv)" in describe_settings(ExplainConfig(), {"item_feature_columns": []})
     assert "not computed" in describe_settings(ExplainConfig.from_dict({"feature_level": False}), multi)
+
+
+def seeds_table(spec: UncertaintySpec) -> pl.DataFrame:
+    """model_metrics of two seeds on 100 test rows: GRU4Rec hits on 60 % (seed 1) or 70 % (seed 2), POP on 20 %."""
+    pop = {"hr_at_10": np.r_[np.ones(20), np.zeros(80)], "mrr": np.full(100, 0.1)}
+    parts = []
+    for seed, hits in ((1, 60), (2, 70)):
+        gru = {"hr_at_10": np.r_[np.ones(hits), np.zeros(100 - hits)], "mrr": np.full(100, 0.5)}
+        parts.append(pl.DataFrame(metric_rows({"GRU4Rec": gru, "POP": pop}, "test", "sampled", spec)).with_columns(
+            pl.lit(seed, dtype=pl.Int64).alias("seed")))
+    return pl.concat(parts)
+
+
+def test_run_model_metrics_holm_over_the_run_and_seed_means_of_point_metrics_only():
+    spec = UncertaintySpec(resamples=200, seed=1)
+    table, by_seed = run_model_metrics(seeds_table(spec), several_seeds=True)
+    assert {"p_hr_at_10_holm", "p_mrr_holm"} <= set(table.columns)
+    gru = table.filter(pl.col("model") == "GRU4Rec")
+    assert (gru["p_hr_at_10_holm"] >= gru["p_hr_at_10"]).all() and table["p_mrr_holm"].null_count() == 2  # POP: no test
+    assert by_seed.columns == ["model", "split", "protocol", "n_seeds", "hr_at_10_mean", "hr_at_10_sd", "mrr_mean",
+                               "mrr_sd", "hr_at_10_seed_lo", "hr_at_10_seed_hi", "mrr_seed_lo", "mrr_seed_hi"]
+    assert by_seed.filter(pl.col("model") == "GRU4Rec")["hr_at_10_mean"][0] == pytest.approx(0.65)
+    assert run_model_metrics(seeds_table(spec), several_seeds=False)[1] is None
+    off, _ = run_model_metrics(seeds_table(UncertaintySpec(resamples=0)), several_seeds=False)
+    assert off.columns == ["model", "split", "protocol", "rows", "hr_at_10", "mrr", "seed"]
+
+
+def test_model_quality_table_shows_intervals_and_marks_holm_survivors():
+    spec = UncertaintySpec(resamples=200, seed=1)
+    table, _ = run_model_metrics(seeds_table(spec), several_seeds=True)
+    q = model_quality_table(table, (5, 10))
+    assert q.columns == ["split", "protocol", "seed", "GRU4Rec HR@10", "POP HR@10", "Δ HR@10", "GRU4Rec nDCG@10",
+                         "POP nDCG@10", "Δ nDCG@10", "GRU4Rec MRR", "POP MRR", "Δ MRR"]
+    row = q.row(0, named=True)
+    assert row["seed"] == "1" and row["GRU4Rec HR@10"].startswith("0.6 [") and row["POP MRR"] == "0.1 [0.1, 0.1]"
+    assert row["Δ HR@10"].startswith("0.4 [") and row["Δ HR@10"].endswith(" ✓") and row["Δ nDCG@10"] == "–"
+    legend = model_quality_legend(table, spec)
+    assert "200 resamples of the evaluated instances" in legend and "Δ = GRU4Rec − POP" in legend
+    assert "all 4 p-values" in legend  # 2 seeds × 2 metrics of GRU4Rec
+    assert model_quality_table(table.select("model", "split", "protocol", "hr_at_10"), (10,)).is_empty()

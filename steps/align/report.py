@@ -137,10 +137,21 @@ def difference_cell(row: dict, base: dict | None, metric: str, alpha: float = 0.
     if d is None:
         b = None if base is None else _value(base, metric)
         return "–" if b is None else _num(est - b)
-    lo, hi = _value(row, f"delta_{metric}_lo"), _value(row, f"delta_{metric}_hi")
-    text = _num(d) if lo is None or hi is None else f"{_num(d)} [{_num(lo)}, {_num(hi)}]"
-    p = _value(row, f"p_{metric}_holm")
-    return f"{text} {HOLM_MARK}" if p is not None and p < alpha else text
+    return holm_mark(interval_cell(row, f"delta_{metric}"), _value(row, f"p_{metric}_holm"), alpha)
+
+
+def interval_cell(row: dict, name: str) -> str:
+    """``"0.31 [0.29, 0.33]"``: the row's ``name`` and its interval ``<name>_lo``, ``<name>_hi``
+    (the value alone where a bound is missing; "–" without a value). ``delta_<m>`` gives the difference."""
+    v, lo, hi = _value(row, name), _value(row, f"{name}_lo"), _value(row, f"{name}_hi")
+    if v is None:
+        return "–"
+    return _num(v) if lo is None or hi is None else f"{_num(v)} [{_num(lo)}, {_num(hi)}]"
+
+
+def holm_mark(text: str, p_holm: float | None, alpha: float = 0.05) -> str:
+    """``text`` with :data:`HOLM_MARK` when the Holm-adjusted p-value is below ``alpha``."""
+    return f"{text} {HOLM_MARK}" if p_holm is not None and p_holm < alpha else text
 
 
 def best_lambda_differences(results: pl.DataFrame, best: pl.DataFrame, alpha: float = 0.05) -> pl.DataFrame:

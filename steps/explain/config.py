@@ -13,6 +13,7 @@ from steps.configtools import number as _number
 from steps.errors import ConfigError
 from steps.explain.candidates import DataSpec
 from steps.explain.synthetic import SyntheticSeqSpec
+from steps.uncertainty import UncertaintySpec, uncertainty_key
 
 LOSSES = ("bpr", "ce")
 ESTIMATORS = ("exact", "kernel", "pruned")
@@ -93,6 +94,8 @@ class ExplainConfig(TrainingSeedsMixin):
     candidates_top_m: int = 100  # GRU4Rec's top-M for the test rows as a candidate bundle (0: none)
     resources: Mapping[str, Mapping[str, int]] = resources_field(DEFAULT_RESOURCES)
     run: Mapping[str, Any] = run_field()
+    # bootstrap intervals of model_metrics and GRU4Rec − POP differences (steps.uncertainty; resamples: 0 = off)
+    uncertainty: UncertaintySpec = field(default_factory=UncertaintySpec)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "ExplainConfig":
@@ -100,6 +103,7 @@ class ExplainConfig(TrainingSeedsMixin):
         d = common_fields(raw, set(cls.__dataclass_fields__), DEFAULT_RESOURCES)
         d.update(_model_fields(raw))
         d.update(_explanation_fields(raw))
+        d.update(uncertainty_key(raw))
         cfg = cls(**d)
         exact_like = {"exact", "pruned"} & set(cfg.estimators)
         if exact_like and cfg.history_max > MAX_EXACT_EVENTS:

@@ -130,13 +130,24 @@ def check_seeds_against_checkpoint(cfg: ExplainConfig, checkpoint: str) -> None:
 
 
 def metrics_by_seed(model_metrics: pl.DataFrame, level: float = 0.95) -> pl.DataFrame:
-    """Per (model, split, protocol): every metric's mean, sd and Student-t interval over the training
-    seeds (:func:`steps.uncertainty.aggregate_over_seeds`); POP does not depend on the seed (sd 0)."""
-    from steps.uncertainty import aggregate_over_seeds
+    """Per (model, split, protocol): every point metric's mean, sd and Student-t interval over the
+    training seeds (:func:`steps.uncertainty.aggregate_over_seeds`); POP does not depend on the seed
+    (sd 0). The bootstrap intervals, differences and p-values are not aggregated."""
+    from steps.uncertainty import aggregate_over_seeds, is_interval_column
 
     keys = ["model", "split", "protocol"]
-    metrics = [c for c, t in model_metrics.schema.items() if c not in (*keys, "rows", "seed") and t.is_float()]
+    metrics = [c for c, t in model_metrics.schema.items()
+               if c not in (*keys, "rows", "seed") and t.is_float() and not is_interval_column(c)]
     return aggregate_over_seeds(model_metrics, keys, metrics, level)
+
+
+def run_model_metrics(per_seed: pl.DataFrame, several_seeds: bool) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """join_seeds: ``(model_metrics with p_<m>_holm, model_metrics_by_seed or None)``: Holm's
+    correction across every p-value of the run's table (splits × protocols × seeds × metrics)."""
+    from steps.uncertainty import add_holm_columns
+
+    table = add_holm_columns(per_seed)
+    return table, (metrics_by_seed(table) if several_seeds else None)
 
 
 def load_model(ref: FileRef, dtype: str = "float32") -> GRU4Rec:
@@ -241,6 +252,46 @@ def feature_summary(features: pl.DataFrame) -> pl.DataFrame:
     return features.group_by("feature").agg(
         pl.col("attribution").mean().alias("mean_attribution"), pl.len().alias("users")
     ).sort("mean_attribution", descending=True)
+
+
+def headline_metrics(ks: Sequence[int]) -> tuple[tuple[str, str], ...]:
+    """The metrics the card compares with intervals: HR@K and nDCG@K at K = 10 (else the smallest K), MRR."""
+    k = 10 if 10 in ks else min(ks)
+    return (f"hr_at_{k}", f"HR@{k}"), (f"ndcg_at_{k}", f"nDCG@{k}"), ("mrr", "MRR")
+
+
+def model_quality_table(model_metrics: pl.DataFrame, ks: Sequence[int], alpha: float = 0.05) -> pl.DataFrame:
+    """The card's comparison (strings), per (split, protocol, seed): GRU4Rec's and POP's
+    :func:`headline_metrics` as ``value [lo, hi]`` and GRU4Rec − POP with its interval and a Holm
+    mark (:func:`steps.align.report.holm_mark`); empty when the table has no intervals."""
+    from steps.align.report import holm_mark, interval_cell
+
+    metrics = headline_metrics(ks)
+    if f"{metrics[0][0]}_lo" not in model_metrics.columns:
+        return pl.DataFrame()
+    keys = [c for c in ("split", "protocol", "seed") if c in model_metrics.columns]
+    pop = {tuple(r[k] for k in keys): r for r in model_metrics.filter(pl.col("model") == "POP").iter_rows(named=True)}
+    rows = []
+    for r in model_metrics.filter(pl.col("model") == "GRU4Rec").iter_rows(named=True):
+        base = pop.get(tuple(r[k] for k in keys), {})
+        out = {k: str(r[k]) for k in keys}
+        for m, label in metrics:
+            out[f"GRU4Rec {label}"], out[f"POP {label}"] = interval_cell(r, m), interval_cell(base, m)
+            out[f"Δ {label}"] = holm_mark(interval_cell(r, f"delta_{m}"), r.get(f"p_{m}_holm"), alpha)
+        rows.append(out)
+    return pl.DataFrame(rows)
+
+
+def model_quality_legend(model_metrics: pl.DataFrame, spec, alpha: float = 0.05) -> str:
+    """One line under :func:`model_quality_table`: what was resampled, against what, the correction."""
+    from steps.align.report import HOLM_MARK, n_tests
+
+    method = "BCa" if spec.method == "bca" else spec.method
+    return (f"[lo, hi]: {spec.level:.0%} {method} bootstrap interval over {spec.resamples:,} resamples of the evaluated "
+            f"instances (the split's test or dev rows; the trained model held fixed). Δ = GRU4Rec − POP on the same "
+            f"instances and resamples. {HOLM_MARK} = p < {alpha:g} after Holm's correction across all "
+            f"{n_tests(model_metrics):,} p-values of the run's model_metrics (splits × protocols × seeds × metrics); "
+            "`model_metrics.csv` has every metric's `_lo`/`_hi`, `delta_*`, `p_*` and `p_*_holm`.")
 
 
 def build_figures(attributions: pl.DataFrame, users: pl.DataFrame, profile: pl.DataFrame) -> dict:

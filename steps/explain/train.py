@@ -23,6 +23,7 @@ from steps.explain.model import GRU4Rec
 from steps.metrics import heldout_ranking_metrics, pessimistic_positions
 from steps.seeding import rng_for
 from steps.torchtools import deterministic_torch
+from steps.uncertainty import CellMeans, UncertaintySpec
 
 EARLY_STOP_METRIC = "ndcg_at_5"
 
@@ -177,7 +178,9 @@ def model_metrics(model: GRU4Rec, data: SeqData, cfg: ExplainConfig) -> pl.DataF
     """HR@K / nDCG@K / MRR of GRU4Rec and of the popularity ranker on dev and test.
 
     One row per (model, split, protocol): ``sampled`` = the positive against the file's negatives;
-    ``full`` (with ``full_ranking``) = against every item the user has not seen.
+    ``full`` (with ``full_ranking``) = against every item the user has not seen. With
+    ``uncertainty`` on, every metric also has its bootstrap interval and GRU4Rec its paired
+    difference to POP (:func:`metric_rows`).
     """
     pop = item_popularity(data)
     rows = []
@@ -188,20 +191,51 @@ def model_metrics(model: GRU4Rec, data: SeqData, cfg: ExplainConfig) -> pl.DataF
         _check_ks(cfg.ks, 1 + inst.negatives.shape[1], f"{split}.csv (1 positive + {inst.negatives.shape[1]} negatives)")
         gru = predict_candidates(model, inst, cfg.eval_batch_size)
         cands = np.concatenate([inst.targets[:, None], inst.negatives], axis=1)
-        by_model = {"GRU4Rec": gru, "POP": pop[cands]}
-        for name, scores in by_model.items():
-            m = _mean(heldout_ranking_metrics(pessimistic_positions(scores[:, 0], scores[:, 1:]), cfg.ks))
-            rows.append({"model": name, "split": split, "protocol": "sampled", "rows": len(inst), **m})
+        sampled = {name: heldout_ranking_metrics(pessimistic_positions(s[:, 0], s[:, 1:]), cfg.ks)
+                   for name, s in (("GRU4Rec", gru), ("POP", pop[cands]))}
+        rows += metric_rows(sampled, split, "sampled", cfg.uncertainty)
         if cfg.full_ranking:
             _check_ks(cfg.ks, data.n_items - 1, "the full catalogue")
-            known = known_interactions(data, split)
-
-            def gru_scores(r, inst=inst):
-                # a loaded checkpoint may hold more item embeddings than the data has items
-                return model.score_all(_t(inst.histories[r]), _t(inst.lengths[r]))[:, : data.n_items].double().numpy()
-
-            for name, fn in (("GRU4Rec", gru_scores), ("POP", lambda r: np.broadcast_to(pop, (len(r), len(pop))))):
-                pos = full_ranking_positions(fn, inst, known, data.n_items, cfg.eval_batch_size)
-                rows.append({"model": name, "split": split, "protocol": "full", "rows": len(inst),
-                             **_mean(heldout_ranking_metrics(pos, cfg.ks))})
+            rows += metric_rows(_full_ranking_metrics(model, data, inst, split, pop, cfg), split, "full", cfg.uncertainty)
     return pl.DataFrame(rows)
+
+
+def _full_ranking_metrics(model: GRU4Rec, data: SeqData, inst: Instances, split: str, pop: np.ndarray,
+                          cfg: ExplainConfig) -> dict[str, dict[str, np.ndarray]]:
+    """Per model (GRU4Rec, POP), the per-row metrics of the positive against every unseen item."""
+    known = known_interactions(data, split)
+
+    def gru_scores(r):
+        # a loaded checkpoint may hold more item embeddings than the data has items
+        return model.score_all(_t(inst.histories[r]), _t(inst.lengths[r]))[:, : data.n_items].double().numpy()
+
+    def pop_scores(r):
+        return np.broadcast_to(pop, (len(r), len(pop)))
+
+    return {name: heldout_ranking_metrics(full_ranking_positions(fn, inst, known, data.n_items, cfg.eval_batch_size), cfg.ks)
+            for name, fn in (("GRU4Rec", gru_scores), ("POP", pop_scores))}
+
+
+#: ``model_metrics``' paired comparison: GRU4Rec against POP, POP its own baseline (delta 0, no test).
+MODEL_BASELINE = {"GRU4Rec": "POP", "POP": "POP"}
+
+
+def metric_rows(per_row: dict[str, dict[str, np.ndarray]], split: str, protocol: str, spec: UncertaintySpec) -> list[dict]:
+    """``model_metrics`` rows of one (split, protocol) from each model's per-row metric arrays
+    (``{model: {metric: (rows,)}}``, the same evaluated rows for every model).
+
+    Each row holds ``model, split, protocol, rows`` and the metrics' means; with ``spec`` enabled
+    then, per metric ``m``, ``m_lo``/``m_hi`` (bootstrap interval, units = the evaluated rows) and
+    ``delta_m``, ``delta_m_lo``/``_hi``, ``p_m``: GRU4Rec − POP paired on the same rows and
+    resamples (POP's own row: delta 0, p None). Every (split, protocol) uses the same seeded
+    ``spec``: groups of equal size get the same resample weights, which is harmless, as each
+    group's intervals and tests are read on their own (Holm then counts every p-value).
+    """
+    n = len(next(iter(next(iter(per_row.values())).values())))
+    rows = [{"model": name, "split": split, "protocol": protocol, "rows": n, **_mean(m)} for name, m in per_row.items()]
+    if not spec.enabled or n == 0:
+        return rows
+    metrics = list(next(iter(per_row.values())))
+    cells = CellMeans(list(per_row), metrics, n, spec, baseline={c: MODEL_BASELINE.get(c) for c in per_row})
+    cells.add(np.arange(n), {c: np.column_stack([m[k] for k in metrics]) for c, m in per_row.items()})
+    return [{**r, **cells.columns(r["model"])} for r in rows]
