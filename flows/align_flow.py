@@ -41,13 +41,7 @@ class AlignFlow(AlignFanOut, RecalignFlow):
     predictions_from = Parameter("predictions-from", default="", help="Align a finished run's output: NewsRecFlow/<run_id>[/<model>], "
                                  "TailFlow/<run_id>/<method>, ExplainFlow/<run_id>")
     candidates = Parameter("candidates", default="", help="A candidate bundle folder (steps.candidates layout) to calibrate")
-
-    @property
-    def align_cfg(self) -> AlignConfig:
-        return self.cfg
-
-    def carried(self) -> list[str]:
-        return CARRIED
+    carried_artifacts = CARRIED
 
     @step
     def start(self):
@@ -103,10 +97,9 @@ class AlignFlow(AlignFanOut, RecalignFlow):
                   "best_lambda": self.best_lambda}
         if self.example_user_mix.height:
             tables["example_user_mix"] = self.example_user_mix
-        card_figures = images(rep.figures)
         self.export_dir = self.export(*export_parts(tables, rep, self.submissions), failed_cells=self.failed_cells,
                                       target=self.target, model_distribution=self.model_distribution)
-        align_card(self, card_figures)
+        align_card(self, images(rep.figures))  # the PNGs the export wrote (drawn once)
         self.next(self.end)
 
     @step

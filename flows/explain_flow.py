@@ -15,12 +15,10 @@ from configs import config_path
 from recalign.cards import explain_card, images
 from recalign.flow import RecalignFlow, step_groups
 from recalign.joins import seed_outputs
-from steps.bundles import publish_bundle
 from steps.explain.config import ExplainConfig
-from steps.explain.pipeline import (check_inputs, choose_users, explain_one, gru4rec_bundle, join_explanations, load_model,
-                                    publish_data, report_parts, report_tables, resolve_dataset, run_model_metrics, train_seed,
-                                    with_seed)
-from steps.explain.train import model_metrics
+from steps.explain.pipeline import (check_inputs, choose_users, explain_one, gru4rec_candidates, join_explanations, load_model,
+                                    publish_data, report_parts, report_tables, resolve_dataset, run_model_metrics, seed_model_metrics,
+                                    train_seed)
 from steps.faults import failed_cells, maybe_fail
 
 CARRIED = ["storage", "data", "data_summary", "model_file", "model_spec", "training_log", "model_metrics", "explain_user_ids",
@@ -58,11 +56,8 @@ class ExplainFlow(RecalignFlow):
         checkpoint; HR@K / nDCG@K of this model and of the popularity ranker."""
         cfg, self.seed = self.cfg, int(self.input)
         data = self.data.load()
-        folder = self.storage.dir("model", f"seed{self.seed}") if cfg.several_seeds else self.storage.dir("model")
-        model, self.training_log, weights = train_seed(data, cfg, self.seed, self.checkpoint, folder)
-        self.model_file, self.model_spec = self.storage.publish(weights), model.spec
-        # the saved weights, as the later steps load them
-        self.model_metrics = with_seed(model_metrics(load_model(self.model_file), data, cfg), self.seed)
+        self.model_spec, self.training_log, self.model_file = train_seed(data, cfg, self.seed, self.checkpoint, self.storage)
+        self.model_metrics = seed_model_metrics(self.model_file, data, cfg, self.seed)
         print(self.model_metrics)
         self.next(self.join_seeds)
 
@@ -79,10 +74,7 @@ class ExplainFlow(RecalignFlow):
     def evaluate(self):
         """The explained (first seed's) model: its candidate bundle; choose the users to explain."""
         cfg, data = self.cfg, self.data.load()
-        model = load_model(self.model_file)
-        # GRU4Rec's top-M for the test rows, for AlignFlow: {"gru4rec": FileRef of manifest.json} (steps.bundles)
-        manifest = gru4rec_bundle(model, data, cfg, self.candidate_items, self.storage.dir("candidates", "gru4rec"))
-        self.candidates = {"gru4rec": publish_bundle(manifest, self.storage.publish)} if manifest else {}
+        self.candidates = gru4rec_candidates(self.model_file, data, cfg, self.candidate_items, self.storage)  # for AlignFlow
         self.explain_user_ids = choose_users(data, cfg)
         self.next(self.explain, foreach="explain_user_ids")
 
@@ -109,21 +101,19 @@ class ExplainFlow(RecalignFlow):
     def report(self):
         """Figures, tables, the card, and the export to artifacts/ExplainFlow/<run_id>/."""
         self.recency, self.efficiency, figures = report_parts(self.attributions, self.explained_users)
-        card_figures = images(figures)
         tables = report_tables(self.attributions, self.explained_users, self.feature_attributions, self.model_metrics,
                                self.training_log, self.recency, self.model_metrics_by_seed)
         self.export_dir = self.export(tables, figures, {"gru4rec.pt": self.model_file},
                                       model=vars(self.model_spec), explained_users=self.explain_user_ids,
                                       seeds=list(self.cfg.seeds), explained_seed=self.explained_seed)
-        explain_card(self, card_figures)
+        explain_card(self, images(figures))  # the PNGs the export wrote (drawn once)
         self.next(self.end)
 
     @step
     def end(self):
         """Print where the results are."""
-        print(self.model_metrics)
-        print(self.efficiency.select(["user_id", "estimator", "f_x", "f_baseline", "sum_attribution", "n_events_kept", "seconds"]))
-        print(f"Exported to {self.export_dir}")
+        efficiency = self.efficiency.select(["user_id", "estimator", "f_x", "f_baseline", "sum_attribution", "n_events_kept", "seconds"])
+        print(self.model_metrics, efficiency, f"Exported to {self.export_dir}", sep="\n")
 
 
 if __name__ == "__main__":

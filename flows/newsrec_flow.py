@@ -9,23 +9,18 @@ AlignFlow's alignment grid on each model's dump (details: README).
 start → foreach (model, seed): train → dump → prepare_alignment → foreach target → foreach method: evaluate → join_methods → join_targets → join_datasets → report → end
 """
 
-import os
+from metaflow import Config, Parameter, card, step
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from metaflow import Config, Parameter, card, step  # noqa: E402
-
-from configs import config_path  # noqa: E402
-from recalign.fanout import AlignFanOut  # noqa: E402
-from recalign.cards import images, newsrec_card  # noqa: E402
-from recalign.flow import RecalignFlow, step_groups  # noqa: E402
-from recalign.joins import model_alignment, model_files, model_training  # noqa: E402
-from steps.faults import maybe_fail  # noqa: E402
-from steps.newsrec.config import NewsRecConfig, seed_label  # noqa: E402
-from steps.newsrec.pipeline import dump_model, dump_targets, export_metadata, prepare_model_dump, train_model  # noqa: E402
-from steps.newsrec.prepare import prepare_news_data, publish_news_data, resolve_data_root  # noqa: E402
-from steps.newsrec.report import alignment_reports, export_parts  # noqa: E402
+from configs import config_path
+from recalign.fanout import AlignFanOut
+from recalign.cards import images, newsrec_card
+from recalign.flow import RecalignFlow, step_groups
+from recalign.joins import model_alignment, model_files, model_training
+from steps.faults import maybe_fail
+from steps.newsrec.config import NewsRecConfig, seed_label
+from steps.newsrec.pipeline import dump_model, dump_targets, export_metadata, prepare_model_dump, train_model
+from steps.newsrec.prepare import prepare_news_data, publish_news_data, resolve_data_root
+from steps.newsrec.report import alignment_reports, export_parts
 
 # Artifacts every model branch carries through the alignment joins.
 CARRIED = ["storage", "data", "data_summary", "model", "model_name", "seed", "model_artifact", "curves", "model_metrics", "prediction_file", "submission_file",
@@ -41,13 +36,7 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
     parse_config = NewsRecConfig.from_dict
     data_root = Parameter("data-root", default="", help="EB-NeRD folder (ebnerd_small/, ebnerd_testset/, artifacts/); empty = synthetic")
     split = Parameter("split", default="", help="EB-NeRD bundle under --data-root (ebnerd_demo, ebnerd_small, ebnerd_large); default: config data.bundle")
-
-    @property
-    def align_cfg(self):
-        return self.cfg.align
-
-    def carried(self) -> list[str]:
-        return CARRIED
+    align_section, carried_artifacts = "align", CARRIED
 
     @step
     def start(self):
@@ -111,11 +100,10 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
     def report(self):
         """Training curves, accuracy table, each model's alignment figures; export to artifacts/NewsRecFlow/<run_id>/."""
         alignment = alignment_reports(self.results, self.category_mix, self.user_kl_hist, self.alignment_submissions, self.cfg.align)
-        card_figures = {m: images(rep.figures) for m, (_, rep, _) in alignment.items()}
         parts = export_parts(self.train_metrics, self.training_curves, self.predictions, self.model_submission_files, alignment,
                              self.train_metrics_by_seed)
         self.export_dir = self.export(*parts, **export_metadata(self.model_artifacts, self.predictions))
-        newsrec_card(self, card_figures)
+        newsrec_card(self, {m: images(rep.figures) for m, (_, rep, _) in alignment.items()})  # drawn once, for the export
         self.next(self.end)
 
     @step

@@ -89,8 +89,7 @@ class TailFlow(RecalignFlow):
         cfg = self.cfg
         self.merge_artifacts(inputs, include=CARRIED)
         self.results = run_results([i.part_results for i in inputs], cfg)
-        # with more than one training seed: mean, sd and t interval over the seeds (else None)
-        self.results_by_seed = seed_table(self.results, cfg)
+        self.results_by_seed = seed_table(self.results, cfg)  # mean, sd, t interval over training seeds (or None)
         self.buckets = sort_results(concat([i.part_buckets for i in inputs]), self.dataset_names, self.method_names, cfg.seeds)
         # candidates: the bundles for AlignFlow (steps.bundles)
         (self.history, self.files, self.candidates, self.candidates_notes, self.data_summary,
@@ -103,10 +102,9 @@ class TailFlow(RecalignFlow):
         """Change against EASE, figures, the card, and the export to artifacts/TailFlow/<run_id>/."""
         self.change, self.statements = change_report(self.results, self.cfg.uncertainty.level)
         figures = build_figures(self.results, self.buckets)
-        card_images = images(figures)
         tables = export_tables(self.results, self.buckets, self.history, self.change, self.results_by_seed)
         self.export_dir = self.export(tables, figures, statements=self.statements, failed_cells=self.failed_cells)
-        tail_card(self, card_images)
+        tail_card(self, images(figures))  # the PNGs the export wrote (drawn once)
         self.next(self.end)
 
     @step
@@ -114,9 +112,7 @@ class TailFlow(RecalignFlow):
         """Print where the results are."""
         cols = RESULT_COLUMNS[:11] if len(self.cfg.seeds) == 1 else [*RESULT_COLUMNS[:3], "seed", *RESULT_COLUMNS[3:11]]
         print(self.results.filter(self.results["split"] == "test").select(cols))
-        for s in self.statements:
-            print(s)
-        print(f"Exported to {self.export_dir}")
+        print(*self.statements, f"Exported to {self.export_dir}", sep="\n")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,19 @@ class AlignFanOut:
 
     The flow's step before ``per_target`` (a foreach over ``target_names``) sets ``storage``,
     ``dataset``, ``kind`` (``ebnerd`` or a candidate-list kind), ``prepared``, ``cell_prefix`` (how
-    a failed cell is named) and, for a dump, ``targets``; the flow defines ``align_cfg`` (its
-    AlignConfig), ``carried()`` (what the joins keep) and the ``join_datasets`` step.
+    a failed cell is named) and, for a dump, ``targets``; the flow sets ``carried_artifacts`` (what
+    the joins keep), ``align_section`` when its AlignConfig is a section of its config, and defines
+    the ``join_datasets`` step.
     """
+
+    #: The config's section that is the AlignConfig (None: the whole config is one).
+    align_section: str | None = None
+    #: The artifacts the joins keep.
+    carried_artifacts: tuple = ()
+
+    @property
+    def align_cfg(self):
+        return self.cfg if self.align_section is None else getattr(self.cfg, self.align_section)
 
     @step
     def per_target(self):
@@ -71,7 +81,7 @@ class AlignFanOut:
     @step
     def join_methods(self, inputs):
         """Collect the methods of one target."""
-        self.merge_artifacts(inputs, include=self.carried())
+        self.merge_artifacts(inputs, include=list(self.carried_artifacts))
         self.gathered = gather_method_outputs(inputs, inputs[0].target_mix_rows)
         self.notes = sorted({n for i in inputs for n in getattr(getattr(i, "outcome", None), "notes", ())})
         self.next(self.join_targets)
@@ -79,7 +89,7 @@ class AlignFanOut:
     @step
     def join_targets(self, inputs):
         """Collect every target of one dataset."""
-        self.merge_artifacts(inputs, include=self.carried())
+        self.merge_artifacts(inputs, include=list(self.carried_artifacts))
         self.dataset_outputs = combine_targets([i.gathered for i in inputs], self.target_names)
         self.notes = [n for i in inputs for n in i.notes]
         self.next(self.join_datasets)

@@ -278,7 +278,7 @@ def heldout_ranking_metrics(positions: np.ndarray, ks: tuple[int, ...] = (5, 10,
     return out
 
 # =========================================================================== top-k lists over a catalogue
-# (TailFlow, issue #4: item-tail promotion.) A recommendation list is one row of an integer matrix
+# (TailFlow: item-tail promotion.) A recommendation list is one row of an integer matrix
 # ``topk`` (users × K) of item indices, best first; ``-1`` marks an empty slot (a user with fewer
 # than K recommendable items). Held-out items are ragged: ``offsets`` (users + 1) and, for every
 # held-out item, its 0-based ``positions`` in the user's list (``>= K`` when it is not in the list).

@@ -224,6 +224,30 @@ class _Pending:
         return (idx[:cut], rows[:cut]) if cut else None
 
 
+class _BlockTotals:
+    """Streamed weighted totals of every resample: ``tot`` (B × columns) += W @ rows and ``wsum``
+    (B) += W @ 1, one float32 matmul per complete block of units (:class:`_Pending`). Subclasses
+    set ``stream``, ``tot``, ``wsum`` and ``_pending`` and define ``_resample(idx, rows)``."""
+
+    def _flush(self, final: bool = False) -> None:
+        got = self._pending.pop(final)
+        if got is not None:
+            self._resample(*got)
+
+    def _add_dense(self, idx: np.ndarray, rows: np.ndarray, on_block: Callable | None = None) -> None:
+        """Dense ``rows`` (units ``idx`` × columns) into the totals; ``on_block(part, local, signs)``
+        after each block (absent units' rows are zero, so W is never gathered)."""
+        xs = np.hstack([rows, np.ones((len(idx), 1))]).astype(np.float32)
+        for part, local, w, signs in self.stream.blocks(idx):
+            full = np.zeros((w.shape[1], xs.shape[1]), dtype=np.float32)
+            full[local] = xs[part]
+            out = w @ full
+            self.tot += out[:, :-1]
+            self.wsum += out[:, -1]
+            if on_block is not None:
+                on_block(part, local, signs)
+
+
 # --------------------------------------------------------------------------- intervals
 def _accel(u: np.ndarray, axis: int = 0) -> np.ndarray:
     """a = Σ U³ / (6 (Σ U²)^{3/2}) of jackknife deviations U (0 where they vanish)."""
@@ -313,7 +337,7 @@ class Interval:
 
 
 # --------------------------------------------------------------------------- mean metrics
-class MeanBootstrap:
+class MeanBootstrap(_BlockTotals):
     """Streamed bootstrap of the means of ``n_cols`` per-unit metrics and of paired differences.
 
     ``add(idx, values)`` takes the values (rows = units ``idx``, increasing) of every column;
@@ -346,26 +370,17 @@ class MeanBootstrap:
         self._pending.push(np.asarray(idx, dtype=np.int64), np.hstack([x, d]))
         self._flush()
 
-    def _flush(self, final: bool = False) -> None:
-        got = self._pending.pop(final)
-        if got is None:
-            return
-        idx, xd = got
+    def _resample(self, idx: np.ndarray, xd: np.ndarray) -> None:
         x, d = xd[:, : self.m], xd[:, self.m :]
         if self.shift is None:  # summed in float32 around the first block's mean (exact for constants)
             self.shift = x[idx < (idx[0] // UNIT_BLOCK + 1) * UNIT_BLOCK].mean(axis=0)
-        # one matmul per block: W (B × block) @ [x − shift | 1] with absent units' rows zero (no gather of W)
-        xs = np.hstack([x - self.shift, np.ones((len(x), 1))]).astype(np.float32)
-        for part, local, w, s in self.stream.blocks(idx):
-            full = np.zeros((w.shape[1], xs.shape[1]), dtype=np.float32)
-            full[local] = xs[part]
-            out = w @ full
-            self.tot += out[:, :-1]
-            self.wsum += out[:, -1]
-            if s is not None:
-                dfull = np.zeros((w.shape[1], d.shape[1]), dtype=np.float32)
+
+        def flip(part, local, signs):  # Σ sᵢ dᵢ of the randomisation test
+            if signs is not None:
+                dfull = np.zeros((signs.shape[1], d.shape[1]), dtype=np.float32)
                 dfull[local] = d[part]
-                self.flip += s @ dfull
+                self.flip += signs @ dfull
+        self._add_dense(idx, x - self.shift, flip)
 
     def _shift(self) -> np.ndarray:
         return np.zeros(self.m) if self.shift is None else self.shift
@@ -431,7 +446,7 @@ def paired_difference(x: np.ndarray, base: np.ndarray, spec: UncertaintySpec) ->
 
 
 # --------------------------------------------------------------------------- aggregate metrics
-class AggregateBootstrap:
+class AggregateBootstrap(_BlockTotals):
     """Streamed weighted totals ``W @ C`` of per-unit count columns (dense rows or sparse CSR),
     from which aggregate metrics are recomputed on each resample (:meth:`interval`, :meth:`paired`).
 
@@ -463,23 +478,13 @@ class AggregateBootstrap:
         self._pending.push(idx, c)
         self._flush()
 
-    def _flush(self, final: bool = False) -> None:
-        got = self._pending.pop(final)
-        if got is None:
+    def _resample(self, idx: np.ndarray, c) -> None:
+        if not sp.issparse(c):
+            self._add_dense(idx, c)
             return
-        idx, c = got
-        if sp.issparse(c):
-            for part, w, _ in self.stream.pieces(idx):
-                self.wsum += w.sum(axis=1)
-                self.tot += (c[part].T @ w.T).T
-            return
-        cs = np.hstack([c, np.ones((len(idx), 1), dtype=np.float32)])
-        for part, local, w, _ in self.stream.blocks(idx):
-            full = np.zeros((w.shape[1], cs.shape[1]), dtype=np.float32)
-            full[local] = cs[part]
-            out = w @ full
-            self.tot += out[:, :-1]
-            self.wsum += out[:, -1]
+        for part, w, _ in self.stream.pieces(idx):
+            self.wsum += w.sum(axis=1)
+            self.tot += (c[part].T @ w.T).T
 
     def _flushed(self) -> "AggregateBootstrap":
         self._flush(final=True)

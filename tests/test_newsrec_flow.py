@@ -90,7 +90,7 @@ def test_exports_and_card(newsrec_run, flow_runner):
 
 
 def test_failed_train_step_then_resume_matches_uninterrupted_run(newsrec_run, flow_runner):
-    """Also the two-run determinism check of issue #6: every task of the failed run and of its resume
+    """Also the two-run determinism check: every task of the failed run and of its resume
     (data preparation, NRMS training, NRMSDocVec training, dumps, alignment) is computed afresh and
     must reproduce the first run bit for bit."""
     # one worker: NRMS trains first and its task is cloned by the resume; NRMSDocVec's train fails

@@ -38,14 +38,14 @@ def test_results_artifact(quick_run):
     assert (trained["epochs"] >= 1).all() and (results.filter(pl.col("method") == "ease")["epochs"] == 0).all()
     for col in ("recall_at_20", "ndcg_at_100", "coverage_at_20", "gini", "tail_share"):
         assert results[col].is_between(0, 1).all()
-    # issue #11: the reference's metric definitions and the item-weight diagnostics are columns too
+    # the reference's metric definitions and the item-weight diagnostics are columns too
     for col in ("hit_rate_at_20", "item_recall_unmasked_at_20", "item_ndcg_over_users"):
         assert results[col].is_between(0, 1).all()
     assert (results["coverage_per_100_users_at_20"] >= 20).all()
     weighted = results.filter(pl.col("method").is_in(["ipw", "adversarial"]))
     assert weighted["weight_popularity_spearman"].is_between(-1, 1).all()
     assert results.filter(~pl.col("method").is_in(["ipw", "adversarial"]))["weight_first_step"].is_null().all()
-    # issue #13: intervals bracket the estimate; paired deltas against EASE (its own 0) and Holm
+    # intervals bracket the estimate; paired deltas against EASE (its own 0) and Holm
     test = results.filter(pl.col("split") == "test")
     for m in ("recall_at_20", "ndcg_at_100", "hit_rate_at_20", "coverage_at_20", "gini"):
         assert ((results[f"{m}_lo"] <= results[m] + 1e-9) & (results[m] <= results[f"{m}_hi"] + 1e-9)).all(), m
@@ -85,7 +85,7 @@ def test_exports_buckets_and_card(quick_run, flow_runner):
 
 
 def test_failed_train_task_then_resume_matches_uninterrupted_run(quick_run, flow_runner):
-    """Also the two-run determinism check of issue #6: the failed run prepares the data and trains
+    """Also the two-run determinism check: the failed run prepares the data and trains
     every other method afresh, the resume retrains the failed one; all must equal the first run
     (only the wall-clock column ``seconds`` is left out)."""
     env = flow_runner.env(RECALIGN_FAIL_AT="train:synthetic/adversarial")

@@ -219,7 +219,7 @@ def test_intervals_bracket_and_deltas_against_a_baseline_on_the_same_users():
 
 
 def test_intervals_deltas_holm_and_seeds_through_run_method_and_the_joins(tmp_path):
-    """Issue #13 wiring in-process: run_method for two training seeds on a tiny synthetic dataset,
+    """Intervals wired in-process: run_method for two training seeds on a tiny synthetic dataset,
     then the joins (deltas against EASE of the same seed, Holm over the run, the seed table)."""
     import polars as pl
 

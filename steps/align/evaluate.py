@@ -121,22 +121,32 @@ class RunningStats:
         return float(np.sqrt(self.m2 / self.n)) if self.n else float("nan")
 
 
-@dataclass
-class _SelectionStats:
-    """Accumulated top-N statistics of one (cell, repeat) over BA chunks."""
+class ListStats:
+    """What one (cell, repeat) accumulates over its chunks of top-N lists: the candidates listed
+    (coverage), the running mean and sd of the user-level KL, and a histogram over ``edges``."""
 
-    n_slots: int
-    n_candidates: int
-    edges: np.ndarray
-    counts: np.ndarray = None
-    covered: np.ndarray = None
-    user_kl: RunningStats = field(default_factory=RunningStats)
-    hist: np.ndarray = None
+    def __init__(self, n_candidates: int, edges: np.ndarray) -> None:
+        self.edges = edges
+        self.covered = np.zeros(n_candidates, dtype=bool)
+        self.user_kl = RunningStats()
+        self.hist = np.zeros(len(edges) - 1, dtype=np.int64)
 
-    def __post_init__(self) -> None:
-        self.counts = np.zeros(self.n_slots)
-        self.covered = np.zeros(self.n_candidates, dtype=bool)
-        self.hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
+    def record(self, top: np.ndarray, user_kl: np.ndarray, hist_of: np.ndarray | None = None) -> None:
+        """One chunk's lists (rows × N candidate indices), their users' KL and the values to
+        histogram (default: the user KL)."""
+        self.covered[top.ravel()] = True
+        self.user_kl.update(user_kl)
+        self.hist += np.histogram(user_kl if hist_of is None else hist_of, self.edges)[0]
+
+
+class _SelectionStats(ListStats):
+    """Accumulated top-N statistics of one (cell, repeat) over BA chunks: :class:`ListStats` and
+    the slot counts of every list (KL@N of the aggregate mix)."""
+
+    def __init__(self, n_slots: int, n_candidates: int, edges: np.ndarray) -> None:
+        super().__init__(n_candidates, edges)
+        self.n_slots = n_slots
+        self.counts = np.zeros(n_slots)
 
     def add(self, top: np.ndarray, slot: np.ndarray, p_star: np.ndarray, alpha: float) -> None:
         u, n = top.shape
@@ -145,9 +155,7 @@ class _SelectionStats:
         per_row = per_row.reshape(u, self.n_slots).astype(np.float64)
         kl = smoothed_kl(p_star, per_row / n, alpha)
         self.counts += per_row.sum(axis=0)
-        self.covered[top.ravel()] = True
-        self.user_kl.update(kl)
-        self.hist += np.histogram(kl, self.edges)[0]
+        self.record(top, kl)
         return per_row, kl
 
 

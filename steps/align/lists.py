@@ -38,7 +38,7 @@ from steps.align.calibration import (
     nails_user_ratio,
     MultiGenreSteck,
 )
-from steps.align.evaluate import HIST_BINS, HIST_SCHEMA, MIX_SCHEMA, RESULT_COLUMNS, RESULT_SCHEMA, RunningStats, _mean_sd
+from steps.align.evaluate import HIST_BINS, HIST_SCHEMA, MIX_SCHEMA, RESULT_COLUMNS, RESULT_SCHEMA, ListStats, RunningStats, _mean_sd
 from steps.align.selection import top_n_indices
 from steps.align.steck import queue_relevance, queues_padded, steck_greedy
 from steps.candidates import CandidateSet
@@ -140,24 +140,17 @@ def resolve_list_target(spec, cs: CandidateSet, missing_history: str = "error") 
 
 
 # --------------------------------------------------------------------------- statistics
-@dataclass
-class _CellStats:
-    n_genres: int
-    n_items: int
-    edges: np.ndarray
-    mix_sum: np.ndarray = None
-    covered: np.ndarray = None
-    c_kl: RunningStats = field(default_factory=RunningStats)
-    user_kl: RunningStats = field(default_factory=RunningStats)
-    hist: np.ndarray = None
-    acc_sum: dict = field(default_factory=lambda: {"precision_at_n": 0.0, "recall_at_n": 0.0, "ndcg_at_n": 0.0})
-    acc_n: int = 0
-    n_users: int = 0
+class _CellStats(ListStats):
+    """One (cell, repeat) of candidate lists: :class:`ListStats` (the histogram is of C_KL) and the
+    mix, C_KL and accuracy sums."""
 
-    def __post_init__(self):
-        self.mix_sum = np.zeros(self.n_genres)
-        self.covered = np.zeros(self.n_items, dtype=bool)
-        self.hist = np.zeros(len(self.edges) - 1, dtype=np.int64)
+    def __init__(self, n_genres: int, n_items: int, edges: np.ndarray) -> None:
+        super().__init__(n_items, edges)
+        self.mix_sum = np.zeros(n_genres)
+        self.c_kl = RunningStats()
+        self.acc_sum = {"precision_at_n": 0.0, "recall_at_n": 0.0, "ndcg_at_n": 0.0}
+        self.acc_n = 0
+        self.n_users = 0
 
     def add(self, top_rows, p_t, genres, alpha, calib_alpha, heldout, n) -> dict:
         """Add one chunk of users' top-N rows; returns their per-user values (for the intervals)."""
@@ -166,11 +159,9 @@ class _CellStats:
         ckl = metrics.smoothed_kl(p, q, calib_alpha)
         ukl = metrics.smoothed_kl(p, q, alpha)
         self.c_kl.update(ckl)
-        self.user_kl.update(ukl)
-        self.hist += np.histogram(ckl, self.edges)[0]
+        self.record(top_rows, ukl, hist_of=ckl)
         self.mix_sum += q.sum(axis=0)
         self.n_users += len(q)
-        self.covered[top_rows.ravel()] = True
         out = {"q": q, "c_kl_mean": ckl, "user_kl_mean": ukl, "has": None}
         if heldout is not None:
             off, rows_local, items = heldout

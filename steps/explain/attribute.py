@@ -2,21 +2,12 @@
 f(baseline), and event-level attributions from each requested estimator (plus feature-level
 attributions when items carry a feature).
 
-Tables (Polars):
-
-* attributions — ``user_id, event_position, item_id, attribution, estimator, baseline``;
-  ``event_position`` −1 is the most recent event, −L the oldest. With the ``pruned`` estimator the
-  events older than the pruning horizon form one player, reported as one row with a null
-  ``event_position`` and ``item_id`` (a "group" of a single event is reported as that event).
-* explained users — ``user_id, estimator, baseline, f_x, f_baseline, top_k_items, n_events,
-  n_events_kept, seconds``: for every (user, estimator) the attributions sum to ``f_x − f_baseline``.
-* feature attributions — ``user_id, feature, n_events, attribution, estimator, baseline``.
+The three tables and their schemas: :mod:`steps.explain.explanation`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -25,6 +16,7 @@ import torch
 from steps.errors import InputError
 from steps.explain.config import ExplainConfig
 from steps.explain.data import FEATURE, ITEM, SeqData
+from steps.explain.explanation import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
 from steps.explain.game import SequenceGame, all_coalitions, single_threaded_kernels
 from steps.explain.model import GRU4Rec
 from steps.explain.shapley import kernel_shap, prune_horizon, pruned_players, shapley_from_values
@@ -34,26 +26,6 @@ from steps.seeding import rng_for
 FEATURE_EXACT_MAX = 14
 NO_FEATURE = "<none>"
 
-ATTRIBUTION_SCHEMA = {
-    "user_id": pl.Int64, "event_position": pl.Int64, "item_id": pl.Int64,
-    "attribution": pl.Float64, "estimator": pl.String, "baseline": pl.String,
-}
-USER_SCHEMA = {
-    "user_id": pl.Int64, "estimator": pl.String, "baseline": pl.String, "f_x": pl.Float64,
-    "f_baseline": pl.Float64, "top_k_items": pl.List(pl.Int64), "n_events": pl.Int64,
-    "n_events_kept": pl.Int64, "seconds": pl.Float64,
-}
-FEATURE_SCHEMA = {
-    "user_id": pl.Int64, "feature": pl.String, "n_events": pl.Int64,
-    "attribution": pl.Float64, "estimator": pl.String, "baseline": pl.String,
-}
-
-
-@dataclass
-class Explanation:
-    attributions: pl.DataFrame
-    users: pl.DataFrame
-    features: pl.DataFrame
 
 
 @torch.no_grad()

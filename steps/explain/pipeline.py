@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import polars as pl
-import torch
 
 from steps.tables import concat
 from steps.errors import ConfigError, InputError
@@ -19,14 +18,16 @@ from steps.explain.config import ExplainConfig
 from steps.explain.data import (
     NEG, SPLIT, USER, SeqData, convert_ml1m, read_rechorus, user_histories, where_item_is_named, write_rechorus,
 )
-from steps.explain.attribute import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
-from steps.explain.model import GRU4Rec, as_dtype, load_rechorus_checkpoint
+from steps.explain.explanation import ATTRIBUTION_SCHEMA, FEATURE_SCHEMA, USER_SCHEMA, Explanation
 from steps.explain.synthetic import synthetic_dataset
-from steps.explain.train import train_gru4rec
 from steps.seeding import rng_for
 from steps.storage import FileRef, file_ref, localize, rebase_refs, staged_dir
 
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+if TYPE_CHECKING:
+    from steps.explain.model import GRU4Rec
+
+# torch (steps.explain.model / train / attribute) is imported inside the functions that use a model,
+# so the tasks that only join and report (and the card subprocess) do not pay for its import.
 
 
 # --------------------------------------------------------------------------- inputs
@@ -61,6 +62,8 @@ def with_checkpoint_catalogue(data: SeqData, checkpoint: str | os.PathLike = "")
     an item the data names is an :class:`InputError` naming the item and where it appears."""
     if not checkpoint:
         return data
+    from steps.explain.model import load_rechorus_checkpoint
+
     n = load_rechorus_checkpoint(checkpoint).spec.n_items
     if n < data.n_items:
         item = data.n_items - 1
@@ -109,6 +112,9 @@ def store_dataset(data: SeqData, folder: str | os.PathLike) -> StoredData:
 
 def fit_or_load(data: SeqData, cfg: ExplainConfig, checkpoint: str = "") -> tuple[GRU4Rec, pl.DataFrame]:
     """Train GRU4Rec, or load a ReChorus checkpoint (then the training log is empty)."""
+    from steps.explain.model import load_rechorus_checkpoint
+    from steps.explain.train import train_gru4rec
+
     if checkpoint:
         model = load_rechorus_checkpoint(checkpoint, data.n_items)
         print(f"loaded {checkpoint}: {model.spec}")
@@ -151,8 +157,21 @@ def run_model_metrics(per_seed: pl.DataFrame, several_seeds: bool) -> tuple[pl.D
 
 
 def load_model(ref: FileRef, dtype: str = "float32") -> GRU4Rec:
+    """The GRU4Rec saved at ``ref`` (checksum verified) in ``dtype`` (float32 | float64)."""
+    import torch
+
+    from steps.explain.model import as_dtype, load_rechorus_checkpoint
+
     ref.verify()
-    return as_dtype(load_rechorus_checkpoint(localize(ref).path), TORCH_DTYPES[dtype])
+    return as_dtype(load_rechorus_checkpoint(localize(ref).path), {"float64": torch.float64, "float32": torch.float32}[dtype])
+
+
+def seed_model_metrics(model_file: FileRef, data: SeqData, cfg: ExplainConfig, seed: int) -> pl.DataFrame:
+    """HR@K / nDCG@K / MRR (with intervals) of the saved model of one training seed, as the later
+    steps load it, and of the popularity ranker (:func:`steps.explain.train.model_metrics`)."""
+    from steps.explain.train import model_metrics
+
+    return with_seed(model_metrics(load_model(model_file), data, cfg), seed)
 
 
 def check_settings_against_data(data: SeqData, cfg: ExplainConfig) -> None:
@@ -354,13 +373,15 @@ def report_parts(attributions: pl.DataFrame, users: pl.DataFrame) -> tuple[pl.Da
     return recency, efficiency_check(attributions, users), build_figures(attributions, users, recency)
 
 
-def train_seed(data: SeqData, cfg: ExplainConfig, seed: int, checkpoint: str, folder: Path) -> tuple:
-    """Fit (or load) GRU4Rec with one training seed and save its weights under ``folder``:
-    ``(model, training log with a seed column, path of gru4rec.pt)``."""
+def train_seed(data: SeqData, cfg: ExplainConfig, seed: int, checkpoint: str, storage) -> tuple:
+    """Fit (or load) GRU4Rec with one training seed and publish its weights (``storage``: the run's
+    RunStorage; one folder per seed when there are several): ``(model spec, training log with a
+    seed column, FileRef of gru4rec.pt)``."""
     from steps.explain.model import save_checkpoint
 
+    folder = storage.dir("model", f"seed{seed}") if cfg.several_seeds else storage.dir("model")
     model, log = fit_or_load(data, replace(cfg, seed=seed), checkpoint)
-    return model, with_seed(log, seed), save_checkpoint(model, folder / "gru4rec.pt")
+    return model.spec, with_seed(log, seed), storage.publish(save_checkpoint(model, folder / "gru4rec.pt"))
 
 
 def gru4rec_bundle(model: GRU4Rec, data: SeqData, cfg: ExplainConfig, items_ref, out_dir: Path) -> Path | None:
@@ -368,3 +389,12 @@ def gru4rec_bundle(model: GRU4Rec, data: SeqData, cfg: ExplainConfig, items_ref,
     from steps.explain.candidates import write_gru4rec_candidates
 
     return write_gru4rec_candidates(model, data, cfg.history_max, cfg.candidates_top_m, items_ref, out_dir, cfg.eval_batch_size)
+
+
+def gru4rec_candidates(model_file: FileRef, data: SeqData, cfg: ExplainConfig, items_ref, storage) -> dict:
+    """The explained model's candidate bundle for AlignFlow, published: ``{"gru4rec": FileRef of
+    manifest.json}`` (:mod:`steps.bundles`), or ``{}`` with ``candidates_top_m: 0``."""
+    from steps.bundles import publish_bundle
+
+    manifest = gru4rec_bundle(load_model(model_file), data, cfg, items_ref, storage.dir("candidates", "gru4rec"))
+    return {"gru4rec": publish_bundle(manifest, storage.publish)} if manifest else {}

@@ -5,3 +5,9 @@ TensorFlow is imported only by :mod:`steps.newsrec.layers`, :mod:`steps.newsrec.
 :mod:`steps.newsrec.train`; the data modules and :mod:`steps.newsrec.inference` (which runs a model
 it is given) stay light.
 """
+
+import os
+
+# Before anything imports TensorFlow: Keras 3 on TensorFlow, and TensorFlow's C++ log at warnings.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
