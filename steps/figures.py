@@ -15,7 +15,9 @@ import io
 import os
 from pathlib import Path
 
-__all__ = ["plt", "png_bytes", "save"]
+import numpy as np
+
+__all__ = ["plt", "png_bytes", "save", "interval_bounds", "error_lengths"]
 
 
 class _Pyplot:
@@ -63,3 +65,25 @@ def png_bytes(fig) -> bytes:
 def save(fig, path: str | os.PathLike) -> None:
     """``fig`` (a Figure or PNG bytes, see :func:`png_bytes`) as a PNG file at ``path``."""
     Path(path).write_bytes(png_bytes(fig))
+
+
+def interval_bounds(grp, col: str):
+    """``(lo, hi)`` of ``col`` of a polars table (its ``<col>_lo`` / ``<col>_hi``) as float arrays (NaN where null), or None when the table has no
+    finite interval of it."""
+    import polars as pl
+
+    lo, hi = f"{col}_lo", f"{col}_hi"
+    if lo not in grp.columns or hi not in grp.columns:
+        return None
+    a = grp[lo].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    b = grp[hi].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    return (a, b) if np.isfinite(a).any() and np.isfinite(b).any() else None
+
+
+def error_lengths(est, bounds):
+    """Asymmetric error-bar lengths (2, n) from interval bounds (0 where null), for ``errorbar``."""
+    if bounds is None:
+        return None
+    lo, hi = bounds
+    err = np.vstack([est - lo, hi - est])
+    return np.clip(np.nan_to_num(err, nan=0.0), 0.0, None)

@@ -875,3 +875,40 @@ def _holm_of_deltas(table):
     flat = np.concatenate([table[c].fill_null(np.nan).to_numpy() for c in cols])
     adj = holm_adjust(flat).reshape(len(cols), table.height)
     return table.with_columns([pl.Series(f"{c}_holm", x, dtype=pl.Float64).fill_nan(None) for c, x in zip(cols, adj)])
+
+
+# --------------------------------------------------------------------------- table text (cards, reports)
+#: The mark of a difference that survives Holm's correction.
+HOLM_MARK = "✓"
+
+
+def number_text(v: float | None) -> str:
+    """A table cell's number: 3 significant digits, a true minus sign, "–" for none."""
+    if v is None or v != v:
+        return "–"
+    return f"{v:.3g}".replace("-", "−") if v != 0 else "0"
+
+
+def row_value(row: dict, name: str) -> float | None:
+    """``row[name]`` as a float, None where it is missing or NaN."""
+    v = row.get(name)
+    return None if v is None or v != v else float(v)
+
+
+def interval_cell(row: dict, name: str) -> str:
+    """``"0.31 [0.29, 0.33]"``: the row's ``name`` and its interval ``<name>_lo``, ``<name>_hi``
+    (the value alone where a bound is missing; "–" without a value). ``delta_<m>`` gives the difference."""
+    v, lo, hi = row_value(row, name), row_value(row, f"{name}_lo"), row_value(row, f"{name}_hi")
+    if v is None:
+        return "–"
+    return number_text(v) if lo is None or hi is None else f"{number_text(v)} [{number_text(lo)}, {number_text(hi)}]"
+
+
+def holm_mark(text: str, p_holm: float | None, alpha: float = 0.05) -> str:
+    """``text`` with :data:`HOLM_MARK` when the Holm-adjusted p-value is below ``alpha``."""
+    return f"{text} {HOLM_MARK}" if p_holm is not None and p_holm < alpha else text
+
+
+def n_tests(results) -> int:
+    """How many p-values the run's Holm correction counted (every non-null ``p_*`` cell of the polars ``results``)."""
+    return sum(results[c].count() for c in results.columns if c.startswith("p_") and not c.endswith("_holm"))

@@ -194,6 +194,27 @@ def test_figures_draw_intervals_where_the_results_have_them(mode):
     plots.plt.close("all")
 
 
+@pytest.mark.parametrize("with_intervals", [True, False])
+def test_tail_accuracy_vs_coverage_draws_2d_error_bars_from_the_intervals(with_intervals):
+    from steps.tail.report import accuracy_vs_coverage
+
+    rows = []
+    for method, (cov, rec, nd) in {"ease": (0.2, 0.30, 0.25), "adversarial": (0.3, 0.28, 0.24)}.items():
+        r = {"dataset": "syn", "method": method, "split": "test", "coverage_at_20": cov, "recall_at_20": rec, "ndcg_at_100": nd}
+        if with_intervals:
+            r.update({f"{m}_{s}": v + (-0.01 if s == "lo" else 0.02) for m, v in
+                      (("coverage_at_20", cov), ("recall_at_20", rec), ("ndcg_at_100", nd)) for s in ("lo", "hi")})
+        rows.append(r)
+    fig = accuracy_vs_coverage(pl.DataFrame(rows))
+    for ax in fig.axes:
+        segs = _errorbar_lengths(ax)  # one container per method; x and y bars each
+        assert len(segs) == 2 and all(s == (2 if with_intervals else 0) for s in segs)
+        if with_intervals:  # the bar spans the interval: [lo, hi] = [v − 0.01, v + 0.02]
+            xs = sorted(seg[:, 0].tolist() for c in ax.containers for seg in c.lines[2][0].get_segments())
+            assert xs[0] == pytest.approx([0.19, 0.22]) and xs[1] == pytest.approx([0.29, 0.32])
+    plots.plt.close("all")
+
+
 def test_user_kl_panels_are_ecdfs_of_at_most_three_lambdas():
     hist = hist_table()
     res = results_table()

@@ -9,7 +9,8 @@ import pytest
 
 from recalign.cli import main, metric_deltas
 
-pytestmark = [pytest.mark.flow]
+# one worker runs every test that reads this group's shared flow run (make test: --dist loadgroup)
+pytestmark = [pytest.mark.flow, pytest.mark.xdist_group("align_quick")]
 
 
 def recalign(args, cwd, env):

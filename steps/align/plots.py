@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from steps.figures import plt
+from steps.figures import error_lengths, interval_bounds, plt
 
 METHOD_LABEL = {
     ("nails", "det"): "NAILS (det)",
@@ -25,31 +25,11 @@ def _label(method: str, selection: str) -> str:
     return METHOD_LABEL.get((method, selection), f"{method} ({selection})")
 
 
-def _bounds(grp: pl.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(lo, hi)`` of ``col`` as float arrays (NaN where null), or None when the table has no
-    finite interval of it."""
-    lo, hi = f"{col}_lo", f"{col}_hi"
-    if lo not in grp.columns or hi not in grp.columns:
-        return None
-    a = grp[lo].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    b = grp[hi].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    return (a, b) if np.isfinite(a).any() and np.isfinite(b).any() else None
-
-
 def _band(ax, x, grp: pl.DataFrame, col: str, color) -> None:
     """Shade ``col``'s interval around its curve (nothing when there is none)."""
-    b = _bounds(grp, col)
+    b = interval_bounds(grp, col)
     if b is not None:
         ax.fill_between(np.asarray(x, dtype=np.float64), b[0], b[1], color=color, alpha=0.18, lw=0)
-
-
-def _err(est: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
-    """Asymmetric error-bar lengths (2, n) from interval bounds (0 where null), for ``errorbar``."""
-    if bounds is None:
-        return None
-    lo, hi = bounds
-    err = np.vstack([est - lo, hi - est])
-    return np.clip(np.nan_to_num(err, nan=0.0), 0.0, None)
 
 
 def kl_vs_lambda(results: pl.DataFrame) -> plt.Figure:
@@ -70,7 +50,7 @@ def kl_vs_lambda(results: pl.DataFrame) -> plt.Figure:
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_xlabel("λ")
         ax.set_ylabel("KL(p* ‖ category mix)")
-        ax.set_title(dist + (" (bands: bootstrap interval)" if _bounds(sub, "kl_at_n") else ""))
+        ax.set_title(dist + (" (bands: bootstrap interval)" if interval_bounds(sub, "kl_at_n") else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -169,14 +149,14 @@ def accuracy_vs_kl(results: pl.DataFrame, accuracy: str = "ndcg_at_10") -> plt.F
             if grp.is_empty():
                 continue
             x = grp["kl_at_n"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-            xerr = _err(x, _bounds(grp, "kl_at_n"))
+            xerr = error_lengths(x, interval_bounds(grp, "kl_at_n"))
             if np.isnan(x).all():
                 x, xerr = grp["lambda"].to_numpy(), None
                 ax.set_xlabel("λ (no beyond-accuracy block)")
             else:
                 ax.set_xlabel("KL@N (beyond-accuracy block)")
             y = grp[accuracy].cast(pl.Float64).to_numpy()
-            ax.errorbar(x, y, xerr=xerr, yerr=_err(y, _bounds(grp, accuracy)), fmt="o-", color=COLORS.get((method, sel)),
+            ax.errorbar(x, y, xerr=xerr, yerr=error_lengths(y, interval_bounds(grp, accuracy)), fmt="o-", color=COLORS.get((method, sel)),
                         label=_label(method, sel), ms=4, capsize=2, elinewidth=0.8)
             for xi, yi, lam in zip(x, grp[accuracy], grp["lambda"]):
                 ax.annotate(f"{lam:g}", (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")

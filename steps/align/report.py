@@ -7,6 +7,7 @@ import math
 import polars as pl
 
 from steps.align.config import AUTO, AlignConfig
+from steps.uncertainty import HOLM_MARK, holm_mark, interval_cell, n_tests, number_text, row_value
 
 #: (column in the comparison, method, selection, key in ``best_lambda``)
 COMPARED = (
@@ -106,20 +107,6 @@ def comparison_wide(comparison: pl.DataFrame, distribution: str) -> pl.DataFrame
 SHOWN_METRICS = (("kl_at_n", "KL@N"), ("user_kl_mean", "user KL"), ("c_kl_mean", "C_KL"), ("coverage_at_n", "coverage@N"),
                  ("ndcg_at_10", "nDCG@10"), ("precision_at_n", "precision@N"), ("ndcg_at_n", "nDCG@N"))
 #: Marks a difference whose Holm-adjusted p-value is below the level.
-HOLM_MARK = "✓"
-
-
-def _num(v: float | None) -> str:
-    if v is None or v != v:
-        return "–"
-    return f"{v:.3g}".replace("-", "−") if v != 0 else "0"
-
-
-def _value(row: dict, name: str) -> float | None:
-    v = row.get(name)
-    return None if v is None or v != v else float(v)
-
-
 def shown_metrics(results: pl.DataFrame) -> list[tuple[str, str]]:
     """The :data:`SHOWN_METRICS` the table has values of."""
     return [(m, label) for m, label in SHOWN_METRICS if m in results.columns and results[m].null_count() < results.height]
@@ -128,30 +115,16 @@ def shown_metrics(results: pl.DataFrame) -> list[tuple[str, str]]:
 def difference_cell(row: dict, base: dict | None, metric: str, alpha: float = 0.05) -> str:
     """``"−0.012 [−0.015, −0.009] ✓"``: the cell's difference to λ = 0 (``delta_<m>``, else the
     point difference to ``base``), its interval, and :data:`HOLM_MARK` when ``p_<m>_holm < alpha``."""
-    est = _value(row, metric)
+    est = row_value(row, metric)
     if est is None:
         return "–"
     if float(row["lambda"]) == 0.0:
         return "0 (λ = 0)"
-    d = _value(row, f"delta_{metric}")
+    d = row_value(row, f"delta_{metric}")
     if d is None:
-        b = None if base is None else _value(base, metric)
-        return "–" if b is None else _num(est - b)
-    return holm_mark(interval_cell(row, f"delta_{metric}"), _value(row, f"p_{metric}_holm"), alpha)
-
-
-def interval_cell(row: dict, name: str) -> str:
-    """``"0.31 [0.29, 0.33]"``: the row's ``name`` and its interval ``<name>_lo``, ``<name>_hi``
-    (the value alone where a bound is missing; "–" without a value). ``delta_<m>`` gives the difference."""
-    v, lo, hi = _value(row, name), _value(row, f"{name}_lo"), _value(row, f"{name}_hi")
-    if v is None:
-        return "–"
-    return _num(v) if lo is None or hi is None else f"{_num(v)} [{_num(lo)}, {_num(hi)}]"
-
-
-def holm_mark(text: str, p_holm: float | None, alpha: float = 0.05) -> str:
-    """``text`` with :data:`HOLM_MARK` when the Holm-adjusted p-value is below ``alpha``."""
-    return f"{text} {HOLM_MARK}" if p_holm is not None and p_holm < alpha else text
+        b = None if base is None else row_value(base, metric)
+        return "–" if b is None else number_text(est - b)
+    return holm_mark(interval_cell(row, f"delta_{metric}"), row_value(row, f"p_{metric}_holm"), alpha)
 
 
 def best_lambda_differences(results: pl.DataFrame, best: pl.DataFrame, alpha: float = 0.05) -> pl.DataFrame:
@@ -170,17 +143,12 @@ def best_lambda_differences(results: pl.DataFrame, best: pl.DataFrame, alpha: fl
         out = {"distribution": b["distribution"], "compared": b["compared"], "λ": f"{b['lambda']:g}",
                "chosen by": b["chosen_by"]}
         for m, label in metrics:
-            out[label] = _num(_value(r, m))
+            out[label] = number_text(row_value(r, m))
             out[f"Δ {label} vs λ = 0"] = difference_cell(r, z, m, alpha)
         rows.append(out)
     headers = ["distribution", "compared", "λ", "chosen by",
                *(c for _, label in metrics for c in (label, f"Δ {label} vs λ = 0"))]
     return pl.DataFrame(rows, schema={h: pl.String for h in headers})
-
-
-def n_tests(results: pl.DataFrame) -> int:
-    """How many p-values the run's Holm correction counted (every non-null ``p_*`` cell)."""
-    return sum(results[c].count() for c in results.columns if c.startswith("p_") and not c.endswith("_holm"))
 
 
 def uncertainty_legend(results: pl.DataFrame, spec, lists: bool, alpha: float = 0.05) -> str:

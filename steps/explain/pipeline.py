@@ -282,8 +282,8 @@ def headline_metrics(ks: Sequence[int]) -> tuple[tuple[str, str], ...]:
 def model_quality_table(model_metrics: pl.DataFrame, ks: Sequence[int], alpha: float = 0.05) -> pl.DataFrame:
     """The card's comparison (strings), per (split, protocol, seed): GRU4Rec's and POP's
     :func:`headline_metrics` as ``value [lo, hi]`` and GRU4Rec − POP with its interval and a Holm
-    mark (:func:`steps.align.report.holm_mark`); empty when the table has no intervals."""
-    from steps.align.report import holm_mark, interval_cell
+    mark (:func:`steps.uncertainty.holm_mark`); empty when the table has no intervals."""
+    from steps.uncertainty import holm_mark, interval_cell
 
     metrics = headline_metrics(ks)
     if f"{metrics[0][0]}_lo" not in model_metrics.columns:
@@ -303,7 +303,7 @@ def model_quality_table(model_metrics: pl.DataFrame, ks: Sequence[int], alpha: f
 
 def model_quality_legend(model_metrics: pl.DataFrame, spec, alpha: float = 0.05) -> str:
     """One line under :func:`model_quality_table`: what was resampled, against what, the correction."""
-    from steps.align.report import HOLM_MARK, n_tests
+    from steps.uncertainty import HOLM_MARK, n_tests
 
     method = "BCa" if spec.method == "bca" else spec.method
     return (f"[lo, hi]: {spec.level:.0%} {method} bootstrap interval over {spec.resamples:,} resamples of the evaluated "

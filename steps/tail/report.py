@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from steps.figures import plt
+from steps.figures import error_lengths, interval_bounds, plt
 
 BASELINE = "ease"
 COMPARED = ("recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20", "gini", "tail_share", "item_recall_at_20")
@@ -139,21 +139,26 @@ def weight_diagnostics_text(results: pl.DataFrame, history: pl.DataFrame) -> str
 
 # --------------------------------------------------------------------------- figures
 def accuracy_vs_coverage(results: pl.DataFrame, split: str = "test") -> plt.Figure:
-    """One panel per dataset: coverage@20 (x) against Recall@20 and nDCG@100 (y), a point per method."""
+    """One panel per dataset: coverage@20 (x) against Recall@20 and nDCG@100 (y), a point per
+    method, with 2-D error bars where the results carry bootstrap intervals (``<m>_lo/_hi``)."""
     sub = results.filter(pl.col("split") == split)
     datasets = sub["dataset"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(2, len(datasets), figsize=(5.2 * len(datasets), 7.5), squeeze=False)
     for j, ds in enumerate(datasets):
         d = sub.filter(pl.col("dataset") == ds)
+        x = d["coverage_at_20"].cast(pl.Float64).to_numpy()
+        xerr = error_lengths(x, interval_bounds(d, "coverage_at_20"))
         for i, metric in enumerate(("recall_at_20", "ndcg_at_100")):
-            ax = axes[i, j]
-            for r in d.iter_rows(named=True):
-                ax.scatter(r["coverage_at_20"], r[metric], color=COLORS.get(r["method"], "k"), s=50,
-                           label=METHOD_LABEL.get(r["method"], r["method"]))
-                ax.annotate(r["method"], (r["coverage_at_20"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax, y = axes[i, j], d[metric].cast(pl.Float64).to_numpy()
+            yerr = error_lengths(y, interval_bounds(d, metric))
+            for k, method in enumerate(d["method"].to_list()):
+                ax.errorbar(x[k:k + 1], y[k:k + 1], xerr=None if xerr is None else xerr[:, k:k + 1],
+                            yerr=None if yerr is None else yerr[:, k:k + 1], fmt="o", color=COLORS.get(method, "k"), ms=7,
+                            capsize=2, elinewidth=0.8, label=METHOD_LABEL.get(method, method))
+                ax.annotate(method, (x[k], y[k]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xlabel("coverage@20 (share of the catalogue)")
             ax.set_ylabel(metric.replace("_at_", "@"))
-            ax.set_title(f"{ds} ({split})")
+            ax.set_title(f"{ds} ({split})" + (" — bars: bootstrap interval" if xerr is not None else ""))
             ax.grid(alpha=0.3)
         axes[0, j].legend(fontsize=7)
     fig.tight_layout()
