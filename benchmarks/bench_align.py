@@ -2,12 +2,16 @@
 
     .venv/bin/python benchmarks/bench_align.py steck            # Steck over the BA block, 7 lambdas
     .venv/bin/python benchmarks/bench_align.py grid             # the full paper grid through AlignFlow
+    .venv/bin/python benchmarks/bench_align.py grid --resamples 0   # ... with bootstrap intervals off
     .venv/bin/python benchmarks/bench_align.py memory --impressions 13500000   # RSS vs size
     .venv/bin/python benchmarks/bench_align.py flow-memory --impressions 13500000   # the flow at that size
 
 Sizes default to the issue's: 200,000 beyond-accuracy rows x 250 candidates and 1,000,000
 labelled impressions. Synthetic dumps are cached under benchmarks/.data/ (git-ignored).
 Peak RSS is the largest resident set of any single process (the flow's tasks are processes).
+``--resamples N`` (grid, flow-memory) runs the flow with a derived config: the same YAML with
+``uncertainty: {resamples: N}`` merged in, written under benchmarks/.data/ (N = 0: intervals off);
+without it the config runs as it is (configs/align_nails_paper.yaml: the default, B = 1,000).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,9 +71,24 @@ def bench_steck(args) -> dict:
     return out
 
 
+def with_resamples(config: Path, resamples: int | None) -> Path:
+    """``config`` itself, or (``resamples`` given) a copy under DATA with ``uncertainty.resamples``
+    set to it (the config's other uncertainty keys kept)."""
+    if resamples is None:
+        return config
+    with open(config, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    raw["uncertainty"] = {**(raw.get("uncertainty") or {}), "resamples": resamples}
+    out = DATA / f"{config.stem}_resamples{resamples}.yaml"
+    out.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    load_align_config(out)  # refuse a bad derived config before the flow starts
+    return out
+
+
 def bench_grid(args, config: Path = ROOT / "configs" / "align_nails_paper.yaml") -> dict:
     """The full paper grid through AlignFlow (2 targets x 4 methods/selections x 7 lambdas)."""
     paths = dump_for(args.ba_rows, args.impressions, inview_max=args.inview_max)
+    config = with_resamples(config, args.resamples)
     env = {**os.environ, "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench"),
            "RECALIGN_STORAGE_ROOT": str(DATA / "storage")}
     cmd = [sys.executable, str(ROOT / "flows" / "align_flow.py"), "--no-pylint", "--config", "config",
@@ -81,6 +102,7 @@ def bench_grid(args, config: Path = ROOT / "configs" / "align_nails_paper.yaml")
         print(proc.stdout[-4000:], proc.stderr[-4000:])
         raise SystemExit("AlignFlow failed")
     return {"ba_rows": args.ba_rows, "impressions": args.impressions, "workers": args.workers,
+            "config": config.name, "resamples": load_align_config(config).uncertainty.resamples,
             "wall_s": round(wall, 1), "peak_task_rss_mb": round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1)}
 
 
@@ -115,6 +137,8 @@ def main() -> None:
     ap.add_argument("--inview-max", type=int, default=50)
     ap.add_argument("--no-ba", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--resamples", type=int, default=None,
+                    help="grid / flow-memory: bootstrap resamples (0 = intervals off); default: the config's own")
     args = ap.parse_args()
     DATA.mkdir(parents=True, exist_ok=True)
     result = {"steck": bench_steck, "grid": bench_grid, "memory": bench_memory,

@@ -10,6 +10,17 @@ Parts (each in its own process, so that its peak RSS is its own):
   * ``adv_epoch`` — one epoch of the adversarial method (``2bmlp2``, ML-20M's best settings) over the
     training users, plus its validation scoring, on CUDA when torch sees a GPU, else CPU.
 Prints wall time, throughput and peak RSS (``resource.getrusage``) per part.
+
+The whole TailFlow at that size, EASE only (``benchmarks/tail_ml20m_ease.yaml``), as one subprocess:
+
+    .venv/bin/python benchmarks/bench_tail.py flow --prepare           # build the dataset cache, untimed
+    .venv/bin/python benchmarks/bench_tail.py flow --resamples 1000    # intervals on (0 = off)
+    .venv/bin/python benchmarks/bench_tail.py flow --users 3000 --items 500 --mean-items 30 --heldout-users 300
+
+``flow`` runs ``flows/tail_flow.py`` with a derived config under benchmarks/.data/ (the YAML with the
+size options and ``uncertainty: {resamples: N}`` merged in; without ``--resamples`` the default B) and
+storage under benchmarks/.data/tail_storage/, where the prepared split is cached across runs (so
+``--prepare`` first keeps its construction out of the timed runs). Prints JSON with the wall seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +40,11 @@ import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+DATA = ROOT / "benchmarks" / ".data"
+FLOW_CONFIG = ROOT / "benchmarks" / "tail_ml20m_ease.yaml"
+FLOW_STORAGE = DATA / "tail_storage"
+ML20M_SIZE = {"users": 136_677, "items": 20_108, "mean_items": 73.0}
 
 
 def peak_rss_mb() -> float:
@@ -135,17 +151,81 @@ def part_adv_epoch(args) -> dict:
     return out
 
 
+def flow_config(args) -> Path:
+    """benchmarks/tail_ml20m_ease.yaml with the size options and ``--resamples`` merged in, under DATA."""
+    import yaml
+
+    from steps.tail.config import parse_tail_config
+
+    raw = yaml.safe_load(FLOW_CONFIG.read_text(encoding="utf-8"))
+    (dataset,) = raw["datasets"]
+    dataset["synthetic"].update(n_users=args.users, n_items=args.items, mean_items_per_user=args.mean_items)
+    if args.heldout_users is not None:
+        dataset["protocol"]["heldout_users"] = args.heldout_users
+    tag = f"{args.users}x{args.items}_{args.mean_items:g}_h{dataset['protocol']['heldout_users']}"
+    if args.resamples is not None:
+        raw["uncertainty"] = {**(raw.get("uncertainty") or {}), "resamples": args.resamples}
+        tag += f"_resamples{args.resamples}"
+    text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+    parse_tail_config(text)  # refuse a bad derived config before the flow starts
+    DATA.mkdir(parents=True, exist_ok=True)
+    out = DATA / f"{FLOW_CONFIG.stem}_{tag}.yaml"
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
+def run_flow(args) -> dict:
+    """The whole TailFlow (prepare, EASE, joins, report) on the derived config, or with ``--prepare``
+    only the dataset cache its prepare step reuses."""
+    from steps.storage import RunStorage
+    from steps.tail.config import TailConfig, parse_tail_config
+    from steps.tail.data import prepare_dataset
+
+    config = flow_config(args)
+    cfg = TailConfig.from_dict(parse_tail_config(config.read_text(encoding="utf-8")))
+    if args.prepare:
+        t0 = time.perf_counter()
+        cache = RunStorage.for_run("TailFlow", "prepare", str(FLOW_STORAGE)).cache_dir()
+        prepared = prepare_dataset(cfg.dataset(cfg.dataset_names[0]), cfg.seed, cache)
+        return {"what": "prepare", "seconds": round(time.perf_counter() - t0, 1), **prepared.stats}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench")}
+    cmd = [sys.executable, str(ROOT / "flows" / "tail_flow.py"), "--no-pylint", "--config", "config", str(config),
+           "run", "--max-workers", str(args.workers), "--storage-root", str(FLOW_STORAGE),
+           "--artifacts-dir", str(DATA / "artifacts")]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=DATA, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        print(proc.stdout[-4000:], proc.stderr[-4000:])
+        raise SystemExit("TailFlow failed")
+    return {"what": "flow", "config": config.name, "methods": cfg.method_names, "users": args.users, "items": args.items,
+            "mean_items": args.mean_items, "resamples": cfg.uncertainty.resamples, "workers": args.workers,
+            "wall_s": round(wall, 1), "peak_task_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+
+
 PARTS = {"data": part_data, "ease": part_ease, "cornac": part_cornac, "adv_epoch": part_adv_epoch}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--users", type=int, default=136_677)
-    ap.add_argument("--items", type=int, default=20_108)
-    ap.add_argument("--mean-items", type=float, default=73.0, help="mean positives per user (ML-20M: ≈73)")
+    ap.add_argument("what", nargs="?", choices=["parts", "flow"], default="parts",
+                    help="parts (default): the heavy parts, each in its own process; flow: the whole TailFlow, EASE only")
+    ap.add_argument("--users", type=int, default=ML20M_SIZE["users"])
+    ap.add_argument("--items", type=int, default=ML20M_SIZE["items"])
+    ap.add_argument("--mean-items", type=float, default=ML20M_SIZE["mean_items"], help="mean positives per user (ML-20M: ≈73)")
     ap.add_argument("--parts", default="data,ease,cornac,adv_epoch")
     ap.add_argument("--part", help=argparse.SUPPRESS)
+    ap.add_argument("--resamples", type=int, default=None,
+                    help="flow: bootstrap resamples (0 = intervals off); default: the config's own (1,000)")
+    ap.add_argument("--heldout-users", type=int, default=None, help="flow: validation (and test) users; default 10,000")
+    ap.add_argument("--workers", type=int, default=2, help="flow: --max-workers")
+    ap.add_argument("--prepare", action="store_true", help="flow: only build the cached dataset split, untimed")
     args = ap.parse_args()
+    if args.what == "flow":
+        result = run_flow(args)
+        result["cpu_count"] = os.cpu_count()
+        print(json.dumps(result))
+        return
     if args.part:
         print(json.dumps(PARTS[args.part](args)))
         return
