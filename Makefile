@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 FLOW ?= flows/newsrec_flow.py
 CONFIG ?=
 MAX_WORKERS ?= 2
-# make test: pytest-xdist workers (0 = one process); a group of tests that share a flow run stays on one worker
+# make test: pytest-xdist workers (0 = one process); the tests that share a flow run stay on one worker (tests/conftest.py)
 TEST_WORKERS ?= 2
 RUN_ARGS ?=
 
@@ -34,7 +34,7 @@ run: $(STAMP)
 	$(PY) $(FLOW) $(if $(CONFIG),--config config $(CONFIG)) run --max-workers $(MAX_WORKERS) $(RUN_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_align.py $(BENCH_ARGS)

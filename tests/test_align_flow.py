@@ -13,8 +13,7 @@ from polars.testing import assert_frame_equal
 from steps.align.evaluate import INTERVAL_METRICS
 from tests.flowrun import ALIGN_QUICK, card_data, derived_config
 
-# one worker runs every test that reads this group's shared flow run (make test: --dist loadgroup)
-pytestmark = [pytest.mark.flow, pytest.mark.slow, pytest.mark.xdist_group("align_quick")]
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 QUICK = ALIGN_QUICK
 
 

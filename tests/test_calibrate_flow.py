@@ -14,8 +14,7 @@ from polars.testing import assert_frame_equal
 
 from tests.flowrun import ALIGN_ML100K, card_data, derived_config
 
-# one worker runs every test that reads this group's shared flow run (make test: --dist loadgroup)
-pytestmark = [pytest.mark.flow, pytest.mark.slow, pytest.mark.xdist_group("tail_quick")]
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 SLICE_USERS = 200  # ML-100K user ids 1..200 (of 943)
 #: 70 % of the user's own history + 30 % uniform over the genres (a per-user mixed target)
 HISTORY_UNIFORM = {"name": "history_uniform", "kind": "history_mix", "weight": 0.3, "mix_with": "Uniform"}

@@ -9,8 +9,7 @@ import pytest
 
 from recalign.cli import main, metric_deltas
 
-# one worker runs every test that reads this group's shared flow run (make test: --dist loadgroup)
-pytestmark = [pytest.mark.flow, pytest.mark.xdist_group("align_quick")]
+pytestmark = [pytest.mark.flow]
 
 
 def recalign(args, cwd, env):

@@ -14,8 +14,7 @@ from polars.testing import assert_frame_equal
 from tests.cluster import BUCKET, argo_template, flow_env, flow_steps, moto_s3, run_cli, s3_client
 from tests.flowrun import CONFIGS
 
-# one worker runs every test that reads this group's shared flow run (make test: --dist loadgroup)
-pytestmark = [pytest.mark.flow, pytest.mark.slow, pytest.mark.xdist_group("align_quick")]
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 # flow file -> (config for the compile check, module with DEFAULT_RESOURCES, step -> resource group,
 #              steps with @retry/@timeout)

@@ -17,8 +17,7 @@ from polars.testing import assert_frame_equal
 
 from tests.flowrun import EXPLAIN_QUICK, card_data
 
-# one worker runs every test that reads this group's shared flow run (make test: --dist loadgroup)
-pytestmark = [pytest.mark.flow, pytest.mark.slow, pytest.mark.xdist_group("explain_quick")]
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 QUICK = EXPLAIN_QUICK
 FLOW = "explain_flow.py"
 

@@ -15,8 +15,7 @@ from polars.testing import assert_frame_equal
 from steps.metrics import mean_ranking_metrics, ranking_metrics
 from tests.flowrun import NEWSREC_QUICK, card_data
 
-# one worker runs every test that reads this group's shared flow run (make test: --dist loadgroup)
-pytestmark = [pytest.mark.flow, pytest.mark.slow, pytest.mark.xdist_group("newsrec_quick")]
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 QUICK = NEWSREC_QUICK
 SPEC = yaml.safe_load(QUICK.read_text())["synthetic"]
 

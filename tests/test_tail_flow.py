@@ -9,8 +9,7 @@ from polars.testing import assert_frame_equal
 from steps.storage import load_array
 from tests.flowrun import TAIL_QUICK, card_data
 
-# one worker runs every test that reads this group's shared flow run (make test: --dist loadgroup)
-pytestmark = [pytest.mark.flow, pytest.mark.slow, pytest.mark.xdist_group("tail_quick")]
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 QUICK = TAIL_QUICK
 ISSUE_COLUMNS = ["dataset", "method", "split", "recall_at_20", "recall_at_50", "ndcg_at_100", "coverage_at_20", "gini",
                  "tail_share", "epochs", "seconds"]
