@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from flowtiming import timed_flow_run  # noqa: E402  (benchmarks/, the script's own folder)
 
 from steps.align.config import AlignConfig, load_align_config  # noqa: E402
 from steps.align.data import prepare_dump  # noqa: E402
@@ -91,19 +92,13 @@ def bench_grid(args, config: Path = ROOT / "configs" / "align_nails_paper.yaml")
     config = with_resamples(config, args.resamples)
     env = {**os.environ, "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench"),
            "RECALIGN_STORAGE_ROOT": str(DATA / "storage")}
-    cmd = [sys.executable, str(ROOT / "flows" / "align_flow.py"), "--no-pylint", "--config", "config",
-           str(config), "run", "--max-workers", str(args.workers),
-           "--predictions", paths["predictions"], "--articles", paths["articles"],
-           "--artifacts-dir", str(DATA / "artifacts")]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=DATA, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode:
-        print(proc.stdout[-4000:], proc.stderr[-4000:])
-        raise SystemExit("AlignFlow failed")
+    wall, peak = timed_flow_run(ROOT / "flows" / "align_flow.py",
+                                ["--no-pylint", "--config", "config", str(config), "run", "--max-workers", str(args.workers),
+                                 "--predictions", paths["predictions"], "--articles", paths["articles"],
+                                 "--artifacts-dir", str(DATA / "artifacts")], DATA, env, "AlignFlow")
     return {"ba_rows": args.ba_rows, "impressions": args.impressions, "workers": args.workers,
             "config": config.name, "resamples": load_align_config(config).uncertainty.resamples,
-            "wall_s": round(wall, 1), "peak_task_rss_mb": round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1)}
+            "wall_s": wall, "peak_task_rss_mb": peak}
 
 
 def bench_flow_memory(args) -> dict:

@@ -41,6 +41,8 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from flowtiming import timed_flow_run  # noqa: E402  (benchmarks/, the script's own folder)
+
 DATA = ROOT / "benchmarks" / ".data"
 FLOW_CONFIG = ROOT / "benchmarks" / "tail_ml20m_ease.yaml"
 FLOW_STORAGE = DATA / "tail_storage"
@@ -189,18 +191,12 @@ def run_flow(args) -> dict:
         prepared = prepare_dataset(cfg.dataset(cfg.dataset_names[0]), cfg.seed, cache)
         return {"what": "prepare", "seconds": round(time.perf_counter() - t0, 1), **prepared.stats}
     env = {**os.environ, "PYTHONPATH": str(ROOT), "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench")}
-    cmd = [sys.executable, str(ROOT / "flows" / "tail_flow.py"), "--no-pylint", "--config", "config", str(config),
-           "run", "--max-workers", str(args.workers), "--storage-root", str(FLOW_STORAGE),
-           "--artifacts-dir", str(DATA / "artifacts")]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=DATA, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        print(proc.stdout[-4000:], proc.stderr[-4000:])
-        raise SystemExit("TailFlow failed")
+    wall, peak = timed_flow_run(ROOT / "flows" / "tail_flow.py",
+                                ["--no-pylint", "--config", "config", str(config), "run", "--max-workers", str(args.workers),
+                                 "--storage-root", str(FLOW_STORAGE), "--artifacts-dir", str(DATA / "artifacts")], DATA, env, "TailFlow")
     return {"what": "flow", "config": config.name, "methods": cfg.method_names, "users": args.users, "items": args.items,
             "mean_items": args.mean_items, "resamples": cfg.uncertainty.resamples, "workers": args.workers,
-            "wall_s": round(wall, 1), "peak_task_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+            "wall_s": wall, "peak_task_rss_mb": peak}
 
 
 PARTS = {"data": part_data, "ease": part_ease, "cornac": part_cornac, "adv_epoch": part_adv_epoch}
