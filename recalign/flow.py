@@ -59,7 +59,9 @@ class RecalignFlow(FlowSpec):
 class step_groups(FlowMutator):
     """Decorate every step from one table: ``{step: "<resource group> [retry] [timeout] [cell]"}``.
 
-    Each step gets ``@resources`` from ``config.resources.<group>`` (steps not listed: ``join``);
+    Each step gets ``@resources`` from ``config.resources.<group>`` (steps not listed: ``join``) and,
+    where the group sets ``blas_threads``, ``@environment`` with ``OPENBLAS_NUM_THREADS`` (read
+    when the task's process loads NumPy);
     ``retry`` adds ``@retry`` (``config.run.retries``, ``minutes_between_retries``), ``timeout``
     adds ``@timeout`` (``config.run.timeout_minutes``), and ``cell`` marks a fan-out cell, which
     gets ``@catch`` when ``run.on_cell_failure`` is ``continue``: the run goes on, the cell's
@@ -71,7 +73,7 @@ class step_groups(FlowMutator):
         self.table = {name: spec.split() for name, spec in table.items()}
 
     def pre_mutate(self, mutable_flow) -> None:
-        from metaflow import catch, resources, retry, timeout
+        from metaflow import catch, environment, resources, retry, timeout
 
         config = mutable_flow.config
         run = config.get("run", {})
@@ -79,6 +81,8 @@ class step_groups(FlowMutator):
             group, *flags = self.table.get(name, ["join"])
             res = config["resources"][group]
             s.add_decorator(resources, deco_kwargs={k: res[k] for k in ("cpu", "memory", "gpu") if k in res})
+            if res.get("blas_threads"):
+                s.add_decorator(environment, deco_kwargs={"vars": {"OPENBLAS_NUM_THREADS": str(res["blas_threads"])}})
             if "retry" in flags:
                 s.add_decorator(retry, deco_kwargs={"times": run["retries"],
                                                     "minutes_between_retries": run["minutes_between_retries"]})

@@ -55,8 +55,14 @@ def integer(key: str, value: Any, lo: int) -> int:
     return int(value)
 
 
+#: What a step group's ``resources`` may set: the compute request (``@resources``) and
+#: ``blas_threads``, the cap on OpenBLAS threads in its tasks (0 = the library's default).
+RESOURCE_KEYS = ("cpu", "memory", "gpu", "blas_threads")
+
+
 def parse_resources(raw: Any, defaults: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
-    """``resources: {step: {cpu, memory, gpu}}`` merged over ``defaults`` (every step keeps all keys)."""
+    """``resources: {step: {cpu, memory, gpu, blas_threads}}`` merged over ``defaults`` (every step
+    keeps all its keys)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"resources: expected a mapping step -> {{cpu, memory, gpu}}, got {raw!r}")
     out = {k: dict(v) for k, v in defaults.items()}
@@ -66,9 +72,9 @@ def parse_resources(raw: Any, defaults: Mapping[str, Mapping[str, int]]) -> dict
         if not isinstance(req, Mapping):
             raise ConfigError(f"resources.{step_name}: expected a mapping, got {req!r}")
         for key, value in req.items():
-            if key not in ("cpu", "memory", "gpu"):
-                raise ConfigError(f"resources.{step_name}: unknown key {key!r}; use cpu, memory, gpu")
-            out[step_name][key] = integer(f"resources.{step_name}.{key}", value, 0 if key == "gpu" else 1)
+            if key not in RESOURCE_KEYS:
+                raise ConfigError(f"resources.{step_name}: unknown key {key!r}; use {', '.join(RESOURCE_KEYS)}")
+            out[step_name][key] = integer(f"resources.{step_name}.{key}", value, 1 if key in ("cpu", "memory") else 0)
     return out
 
 

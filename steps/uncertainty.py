@@ -137,8 +137,9 @@ def _multinomial_block_counts(spec: UncertaintySpec, n_units: int) -> np.ndarray
 
 
 def block_weights(spec: UncertaintySpec, n_units: int, block: int, stream: str = "weights",
-                  _counts: np.ndarray | None = None) -> np.ndarray:
-    """(B, units of ``block``) float32 bootstrap weights of block ``block`` (module docstring)."""
+                  _counts: np.ndarray | None = None, compact: bool = False) -> np.ndarray:
+    """(B, units of ``block``) float32 bootstrap weights of block ``block`` (module docstring);
+    ``compact``: the same values in the smallest exact dtype (uint8 for Poisson)."""
     lo, hi = _block_bounds(n_units, block)
     c, b = hi - lo, spec.resamples
     rng = rng_for(spec.seed, stream, spec.weights, block)
@@ -150,7 +151,7 @@ def block_weights(spec: UncertaintySpec, n_units: int, block: int, stream: str =
         for t in POISSON_BYTE_THRESHOLDS:  # weight = #{k : u >= t_k}, summed in uint8
             np.greater_equal(u, t, out=ge)
             np.add(w, ge.view(np.uint8), out=w)
-        return w.astype(np.float32)
+        return w if compact else w.astype(np.float32)
     counts = (_multinomial_block_counts(spec, n_units) if _counts is None else _counts)[:, block]
     draws = rng.integers(0, c, size=int(counts.sum()), dtype=np.int64) + np.repeat(np.arange(b) * c, counts)
     return np.bincount(draws, minlength=b * c).reshape(b, c).astype(np.float32)
@@ -164,22 +165,45 @@ def sign_weights(spec: UncertaintySpec, n_units: int, block: int) -> np.ndarray:
 
 
 class WeightStream:
-    """The weights of any increasing unit indices, generating each block once (the last one kept)."""
+    """The weights of any increasing unit indices, generating each block once.
 
-    def __init__(self, spec: UncertaintySpec, n_units: int, signs: bool = False) -> None:
-        self.spec, self.n_units, self.signs = spec, n_units, signs
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    One stream may be shared by every collector whose units are the same (the BA rows of a task,
+    its impressions): the weights depend only on the spec, the number of units and the block, so
+    sharing changes no value, and the last :attr:`KEEP` blocks (compact: uint8 for Poisson) are
+    kept for the next collector that asks for them."""
+
+    #: Blocks kept (Poisson: 1 byte per unit × resample, 8 MB at B = 1,000).
+    KEEP = 6
+
+    def __init__(self, spec: UncertaintySpec, n_units: int) -> None:
+        self.spec, self.n_units = spec, n_units
+        self._cache: dict[tuple[str, int], np.ndarray] = {}
         self._counts = _multinomial_block_counts(spec, n_units) if spec.weights == "multinomial" else None
 
-    def _block(self, j: int) -> tuple[np.ndarray, np.ndarray | None]:
-        if j not in self._cache:
-            self._cache.clear()
-            w = block_weights(self.spec, self.n_units, j, _counts=self._counts)
-            self._cache[j] = (w, sign_weights(self.spec, self.n_units, j) if self.signs else None)
-        return self._cache[j]
+    def _cached(self, kind: str, j: int, make: Callable[[], np.ndarray]) -> np.ndarray:
+        key = (kind, j)
+        got = self._cache.pop(key, None)
+        if got is None:
+            got = make()
+            while len(self._cache) >= self.KEEP:
+                self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = got  # most recently used last
+        return got
 
-    def blocks(self, idx: np.ndarray):
-        """Yield ``(positions in idx, their columns in the block, the block's W, its signs or None)``."""
+    def weights(self, j: int) -> np.ndarray:
+        """(B, units of block ``j``) float32 weights."""
+        w = self._cached("w", j, lambda: block_weights(self.spec, self.n_units, j, _counts=self._counts, compact=True))
+        return w.astype(np.float32)
+
+    def sign_block(self, j: int) -> np.ndarray:
+        return self._cached("s", j, lambda: sign_weights(self.spec, self.n_units, j))
+
+    def _block(self, j: int, signs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.weights(j), (self.sign_block(j) if signs else None)
+
+    def blocks(self, idx: np.ndarray, signs: bool = False):
+        """Yield ``(positions in idx, their columns in the block, the block's W, its signs or None)``
+        (the randomisation test's signs when ``signs``)."""
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) == 0:
             return
@@ -189,14 +213,24 @@ class WeightStream:
         cuts = np.flatnonzero(np.diff(blocks)) + 1
         for part in np.split(np.arange(len(idx)), cuts):
             j = int(blocks[part[0]])
-            w, s = self._block(j)
+            w, s = self._block(j, signs)
             yield part, idx[part] - j * UNIT_BLOCK, w, s
 
-    def pieces(self, idx: np.ndarray):
+    def pieces(self, idx: np.ndarray, signs: bool = False):
         """Yield ``(positions in idx, W[:, idx[positions]], signs or None)`` block by block."""
-        for part, local, w, s in self.blocks(idx):
+        for part, local, w, s in self.blocks(idx, signs):
             full = len(local) == w.shape[1]
             yield part, (w if full else w[:, local]), (None if s is None else (s if full else s[:, local]))
+
+
+def weight_stream(spec: UncertaintySpec, n_units: int, shared: "WeightStream | None" = None) -> WeightStream:
+    """``shared`` when it is the stream of these units under this spec, else a new one."""
+    if shared is not None:
+        if shared.spec != spec or shared.n_units != n_units:
+            raise ValueError(f"a shared weight stream of {shared.n_units} units cannot weight {n_units} units "
+                             "(or its uncertainty spec differs)")
+        return shared
+    return WeightStream(spec, n_units)
 
 
 class _Pending:
@@ -227,7 +261,10 @@ class _Pending:
 class _BlockTotals:
     """Streamed weighted totals of every resample: ``tot`` (B × columns) += W @ rows and ``wsum``
     (B) += W @ 1, one float32 matmul per complete block of units (:class:`_Pending`). Subclasses
-    set ``stream``, ``tot``, ``wsum`` and ``_pending`` and define ``_resample(idx, rows)``."""
+    set ``stream``, ``tot``, ``wsum`` and ``_pending`` and define ``_resample(idx, rows)``; ``signs``:
+    whether the blocks come with the randomisation test's signs."""
+
+    signs = False
 
     def _flush(self, final: bool = False) -> None:
         got = self._pending.pop(final)
@@ -238,7 +275,7 @@ class _BlockTotals:
         """Dense ``rows`` (units ``idx`` × columns) into the totals; ``on_block(part, local, signs)``
         after each block (absent units' rows are zero, so W is never gathered)."""
         xs = np.hstack([rows, np.ones((len(idx), 1))]).astype(np.float32)
-        for part, local, w, signs in self.stream.blocks(idx):
+        for part, local, w, signs in self.stream.blocks(idx, self.signs):
             full = np.zeros((w.shape[1], xs.shape[1]), dtype=np.float32)
             full[local] = xs[part]
             out = w @ full
@@ -341,13 +378,16 @@ class MeanBootstrap(_BlockTotals):
     """Streamed bootstrap of the means of ``n_cols`` per-unit metrics and of paired differences.
 
     ``add(idx, values)`` takes the values (rows = units ``idx``, increasing) of every column;
-    ``pairs`` are ``(column, baseline column)``: their per-unit difference is tested (same units).
+    ``pairs`` are ``(column, baseline column)``: their per-unit difference is tested (same units);
+    ``stream``: a :class:`WeightStream` of the same units shared with other collectors.
     """
 
-    def __init__(self, n_units: int, n_cols: int, spec: UncertaintySpec, pairs: Sequence[tuple[int, int]] = ()) -> None:
+    def __init__(self, n_units: int, n_cols: int, spec: UncertaintySpec, pairs: Sequence[tuple[int, int]] = (),
+                 stream: WeightStream | None = None) -> None:
         self.spec, self.n_units, self.m = spec, n_units, n_cols
         self.pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        self.stream = WeightStream(spec, n_units, signs=spec.test == "randomisation" and len(self.pairs) > 0)
+        self.signs = spec.test == "randomisation" and len(self.pairs) > 0
+        self.stream = weight_stream(spec, n_units, stream)
         b = spec.resamples
         self.wsum, self.tot = np.zeros(b), np.zeros((b, n_cols))
         self.n = 0
@@ -362,11 +402,12 @@ class MeanBootstrap(_BlockTotals):
         if not np.isfinite(x).all():
             raise ValueError("per-unit metric values must be finite (leave out units without a value)")
         self.n += len(x)
-        for k in range(3):
-            self.s[k] += np.sum(x ** (k + 1), axis=0)
         d = x[:, self.pairs[:, 0]] - x[:, self.pairs[:, 1]]
-        for k in range(3):
-            self.d[k] += np.sum(d ** (k + 1), axis=0)
+        for sums, v in ((self.s, x), (self.d, d)):
+            v2 = v * v
+            sums[0] += v.sum(axis=0)
+            sums[1] += v2.sum(axis=0)
+            sums[2] += (v2 * v).sum(axis=0)
         self._pending.push(np.asarray(idx, dtype=np.int64), np.hstack([x, d]))
         self._flush()
 
@@ -452,11 +493,11 @@ class AggregateBootstrap(_BlockTotals):
 
     ``fn(totals, weight_sums)`` maps (R, d) weighted totals of the columns it is given and the (R,)
     weight sums to (R,) metric values; it is called on the full sample (R = 1, weights 1), the B
-    resamples and the grouped-jackknife leave-outs."""
+    resamples and the grouped-jackknife leave-outs. ``stream``: as :class:`MeanBootstrap`'s."""
 
-    def __init__(self, n_units: int, n_cols: int, spec: UncertaintySpec) -> None:
+    def __init__(self, n_units: int, n_cols: int, spec: UncertaintySpec, stream: WeightStream | None = None) -> None:
         self.spec, self.n_units, self.d = spec, n_units, n_cols
-        self.stream = WeightStream(spec, n_units)
+        self.stream = weight_stream(spec, n_units, stream)
         self.g = min(JACKKNIFE_GROUPS, max(n_units, 1))
         self.tot = np.zeros((spec.resamples, n_cols))
         self.wsum = np.zeros(spec.resamples)
@@ -561,8 +602,10 @@ class CoverageBootstrap:
     values sit below the estimate by the bootstrap's bias; the intervals use them centred on the
     estimate (θ̂ + percentiles of θ* − mean θ*), i.e. they show the spread, not the bias."""
 
-    def __init__(self, n_units: int, n_cells: int, n_items: int, spec: UncertaintySpec) -> None:
+    def __init__(self, n_units: int, n_cells: int, n_items: int, spec: UncertaintySpec,
+                 stream: WeightStream | None = None) -> None:
         self.spec, self.n_units, self.n_cells, self.n_items = spec, n_units, n_cells, n_items
+        self.stream = stream
         self.parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n_cells)]
 
     def add(self, cell: int, idx: np.ndarray, items: np.ndarray) -> None:
@@ -594,7 +637,7 @@ class CoverageBootstrap:
         mats, self._common = zip(*(self._incidence(c) for c in range(self.n_cells)))
         widths = np.cumsum([0, *(m.shape[1] for m in mats)])
         self._cols = [slice(int(widths[c]), int(widths[c + 1])) for c in range(self.n_cells)]
-        self._acc = AggregateBootstrap(self.n_units, int(widths[-1]), self.spec)
+        self._acc = AggregateBootstrap(self.n_units, int(widths[-1]), self.spec, self.stream)
         big = sp.hstack(mats, format="csr") if widths[-1] else sp.csr_matrix((self.n_units, 0), dtype=np.float32)
         step = UNIT_BLOCK * 8
         for s in range(0, self.n_units, step):
@@ -641,7 +684,7 @@ class CellMeans:
     stream for all. ``add(idx, {cell: (units, metrics) values})``; :meth:`columns` -> table cells."""
 
     def __init__(self, cells: Sequence, metrics: Sequence[str], n_units: int, spec: UncertaintySpec,
-                 baseline: Mapping | None = None) -> None:
+                 baseline: Mapping | None = None, stream: WeightStream | None = None) -> None:
         self.cells, self.metrics = list(cells), tuple(metrics)
         m = len(self.metrics)
         base = baseline or {}
@@ -653,7 +696,7 @@ class CellMeans:
                 for k in range(m):
                     self._pair[(c, k)] = len(pairs)
                     pairs.append((i * m + k, self.cells.index(b) * m + k))
-        self.acc = MeanBootstrap(n_units, len(self.cells) * m, spec, pairs)
+        self.acc = MeanBootstrap(n_units, len(self.cells) * m, spec, pairs, stream)
         self._is_base = {c: base.get(c) == c for c in self.cells}
         self._done: tuple | None = None
 
@@ -678,10 +721,10 @@ class CellAggregates:
     the mean over its repeats), with paired differences to ``baseline``: ``add(idx, {(cell, r): counts})``."""
 
     def __init__(self, keys: Sequence[tuple], width: int, n_units: int, spec: UncertaintySpec, fn: Callable,
-                 name: str, baseline: Mapping | None = None) -> None:
+                 name: str, baseline: Mapping | None = None, stream: WeightStream | None = None) -> None:
         self.keys, self.width, self.fn, self.name = list(keys), width, fn, name
         self.baseline = baseline or {}
-        self.acc = AggregateBootstrap(n_units, len(self.keys) * width, spec)
+        self.acc = AggregateBootstrap(n_units, len(self.keys) * width, spec, stream)
 
     def add(self, idx: np.ndarray, counts: Mapping) -> None:
         self.acc.add(idx, np.hstack([np.asarray(counts[k], dtype=np.float64).reshape(len(idx), self.width) for k in self.keys]))

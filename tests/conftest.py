@@ -5,6 +5,12 @@ import os
 os.environ.setdefault("METAFLOW_USER", "recalign-tests")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Two pytest workers, each running flows with two task workers, share the machine's cores: one
+# thread per process for OpenBLAS (NumPy), OpenMP (torch) and TensorFlow, so that their thread pools
+# do not spin against each other (the flows' Runner runs inherit this environment). Set before
+# anything loads those libraries; an explicit value in the environment wins.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 # Import torch's lazily loaded parts now, before any test lets Metaflow's Runner load a flow file in
 # this process: Metaflow's vendored typing_extensions replaces typing._collect_parameters, after

@@ -50,11 +50,18 @@ def test_paper_settings():
         ({"repeats": 1.5}, r"repeats: expected an integer >= 1, got 1.5"),
         ({"submissions": "yes"}, r"submissions: expected true or false"),
         ({"ties": "first"}, r"ties: unknown value 'first'; choose from \['inview', 'ebrec', 'mean'\]"),
+        ({"resources": {"evaluate": {"blas_threads": -1}}}, r"resources.evaluate.blas_threads: expected an integer >= 0, got -1"),
+        ({"resources": {"evaluate": {"threads": 1}}}, r"resources.evaluate: unknown key 'threads'; use cpu, memory, gpu, blas_threads"),
     ],
 )
 def test_invalid_values_are_named(raw, message):
     with pytest.raises(ConfigError, match=message):
         AlignConfig.from_dict(raw)
+
+
+def test_blas_threads_default_to_one_in_the_evaluate_cells_only():
+    res = AlignConfig.from_dict({"resources": {"report": {"blas_threads": 2}}}).resources
+    assert res["evaluate"]["blas_threads"] == 1 and res["report"]["blas_threads"] == 2 and "blas_threads" not in res["start"]
 
 
 def test_yaml_errors():

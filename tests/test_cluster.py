@@ -64,6 +64,8 @@ def test_cluster_argo_template_has_every_step_with_resources(s3, flow):
         # the Kubernetes decorator takes the larger of @resources and its own defaults (1 cpu, 4096 MB)
         assert float(requests["cpu"]) == max(expected["cpu"], 1), step
         assert float(requests["memory"].rstrip("M")) == max(expected["memory"], 4096), step
+        env_vars = {e["name"]: e.get("value") for e in t["container"].get("env", [])}
+        assert env_vars.get("OPENBLAS_NUM_THREADS") == (str(expected["blas_threads"]) if expected.get("blas_threads") else None), step
     for step in retried:
         t = by_name[step.replace("_", "-")]
         assert int(t["retryStrategy"]["limit"]) == run_settings["retries"], step

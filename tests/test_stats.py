@@ -16,6 +16,7 @@ from steps.uncertainty import (
     CoverageBootstrap,
     MeanBootstrap,
     UncertaintySpec,
+    WeightStream,
     add_holm_columns,
     aggregate_interval,
     block_weights,
@@ -117,6 +118,34 @@ def test_same_seed_same_intervals_and_chunking_does_not_matter():
     np.testing.assert_allclose(chunked.hi, one.hi, rtol=1e-6)
     other = mean_interval(x, UncertaintySpec(resamples=100, seed=43))
     assert not np.array_equal(other.lo, one.lo)
+
+
+def test_collectors_sharing_one_weight_stream_give_the_intervals_of_their_own_streams():
+    """Several collectors of the same units read one stream (each block made once, the last few
+    kept): their intervals, differences and randomisation p-values equal those of separate streams,
+    whatever order they ask for the blocks in; a stream of other units is refused."""
+    rng = rng_for(4, "shared")
+    n = 3 * UNIT_BLOCK + 11
+    x, counts = rng.normal(0.0, 1.0, (n, 4)), rng.poisson(2.0, (n, 3)).astype(float)
+    spec = UncertaintySpec(resamples=60, seed=5, test="randomisation")
+    fn = lambda t, w: t[:, 0] / t.sum(axis=1)  # noqa: E731
+
+    def collectors(stream):
+        means = MeanBootstrap(n, 4, spec, pairs=[(0, 1), (2, 3)], stream=stream)
+        agg = AggregateBootstrap(n, 3, spec, stream=stream)
+        for s in range(0, n, 7000):
+            means.add(np.arange(s, min(s + 7000, n)), x[s : s + 7000])
+        agg.add(np.arange(n), counts)  # all blocks again, after the means asked for them
+        return means.means(), means.differences(), agg.interval(fn)
+
+    shared = WeightStream(spec, n)
+    for own, common in zip(collectors(None), collectors(shared)):
+        for f in ("lo", "hi", "p", "star"):
+            if getattr(own, f) is not None:
+                np.testing.assert_array_equal(getattr(common, f), getattr(own, f), err_msg=f)
+    assert len(shared._cache) <= WeightStream.KEEP
+    with pytest.raises(ValueError, match="cannot weight"):
+        MeanBootstrap(n + 1, 1, spec, stream=shared)
 
 
 def test_holm_against_a_hand_checked_example():

@@ -51,6 +51,7 @@ from steps.uncertainty import (
     CellAggregates,
     CellMeans,
     CoverageBootstrap,
+    WeightStream,
     interval_columns,
     lambda_zero_baseline,
     uncertainty_columns,
@@ -300,12 +301,13 @@ def _ba_intervals(layout: TargetLayout, method: str, cfg: AlignConfig, cells, n_
             return smoothed_kl(layout.p_star, t / w[:, None], cfg.alpha)
 
     iv = _Intervals(baseline=base, coverage_keys=keys)
-    iv.kl_at_n = CellAggregates(keys, layout.n_slots, n_ba, spec, kl_mix, "kl_at_n", base)
-    iv.user_kl = CellMeans(cells, ("user_kl_mean",), n_ba, spec, base)
-    iv.coverage = CoverageBootstrap(n_ba, len(keys), k, spec)
+    w = WeightStream(spec, n_ba)  # one set of weights for every collector of the BA rows
+    iv.kl_at_n = CellAggregates(keys, layout.n_slots, n_ba, spec, kl_mix, "kl_at_n", base, w)
+    iv.user_kl = CellMeans(cells, ("user_kl_mean",), n_ba, spec, base, w)
+    iv.coverage = CoverageBootstrap(n_ba, len(keys), k, spec, w)
     if method == "nails":
         lam_cells = [(cfg.selections[0], lam) for lam in cfg.lambdas]
-        iv.kl_all = _KlAll(lam_cells, layout.n_slots, n_ba, spec, kl_mass, base)
+        iv.kl_all = _KlAll(lam_cells, layout.n_slots, n_ba, spec, kl_mass, base, w)
     return iv
 
 
@@ -313,9 +315,9 @@ class _KlAll(CellAggregates):
     """kl_all depends on λ only (the summed re-weighted probabilities): every selection's row
     reads the λ's one value."""
 
-    def __init__(self, lam_cells, width, n_units, spec, fn, baseline):
+    def __init__(self, lam_cells, width, n_units, spec, fn, baseline, stream=None):
         super().__init__([(c, 0) for c in lam_cells], width, n_units, spec, fn, "kl_all",
-                         {c: baseline.get(c) for c in lam_cells})
+                         {c: baseline.get(c) for c in lam_cells}, stream)
         self.sel = lam_cells[0][0]
 
     def columns(self, cell) -> dict:

@@ -44,7 +44,7 @@ from steps.align.steck import queue_relevance, queues_padded, steck_greedy
 from steps.candidates import CandidateSet
 from steps.errors import ConfigError, InputError
 from steps.seeding import rng_for
-from steps.uncertainty import CellAggregates, CellMeans, CoverageBootstrap, interval_columns, lambda_zero_baseline, uncertainty_columns
+from steps.uncertainty import CellAggregates, CellMeans, CoverageBootstrap, WeightStream, interval_columns, lambda_zero_baseline, uncertainty_columns
 
 LIST_METRICS = ("c_kl_mean", "c_kl_std", "precision_at_n", "recall_at_n", "ndcg_at_n")
 LIST_RESULT_COLUMNS = (*RESULT_COLUMNS, *LIST_METRICS, *(f"{m}_sd" for m in LIST_METRICS if m != "c_kl_std"))
@@ -389,13 +389,14 @@ class _ListIntervals:
             with np.errstate(invalid="ignore", divide="ignore"):
                 return metrics.smoothed_kl(t[:, :g] / w[:, None], t[:, g:] / w[:, None], alpha)
 
-        self.kl_at_n = CellAggregates(self.keys, 2 * g, n_users, spec, kl_of_means, "kl_at_n", base)
+        w = WeightStream(spec, n_users)  # one set of weights for every collector of these users
+        self.kl_at_n = CellAggregates(self.keys, 2 * g, n_users, spec, kl_of_means, "kl_at_n", base, w)
         lam_cells = [(self.sel0, lam) for lam in run.cfg.lambdas]
         self.kl_all = (CellAggregates([(c, 0) for c in lam_cells], 2 * g, n_users, spec, kl_of_means, "kl_all",
-                                      {c: base.get(c) for c in lam_cells}) if run.method == "nails" else None)
-        self.means = CellMeans(cells, LIST_MEAN_METRICS, n_users, spec, base)
-        self.accuracy = CellMeans(cells, LIST_ACCURACY, n_users, spec, base)
-        self.coverage = CoverageBootstrap(n_users, len(self.keys), n_items, spec)
+                                      {c: base.get(c) for c in lam_cells}, w) if run.method == "nails" else None)
+        self.means = CellMeans(cells, LIST_MEAN_METRICS, n_users, spec, base, w)
+        self.accuracy = CellMeans(cells, LIST_ACCURACY, n_users, spec, base, w)
+        self.coverage = CoverageBootstrap(n_users, len(self.keys), n_items, spec, w)
         self.any_accuracy = False
 
     def add(self, local, p_t, per_user: dict, masses: dict, rows, picks) -> None:

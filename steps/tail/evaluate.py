@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from steps import metrics
 from steps.errors import InputError
 from steps.tail.config import Evaluation, TailSpec
-from steps.uncertainty import AggregateBootstrap, CoverageBootstrap, MeanBootstrap, UncertaintySpec, interval_columns
+from steps.uncertainty import AggregateBootstrap, CoverageBootstrap, MeanBootstrap, UncertaintySpec, WeightStream, interval_columns
 
 if TYPE_CHECKING:
     import torch
@@ -195,7 +195,7 @@ def _aggregate_specs(lists: np.ndarray, n_items: int, ev: Evaluation):
     return [(f"coverage_at_{k}", lists[:, :k]) for k in ev.ks]
 
 
-def _gini_bootstrap(pu: UserValues, n_items: int, spec: UncertaintySpec) -> AggregateBootstrap:
+def _gini_bootstrap(pu: UserValues, n_items: int, spec: UncertaintySpec, stream: WeightStream | None = None) -> AggregateBootstrap:
     """Weighted top-20 exposure of the resampled users (sparse users × items), for Gini. Like
     coverage, Gini is biased under resampling (a resample's exposure is more unequal), so its
     intervals are centred on the estimate (``steps.uncertainty.CoverageBootstrap``)."""
@@ -203,7 +203,7 @@ def _gini_bootstrap(pu: UserValues, n_items: int, spec: UncertaintySpec) -> Aggr
     rows = np.repeat(np.arange(len(sel)), sel.shape[1])
     ok = sel.ravel() >= 0
     e = sp.csr_matrix((np.ones(int(ok.sum()), dtype=np.float32), (rows[ok], sel.ravel()[ok])), shape=(len(sel), n_items))
-    acc = AggregateBootstrap(pu.n_units, n_items, spec)
+    acc = AggregateBootstrap(pu.n_units, n_items, spec, stream)
     acc.add(pu.users, e)
     return acc
 
@@ -211,22 +211,24 @@ def _gini_bootstrap(pu: UserValues, n_items: int, spec: UncertaintySpec) -> Aggr
 def list_intervals(pu: UserValues, n_items: int, ev: Evaluation, spec: UncertaintySpec) -> dict:
     """``<metric>_lo`` / ``_hi`` of the user-level metrics, coverage@k and Gini (users resampled)."""
     out: dict = {}
-    means = mean_bootstrap(pu, spec).means()
+    w = WeightStream(spec, pu.n_units)  # one set of weights for every collector of these users
+    means = mean_bootstrap(pu, spec, stream=w).means()
     for j, name in enumerate(pu.names):
         out.update(interval_columns(name, means, j))
-    cov = CoverageBootstrap(pu.n_units, len(ev.ks), n_items, spec)
+    cov = CoverageBootstrap(pu.n_units, len(ev.ks), n_items, spec, w)
     for c, (name, lists) in enumerate(_aggregate_specs(pu.lists, n_items, ev)):
         cov.add(c, pu.users, lists)
     for c, (name, _) in enumerate(_aggregate_specs(pu.lists, n_items, ev)):
         out.update(interval_columns(name, cov.interval([c]), 0))
-    out.update(interval_columns("gini", _gini_bootstrap(pu, n_items, spec).interval(lambda t, w: metrics.gini_rows(t), centre=True), 0))
+    out.update(interval_columns("gini", _gini_bootstrap(pu, n_items, spec, w).interval(lambda t, w: metrics.gini_rows(t), centre=True), 0))
     return out
 
 
-def mean_bootstrap(pu: UserValues, spec: UncertaintySpec, base: UserValues | None = None) -> MeanBootstrap:
+def mean_bootstrap(pu: UserValues, spec: UncertaintySpec, base: UserValues | None = None,
+                   stream: WeightStream | None = None) -> MeanBootstrap:
     m = len(pu.names)
     values = pu.values if base is None else np.hstack([pu.values, base.values])
-    acc = MeanBootstrap(pu.n_units, values.shape[1], spec, [] if base is None else [(j, m + j) for j in range(m)])
+    acc = MeanBootstrap(pu.n_units, values.shape[1], spec, [] if base is None else [(j, m + j) for j in range(m)], stream)
     acc.add(pu.users, values)
     return acc
 
@@ -238,18 +240,19 @@ def baseline_deltas(pu: UserValues, base: UserValues, n_items: int, ev: Evaluati
     if not np.array_equal(pu.users, base.users) or pu.n_units != base.n_units:
         return {}
     out: dict = {}
-    diffs = mean_bootstrap(pu, spec, base).differences()
+    w = WeightStream(spec, pu.n_units)
+    diffs = mean_bootstrap(pu, spec, base, w).differences()
     for j, name in enumerate(pu.names):
         out.update({k: v for k, v in interval_columns(name, diffs, j, diffs, j).items() if not k.startswith(name)})
     specs, base_specs = _aggregate_specs(pu.lists, n_items, ev), _aggregate_specs(base.lists, n_items, ev)
-    cov = CoverageBootstrap(pu.n_units, 2 * len(specs), n_items, spec)
+    cov = CoverageBootstrap(pu.n_units, 2 * len(specs), n_items, spec, w)
     for c, ((name, lists), (_, b_lists)) in enumerate(zip(specs, base_specs)):
         cov.add(2 * c, pu.users, lists)
         cov.add(2 * c + 1, base.users, b_lists)
     for c, (name, _) in enumerate(specs):
         d = cov.paired([2 * c], [2 * c + 1])
         out.update({k: v for k, v in interval_columns(name, d, 0, d, 0).items() if not k.startswith(name)})
-    ga, gb = _gini_bootstrap(pu, n_items, spec), _gini_bootstrap(base, n_items, spec)
+    ga, gb = _gini_bootstrap(pu, n_items, spec, w), _gini_bootstrap(base, n_items, spec, w)
     both = AggregateBootstrap(pu.n_units, 2 * n_items, spec)
     both.tot, both.wsum = np.hstack([ga._flushed().tot, gb._flushed().tot]), ga.wsum
     both.full, both.groups, both.group_n = np.r_[ga.full, gb.full], np.hstack([ga.groups, gb.groups]), ga.group_n
