@@ -198,9 +198,6 @@ class WeightStream:
     def sign_block(self, j: int) -> np.ndarray:
         return self._cached("s", j, lambda: sign_weights(self.spec, self.n_units, j))
 
-    def _block(self, j: int, signs: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.weights(j), (self.sign_block(j) if signs else None)
-
     def blocks(self, idx: np.ndarray, signs: bool = False):
         """Yield ``(positions in idx, their columns in the block, the block's W, its signs or None)``
         (the randomisation test's signs when ``signs``)."""
@@ -213,8 +210,7 @@ class WeightStream:
         cuts = np.flatnonzero(np.diff(blocks)) + 1
         for part in np.split(np.arange(len(idx)), cuts):
             j = int(blocks[part[0]])
-            w, s = self._block(j, signs)
-            yield part, idx[part] - j * UNIT_BLOCK, w, s
+            yield part, idx[part] - j * UNIT_BLOCK, self.weights(j), (self.sign_block(j) if signs else None)
 
     def pieces(self, idx: np.ndarray, signs: bool = False):
         """Yield ``(positions in idx, W[:, idx[positions]], signs or None)`` block by block."""
@@ -226,9 +222,10 @@ class WeightStream:
 def weight_stream(spec: UncertaintySpec, n_units: int, shared: "WeightStream | None" = None) -> WeightStream:
     """``shared`` when it is the stream of these units under this spec, else a new one."""
     if shared is not None:
-        if shared.spec != spec or shared.n_units != n_units:
-            raise ValueError(f"a shared weight stream of {shared.n_units} units cannot weight {n_units} units "
-                             "(or its uncertainty spec differs)")
+        if shared.n_units != n_units:
+            raise ValueError(f"a shared weight stream of {shared.n_units} units cannot weight {n_units} units")
+        if shared.spec != spec:
+            raise ValueError(f"a shared weight stream made under {shared.spec} cannot weight under {spec}")
         return shared
     return WeightStream(spec, n_units)
 
