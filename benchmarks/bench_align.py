@@ -92,13 +92,13 @@ def bench_grid(args, config: Path = ROOT / "configs" / "align_nails_paper.yaml")
     config = with_resamples(config, args.resamples)
     env = {**os.environ, "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench"),
            "RECALIGN_STORAGE_ROOT": str(DATA / "storage")}
-    wall, peak = timed_flow_run(ROOT / "flows" / "align_flow.py",
+    wall, cpu, peak = timed_flow_run(ROOT / "flows" / "align_flow.py",
                                 ["--no-pylint", "--config", "config", str(config), "run", "--max-workers", str(args.workers),
                                  "--predictions", paths["predictions"], "--articles", paths["articles"],
                                  "--artifacts-dir", str(DATA / "artifacts")], DATA, env, "AlignFlow")
     return {"ba_rows": args.ba_rows, "impressions": args.impressions, "workers": args.workers,
             "config": config.name, "resamples": load_align_config(config).uncertainty.resamples,
-            "wall_s": wall, "peak_task_rss_mb": peak}
+            "wall_s": wall, "cpu_s": cpu, "peak_task_rss_mb": peak}
 
 
 def bench_flow_memory(args) -> dict:

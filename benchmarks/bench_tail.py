@@ -191,12 +191,12 @@ def run_flow(args) -> dict:
         prepared = prepare_dataset(cfg.dataset(cfg.dataset_names[0]), cfg.seed, cache)
         return {"what": "prepare", "seconds": round(time.perf_counter() - t0, 1), **prepared.stats}
     env = {**os.environ, "PYTHONPATH": str(ROOT), "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench")}
-    wall, peak = timed_flow_run(ROOT / "flows" / "tail_flow.py",
+    wall, cpu, peak = timed_flow_run(ROOT / "flows" / "tail_flow.py",
                                 ["--no-pylint", "--config", "config", str(config), "run", "--max-workers", str(args.workers),
                                  "--storage-root", str(FLOW_STORAGE), "--artifacts-dir", str(DATA / "artifacts")], DATA, env, "TailFlow")
     return {"what": "flow", "config": config.name, "methods": cfg.method_names, "users": args.users, "items": args.items,
             "mean_items": args.mean_items, "resamples": cfg.uncertainty.resamples, "workers": args.workers,
-            "wall_s": wall, "peak_task_rss_mb": peak}
+            "wall_s": wall, "cpu_s": cpu, "peak_task_rss_mb": peak}
 
 
 PARTS = {"data": part_data, "ease": part_ease, "cornac": part_cornac, "adv_epoch": part_adv_epoch}
