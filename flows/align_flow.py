@@ -76,7 +76,8 @@ class AlignFlow(AlignFanOut, RecalignFlow):
         """Every dataset's tables in one, with a ``dataset`` column; Holm's correction across the run."""
         self.merge_artifacts(inputs, include=["storage", "several_datasets"])
         parts = [(i.dataset, i.dataset_outputs) for i in inputs]
-        self.results = run_results([with_dataset(o.results, d) for d, o in parts])  # + Holm across the run
+        # + Holm across the run; replicates: the bootstrap values recalign compare pairs on
+        self.results, self.replicates = run_results([with_dataset(o.results, d) for d, o in parts], self.cfg.uncertainty)
         self.category_mix = concat([with_dataset(o.category_mix, d) for d, o in parts])
         self.user_kl_hist = concat([with_dataset(o.user_kl_hist, d) for d, o in parts])
         self.submissions = [s for _, o in parts for s in o.submissions]

@@ -66,7 +66,8 @@ class ExplainFlow(RecalignFlow):
         """The metrics of every seed (and over seeds); the first seed's model goes on to be explained."""
         self.merge_artifacts(inputs, include=["storage", "data", "data_summary", "candidate_items"])
         per_seed, self.training_log, first = seed_outputs(inputs, self.cfg.seeds)  # the config's seed order
-        self.model_metrics, self.model_metrics_by_seed = run_model_metrics(per_seed, self.cfg.several_seeds)  # Holm over the run
+        self.model_metrics, self.model_metrics_by_seed, self.replicates = run_model_metrics(  # + Holm over the run
+            per_seed, self.cfg.uncertainty, self.cfg.several_seeds)
         self.explained_seed, self.model_file, self.model_spec = first.seed, first.model_file, first.model_spec
         self.next(self.evaluate)
 

@@ -91,7 +91,8 @@ class NewsRecFlow(AlignFanOut, RecalignFlow):
         self.train_metrics, self.train_metrics_by_seed, self.training_curves = model_training(inputs, self.cfg.several_seeds)
         (self.predictions, self.candidates, self.model_submission_files, self.model_artifacts, self.targets_by_model,
          self.model_distribution) = model_files(inputs)
-        self.results, self.category_mix, self.user_kl_hist, self.alignment_submissions, self.failed_cells = model_alignment(inputs)
+        (self.results, self.replicates, self.category_mix, self.user_kl_hist, self.alignment_submissions,
+         self.failed_cells) = model_alignment(inputs, self.cfg.align.uncertainty)
         self.articles_path = self.data.articles_path
         self.next(self.report)
 

@@ -88,7 +88,7 @@ class TailFlow(RecalignFlow):
         """Collect every dataset; Holm's correction over the whole run; the table over training seeds."""
         cfg = self.cfg
         self.merge_artifacts(inputs, include=CARRIED)
-        self.results = run_results([i.part_results for i in inputs], cfg)
+        self.results, self.replicates = run_results([i.part_results for i in inputs], cfg)  # replicates: recalign compare
         self.results_by_seed = seed_table(self.results, cfg)  # mean, sd, t interval over training seeds (or None)
         self.buckets = sort_results(concat([i.part_buckets for i in inputs]), self.dataset_names, self.method_names, cfg.seeds)
         # candidates: the bundles for AlignFlow (steps.bundles)

@@ -20,6 +20,8 @@ from typing import Callable
 
 import polars as pl
 
+from steps.uncertainty import UNITS_DIGEST
+
 # --------------------------------------------------------------------------- synth
 SIZES = ("tiny", "small", "paper")
 
@@ -221,25 +223,28 @@ def metric_deltas(a: pl.DataFrame, b: pl.DataFrame, keys: list[str] | None = Non
 
 def deltas_long(deltas: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """The delta table one row per (cell, metric): ``metric``, ``a``, ``b``, ``delta`` and, where
-    there are intervals, ``delta_lo``, ``delta_hi``, ``p``, ``p_holm`` (for printing)."""
+    there are intervals, ``delta_lo``, ``delta_hi``, ``p``, ``p_holm`` and ``paired`` (for printing)."""
     keys = [k for k in keys if k in deltas.columns]
     metrics = [c[: -len("_delta")] for c in deltas.columns if c.endswith("_delta")]
     parts = []
     for m in metrics:
         cols = {"a": f"{m}_a", "b": f"{m}_b", "delta": f"{m}_delta", "delta_lo": f"{m}_delta_lo",
                 "delta_hi": f"{m}_delta_hi", "p": f"{m}_delta_p", "p_holm": f"{m}_delta_p_holm"}
+        paired = f"{m}_delta_paired"
         parts.append(deltas.select(*keys, pl.lit(m).alias("metric"),
                                    *(pl.col(c).alias(n) if c in deltas.columns else pl.lit(None, pl.Float64).alias(n)
-                                     for n, c in cols.items())))
+                                     for n, c in cols.items()),
+                                   pl.col(paired).alias("paired") if paired in deltas.columns else pl.lit(None, pl.Boolean).alias("paired")))
     return pl.concat(parts) if parts else deltas.select(keys)
 
 
 def _leaves(d, prefix: str = ""):
-    """``path -> value`` of the numbers in a nested summary (paths, names and notes left out)."""
+    """``path -> value`` of the numbers and unit digests (``units_digest``: which units, in which
+    order) in a nested summary (paths, names and notes left out)."""
     if isinstance(d, dict):
         for k, v in d.items():
             yield from _leaves(v, f"{prefix}{k}.")
-    elif isinstance(d, (int, float)):
+    elif isinstance(d, (int, float)) or (isinstance(d, str) and prefix[:-1].rsplit(".", 1)[-1] == UNITS_DIGEST):
         yield prefix[:-1], d
 
 
@@ -258,6 +263,35 @@ def _summary(run):
     return run.data.data_summary if "data_summary" in run.data else None
 
 
+#: The table ``recalign compare`` reads, per flow (the others: ``results``); its run's ``replicates`` are row-aligned with it.
+COMPARED_TABLE = {"ExplainFlow": "model_metrics"}
+
+
+def _replicates(a, b, summary_a, summary_b):
+    """``(both runs' Replicates or None, why they are not paired or None)``."""
+    reps = [run.data.replicates if "replicates" in run.data else None for run in (a, b)]
+    if any(r is None for r in reps):
+        return None, "a run keeps no bootstrap replicates (intervals off, or a run made before they were kept)"
+    if (why := reps[0].pairs_with(reps[1])) is not None:
+        return None, why
+    digests = [dict((k, v) for k, v in _leaves(s or {}) if k.rsplit(".", 1)[-1] == UNITS_DIGEST) for s in (summary_a, summary_b)]
+    if not digests[0] or not digests[1]:
+        return None, "a run's data_summary has no units_digest, so the units' order cannot be checked"
+    return tuple(reps), None
+
+
+def _pairing_text(deltas: pl.DataFrame, why_not: str | None) -> str:
+    flags = [c for c in deltas.columns if c.endswith("_delta_paired")]
+    n_paired = int(sum(deltas[c].sum() for c in flags))
+    n_all = int(sum(deltas[c].len() for c in flags))
+    unpaired = ("unpaired normal approximation from the two runs' bootstrap intervals (conservative on shared units)")
+    if n_paired == 0:
+        return f"{unpaired}, because {why_not or 'no metric has replicates in both runs'}."
+    text = (f"paired bootstrap on the same resamples of the same units for {n_paired} of {n_all} (cell, metric) "
+            "differences (column paired)")
+    return text + (f"; the rest: {unpaired}." if n_paired < n_all else ".")
+
+
 def cmd_compare(args) -> int:
     from steps.uncertainty import compare_results
 
@@ -269,9 +303,10 @@ def cmd_compare(args) -> int:
     if flow_a != flow_b:
         raise SystemExit(f"recalign compare: {args.run_a} and {args.run_b} are runs of different flows; compare two runs of one flow")
     a, b = _run(args.run_a), _run(args.run_b)
-    if "results" not in a.data or "results" not in b.data:
-        raise SystemExit("recalign compare: both runs need a `results` artifact")
-    ra, rb = a.data.results, b.data.results
+    table = COMPARED_TABLE.get(flow_a, "results")
+    if table not in a.data or table not in b.data:
+        raise SystemExit(f"recalign compare: both runs need a `{table}` artifact")
+    ra, rb = getattr(a.data, table), getattr(b.data, table)
     sa, sb = _summary(a), _summary(b)
     if sa is None or sb is None:
         print("recalign compare: a run has no data_summary; whether both evaluated the same units is not checked", file=sys.stderr)
@@ -293,14 +328,14 @@ def cmd_compare(args) -> int:
         raise SystemExit(f"recalign compare: no cell (keys {', '.join(keys)}) is in both runs' results; "
                          "choose the columns that name a cell with --keys (e.g. leave out seed)")
     if _has_intervals(ra) and _has_intervals(rb):
+        replicates, why_not = _replicates(a, b, sa, sb)
         try:
-            deltas = compare_results(ra, rb, keys, level=args.level)
+            deltas = compare_results(ra, rb, keys, level=args.level, replicates=replicates)
         except ValueError as exc:
             raise SystemExit(f"recalign {exc}; name the cells with --keys") from exc
         shared = deltas.height
         print(f"B − A for the {shared} cell(s) both runs hold ({ra.height - shared} of A and {rb.height - shared} of B only "
-              f"in one run, left out). Intervals ({args.level:g}): unpaired normal approximation from the two runs' "
-              "bootstrap intervals (the runs keep no per-unit values to pair; on the same units this is conservative).")
+              f"in one run, left out). Intervals ({args.level:g}): {_pairing_text(deltas, why_not)}")
     else:
         deltas = metric_deltas(ra, rb, keys)
         print("B − A per cell; the runs' results hold no intervals (<metric>_lo/_hi), so none is given.")

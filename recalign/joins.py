@@ -64,10 +64,11 @@ def model_files(inputs) -> tuple:
             {i.model: i.target for i in inputs}, {i.model: i.model_distribution for i in inputs})
 
 
-def model_alignment(inputs) -> tuple:
+def model_alignment(inputs, spec) -> tuple:
     """NewsRecFlow's join_datasets: every model's alignment tables with a model column ``(results
-    with Holm across the run, category_mix, user_kl_hist, submissions by model, failed cells)``."""
-    return (run_results([with_model(i.dataset_outputs.results, i.model, i.seed) for i in inputs]),
+    with Holm across the run, their bootstrap replicates under spec, category_mix, user_kl_hist,
+    submissions by model, failed cells)``."""
+    return (*run_results([with_model(i.dataset_outputs.results, i.model, i.seed) for i in inputs], spec),
             concat([with_model(i.dataset_outputs.category_mix, i.model) for i in inputs]),
             concat([with_model(i.dataset_outputs.user_kl_hist, i.model) for i in inputs]),
             {i.model: i.dataset_outputs.submissions for i in inputs},

@@ -776,18 +776,118 @@ def add_holm_columns(table, prefix: str = "p_"):
 
 def interval_columns(name: str, iv: Interval, k: int = 0, delta: Interval | None = None, dk: int = 0,
                      is_baseline: bool = False) -> dict[str, Any]:
-    """Table cells ``<name>_lo/_hi`` and, with ``delta``, ``delta_<name>``, ``delta_<name>_lo/_hi``,
+    """Table cells ``<name>_lo/_hi``, the bootstrap replicates ``<name>_star`` (the B resampled
+    values, for :func:`split_replicates`) and, with ``delta``, ``delta_<name>``, ``delta_<name>_lo/_hi``,
     ``p_<name>``; the baseline's own row (``is_baseline``) has delta 0 and no p-value (no test)."""
     def f(v):
         return None if v is None or not np.isfinite(v) else float(v)
 
     out = {f"{name}_lo": f(iv.lo[k]), f"{name}_hi": f(iv.hi[k])}
+    if iv.star is not None:
+        out[f"{name}{REPLICATES_SUFFIX}"] = np.asarray(iv.star[:, k], dtype=np.float32)
     if is_baseline and f(iv.estimate[k]) is not None:
         out.update({f"delta_{name}": 0.0, f"delta_{name}_lo": 0.0, f"delta_{name}_hi": 0.0, f"p_{name}": None})
     elif delta is not None:
         out.update({f"delta_{name}": f(delta.estimate[dk]), f"delta_{name}_lo": f(delta.lo[dk]),
                     f"delta_{name}_hi": f(delta.hi[dk]), f"p_{name}": f(delta.p[dk])})
     return out
+
+
+#: The data-summary key of :func:`units_digest` (``recalign compare`` pairs two runs only when equal).
+UNITS_DIGEST = "units_digest"
+
+
+def units_digest(*arrays) -> str:
+    """A digest of the evaluated units in their order (ids, offsets: the arrays that fix which unit
+    sits at which position), so that two runs whose resamples pair can be told apart from two runs
+    of equal size on other units. BLAKE2b over each array's dtype, shape and bytes (None: skipped).
+
+    >>> units_digest(np.arange(3)) == units_digest(np.arange(3)), units_digest(np.arange(3)) == units_digest(np.arange(1, 4))
+    (True, False)
+    """
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+#: The suffix of a column that holds a cell's bootstrap replicates: the metric on each of the B resamples.
+REPLICATES_SUFFIX = "_star"
+
+
+@dataclass(frozen=True)
+class Replicates:
+    """A run's bootstrap replicates, kept so that another run can be compared with it **pairwise**.
+
+    Row ``i`` of ``table`` belongs to row ``i`` of the run's results; its column ``<m>_star`` holds
+    metric ``m`` on each of the B resamples (float32; null where the row has no interval). The
+    weights of a resample depend only on ``spec`` (seed, B, weights) and the unit's position
+    (module docstring), so two runs that evaluated the same units in the same order under the same
+    spec were resampled identically, and ``θ*_B,b − θ*_A,b`` is the paired bootstrap of their
+    difference (:func:`compare_results`). About B × 4 bytes per metric and row: 4.5 MB for the
+    AlignFlow paper grid (112 rows × 10 metrics at B = 1,000)."""
+
+    spec: dict
+    table: Any  # polars DataFrame, one row per results row
+
+    def pairs_with(self, other: "Replicates") -> str | None:
+        """None when the two runs were resampled alike, else why not (for the caller's message)."""
+        keys = ("seed", "resamples", "weights")
+        differ = [f"{k} {self.spec.get(k)!r} vs {other.spec.get(k)!r}" for k in keys if self.spec.get(k) != other.spec.get(k)]
+        return "their uncertainty settings differ (" + ", ".join(differ) + ")" if differ else None
+
+
+def split_replicates(table, spec: UncertaintySpec):
+    """``(table without its <m>_star columns, Replicates or None)``: the run's final results and,
+    when its rows carry replicates (intervals on), the row-aligned :class:`Replicates`."""
+    cols = [c for c in table.columns if c.endswith(REPLICATES_SUFFIX)]
+    if not cols:
+        return table, None
+    return table.drop(cols), Replicates(spec.as_dict(), table.select(cols))
+
+
+def _replicate_matrix(rep: "Replicates", col: str, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), B) float64 replicates of column ``col`` at ``rows`` (NaN where a row has none)."""
+    import polars as pl
+
+    b = int(rep.spec["resamples"])
+    out = np.full((len(rows), b), np.nan)
+    picked = rep.table[col].gather(rows)
+    good = (picked.list.len() == b).fill_null(False).to_numpy()
+    if good.any():
+        out[good] = picked.filter(pl.Series(good)).explode().cast(pl.Float64).fill_null(np.nan).to_numpy().reshape(-1, b)
+    return out
+
+
+def paired_replicate_difference(delta_hat: np.ndarray, star_a: np.ndarray, star_b: np.ndarray, level: float
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, hi, p)`` of B − A per row from both runs' replicates on the same resamples (rows × B):
+    δ*_b = θ*_B,b − θ*_A,b; the interval is δ̂ + the percentiles of δ* − mean δ* (centred, as the
+    aggregates' own intervals: the coverage bias cancels only in part between two runs) and p the
+    normal test :func:`normal_p` against sd(δ*).
+
+    >>> lo, hi, p = paired_replicate_difference(np.array([0.5]), np.array([[0.0, 1.0, 2.0]]),
+    ...                                         np.array([[0.5, 1.5, 2.5]]), 0.95)
+    >>> float(lo[0]), float(hi[0]), float(p[0])  # B moves every resample by 0.5: no spread
+    (0.5, 0.5, 0.0)
+    """
+    d = star_b - star_a
+    ok = np.isfinite(d)
+    with np.errstate(invalid="ignore"):
+        centred = d - np.nanmean(np.where(ok, d, np.nan), axis=1, keepdims=True) + delta_hat[:, None]
+    lo, hi = np.full(len(d), np.nan), np.full(len(d), np.nan)
+    for i in range(len(d)):
+        col = centred[i, ok[i]]
+        if len(col) and np.isfinite(delta_hat[i]):
+            lo[i], hi[i] = np.percentile(col, [50 * (1 - level), 50 * (1 + level)])
+    return lo, hi, normal_p(delta_hat, d.T)
 
 
 def uncertainty_columns(metrics: Sequence[str]) -> tuple[str, ...]:
@@ -839,25 +939,30 @@ def aggregate_over_seeds(table, keys: Sequence[str], metrics: Sequence[str], lev
 # --------------------------------------------------------------------------- two runs
 def is_interval_column(name: str) -> bool:
     """Whether a column is an interval, a difference, a p-value or a seed summary (not a metric)."""
-    return name.startswith(("delta_", "p_")) or name.endswith(("_lo", "_hi", "_sd", "_holm"))
+    return name.startswith(("delta_", "p_")) or name.endswith(("_lo", "_hi", "_sd", "_holm", REPLICATES_SUFFIX))
 
 
-def compare_results(a, b, keys: Sequence[str], metrics: Sequence[str] | None = None, level: float = 0.95):
+def compare_results(a, b, keys: Sequence[str], metrics: Sequence[str] | None = None, level: float = 0.95,
+                    replicates: "tuple[Replicates, Replicates] | None" = None):
     """Run B − run A for every cell (a row identified by ``keys``) both results tables hold.
 
     Per metric ``m``: ``<m>_a``, ``<m>_b``, ``<m>_delta`` = b − a and, where both runs have the
-    bootstrap interval ``<m>_lo/_hi``, ``<m>_delta_lo/_hi`` and the two-sided ``<m>_delta_p``
-    (plus ``<m>_delta_p_holm``: Holm's correction over every p-value of the table).
+    bootstrap interval ``<m>_lo/_hi``, ``<m>_delta_lo/_hi``, the two-sided ``<m>_delta_p`` (plus
+    ``<m>_delta_p_holm``: Holm's correction over every p-value of the table) and
+    ``<m>_delta_paired``, which says how the interval was made:
 
-    The results tables keep each cell's interval, not its per-unit values, so the difference
-    cannot be resampled pairwise. Its interval is the **unpaired normal approximation**: each
-    run's standard error is read off its interval, se = (hi − lo) / (2 z) with z = Φ⁻¹((1 + level)/2),
-    and δ ± z·√(se_a² + se_b²). ``level`` must be the level the runs' intervals were computed at
-    (their ``uncertainty.level``). On the same units the two runs' errors are positively
-    correlated, so this interval is conservative (wider than a paired one); it is meaningful only
-    when both runs evaluated the same units, which the caller checks. Cells in one run only are
-    left out. ``metrics`` default: every float column both tables share that is not a key, an
-    interval, a difference, a p-value or an sd.
+    * **paired** (true): with ``replicates`` — both runs' :class:`Replicates`, drawn under the same
+      spec on the same units (the caller checks the units, :meth:`Replicates.pairs_with` the
+      spec) — the difference is resampled pairwise, δ*_b = θ*_B,b − θ*_A,b on the same resample b
+      (:func:`paired_replicate_difference`). On the same units this is the interval of the
+      difference itself: narrower than the unpaired one when the runs' errors are correlated.
+    * **unpaired** (false; a row or metric without replicates): the normal approximation from the
+      two runs' intervals, se = (hi − lo) / (2 z) with z = Φ⁻¹((1 + level)/2) and
+      δ ± z·√(se_a² + se_b²). ``level`` must be the runs' ``uncertainty.level``. On the same units
+      this is conservative (it ignores the positive correlation of the two runs' errors).
+
+    Cells in one run only are left out. ``metrics`` default: every float column both tables share
+    that is not a key, an interval, a difference, a p-value or an sd.
 
     >>> import polars as pl
     >>> a = pl.DataFrame({"method": ["x"], "auc": [0.60], "auc_lo": [0.58], "auc_hi": [0.62]})
@@ -886,7 +991,9 @@ def compare_results(a, b, keys: Sequence[str], metrics: Sequence[str] | None = N
                    and a.schema[c].is_float() and b.schema[c].is_float()]
     with_iv = [m for m in metrics if all(f"{m}_{s}" in t.columns for s in ("lo", "hi") for t in (a, b))]
     wanted = keys + [c for m in metrics for c in (m, *((f"{m}_lo", f"{m}_hi") if m in with_iv else ()))]
-    j = a.select(wanted).join(b.select(wanted), on=keys, how="inner", suffix="__b", nulls_equal=True, maintain_order="left")
+    j = a.select(wanted).with_row_index("__row").join(b.select(wanted).with_row_index("__row"), on=keys, how="inner",
+                                                      suffix="__b", nulls_equal=True, maintain_order="left")
+    rows_a, rows_b = j["__row"].to_numpy(), j["__row__b"].to_numpy()
     z = float(ndtri((1 + level) / 2))
     out = [j[k] for k in keys]
     for m in metrics:
@@ -900,8 +1007,17 @@ def compare_results(a, b, keys: Sequence[str], metrics: Sequence[str] | None = N
             with np.errstate(invalid="ignore", divide="ignore"):
                 p = np.where(se > 0, 2 * ndtr(-np.abs(d) / se), np.where(d == 0, 1.0, 0.0))
             p = np.where(np.isfinite(se) & np.isfinite(d), p, np.nan)
-            series.update({f"{m}_delta_lo": d - z * se, f"{m}_delta_hi": d + z * se, f"{m}_delta_p": p})
+            lo, hi, paired = d - z * se, d + z * se, np.zeros(len(d), dtype=bool)
+            col = f"{m}{REPLICATES_SUFFIX}"
+            if replicates is not None and all(col in r.table.columns for r in replicates):
+                star_a, star_b = _replicate_matrix(replicates[0], col, rows_a), _replicate_matrix(replicates[1], col, rows_b)
+                paired = np.isfinite(star_a).any(axis=1) & np.isfinite(star_b).any(axis=1) & np.isfinite(d)
+                plo, phi, pp = paired_replicate_difference(d, star_a, star_b, level)
+                lo, hi, p = np.where(paired, plo, lo), np.where(paired, phi, hi), np.where(paired, pp, p)
+            series.update({f"{m}_delta_lo": lo, f"{m}_delta_hi": hi, f"{m}_delta_p": p})
         out += [pl.Series(name, v, dtype=pl.Float64).fill_nan(None) for name, v in series.items()]
+        if m in with_iv:
+            out.append(pl.Series(f"{m}_delta_paired", paired, dtype=pl.Boolean))
     return _holm_of_deltas(pl.DataFrame(out))
 
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "flows"
 CONFIGS = ROOT / "configs"
@@ -92,3 +94,16 @@ def card_data(task, card_id: str) -> str:
     import json
 
     return json.dumps(json.loads(base64.b64decode(match.group(1))), ensure_ascii=False)
+
+
+def assert_replicates(data, table, metrics) -> None:
+    """A finished run's ``replicates`` (what ``recalign compare`` pairs on): row-aligned with its
+    results ``table``, one list of B resampled values per metric, finite where the row has an interval."""
+    rep = data.replicates
+    b = rep.spec["resamples"]
+    assert rep.table.height == table.height and not any(c.endswith("_star") for c in table.columns)
+    for m in metrics:
+        star = rep.table[f"{m}_star"]
+        has = table[f"{m}_lo"].is_not_null()
+        assert (star.filter(has).list.len() == b).all(), m
+        assert star.filter(has).list.eval(pl.element().is_finite().all()).explode().all(), m

@@ -11,7 +11,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from steps.align.evaluate import INTERVAL_METRICS
-from tests.flowrun import ALIGN_QUICK, card_data, derived_config
+from tests.flowrun import ALIGN_QUICK, assert_replicates, card_data, derived_config
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 QUICK = ALIGN_QUICK
@@ -41,6 +41,7 @@ def test_results_artifact_has_the_promised_shape(quick_run):
         assert ((has[f"{m}_lo"] <= has[m] + 1e-12) & (has[m] <= has[f"{m}_hi"] + 1e-12)).all(), m
         assert (has[f"{m}_lo"] <= has[f"{m}_hi"] + 1e-12).all(), m
         assert (results[f"p_{m}_holm"].fill_null(1.0) >= results[f"p_{m}"].fill_null(1.0)).all()
+    assert_replicates(quick_run.run.data, results, INTERVAL_METRICS)
     target = quick_run.run.data.target
     assert abs(sum(target["Editorial"].values()) - 1) < 1e-12
     assert abs(sum(quick_run.run.data.model_distribution.values()) - 1) < 1e-9

@@ -14,7 +14,10 @@ from steps.align import plots
 from steps.align.config import AlignConfig
 from steps.align.pipeline import build_reports, run_results, with_dataset
 from steps.align.report import HOLM_MARK, best_lambda_differences, best_lambdas, uncertainty_legend
-from steps.uncertainty import holm_adjust
+from steps.uncertainty import UncertaintySpec, holm_adjust
+
+#: The spec the tables below pretend their replicates were drawn under (they carry none).
+SPEC = UncertaintySpec()
 
 CFG = AlignConfig.from_dict({"lambdas": [0, 0.5, 1.0]})
 CFG_OFF = AlignConfig.from_dict({"lambdas": [0, 0.5, 1.0], "uncertainty": {"resamples": 0}})
@@ -70,17 +73,17 @@ def mix_table() -> pl.DataFrame:
 def test_run_results_corrects_across_every_dataset_and_metric():
     a = with_dataset(results_table(), "a")
     b = with_dataset(results_table(p_small=0.01), "b")
-    out = run_results([a, b])
+    out = run_results([a, b], SPEC)[0]
     assert out.height == a.height + b.height
     p = np.concatenate([out[f"p_{m}"].fill_null(np.nan).to_numpy() for m in METRICS])
     holm = np.concatenate([out[f"p_{m}_holm"].fill_null(np.nan).to_numpy() for m in METRICS])
     np.testing.assert_allclose(holm, holm_adjust(p), equal_nan=True)
     assert (out["p_kl_at_n_holm"].drop_nulls() >= out["p_kl_at_n"].drop_nulls()).all()
-    assert run_results([results_table(intervals=False)]).columns == results_table(intervals=False).columns
+    assert run_results([results_table(intervals=False)], SPEC)[0].columns == results_table(intervals=False).columns
 
 
 def test_best_lambda_table_shows_intervals_and_marks_only_holm_survivors():
-    res = run_results([results_table()])
+    res = run_results([results_table()], SPEC)[0]
     best = best_lambdas(res, CFG)
     table = best_lambda_differences(res, best)
     assert table.height == 4 and set(table["λ"]) == {"1"}  # lowest KL / user KL at λ = 1
@@ -101,7 +104,7 @@ def test_best_lambda_table_shows_intervals_and_marks_only_holm_survivors():
 
 
 def test_best_lambda_table_without_intervals_gives_point_differences_and_no_marks():
-    res = run_results([results_table(intervals=False)])
+    res = run_results([results_table(intervals=False)], SPEC)[0]
     table = best_lambda_differences(res, best_lambdas(res, CFG_OFF))
     det = table.filter(pl.col("compared") == "nails_det").row(0, named=True)
     assert det["Δ nDCG@10 vs λ = 0"] == "−0.012"
@@ -110,7 +113,7 @@ def test_best_lambda_table_without_intervals_gives_point_differences_and_no_mark
 
 
 def _fake_align_flow(intervals: bool, cfg=CFG):
-    res = with_dataset(run_results([results_table(intervals)]), "news")
+    res = with_dataset(run_results([results_table(intervals)], SPEC)[0], "news")
     rep = build_reports(res, with_dataset(mix_table(), "news"), with_dataset(hist_table(), "news"), cfg, [])
     flow = SimpleNamespace(cfg=cfg, export_dir="/tmp/x", failed_cells=[], several_datasets=False, results=res,
                            best_lambda=rep.best_lambda,
@@ -145,7 +148,7 @@ def test_align_card_leads_with_the_best_lambda_comparison_and_figures_and_ends_w
 
 
 def test_newsrec_card_puts_every_models_grid_last():
-    res = run_results([results_table().select(pl.lit(m).alias("model"), pl.all()) for m in ("nrms", "docvec")])
+    res = run_results([results_table().select(pl.lit(m).alias("model"), pl.all()) for m in ("nrms", "docvec")], SPEC)[0]
     figs = {}
     for m in ("nrms", "docvec"):
         sub = res.filter(pl.col("model") == m).drop("model")
@@ -243,7 +246,7 @@ def test_candidate_list_card_has_the_calibration_figure_with_bands_and_a_users_l
     cfg = AlignConfig.from_dict({"lambdas": [0, 0.5, 1.0], "selections": ["det"], "uncertainty": {"resamples": 200}})
     target = resolve_list_target("history", cs)
     outs = [evaluate_lists(cs, target, m, cfg) for m in ("nails", "steck")]
-    res = with_dataset(run_results([o.results for o in outs]), "lists")
+    res = with_dataset(run_results([o.results for o in outs], SPEC)[0], "lists")
     rep = build_reports(res, with_dataset(concat([o.category_mix for o in outs]), "lists"),
                         with_dataset(concat([o.user_kl_hist for o in outs]), "lists"), cfg, ["lists"])
     assert len(rep.figures["calibration_vs_lambda.png"].axes[0].collections) == 2  # C_KL bands: NAILS det, Steck

@@ -61,6 +61,11 @@ def test_export_and_compare_a_finished_run(quick_run, flow_runner, tmp_path):
     deltas = pl.read_csv(tmp_path / "d.csv")
     assert deltas.height == quick_run.run.data.results.height
     assert deltas["kl_at_n_delta"].abs().max() == 0.0
+    # a run against itself: the same units on the same resamples, so every paired interval is [0, 0]
+    assert "paired bootstrap on the same resamples" in r.stdout
+    for m in ("kl_at_n", "ndcg_at_10", "coverage_at_n"):
+        paired = deltas.filter(pl.col(f"{m}_delta_paired"))
+        assert paired.height > 0 and paired[f"{m}_delta_lo"].abs().max() == 0 and paired[f"{m}_delta_hi"].abs().max() == 0, m
     r = recalign(["export", "AlignFlow/999999", "--out", str(tmp_path / "x")], flow_runner.cwd, env)
     assert r.returncode != 0 and "AlignFlow/999999 not found" in r.stderr
 
@@ -168,7 +173,8 @@ def test_compare_results_hand_checked():
                       "auc_lo": [0.59, 0.63, 0.4], "auc_hi": [0.61, 0.69, 0.6], "kl_at_n": [0.3, 0.1, 0.0]})
     d = compare_results(a, b, ["method", "lambda"])
     assert d.columns == ["method", "lambda", "auc_a", "auc_b", "auc_delta", "auc_delta_lo", "auc_delta_hi", "auc_delta_p",
-                         "kl_at_n_a", "kl_at_n_b", "kl_at_n_delta", "auc_delta_p_holm"]
+                         "auc_delta_paired", "kl_at_n_a", "kl_at_n_b", "kl_at_n_delta", "auc_delta_p_holm"]
+    assert not d["auc_delta_paired"].any()  # no replicates: the unpaired normal approximation
     assert d.select("method", "lambda").rows() == [("nails", 0.0), ("nails", 0.5)]  # cells of one run only: left out
     z = norm.ppf(0.975)
     se = np.hypot(0.04 / (2 * z), 0.06 / (2 * z))
@@ -240,6 +246,33 @@ def test_compare_two_runs_with_intervals_and_refuse_other_units(tmp_path, monkey
         main(["compare", "AlignFlow/6", "AlignFlow/7", "--keys", "method,colour"])
     with pytest.raises(SystemExit, match=r"the keys \['method'\] do not identify one row of run A's results.*--keys"):
         main(["compare", "AlignFlow/6", "AlignFlow/7", "--keys", "method"])
+    # runs that keep their bootstrap replicates, on units with the same digest, are compared pairwise
+    from steps.uncertainty import Replicates, UncertaintySpec
+
+    spec = UncertaintySpec(resamples=4, seed=3).as_dict()
+
+    def with_replicates(run, stars, digest="d1", spec=spec):
+        run.data["replicates"] = Replicates(spec, pl.DataFrame({"auc_star": stars}, schema={"auc_star": pl.List(pl.Float32)}))
+        run.data["data_summary"] = {**summary, "units_digest": digest}
+        return run
+
+    runs["AlignFlow/8"] = with_replicates(_ResultsRun(results([0.6, 0.62])), [[0.6, 0.61, 0.59, 0.6], [0.62, 0.64, 0.6, 0.62]])
+    runs["AlignFlow/9"] = with_replicates(_ResultsRun(results([0.6, 0.66])), [[0.6, 0.61, 0.59, 0.6], [0.67, 0.68, 0.64, 0.65]])
+    assert main(["compare", "AlignFlow/8", "AlignFlow/9", "--out", str(out)]) == 0
+    assert "paired bootstrap on the same resamples of the same units for 2 of 2" in capsys.readouterr().out
+    d = pl.read_csv(out)
+    assert d["auc_delta_paired"].to_list() == [True, True]
+    assert (d["auc_delta_lo"][0], d["auc_delta_hi"][0]) == (0.0, 0.0)  # the same values on every resample
+    # δ* = (0.05, 0.04, 0.04, 0.03) has mean δ̂ = 0.04; its 2.5 / 97.5 % percentiles (linear, sorted
+    # 0.03, 0.04, 0.04, 0.05 at positions 0.075 and 2.925) are 0.03075 and 0.04925
+    assert (d["auc_delta_lo"][1], d["auc_delta_hi"][1]) == pytest.approx((0.03075, 0.04925), abs=1e-6)
+    runs["AlignFlow/10"] = with_replicates(_ResultsRun(results([0.6, 0.66])), [[0.6] * 4, [0.66] * 4], spec={**spec, "seed": 4})
+    assert main(["compare", "AlignFlow/8", "AlignFlow/10"]) == 0
+    assert "unpaired normal approximation from the two runs' bootstrap intervals (conservative on shared units), " \
+           "because their uncertainty settings differ (seed 3 vs 4)" in capsys.readouterr().out
+    runs["AlignFlow/11"] = with_replicates(_ResultsRun(results([0.6, 0.66])), [[0.6] * 4, [0.66] * 4], digest="d2")
+    with pytest.raises(SystemExit, match="evaluated on different units .*units_digest: d1 vs d2"):
+        main(["compare", "AlignFlow/8", "AlignFlow/11"])
     # without data_summary the units are not checked, and said so
     runs["AlignFlow/5"] = _ResultsRun(results([0.6, 0.7]))
     assert main(["compare", "AlignFlow/1", "AlignFlow/5"]) == 0
@@ -253,3 +286,24 @@ def test_unit_differences_compare_the_counts_not_the_paths():
     assert unit_differences(a, {"ml": {"source": "/b/ratings.csv", "train_users": 10, "items": 5}, "notes": []}) == []
     assert unit_differences(a, {"ml": {"train_users": 11, "items": 5}}) == ["ml.train_users: 10 vs 11"]
     assert unit_differences(a, {"other": {"train_users": 10, "items": 5}})[0] == "ml.items: 5 vs absent"
+
+
+def test_compare_reads_explainflow_model_metrics(monkeypatch, capsys):
+    import recalign.cli as cli
+
+    def metrics(hr):
+        return pl.DataFrame({"model": ["GRU4Rec"], "split": ["test"], "protocol": ["full"], "seed": [11],
+                             "hr_at_10": [hr], "hr_at_10_lo": [hr - 0.05], "hr_at_10_hi": [hr + 0.05]})
+
+    class _ExplainRun:
+        def __init__(self, hr):
+            self.data = _Data(model_metrics=metrics(hr), data_summary={"test_rows": 100, "units_digest": "u"})
+
+    runs = {"ExplainFlow/1": _ExplainRun(0.3), "ExplainFlow/2": _ExplainRun(0.35)}
+    monkeypatch.setattr(cli, "_run", lambda spec: runs[spec])
+    assert main(["compare", "ExplainFlow/1", "ExplainFlow/2"]) == 0
+    out = capsys.readouterr().out
+    assert "for the 1 cell(s) both runs hold" in out and "because a run keeps no bootstrap replicates" in out
+    runs["ExplainFlow/3"] = _ResultsRun(metrics(0.3))
+    with pytest.raises(SystemExit, match="both runs need a `model_metrics` artifact"):
+        main(["compare", "ExplainFlow/1", "ExplainFlow/3"])

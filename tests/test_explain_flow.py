@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from tests.flowrun import EXPLAIN_QUICK, card_data
+from tests.flowrun import EXPLAIN_QUICK, assert_replicates, card_data
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 QUICK = EXPLAIN_QUICK
@@ -55,6 +55,7 @@ def test_artifacts_have_the_promised_shape(quick_run):
         assert {f"{m}_lo", f"{m}_hi", f"delta_{m}", f"p_{m}", f"p_{m}_holm"} <= set(metrics.columns), m
         has = metrics.drop_nulls([m, f"{m}_lo", f"{m}_hi"])
         assert has.height and ((has[f"{m}_lo"] <= has[m] + 1e-12) & (has[m] <= has[f"{m}_hi"] + 1e-12)).all(), m
+    assert_replicates(data, metrics, ("hr_at_10", "ndcg_at_10", "mrr"))
     assert data.training_log.height >= 1
     assert data.feature_attributions.height > 0
 

@@ -61,7 +61,10 @@ def test_metric_rows_intervals_bracket_the_estimates_and_repeat_with_the_seed():
     assert 0.40 < a["hr_at_1_lo"] < 0.46 and 0.54 < a["hr_at_1_hi"] < 0.60
     assert a["delta_hr_at_1"] == pytest.approx(0.5) and a["delta_hr_at_1_lo"] < 0.5 < a["delta_hr_at_1_hi"]
     assert a["delta_mrr"] == pytest.approx(0.5) and a["p_hr_at_1"] < 1e-6 and b["p_mrr"] is None
-    assert metric_rows({"GRU4Rec": gru, "POP": pop}, "dev", "full", SPEC) == [a, b]
+    again = metric_rows({"GRU4Rec": gru, "POP": pop}, "dev", "full", SPEC)
+    for row, first in zip(again, (a, b)):  # the same values, and the same replicates (<m>_star: B resampled values)
+        assert row.keys() == first.keys() and len(row["hr_at_1_star"]) == SPEC.resamples
+        assert all(np.array_equal(v, first[k]) if k.endswith("_star") else v == first[k] for k, v in row.items())
     other = metric_rows({"GRU4Rec": gru, "POP": pop}, "dev", "full", UncertaintySpec(resamples=500, seed=4))[0]
     assert other["hr_at_1"] == a["hr_at_1"] and other["hr_at_1_lo"] != a["hr_at_1_lo"]
     off = metric_rows({"GRU4Rec": gru, "POP": pop}, "dev", "full", UncertaintySpec(resamples=0))

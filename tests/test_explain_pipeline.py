@@ -136,21 +136,24 @@ def seeds_table(spec: UncertaintySpec) -> pl.DataFrame:
 
 def test_run_model_metrics_holm_over_the_run_and_seed_means_of_point_metrics_only():
     spec = UncertaintySpec(resamples=200, seed=1)
-    table, by_seed = run_model_metrics(seeds_table(spec), several_seeds=True)
+    table, by_seed, replicates = run_model_metrics(seeds_table(spec), spec, several_seeds=True)
+    assert replicates.table.height == table.height and not any(c.endswith("_star") for c in table.columns)
+    assert len(replicates.table["hr_at_10_star"][0]) == 200
     assert {"p_hr_at_10_holm", "p_mrr_holm"} <= set(table.columns)
     gru = table.filter(pl.col("model") == "GRU4Rec")
     assert (gru["p_hr_at_10_holm"] >= gru["p_hr_at_10"]).all() and table["p_mrr_holm"].null_count() == 2  # POP: no test
     assert by_seed.columns == ["model", "split", "protocol", "n_seeds", "hr_at_10_mean", "hr_at_10_sd", "mrr_mean",
                                "mrr_sd", "hr_at_10_seed_lo", "hr_at_10_seed_hi", "mrr_seed_lo", "mrr_seed_hi"]
     assert by_seed.filter(pl.col("model") == "GRU4Rec")["hr_at_10_mean"][0] == pytest.approx(0.65)
-    assert run_model_metrics(seeds_table(spec), several_seeds=False)[1] is None
-    off, _ = run_model_metrics(seeds_table(UncertaintySpec(resamples=0)), several_seeds=False)
+    assert run_model_metrics(seeds_table(spec), spec, several_seeds=False)[1] is None
+    off, _, none = run_model_metrics(seeds_table(UncertaintySpec(resamples=0)), UncertaintySpec(resamples=0), several_seeds=False)
+    assert none is None
     assert off.columns == ["model", "split", "protocol", "rows", "hr_at_10", "mrr", "seed"]
 
 
 def test_model_quality_table_shows_intervals_and_marks_holm_survivors():
     spec = UncertaintySpec(resamples=200, seed=1)
-    table, _ = run_model_metrics(seeds_table(spec), several_seeds=True)
+    table, _, _ = run_model_metrics(seeds_table(spec), spec, several_seeds=True)
     q = model_quality_table(table, (5, 10))
     assert q.columns == ["split", "protocol", "seed", "GRU4Rec HR@10", "POP HR@10", "Δ HR@10", "GRU4Rec nDCG@10",
                          "POP nDCG@10", "Δ nDCG@10", "GRU4Rec MRR", "POP MRR", "Δ MRR"]

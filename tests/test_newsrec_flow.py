@@ -13,7 +13,7 @@ import yaml
 from polars.testing import assert_frame_equal
 
 from steps.metrics import mean_ranking_metrics, ranking_metrics
-from tests.flowrun import NEWSREC_QUICK, card_data
+from tests.flowrun import NEWSREC_QUICK, assert_replicates, card_data
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 QUICK = NEWSREC_QUICK
@@ -54,6 +54,7 @@ def test_training_reaches_the_accuracy_goal_and_artifacts_have_their_shape(newsr
         assert {f"{m}_lo", f"{m}_hi", f"delta_{m}", f"p_{m}", f"p_{m}_holm"} <= set(results.columns), m
         has = results.drop_nulls([m, f"{m}_lo", f"{m}_hi"])
         assert has.height and ((has[f"{m}_lo"] <= has[m] + 1e-12) & (has[m] <= has[f"{m}_hi"] + 1e-12)).all(), m
+    assert_replicates(data, results, ("kl_at_n", "coverage_at_n", "auc", "ndcg_at_10"))
     nails = results.filter((pl.col("method") == "nails") & (pl.col("selection") == "det"))
     for (model, dist), grp in nails.group_by(["model", "distribution"]):
         grp = grp.sort("lambda")

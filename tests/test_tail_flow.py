@@ -7,7 +7,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from steps.storage import load_array
-from tests.flowrun import TAIL_QUICK, card_data
+from tests.flowrun import TAIL_QUICK, assert_replicates, card_data
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 QUICK = TAIL_QUICK
@@ -52,6 +52,7 @@ def test_results_artifact(quick_run):
         assert ((test[f"delta_{m}_lo"] <= test[f"delta_{m}"] + 1e-9) & (test[f"delta_{m}"] <= test[f"delta_{m}_hi"] + 1e-9)).all(), m
         assert (test.filter(pl.col("method") == "ease")[f"delta_{m}"] == 0).all() and f"p_{m}_holm" in results.columns
     assert (results["seed"] == 7).all() and quick_run.run.data.results_by_seed is None
+    assert_replicates(quick_run.run.data, results, ("recall_at_20", "ndcg_at_100", "coverage_at_20", "gini"))
 
 
 def test_promotion_raises_coverage_over_ease(quick_run):

@@ -245,7 +245,8 @@ def test_intervals_deltas_holm_and_seeds_through_run_method_and_the_joins(tmp_pa
     per_user = {k: o.per_user for k, o in outcomes.items()}
     part = add_baseline_deltas(pl.concat([o.results for o in outcomes.values()], how="diagonal_relaxed"), per_user,
                                prepared.n_items, cfg)
-    results = run_results([part], cfg)
+    results, replicates = run_results([part], cfg)
+    assert replicates.table.height == results.height and replicates.spec["resamples"] == cfg.uncertainty.resamples
     assert results.height == 8 and results["seed"].to_list() == [1, 1, 2, 2] * 2
     for m in ("recall_at_20", "ndcg_at_100", "hit_rate_at_50", "coverage_at_20", "gini"):
         assert (results[f"{m}_lo"] <= results[m] + 1e-9).all() and (results[m] <= results[f"{m}_hi"] + 1e-9).all(), m

@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from steps.candidates import MANIFEST_FILE, read_candidate_bundle
+from steps.candidates import MANIFEST_FILE, CandidateSet, read_candidate_bundle
 from steps.storage import sha256_file
 from steps.errors import InputError
 
@@ -106,7 +106,13 @@ def prepare_list_dataset(spec: Mapping, data_dir: str | Path, resolve_run: Calla
     )
 
 
-def list_data_summary(p: PreparedLists) -> dict:
+def list_data_summary(p: PreparedLists, cs: CandidateSet) -> dict:
+    """The bundle's counts and its ``units_digest`` (user ids, held-out items and history lengths in
+    order: which users a resample weights; the candidates are not in it, so that two recommenders'
+    lists for the same users pair in ``recalign compare``)."""
+    from steps.uncertainty import UNITS_DIGEST, units_digest
+
     return {"kind": "candidates", "source": p.source, "bundle": p.folder, "users": p.n_users,
             "candidates_per_user": p.n_candidates, "genres": list(p.genres), "single_genre": p.single_genre,
-            "heldout": p.has_heldout, "history": p.has_history, "build": dict(p.build), "notes": list(p.notes)}
+            "heldout": p.has_heldout, "history": p.has_history, "build": dict(p.build), "notes": list(p.notes),
+            UNITS_DIGEST: units_digest(cs.user_ids, cs.heldout_offsets, cs.heldout_ids, cs.history_offsets)}

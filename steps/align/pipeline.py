@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import polars as pl
 
 from steps.align import plots
@@ -75,7 +76,7 @@ def prepare_dataset(spec: Mapping, cfg: AlignConfig, data_dir: Path, publish, ca
         prepared = prepare_list_dataset(spec, data_dir, candidates_of_run)
         cs = prepared.load()
         targets = [resolve_list_target(t, cs, cfg.missing_history) for t in cfg.targets_for(name)]
-        return PreparedDataset(prepared, None, {}, list_data_summary(prepared), None,
+        return PreparedDataset(prepared, None, {}, list_data_summary(prepared, cs), None,
                                {t.name: dict(zip(t.genres, t.mean.tolist())) for t in targets}, {})
     predictions, articles = dump_source(spec.get("from_run", ""), spec.get("predictions", ""), spec.get("articles", ""))
     inputs = resolve_inputs(predictions, articles, cfg.synthetic, data_dir)
@@ -156,6 +157,13 @@ def sort_results(results: pl.DataFrame, target_order: Sequence[str]) -> pl.DataF
 
 
 def data_summary(prepared: PreparedDump) -> dict:
+    """The dump's counts and its ``units_digest`` (impression ids, candidate offsets and labels in
+    order, and the number of BA rows: which units a bootstrap resample weights)."""
+    from steps.storage import load_array
+    from steps.uncertainty import UNITS_DIGEST, units_digest
+
+    digest = units_digest(*(load_array(r) for r in (prepared.impression_ids, prepared.offsets, prepared.clicked)),
+                          np.array([prepared.n_ba_rows]))
     return {
         "predictions": prepared.predictions_path,
         "articles": prepared.articles_path,
@@ -168,6 +176,7 @@ def data_summary(prepared: PreparedDump) -> dict:
         "distribution_source": prepared.distribution_source,
         "articles_without_category": prepared.n_missing_category_articles,
         "notes": list(prepared.notes),
+        UNITS_DIGEST: digest,
     }
 
 
@@ -200,14 +209,15 @@ def build_report(results: pl.DataFrame, category_mix: pl.DataFrame, user_kl_hist
     return Report(best, comparison, figures)
 
 
-def run_results(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
-    """A run's final results table: every dataset's (or model's) rows in one, and Holm's correction
-    across all of them (``p_<m>_holm`` next to each ``p_<m>``, every p-value of the run one test:
-    :func:`steps.uncertainty.add_holm_columns`). AlignFlow and NewsRecFlow build ``results`` with it
-    in their last join, before best λ, comparison, card and export."""
-    from steps.uncertainty import add_holm_columns
+def run_results(parts: Sequence[pl.DataFrame], spec) -> tuple[pl.DataFrame, object]:
+    """``(results, replicates)``: a run's final results table — every dataset's (or model's) rows in
+    one, and Holm's correction across all of them (``p_<m>_holm`` next to each ``p_<m>``, every
+    p-value of the run one test: :func:`steps.uncertainty.add_holm_columns`) — and its bootstrap
+    replicates drawn under ``spec`` (:func:`steps.uncertainty.split_replicates`; None with intervals
+    off). AlignFlow and NewsRecFlow build them in their last join, before best λ, comparison, card and export."""
+    from steps.uncertainty import add_holm_columns, split_replicates
 
-    return add_holm_columns(concat(parts))
+    return split_replicates(add_holm_columns(concat(parts)), spec)
 
 
 def with_dataset(df: pl.DataFrame, dataset: str) -> pl.DataFrame:

@@ -32,6 +32,7 @@ from steps.errors import InputError
 from steps.seeding import rng_for
 from steps.storage import staged_dir
 from steps.tables import lists_as_text
+from steps.uncertainty import UNITS_DIGEST, units_digest
 from steps.validate import Field, check_field, fields_table, require_dir, require_file
 
 USER = "user_id"
@@ -195,6 +196,9 @@ class SeqData:
             "item_feature": self.feature_name,
             "item_feature_columns": list(self.feature_columns),
             "item_feature_multi_hot": self.multi_hot,
+            # the instances in order (users, items, times, splits): recalign compare pairs two runs only on equal digests
+            UNITS_DIGEST: units_digest(*(self.interactions[c].to_numpy() for c in (USER, ITEM, TIME)),
+                                       self.interactions[SPLIT].cast(pl.String).to_numpy().astype(str)),
         }
 
 

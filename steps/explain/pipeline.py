@@ -147,13 +147,14 @@ def metrics_by_seed(model_metrics: pl.DataFrame, level: float = 0.95) -> pl.Data
     return aggregate_over_seeds(model_metrics, keys, metrics, level)
 
 
-def run_model_metrics(per_seed: pl.DataFrame, several_seeds: bool) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """join_seeds: ``(model_metrics with p_<m>_holm, model_metrics_by_seed or None)``: Holm's
-    correction across every p-value of the run's table (splits × protocols × seeds × metrics)."""
-    from steps.uncertainty import add_holm_columns
+def run_model_metrics(per_seed: pl.DataFrame, spec, several_seeds: bool) -> tuple[pl.DataFrame, pl.DataFrame | None, object]:
+    """join_seeds: ``(model_metrics with p_<m>_holm, model_metrics_by_seed or None, replicates)``:
+    Holm's correction across every p-value of the run's table (splits × protocols × seeds ×
+    metrics), and the table's bootstrap replicates drawn under ``spec`` (:func:`steps.uncertainty.split_replicates`)."""
+    from steps.uncertainty import add_holm_columns, split_replicates
 
-    table = add_holm_columns(per_seed)
-    return table, (metrics_by_seed(table) if several_seeds else None)
+    table, replicates = split_replicates(add_holm_columns(per_seed), spec)
+    return table, (metrics_by_seed(table) if several_seeds else None), replicates
 
 
 def load_model(ref: FileRef, dtype: str = "float32") -> GRU4Rec:

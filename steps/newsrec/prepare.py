@@ -18,6 +18,7 @@ from steps.newsrec.text import article_texts, build_vocabulary, token_table, tok
 from steps.storage import (FileRef, RunStorage, file_ref, link_or_copy, load_array, localize_tree, map_refs, rebase_refs,
                            save_array, staged_dir)
 from steps.validate import require_dir
+from steps.uncertainty import UNITS_DIGEST, units_digest
 
 SPLIT_LABELS = {"train": "required", "validation": "required", "test": "optional"}
 
@@ -53,6 +54,8 @@ class PreparedNewsData:
             **({"test_unlabelled_without_negative": self.splits["test"].n_unlabelled_without_negative} if "test" in self.splits else {}),
             **{f"{s}_users": int(self.history_users[s].shape[0]) for s in self.history_users},
             "test_has_labels": self.splits["test"].has_labels if "test" in self.splits else False,
+            # the impressions of every split in order (recalign compare pairs two runs only on equal digests)
+            UNITS_DIGEST: units_digest(*(load_array(a.impression_ids) for _, a in sorted(self.splits.items()))),
         }
 
 

@@ -36,6 +36,7 @@ from steps.storage import FileRef, atomic_export_dir, file_ref, localize, locali
 from steps.tail.config import DatasetSpec, Protocol
 from steps.tail.synthetic import write_synthetic_ratings
 from steps.validate import Field, check_field, fields_table, read_csv_text, require_dir, require_file
+from steps.uncertainty import UNITS_DIGEST, units_digest
 
 MATRICES = ("train", "valid_tr", "valid_te", "test_tr", "test_te")
 CACHE_VERSION = 5  # bump when the cached split changes (fold-in draw, test user ids, item genres, range checks)
@@ -257,6 +258,8 @@ def split_strong_generalisation(ratings: pl.DataFrame, protocol: Protocol, seed:
             )
         stats[f"{name}_users_evaluable"] = evaluable
         stats[f"{name}_heldout_interactions"] = n_heldout
+    # which users are evaluated, in which order, with which held-out items (recalign compare pairs on it)
+    stats[UNITS_DIGEST] = units_digest(perm, *(a for n in ("valid_te", "test_te") for a in (out[n].indptr, out[n].indices)))
     return Split(item_ids=item_ids, stats=stats, test_user_ids=perm[len(users) - h:], **out)
 
 

@@ -11,7 +11,7 @@ import polars as pl
 
 from steps.storage import FileRef, save_array
 from steps.tables import concat
-from steps.uncertainty import add_holm_columns, aggregate_over_seeds
+from steps.uncertainty import REPLICATES_SUFFIX, add_holm_columns, aggregate_over_seeds, split_replicates
 from steps.tail.candidates import write_tail_candidates
 from steps.tail.config import MethodSpec, TailConfig
 from steps.tail.data import PreparedData
@@ -135,7 +135,8 @@ def run_method(prepared: PreparedData, groups: ItemGroups, method: MethodSpec, c
     candidates = write_tail_candidates(prepared, method.name, B, cfg.candidates_top_m, out_dir / "candidates" / stem,
                                        ev.batch_users, device, penalty, gamma)
     intervals = [c for c in rows[-1] if c.endswith(("_lo", "_hi")) and c not in RESULT_COLUMNS]
-    results = pl.DataFrame(rows).select(*RESULT_COLUMNS, *intervals).with_columns(
+    replicates = [c for c in rows[-1] if c.endswith(REPLICATES_SUFFIX)]  # for recalign compare (split off by run_results)
+    results = pl.DataFrame(rows).select(*RESULT_COLUMNS, *intervals, *replicates).with_columns(
         pl.col("epochs", "best_epoch", "selected_epoch", "users", "seed").cast(pl.Int64),
         pl.col(*WEIGHT_DIAGNOSTICS, *intervals).cast(pl.Float64))
     if not history.is_empty():
@@ -177,12 +178,13 @@ def add_baseline_deltas(results: pl.DataFrame, per_user: dict[tuple[str, int], U
     return results.join(deltas, on=["method", "seed", "split"], how="left", maintain_order="left")
 
 
-def run_results(parts, cfg: TailConfig) -> pl.DataFrame:
-    """The whole run's results (every dataset's, with its deltas) in config order, with
-    ``p_<m>_holm``: Holm's correction over every p-value of the run (all datasets, methods, seeds
-    and metrics together)."""
+def run_results(parts, cfg: TailConfig) -> tuple[pl.DataFrame, object]:
+    """``(results, replicates)``: the whole run's results (every dataset's, with its deltas) in
+    config order, with ``p_<m>_holm``: Holm's correction over every p-value of the run (all
+    datasets, methods, seeds and metrics together), and their bootstrap replicates
+    (:func:`steps.uncertainty.split_replicates`; None with intervals off)."""
     results = sort_results(concat(list(parts)), cfg.dataset_names, cfg.method_names, cfg.seeds)
-    return add_holm_columns(results)
+    return split_replicates(add_holm_columns(results), cfg.uncertainty)
 
 
 def seed_table(results: pl.DataFrame, cfg: TailConfig) -> pl.DataFrame | None:
