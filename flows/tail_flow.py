@@ -101,7 +101,7 @@ class TailFlow(RecalignFlow):
     def report(self):
         """Change against EASE, figures, the card, and the export to artifacts/TailFlow/<run_id>/."""
         self.change, self.statements = change_report(self.results, self.cfg.uncertainty.level)
-        figures = build_figures(self.results, self.buckets)
+        figures = build_figures(self.results, self.buckets, self.results_by_seed)
         tables = export_tables(self.results, self.buckets, self.history, self.change, self.results_by_seed)
         self.export_dir = self.export(tables, figures, statements=self.statements, failed_cells=self.failed_cells)
         tail_card(self, images(figures))  # the PNGs the export wrote (drawn once)

@@ -274,3 +274,34 @@ def test_seeds_block_only_with_several_seeds():
     text = c[0].render()["source"]
     assert "Over 2 training seeds (7, 8)" in text and "the spread over retrainings" in text and "seed 7." in text
     assert len(c) == 2
+
+
+def test_tail_figures_of_several_seeds_show_the_seed_means_with_their_t_intervals():
+    from steps.tail.pipeline import SEED_METRICS
+    from steps.tail.report import build_figures
+    from steps.uncertainty import aggregate_over_seeds
+
+    rows, buckets = [], []
+    for seed, shift in ((1, 0.0), (2, 0.02), (3, 0.04)):
+        for method, cov in (("ease", 0.2), ("adversarial", 0.3)):
+            rows.append({"dataset": "syn", "method": method, "split": "test", "seed": seed,
+                         **{m: cov + shift for m in SEED_METRICS}})
+            buckets += [{"dataset": "syn", "method": method, "split": "test", "seed": seed, "bucket": b, "items": 5,
+                         "train_share": 0.5, "exposure_share_at_20": 0.5 + shift, "item_recall_at_20": 0.1} for b in (0, 1)]
+    by_seed = aggregate_over_seeds(pl.DataFrame(rows), ["dataset", "method", "split"], list(SEED_METRICS))
+    figs = build_figures(pl.DataFrame(rows), pl.DataFrame(buckets), by_seed)
+    ax = figs["accuracy_vs_coverage.png"].axes[0]
+    assert "t interval over 3 seeds" in ax.get_title()
+    xs = sorted(seg[:, 0].tolist() for c in ax.containers for seg in c.lines[2][0].get_segments())
+    ease = by_seed.filter(pl.col("method") == "ease").row(0, named=True)  # mean 0.22 ± t₂ · 0.02 / √3
+    assert xs[0] == pytest.approx([ease["coverage_at_20_seed_lo"], ease["coverage_at_20_seed_hi"]])
+    assert ease["coverage_at_20_seed_hi"] - 0.22 == pytest.approx(scipy_t_half(0.02, 3))
+    bars = figs["exposure_by_popularity.png"].axes[0].patches
+    assert any(abs(b.get_height() - 0.52) < 1e-12 for b in bars)  # the mean share over the three seeds
+    plots.plt.close("all")
+
+
+def scipy_t_half(sd: float, n: int, level: float = 0.95) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n))

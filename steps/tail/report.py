@@ -101,10 +101,30 @@ def delta_table(results: pl.DataFrame, split: str = "test", baseline: str = BASE
 
 
 def first_seed(table: pl.DataFrame) -> pl.DataFrame:
-    """The rows of the first training seed (the figures show one trained model per method)."""
+    """The rows of the first training seed (the figures of a run with one seed)."""
     if "seed" not in table.columns or table.is_empty():
         return table
     return table.filter(pl.col("seed") == table["seed"][0])
+
+
+#: The metrics the accuracy-against-coverage figure plots.
+FIGURE_METRICS = ("coverage_at_20", "recall_at_20", "ndcg_at_100")
+
+
+def seed_means(results_by_seed: pl.DataFrame) -> pl.DataFrame:
+    """``results_by_seed`` in the shape the figures read: ``<m>`` the mean over training seeds and
+    ``<m>_lo/_hi`` its Student-t interval over seeds (:func:`steps.uncertainty.aggregate_over_seeds`)."""
+    return results_by_seed.select(
+        "dataset", "method", "split", "n_seeds",
+        *(e for m in FIGURE_METRICS for e in (pl.col(f"{m}_mean").alias(m), pl.col(f"{m}_seed_lo").alias(f"{m}_lo"),
+                                              pl.col(f"{m}_seed_hi").alias(f"{m}_hi"))))
+
+
+def bucket_means(buckets: pl.DataFrame) -> pl.DataFrame:
+    """Per dataset, method, split and popularity bucket the mean over training seeds of each share."""
+    keys = ["dataset", "method", "split", "bucket"]
+    values = [c for c, t in buckets.schema.items() if c not in (*keys, "seed") and t.is_numeric()]
+    return buckets.group_by(keys, maintain_order=True).agg(pl.col(values).mean())
 
 
 def weight_diagnostics_text(results: pl.DataFrame, history: pl.DataFrame) -> str:
@@ -138,9 +158,10 @@ def weight_diagnostics_text(results: pl.DataFrame, history: pl.DataFrame) -> str
 
 
 # --------------------------------------------------------------------------- figures
-def accuracy_vs_coverage(results: pl.DataFrame, split: str = "test") -> plt.Figure:
+def accuracy_vs_coverage(results: pl.DataFrame, split: str = "test", bars: str = "bootstrap interval") -> plt.Figure:
     """One panel per dataset: coverage@20 (x) against Recall@20 and nDCG@100 (y), a point per
-    method, with 2-D error bars where the results carry bootstrap intervals (``<m>_lo/_hi``)."""
+    method, with 2-D error bars where the results carry intervals (``<m>_lo/_hi``; ``bars`` says
+    which, in the panel titles)."""
     sub = results.filter(pl.col("split") == split)
     datasets = sub["dataset"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(2, len(datasets), figsize=(5.2 * len(datasets), 7.5), squeeze=False)
@@ -158,7 +179,7 @@ def accuracy_vs_coverage(results: pl.DataFrame, split: str = "test") -> plt.Figu
                 ax.annotate(method, (x[k], y[k]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax.set_xlabel("coverage@20 (share of the catalogue)")
             ax.set_ylabel(metric.replace("_at_", "@"))
-            ax.set_title(f"{ds} ({split})" + (" — bars: bootstrap interval" if xerr is not None else ""))
+            ax.set_title(f"{ds} ({split})" + (f" — bars: {bars}" if xerr is not None else ""), fontsize=9)
             ax.grid(alpha=0.3)
         axes[0, j].legend(fontsize=7)
     fig.tight_layout()
@@ -194,11 +215,18 @@ def exposure_bars(buckets: pl.DataFrame, split: str = "test", column: str = "exp
     return fig
 
 
-def build_figures(results: pl.DataFrame, buckets: pl.DataFrame) -> dict[str, plt.Figure]:
-    """The report's figures, of the first training seed."""
-    results, buckets = first_seed(results), first_seed(buckets)
+def build_figures(results: pl.DataFrame, buckets: pl.DataFrame, results_by_seed: pl.DataFrame | None = None
+                  ) -> dict[str, plt.Figure]:
+    """The report's figures: of the run's one training seed (bars: the bootstrap intervals over
+    test users), or with several seeds (``results_by_seed``) of the mean over seeds (bars: the
+    t interval over seeds, the spread of retraining; buckets: the mean shares)."""
+    if results_by_seed is None:
+        results, buckets, bars = first_seed(results), first_seed(buckets), "bootstrap interval"
+    else:
+        n = int(results_by_seed["n_seeds"].max())
+        results, buckets, bars = seed_means(results_by_seed), bucket_means(buckets), f"t interval over {n} seeds (means)"
     return {
-        "accuracy_vs_coverage.png": accuracy_vs_coverage(results),
+        "accuracy_vs_coverage.png": accuracy_vs_coverage(results, bars=bars),
         "exposure_by_popularity.png": exposure_bars(buckets),
         "item_recall_by_popularity.png": exposure_bars(buckets, column="item_recall_at_20", ylabel="mean item Recall@20"),
     }
