@@ -576,7 +576,7 @@ def test_dump_round_trip_reproduces_the_metrics(bundle, tmp_path):
 
 
 def test_predictions_from_spec_and_dump_choice(tmp_path):
-    from steps.align.pipeline import dump_of_run, parse_predictions_from
+    from steps.align.pipeline import dump_label, dump_of_run, parse_predictions_from
     from steps.storage import file_ref
 
     assert parse_predictions_from("NewsRecFlow/123") == ("NewsRecFlow/123", None)
@@ -590,6 +590,12 @@ def test_predictions_from_spec_and_dump_choice(tmp_path):
     assert dump_of_run("X/1", refs, "art.parquet", "nrms")[0] == refs["nrms"].path
     with pytest.raises(InputError, match="no dump for model 'lstur'; the run has nrms, nrms_docvec"):
         dump_of_run("X/1", refs, "art.parquet", "lstur")
+    # several training seeds: dumps labelled <model>@<seed>; a bare model name takes its first seed
+    seeded = {"nrms@7": refs["nrms"], "nrms_docvec@7": refs["nrms_docvec"], "nrms_docvec@8": refs["nrms"]}
+    assert dump_label(seeded, None) == "nrms_docvec@7" and dump_label(seeded, "nrms") == "nrms@7"
+    assert dump_label(seeded, "nrms_docvec@8") == "nrms_docvec@8" and dump_label(seeded, "lstur") is None
+    assert dump_label({"ease": refs["nrms"]}, None) == "ease"  # no NRMSDocVec: the first dump
+    assert dump_of_run("X/1", seeded, "art.parquet", None)[0] == refs["nrms_docvec"].path
     (tmp_path / "a.parquet").write_text("changed")
     with pytest.raises(InputError, match="checksum mismatch"):
         dump_of_run("X/1", refs, "art.parquet", "nrms")

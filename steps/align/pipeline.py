@@ -99,15 +99,28 @@ def parse_predictions_from(spec: str) -> tuple[str, str | None]:
     return "/".join(parts[:2]), (parts[2] if len(parts) == 3 else None)
 
 
+def dump_label(predictions: Mapping[str, FileRef], model: str | None) -> str | None:
+    """The dump ``model`` names among a run's dumps (labelled ``<model>`` or, with several training
+    seeds, ``<model>@<seed>``): the label itself, else that model's first seed; without ``model``
+    the NAILS paper's model (:data:`DEFAULT_DUMP_MODEL`, first seed) or else the first dump. None: no such dump."""
+    wanted = DEFAULT_DUMP_MODEL if model is None else model
+    if wanted in predictions:
+        return wanted
+    seeded = [k for k in predictions if k.split("@", 1)[0] == wanted]
+    if seeded:
+        return seeded[0]
+    return next(iter(predictions)) if model is None else None
+
+
 def dump_of_run(spec: str, predictions: Mapping[str, FileRef], articles: str, model: str | None) -> tuple[str, str]:
-    """The (verified) dump and articles paths of a finished run's ``predictions`` artifact."""
+    """The (verified) dump and articles paths of a finished run's ``predictions`` artifact
+    (:func:`dump_label` picks the dump)."""
     if not predictions:
         raise InputError(f"--predictions-from {spec!r}: the run has no prediction dumps")
-    if model is None:
-        model = DEFAULT_DUMP_MODEL if DEFAULT_DUMP_MODEL in predictions else next(iter(predictions))
-    if model not in predictions:
+    label = dump_label(predictions, model)
+    if label is None:
         raise InputError(f"--predictions-from {spec!r}: no dump for model {model!r}; the run has {', '.join(predictions)}")
-    ref = localize(predictions[model])
+    ref = localize(predictions[label])
     ref.verify()
     return ref.path, articles
 
