@@ -22,7 +22,7 @@ from steps.explain.pipeline import (check_inputs, choose_users, explain_one, gru
 from steps.faults import failed_cells, maybe_fail
 
 CARRIED = ["storage", "data", "data_summary", "model_file", "model_spec", "training_log", "model_metrics", "explain_user_ids",
-           "candidates", "model_metrics_by_seed", "explained_seed"]
+           "candidates", "model_metrics_by_seed", "explained_seed", "replicates"]
 
 
 @step_groups({"start": "start retry timeout", "train": "train retry timeout", "evaluate": "train retry",

@@ -831,8 +831,8 @@ class Replicates:
     weights of a resample depend only on ``spec`` (seed, B, weights) and the unit's position
     (module docstring), so two runs that evaluated the same units in the same order under the same
     spec were resampled identically, and ``θ*_B,b − θ*_A,b`` is the paired bootstrap of their
-    difference (:func:`compare_results`). About B × 4 bytes per metric and row: 4.5 MB for the
-    AlignFlow paper grid (112 rows × 10 metrics at B = 1,000)."""
+    difference (:func:`compare_results`). About B × 4 bytes per metric and row: 1.8 MB for the
+    AlignFlow paper grid (56 rows × 8 metrics at B = 1,000)."""
 
     spec: dict
     table: Any  # polars DataFrame, one row per results row
@@ -848,8 +848,8 @@ def split_replicates(table, spec: UncertaintySpec):
     """``(table without its <m>_star columns, Replicates or None)``: the run's final results and,
     when its rows carry replicates (intervals on), the row-aligned :class:`Replicates`."""
     cols = [c for c in table.columns if c.endswith(REPLICATES_SUFFIX)]
-    if not cols:
-        return table, None
+    if not cols or not spec.enabled or all(table[c].null_count() == table.height for c in cols):
+        return table.drop(cols), None
     return table.drop(cols), Replicates(spec.as_dict(), table.select(cols))
 
 

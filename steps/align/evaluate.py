@@ -54,6 +54,7 @@ from steps.uncertainty import (
     WeightStream,
     interval_columns,
     lambda_zero_baseline,
+    REPLICATES_SUFFIX,
     uncertainty_columns,
 )
 
@@ -82,6 +83,8 @@ RESULT_SCHEMA = {
     **{c: pl.Float64 for c in RESULT_COLUMNS[4:] if c != "n_repeats"},
     "n_repeats": pl.Int64,
     **{c: pl.Float64 for c in INTERVAL_COLUMNS},
+    # the bootstrap replicates, moved out of the run's results by steps.uncertainty.split_replicates
+    **{f"{m}{REPLICATES_SUFFIX}": pl.List(pl.Float32) for m in INTERVAL_METRICS},
 }
 MIX_SCHEMA = {
     "distribution": pl.String,

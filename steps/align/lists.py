@@ -44,13 +44,16 @@ from steps.align.steck import queue_relevance, queues_padded, steck_greedy
 from steps.candidates import CandidateSet
 from steps.errors import ConfigError, InputError
 from steps.seeding import rng_for
-from steps.uncertainty import CellAggregates, CellMeans, CoverageBootstrap, WeightStream, interval_columns, lambda_zero_baseline, uncertainty_columns
+from steps.uncertainty import (REPLICATES_SUFFIX, CellAggregates, CellMeans, CoverageBootstrap, WeightStream, interval_columns,
+                               lambda_zero_baseline, uncertainty_columns)
 
 LIST_METRICS = ("c_kl_mean", "c_kl_std", "precision_at_n", "recall_at_n", "ndcg_at_n")
 LIST_RESULT_COLUMNS = (*RESULT_COLUMNS, *LIST_METRICS, *(f"{m}_sd" for m in LIST_METRICS if m != "c_kl_std"))
 #: Intervals and deltas to λ = 0 of the list metrics (AlignFlow's own: steps.align.evaluate.INTERVAL_COLUMNS).
-LIST_INTERVAL_COLUMNS = uncertainty_columns(("c_kl_mean", "precision_at_n", "recall_at_n", "ndcg_at_n"))
-LIST_RESULT_SCHEMA = {**RESULT_SCHEMA, **{c: pl.Float64 for c in (*LIST_RESULT_COLUMNS, *LIST_INTERVAL_COLUMNS) if c not in RESULT_SCHEMA}}
+LIST_INTERVAL_METRICS = ("c_kl_mean", "precision_at_n", "recall_at_n", "ndcg_at_n")
+LIST_INTERVAL_COLUMNS = uncertainty_columns(LIST_INTERVAL_METRICS)
+LIST_RESULT_SCHEMA = {**RESULT_SCHEMA, **{c: pl.Float64 for c in (*LIST_RESULT_COLUMNS, *LIST_INTERVAL_COLUMNS) if c not in RESULT_SCHEMA},
+                      **{f"{m}{REPLICATES_SUFFIX}": pl.List(pl.Float32) for m in LIST_INTERVAL_METRICS}}
 PER_USER_KINDS = ("history", "history_mix")
 
 
