@@ -800,7 +800,8 @@ UNITS_DIGEST = "units_digest"
 def units_digest(*arrays) -> str:
     """A digest of the evaluated units in their order (ids, offsets: the arrays that fix which unit
     sits at which position), so that two runs whose resamples pair can be told apart from two runs
-    of equal size on other units. BLAKE2b over each array's dtype, shape and bytes (None: skipped).
+    of equal size on other units. BLAKE2b over each array's dtype, shape and bytes (an absent
+    array, None, adds a marker, so the arrays after it keep their places).
 
     >>> units_digest(np.arange(3)) == units_digest(np.arange(3)), units_digest(np.arange(3)) == units_digest(np.arange(1, 4))
     (True, False)

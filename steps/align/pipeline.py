@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -19,6 +19,9 @@ from steps.errors import InputError
 from steps.tables import concat
 from steps.storage import FileRef, localize, localize_input, map_refs
 from steps.validate import require_file
+
+if TYPE_CHECKING:
+    from steps.uncertainty import Replicates, UncertaintySpec
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,7 @@ def build_report(results: pl.DataFrame, category_mix: pl.DataFrame, user_kl_hist
     return Report(best, comparison, figures)
 
 
-def run_results(parts: Sequence[pl.DataFrame], spec) -> tuple[pl.DataFrame, object]:
+def run_results(parts: Sequence[pl.DataFrame], spec: "UncertaintySpec") -> "tuple[pl.DataFrame, Replicates | None]":
     """``(results, replicates)``: a run's final results table — every dataset's (or model's) rows in
     one, and Holm's correction across all of them (``p_<m>_holm`` next to each ``p_<m>``, every
     p-value of the run one test: :func:`steps.uncertainty.add_holm_columns`) — and its bootstrap

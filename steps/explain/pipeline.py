@@ -25,6 +25,7 @@ from steps.storage import FileRef, file_ref, localize, rebase_refs, staged_dir
 
 if TYPE_CHECKING:
     from steps.explain.model import GRU4Rec
+    from steps.uncertainty import Replicates, UncertaintySpec
 
 # torch (steps.explain.model / train / attribute) is imported inside the functions that use a model,
 # so the tasks that only join and report (and the card subprocess) do not pay for its import.
@@ -147,7 +148,8 @@ def metrics_by_seed(model_metrics: pl.DataFrame, level: float = 0.95) -> pl.Data
     return aggregate_over_seeds(model_metrics, keys, metrics, level)
 
 
-def run_model_metrics(per_seed: pl.DataFrame, spec, several_seeds: bool) -> tuple[pl.DataFrame, pl.DataFrame | None, object]:
+def run_model_metrics(per_seed: pl.DataFrame, spec: "UncertaintySpec", several_seeds: bool
+                      ) -> "tuple[pl.DataFrame, pl.DataFrame | None, Replicates | None]":
     """join_seeds: ``(model_metrics with p_<m>_holm, model_metrics_by_seed or None, replicates)``:
     Holm's correction across every p-value of the run's table (splits × protocols × seeds ×
     metrics), and the table's bootstrap replicates drawn under ``spec`` (:func:`steps.uncertainty.split_replicates`)."""

@@ -11,7 +11,7 @@ import polars as pl
 
 from steps.storage import FileRef, save_array
 from steps.tables import concat
-from steps.uncertainty import REPLICATES_SUFFIX, add_holm_columns, aggregate_over_seeds, split_replicates
+from steps.uncertainty import REPLICATES_SUFFIX, Replicates, add_holm_columns, aggregate_over_seeds, split_replicates
 from steps.tail.candidates import write_tail_candidates
 from steps.tail.config import MethodSpec, TailConfig
 from steps.tail.data import PreparedData
@@ -178,7 +178,7 @@ def add_baseline_deltas(results: pl.DataFrame, per_user: dict[tuple[str, int], U
     return results.join(deltas, on=["method", "seed", "split"], how="left", maintain_order="left")
 
 
-def run_results(parts, cfg: TailConfig) -> tuple[pl.DataFrame, object]:
+def run_results(parts, cfg: TailConfig) -> tuple[pl.DataFrame, Replicates | None]:
     """``(results, replicates)``: the whole run's results (every dataset's, with its deltas) in
     config order, with ``p_<m>_holm``: Holm's correction over every p-value of the run (all
     datasets, methods, seeds and metrics together), and their bootstrap replicates
